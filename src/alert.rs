@@ -1,0 +1,480 @@
+//! Alerts: findings from the decision threads, aggregated into one alert per
+//! archiver run, rendered as nested ECS JSON.
+//!
+//! A run is keyed by (container, pid, process start time), so a reused pid
+//! starts a new run instead of being blamed for an old one. A run's alert is
+//! emitted once it has been quiet for `aggregate_ms`, which gives one alert
+//! per `tar czf x /root/.ssh` listing every key it read, instead of one per
+//! file.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::attribution::ProcessInfo;
+use crate::config::Action;
+use crate::rules::{ArchiverHit, ExecMatch};
+
+/// How a finding was triggered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Trigger {
+    /// The seed rule matched a process start.
+    Exec { matched: ExecMatch },
+    /// An archiver opened a credential file.
+    Open {
+        /// Canonical path inside the container.
+        path: String,
+        /// The path as the opener reached it (its own spelling).
+        opened_as: String,
+        pattern: String,
+        archiver: ArchiverHit,
+        /// Whether the open was refused.
+        denied: bool,
+    },
+}
+
+/// What the container is, as the registry knows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ContainerRef {
+    pub id: String,
+    pub name: Option<String>,
+    pub image: Option<String>,
+    pub runtime: Option<String>,
+}
+
+/// The response taken for a finding and its result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ResponseOutcome {
+    pub action: Action,
+    /// `ok` or `failed`.
+    pub result: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Interfaces taken down by `disconnect`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub interfaces: Vec<String>,
+}
+
+/// One detection made by a decision thread, sent to the alert thread.
+#[derive(Debug, Clone)]
+pub struct Finding {
+    pub at: SystemTime,
+    pub container: ContainerRef,
+    pub process: ProcessInfo,
+    pub trigger: Trigger,
+    pub action: Action,
+}
+
+/// A credential file in an alert.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FileTouch {
+    pub path: String,
+    pub opened_as: String,
+    pub pattern: String,
+    pub denied: bool,
+}
+
+/// An aggregated archiver run, ready to render.
+#[derive(Debug, Clone)]
+pub struct Alert {
+    pub first_seen: SystemTime,
+    pub container: ContainerRef,
+    pub process: ProcessInfo,
+    pub exec_match: Option<ExecMatch>,
+    pub archiver: Option<ArchiverHit>,
+    pub files: Vec<FileTouch>,
+    /// Total credential opens, including those past the list bound.
+    pub files_total: u64,
+    pub action: Action,
+    pub response: Option<ResponseOutcome>,
+}
+
+impl Alert {
+    fn new(f: &Finding) -> Self {
+        Self {
+            first_seen: f.at,
+            container: f.container.clone(),
+            process: f.process.clone(),
+            exec_match: None,
+            archiver: None,
+            files: Vec::new(),
+            files_total: 0,
+            action: f.action,
+            response: None,
+        }
+    }
+
+    fn add(&mut self, f: Finding, max_files: usize) {
+        match f.trigger {
+            Trigger::Exec { matched } => self.exec_match = Some(matched),
+            Trigger::Open {
+                path,
+                opened_as,
+                pattern,
+                archiver,
+                denied,
+            } => {
+                self.files_total += 1;
+                self.archiver.get_or_insert(archiver);
+                let seen = self
+                    .files
+                    .iter()
+                    .position(|t| t.path == path && t.opened_as == opened_as);
+                match seen {
+                    Some(i) => self.files[i].denied |= denied,
+                    None if self.files.len() < max_files => self.files.push(FileTouch {
+                        path,
+                        opened_as,
+                        pattern,
+                        denied,
+                    }),
+                    None => {}
+                }
+            }
+        }
+        // An open carries fresher attribution than an exec seen earlier.
+        if self.process.args.is_empty() && !f.process.args.is_empty() {
+            self.process = f.process;
+        }
+    }
+
+    /// Whether any open in this run was refused.
+    pub fn denied(&self) -> bool {
+        self.files.iter().any(|t| t.denied)
+    }
+
+    /// The rule this alert is filed under: the seed rule when the command
+    /// line matched it, else the file-access rule.
+    pub fn rule(&self) -> (&'static str, &'static str) {
+        if self.exec_match.is_some() {
+            (crate::rules::EXEC_RULE_ID, crate::rules::EXEC_RULE_NAME)
+        } else {
+            (crate::rules::FILE_RULE_ID, crate::rules::FILE_RULE_NAME)
+        }
+    }
+
+    /// One human line: process, file and container id.
+    pub fn message(&self) -> String {
+        let file = self
+            .files
+            .first()
+            .map(|t| t.path.clone())
+            .or_else(|| {
+                self.exec_match
+                    .as_ref()
+                    .and_then(|m| m.paths.first().map(|p| p.arg.clone()))
+            })
+            .unwrap_or_default();
+        let more = match self.files.len() {
+            0 | 1 => String::new(),
+            n => format!(" (+{} more)", n - 1),
+        };
+        format!(
+            "archiver {} (pid {}) touched credential file {}{} in container {}",
+            self.process.name, self.process.pid, file, more, self.container.id
+        )
+    }
+
+    /// Render as one nested ECS document.
+    pub fn to_ecs(&self, hostname: &str) -> Value {
+        let (rule_id, rule_name) = self.rule();
+        let denied = self.denied();
+        let mut categories = vec!["process", "file"];
+        if self.files.is_empty() {
+            categories.retain(|c| *c == "process");
+        }
+        let event_type: Vec<&str> = if denied {
+            vec!["denied"]
+        } else if self.files.is_empty() {
+            vec!["start", "allowed"]
+        } else {
+            vec!["access", "allowed"]
+        };
+        let outcome = match &self.response {
+            Some(r) if r.result != "ok" => "failure",
+            _ => "success",
+        };
+        let mut doc = json!({
+            "@timestamp": rfc3339(self.first_seen),
+            "message": self.message(),
+            "ecs": {"version": "8.11.0"},
+            "event": {
+                "kind": "alert",
+                "module": "keyward",
+                "dataset": "keyward.alerts",
+                "category": categories,
+                "type": event_type,
+                "action": self.action.as_str(),
+                "outcome": outcome,
+                "severity": 47,
+                "created": rfc3339(SystemTime::now()),
+            },
+            "rule": {
+                "id": rule_id,
+                "name": rule_name,
+                "ruleset": "keyward-default",
+                "description": "Identifies the use of a compression utility to collect known files containing sensitive information, such as credentials and system configurations inside a container.",
+            },
+            "threat": {
+                "framework": "MITRE ATT&CK",
+                "tactic": {"id": ["TA0009", "TA0006"], "name": ["Collection", "Credential Access"]},
+                "technique": {"id": ["T1560", "T1552"], "name": ["Archive Collected Data", "Unsecured Credentials"],
+                    "subtechnique": {"id": ["T1560.001", "T1552.001"], "name": ["Archive via Utility", "Credentials In Files"]}},
+            },
+            "container": container_json(&self.container),
+            "process": process_json(&self.process),
+            "host": {"hostname": hostname},
+            "user": {"id": self.process.uid.to_string()},
+            "keyward": {
+                "files": self.files,
+                "files_total": self.files_total,
+                "exec_match": self.exec_match,
+                "archiver": self.archiver,
+                "response": self.response.clone().unwrap_or(ResponseOutcome {
+                    action: self.action,
+                    result: "ok".into(),
+                    reason: None,
+                    interfaces: vec![],
+                }),
+            },
+        });
+        if let Some(first) = self.files.first() {
+            doc["file"] = json!({
+                "path": first.path,
+                "name": first.path.rsplit('/').next().unwrap_or(""),
+                "target_path": first.opened_as,
+            });
+        } else if let Some(m) = &self.exec_match {
+            if let Some(p) = m.paths.first() {
+                doc["file"] = json!({"path": p.arg});
+            }
+        }
+        doc
+    }
+}
+
+fn container_json(c: &ContainerRef) -> Value {
+    let mut v = json!({"id": c.id});
+    if let Some(n) = &c.name {
+        v["name"] = json!(n);
+    }
+    if let Some(i) = &c.image {
+        v["image"] = json!({"name": i});
+    }
+    if let Some(r) = &c.runtime {
+        v["runtime"] = json!(r);
+    }
+    v
+}
+
+fn process_json(p: &ProcessInfo) -> Value {
+    let mut v = json!({
+        "pid": p.pid,
+        "name": p.name,
+        "executable": p.exe,
+        "args": p.args,
+        "args_count": p.args_count,
+        "command_line": p.args.join(" "),
+        "working_directory": p.cwd,
+        "start": p.start_time_ticks,
+        "user": {"id": p.uid.to_string()},
+    });
+    if let Some(parent) = &p.parent {
+        v["parent"] = json!({
+            "pid": parent.pid,
+            "name": parent.name,
+            "executable": parent.exe,
+            "args": parent.args,
+        });
+    }
+    v
+}
+
+/// RFC 3339 with milliseconds, UTC.
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+type RunKey = (String, i32, u64);
+
+/// Groups findings into runs and releases each once it has gone quiet.
+#[derive(Debug)]
+pub struct Aggregator {
+    quiet: Duration,
+    max_files: usize,
+    runs: HashMap<RunKey, (Alert, Instant)>,
+}
+
+impl Aggregator {
+    pub fn new(quiet: Duration, max_files: usize) -> Self {
+        Self {
+            quiet,
+            max_files,
+            runs: HashMap::new(),
+        }
+    }
+
+    /// Add a finding; returns true when it opened a new run.
+    pub fn add(&mut self, f: Finding, now: Instant) -> bool {
+        let key = (f.container.id.clone(), f.process.pid, f.process.start_time_ticks);
+        let mut new = false;
+        let entry = self.runs.entry(key).or_insert_with(|| {
+            new = true;
+            (Alert::new(&f), now)
+        });
+        entry.0.add(f, self.max_files);
+        entry.1 = now;
+        new
+    }
+
+    /// Attach the response outcome to a run.
+    pub fn set_response(&mut self, container: &str, pid: i32, start: u64, r: ResponseOutcome) {
+        if let Some((a, _)) = self.runs.get_mut(&(container.to_string(), pid, start)) {
+            a.response = Some(r);
+        }
+    }
+
+    /// Runs quiet for the window (or all, with `force`), oldest first.
+    pub fn drain_due(&mut self, now: Instant, force: bool) -> Vec<Alert> {
+        let due: Vec<RunKey> = self
+            .runs
+            .iter()
+            .filter(|(_, (_, last))| force || now.duration_since(*last) >= self.quiet)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut out: Vec<Alert> = due
+            .into_iter()
+            .filter_map(|k| self.runs.remove(&k).map(|(a, _)| a))
+            .collect();
+        out.sort_by_key(|a| a.first_seen);
+        out
+    }
+
+    /// Runs still open.
+    pub fn pending(&self) -> usize {
+        self.runs.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::PathHit;
+
+    fn proc_info(pid: i32, start: u64) -> ProcessInfo {
+        ProcessInfo {
+            pid,
+            start_time_ticks: start,
+            name: "tar".into(),
+            exe: "/usr/bin/tar".into(),
+            args: vec!["tar".into(), "czf".into(), "/tmp/x".into(), "/root/.ssh".into()],
+            args_count: 4,
+            ..Default::default()
+        }
+    }
+
+    fn open(pid: i32, start: u64, path: &str) -> Finding {
+        Finding {
+            at: SystemTime::now(),
+            container: ContainerRef {
+                id: "c1".into(),
+                ..Default::default()
+            },
+            process: proc_info(pid, start),
+            trigger: Trigger::Open {
+                path: path.into(),
+                opened_as: path.into(),
+                pattern: path.into(),
+                archiver: ArchiverHit::Name { name: "tar".into() },
+                denied: false,
+            },
+            action: Action::Alert,
+        }
+    }
+
+    #[test]
+    fn one_alert_per_run_lists_every_file() {
+        let mut agg = Aggregator::new(Duration::from_millis(100), 64);
+        let t0 = Instant::now();
+        assert!(agg.add(open(10, 5, "/root/.ssh/id_rsa"), t0));
+        assert!(!agg.add(open(10, 5, "/root/.ssh/known_hosts"), t0));
+        assert!(!agg.add(open(10, 5, "/root/.ssh/id_rsa"), t0));
+        assert!(agg.drain_due(t0 + Duration::from_millis(50), false).is_empty());
+        let out = agg.drain_due(t0 + Duration::from_millis(150), false);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].files.len(), 2);
+        assert_eq!(out[0].files_total, 3);
+        assert_eq!(agg.pending(), 0);
+    }
+
+    #[test]
+    fn reused_pid_with_new_start_time_is_a_new_run() {
+        let mut agg = Aggregator::new(Duration::ZERO, 64);
+        let t0 = Instant::now();
+        assert!(agg.add(open(10, 5, "/etc/shadow"), t0));
+        assert!(agg.add(open(10, 6, "/etc/shadow"), t0));
+        assert_eq!(agg.drain_due(t0, true).len(), 2);
+    }
+
+    #[test]
+    fn file_list_is_bounded_but_counted() {
+        let mut agg = Aggregator::new(Duration::ZERO, 2);
+        let t0 = Instant::now();
+        for i in 0..5 {
+            agg.add(open(1, 1, &format!("/home/u{i}/.ssh/id_rsa")), t0);
+        }
+        let a = agg.drain_due(t0, true).pop().unwrap();
+        assert_eq!(a.files.len(), 2);
+        assert_eq!(a.files_total, 5);
+    }
+
+    #[test]
+    fn ecs_document_has_the_design_fields() {
+        let mut agg = Aggregator::new(Duration::ZERO, 8);
+        let t0 = Instant::now();
+        let mut f = open(42, 7, "/root/.ssh/id_rsa");
+        f.container = ContainerRef {
+            id: "abc123".into(),
+            name: Some("web".into()),
+            image: Some("busybox:latest".into()),
+            runtime: None,
+        };
+        agg.add(f, t0);
+        let exec = Finding {
+            trigger: Trigger::Exec {
+                matched: ExecMatch {
+                    archiver: ArchiverHit::Name { name: "tar".into() },
+                    paths: vec![PathHit {
+                        index: 3,
+                        arg: "/root/.ssh/id_rsa".into(),
+                        pattern: "/root/.ssh/id_rsa".into(),
+                    }],
+                },
+            },
+            ..open(42, 7, "/x")
+        };
+        let mut exec = exec;
+        exec.container.id = "abc123".into();
+        agg.add(exec, t0);
+        let a = agg.drain_due(t0, true).pop().unwrap();
+        let doc = a.to_ecs("h1");
+        assert_eq!(doc["event"]["kind"], "alert");
+        assert_eq!(doc["container"]["id"], "abc123");
+        assert_eq!(doc["container"]["name"], "web");
+        assert_eq!(doc["container"]["image"]["name"], "busybox:latest");
+        assert_eq!(doc["rule"]["id"], crate::rules::EXEC_RULE_ID);
+        assert_eq!(doc["process"]["pid"], 42);
+        assert_eq!(doc["file"]["path"], "/root/.ssh/id_rsa");
+        assert_eq!(doc["host"]["hostname"], "h1");
+        assert!(doc["threat"]["technique"]["subtechnique"]["id"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("T1560.001")));
+        assert!(doc["@timestamp"].as_str().unwrap().ends_with('Z'));
+        assert_eq!(doc["keyward"]["response"]["result"], "ok");
+        assert!(a.message().contains("abc123") && a.message().contains("/root/.ssh/id_rsa"));
+    }
+}

@@ -1,0 +1,292 @@
+//! Attribution: pid → process facts read from procfs.
+//!
+//! A permission event holds its opener inside `open(2)`, so `/proc/<pid>`
+//! is stable while we read it. Exec notifications are not held: the caller
+//! checks `/proc/<pid>/exe` against the event's file before trusting argv
+//! (see [`crate::watch`]). Every read is bounded, argv included, so a
+//! process with 100k arguments costs a fixed amount.
+
+use std::ffi::OsString;
+use std::fs;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Bytes of `/proc/<pid>/cmdline` we read at most.
+pub const MAX_CMDLINE_BYTES: usize = 128 * 1024;
+/// Arguments we keep at most; `args_count` still counts all we read.
+pub const MAX_ARGS: usize = 1024;
+
+/// Errors reading a process.
+#[derive(Debug, thiserror::Error)]
+pub enum AttributionError {
+    #[error("process {pid} vanished before it could be attributed")]
+    Vanished { pid: i32 },
+    #[error("cannot read /proc/{pid}/{what}: {source}")]
+    Read {
+        pid: i32,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("malformed /proc/{pid}/stat")]
+    BadStat { pid: i32 },
+}
+
+/// The parent, in less detail.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParentInfo {
+    pub pid: i32,
+    pub name: String,
+    pub exe: String,
+    pub args: Vec<String>,
+}
+
+/// What an alert says about a process.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessInfo {
+    pub pid: i32,
+    /// Start time in clock ticks since boot: with the pid, a unique key.
+    pub start_time_ticks: u64,
+    /// Basename of the executable (ECS `process.name`).
+    pub name: String,
+    pub exe: String,
+    /// argv, lossily decoded; bounded by [`MAX_ARGS`].
+    pub args: Vec<String>,
+    pub args_count: usize,
+    pub cwd: String,
+    pub ppid: i32,
+    pub uid: u32,
+    pub parent: Option<ParentInfo>,
+}
+
+/// Start time and parent pid from `/proc/<pid>/stat`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stat {
+    pub ppid: i32,
+    pub start_time_ticks: u64,
+}
+
+fn io_err(pid: i32, what: &'static str, source: std::io::Error) -> AttributionError {
+    if source.kind() == std::io::ErrorKind::NotFound || source.raw_os_error() == Some(libc::ESRCH) {
+        AttributionError::Vanished { pid }
+    } else {
+        AttributionError::Read { pid, what, source }
+    }
+}
+
+/// Parse `/proc/<pid>/stat`. The comm field may hold spaces and `)`, so
+/// fields are counted from the *last* `)`.
+pub fn parse_stat(pid: i32, text: &[u8]) -> Result<Stat, AttributionError> {
+    let close = text
+        .iter()
+        .rposition(|&b| b == b')')
+        .ok_or(AttributionError::BadStat { pid })?;
+    let rest = std::str::from_utf8(&text[close + 1..]).map_err(|_| AttributionError::BadStat { pid })?;
+    let fields: Vec<&str> = rest.split_ascii_whitespace().collect();
+    // After comm: state(0) ppid(1) ... starttime is field 22 overall, i.e.
+    // index 19 here.
+    let ppid = fields.get(1).and_then(|s| s.parse().ok());
+    let start = fields.get(19).and_then(|s| s.parse().ok());
+    match (ppid, start) {
+        (Some(ppid), Some(start_time_ticks)) => Ok(Stat {
+            ppid,
+            start_time_ticks,
+        }),
+        _ => Err(AttributionError::BadStat { pid }),
+    }
+}
+
+/// Read `/proc/<pid>/stat`.
+pub fn stat(pid: i32) -> Result<Stat, AttributionError> {
+    let text = fs::read(format!("/proc/{pid}/stat")).map_err(|e| io_err(pid, "stat", e))?;
+    parse_stat(pid, &text)
+}
+
+/// Split a NUL-separated cmdline, bounded by [`MAX_ARGS`].
+pub fn parse_cmdline(raw: &[u8]) -> (Vec<OsString>, usize) {
+    let raw = raw.strip_suffix(b"\0").unwrap_or(raw);
+    if raw.is_empty() {
+        return (Vec::new(), 0);
+    }
+    let mut args = Vec::new();
+    let mut count = 0;
+    for part in raw.split(|&b| b == 0) {
+        count += 1;
+        if args.len() < MAX_ARGS {
+            args.push(std::ffi::OsStr::from_bytes(part).to_os_string());
+        }
+    }
+    (args, count)
+}
+
+/// Read argv as raw bytes, bounded by [`MAX_CMDLINE_BYTES`].
+pub fn cmdline(pid: i32) -> Result<(Vec<OsString>, usize), AttributionError> {
+    let f = fs::File::open(format!("/proc/{pid}/cmdline")).map_err(|e| io_err(pid, "cmdline", e))?;
+    let mut buf = Vec::with_capacity(4096);
+    f.take(MAX_CMDLINE_BYTES as u64)
+        .read_to_end(&mut buf)
+        .map_err(|e| io_err(pid, "cmdline", e))?;
+    Ok(parse_cmdline(&buf))
+}
+
+/// `/proc/<pid>/exe` as a path (may end in " (deleted)").
+pub fn exe(pid: i32) -> Result<PathBuf, AttributionError> {
+    fs::read_link(format!("/proc/{pid}/exe")).map_err(|e| io_err(pid, "exe", e))
+}
+
+/// (dev, ino) of `/proc/<pid>/exe`, the file the process is running.
+pub fn exe_id(pid: i32) -> Result<(u64, u64), AttributionError> {
+    let m = fs::metadata(format!("/proc/{pid}/exe")).map_err(|e| io_err(pid, "exe", e))?;
+    Ok((m.dev(), m.ino()))
+}
+
+/// Inode of one of the process's namespaces (`pid`, `mnt`, `net`, ...).
+pub fn ns_inode(pid: i32, ns: &'static str) -> Result<u64, AttributionError> {
+    let path = format!("/proc/{pid}/ns/{ns}");
+    let m = fs::metadata(path).map_err(|e| io_err(pid, "ns", e))?;
+    Ok(m.ino())
+}
+
+/// Real uid from `/proc/<pid>/status`.
+fn uid(pid: i32) -> Result<u32, AttributionError> {
+    let meta = fs::metadata(format!("/proc/{pid}")).map_err(|e| io_err(pid, "status", e))?;
+    // The owner of /proc/<pid> is the effective uid of a dumpable process;
+    // cheap, and what an analyst wants for "who ran it".
+    Ok(meta.uid())
+}
+
+fn lossy(args: &[OsString]) -> Vec<String> {
+    args.iter().map(|a| a.to_string_lossy().into_owned()).collect()
+}
+
+fn name_of(exe: &std::path::Path) -> String {
+    let s = exe.as_os_str().as_bytes();
+    let s = s.strip_suffix(b" (deleted)").unwrap_or(s);
+    String::from_utf8_lossy(crate::rules::basename(s)).into_owned()
+}
+
+/// Raw facts needed by the rules, before lossy decoding.
+#[derive(Debug, Clone)]
+pub struct RawProcess {
+    pub pid: i32,
+    pub stat: Stat,
+    pub exe: PathBuf,
+    pub args: Vec<OsString>,
+    pub args_count: usize,
+}
+
+impl RawProcess {
+    /// Read the facts the rules need.
+    pub fn read(pid: i32) -> Result<Self, AttributionError> {
+        let stat = stat(pid)?;
+        let exe = exe(pid)?;
+        let (args, args_count) = cmdline(pid)?;
+        Ok(Self {
+            pid,
+            stat,
+            exe,
+            args,
+            args_count,
+        })
+    }
+
+    /// Basename of the executable, raw.
+    pub fn exe_name(&self) -> &std::ffi::OsStr {
+        let s = self.exe.as_os_str().as_bytes();
+        let s = s.strip_suffix(b" (deleted)").unwrap_or(s);
+        std::ffi::OsStr::from_bytes(crate::rules::basename(s))
+    }
+
+    /// Complete into a [`ProcessInfo`] with parent and cwd, best effort:
+    /// a parent that has gone is simply absent.
+    pub fn complete(self) -> ProcessInfo {
+        let pid = self.pid;
+        let parent = if self.stat.ppid > 0 {
+            parent_info(self.stat.ppid)
+        } else {
+            None
+        };
+        ProcessInfo {
+            pid,
+            start_time_ticks: self.stat.start_time_ticks,
+            name: name_of(&self.exe),
+            exe: self.exe.to_string_lossy().into_owned(),
+            args: lossy(&self.args),
+            args_count: self.args_count,
+            cwd: fs::read_link(format!("/proc/{pid}/cwd"))
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            ppid: self.stat.ppid,
+            uid: uid(pid).unwrap_or(u32::MAX),
+            parent,
+        }
+    }
+}
+
+fn parent_info(pid: i32) -> Option<ParentInfo> {
+    let exe = exe(pid).ok()?;
+    let (args, _) = cmdline(pid).unwrap_or_default();
+    Some(ParentInfo {
+        pid,
+        name: name_of(&exe),
+        exe: exe.to_string_lossy().into_owned(),
+        args: lossy(&args[..args.len().min(64)]),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_parses_comm_with_spaces_and_parens() {
+        let line = b"123 (a) b) c) S 7 123 123 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 98765 1000 10 18446744073709551615";
+        let s = parse_stat(123, line).unwrap();
+        assert_eq!(s.ppid, 7);
+        assert_eq!(s.start_time_ticks, 98765);
+    }
+
+    #[test]
+    fn stat_garbage_is_an_error_naming_the_pid() {
+        let e = parse_stat(9, b"garbage").unwrap_err().to_string();
+        assert!(e.contains("/proc/9/stat"), "{e}");
+        assert!(parse_stat(9, b"1 (x) S").is_err());
+    }
+
+    #[test]
+    fn cmdline_is_bounded_and_keeps_raw_bytes() {
+        let mut raw = Vec::new();
+        for i in 0..100_000 {
+            raw.extend_from_slice(format!("a{i}").as_bytes());
+            raw.push(0);
+        }
+        let (args, count) = parse_cmdline(&raw);
+        assert_eq!(count, 100_000);
+        assert_eq!(args.len(), MAX_ARGS);
+        let (args, count) = parse_cmdline(b"tar\0\xff\xfe\0");
+        assert_eq!(count, 2);
+        assert_eq!(args[1].as_bytes(), b"\xff\xfe");
+        assert_eq!(parse_cmdline(b"").1, 0);
+    }
+
+    #[test]
+    fn reads_this_process() {
+        let me = std::process::id() as i32;
+        let p = RawProcess::read(me).unwrap().complete();
+        assert_eq!(p.pid, me);
+        assert!(p.start_time_ticks > 0);
+        assert!(!p.args.is_empty());
+        assert!(p.parent.is_some());
+    }
+
+    #[test]
+    fn vanished_pid_is_reported_as_such() {
+        // Pid numbers above pid_max never exist.
+        let e = RawProcess::read(i32::MAX).unwrap_err();
+        assert!(matches!(e, AttributionError::Vanished { pid } if pid == i32::MAX), "{e}");
+    }
+}

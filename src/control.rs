@@ -1,0 +1,185 @@
+//! The control socket server: root-only, one request per connection.
+//!
+//! The socket is created mode 0600 in a 0700 directory, and each peer's
+//! SO_PEERCRED uid must be 0. Each connection gets its own thread (bounded
+//! by [`MAX_CLIENTS`]) with a read timeout, so a slow or silent client
+//! cannot hold up a container registration.
+
+use std::fs;
+use std::io::BufReader;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+
+use crate::protocol::{self, Reply, Request};
+
+/// Concurrent client connections served at most.
+pub const MAX_CLIENTS: usize = 64;
+/// How long a client may take to send its request.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Errors setting up the socket.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("cannot create socket directory {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("another keyward daemon is already serving {path}")]
+    InUse { path: PathBuf },
+    #[error("cannot bind control socket {path}: {source}")]
+    Bind {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Something that answers requests.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, req: Request) -> Reply;
+}
+
+/// Bind the control socket, refusing to steal a live daemon's socket.
+pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
+    if let Some(dir) = path.parent() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|source| ControlError::Dir {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+    }
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            return Err(ControlError::InUse {
+                path: path.to_path_buf(),
+            });
+        }
+        let _ = fs::remove_file(path);
+    }
+    let bind_err = |source| ControlError::Bind {
+        path: path.to_path_buf(),
+        source,
+    };
+    let l = UnixListener::bind(path).map_err(bind_err)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
+    l.set_nonblocking(true).map_err(bind_err)?;
+    Ok(l)
+}
+
+fn serve_one<H: Handler>(stream: UnixStream, handler: &H) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(CLIENT_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(CLIENT_TIMEOUT));
+    let reply = match getsockopt(&stream, PeerCredentials) {
+        Ok(cred) if cred.uid() == 0 => {
+            match protocol::read_line(&mut BufReader::new(&stream)).and_then(|l| protocol::parse_request(&l)) {
+                Ok(req) => handler.handle(req),
+                Err(e) => Reply::Error {
+                    message: format!("bad request: {e}"),
+                },
+            }
+        }
+        Ok(cred) => Reply::Error {
+            message: format!("peer uid {} (pid {}) is not root", cred.uid(), cred.pid()),
+        },
+        Err(e) => Reply::Error {
+            message: format!("cannot read peer credentials: {e}"),
+        },
+    };
+    let mut w = &stream;
+    let _ = protocol::write_message(&mut w, &reply);
+}
+
+/// Accept connections until `stop`; `tick` runs about every 200 ms (the
+/// daemon reaps exited containers there).
+pub fn serve<H: Handler>(listener: UnixListener, handler: Arc<H>, stop: &AtomicBool, mut tick: impl FnMut()) {
+    let active = Arc::new(AtomicUsize::new(0));
+    while !stop.load(Ordering::Relaxed) {
+        tick();
+        let mut fds = [nix::poll::PollFd::new(
+            std::os::fd::AsFd::as_fd(&listener),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(200u16)) {
+            Ok(n) if n > 0 => {}
+            _ => continue,
+        }
+        let Ok((stream, _)) = listener.accept() else {
+            continue;
+        };
+        if active.load(Ordering::Relaxed) >= MAX_CLIENTS {
+            let mut w = &stream;
+            let _ = protocol::write_message(
+                &mut w,
+                &Reply::Error {
+                    message: format!("busy: {MAX_CLIENTS} clients already connected"),
+                },
+            );
+            continue;
+        }
+        active.fetch_add(1, Ordering::Relaxed);
+        let (h, a) = (handler.clone(), active.clone());
+        let spawned = std::thread::Builder::new()
+            .name("keyward-client".into())
+            .spawn(move || {
+                serve_one(stream, &*h);
+                a.fetch_sub(1, Ordering::Relaxed);
+            });
+        if spawned.is_err() {
+            active.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    struct Echo;
+    impl Handler for Echo {
+        fn handle(&self, req: Request) -> Reply {
+            match req {
+                Request::Deregister { id } => Reply::Deregistered { id, marks_removed: 0 },
+                _ => Reply::Error { message: "no".into() },
+            }
+        }
+    }
+
+    #[test]
+    fn serves_requests_and_survives_garbage() {
+        let dir = std::env::temp_dir().join(format!("keyward-ctl-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let path = dir.join("s.sock");
+        let l = bind(&path).unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert!(matches!(bind(&path), Err(ControlError::InUse { .. })));
+        let stop = Arc::new(AtomicBool::new(false));
+        let s2 = stop.clone();
+        let t = std::thread::spawn(move || serve(l, Arc::new(Echo), &s2, || {}));
+        // Garbage gets an error reply naming the problem.
+        let mut c = UnixStream::connect(&path).unwrap();
+        c.write_all(b"\x00\x01garbage\n").unwrap();
+        let line = protocol::read_line(&mut BufReader::new(&c)).unwrap();
+        assert!(String::from_utf8_lossy(&line).contains("bad request"));
+        // A silent client does not block the next one.
+        let _silent = UnixStream::connect(&path).unwrap();
+        let r = crate::client::call(&path, &Request::Deregister { id: "x".into() }, Duration::from_secs(3)).unwrap();
+        assert_eq!(r, Reply::Deregistered { id: "x".into(), marks_removed: 0 });
+        stop.store(true, Ordering::Relaxed);
+        t.join().unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,471 @@
+//! Daemon wiring: threads, registration, restore, reload and shutdown.
+//!
+//! Threads:
+//! * `keyward-perm` answers permission events ([`crate::answer`]);
+//! * `keyward-exec` evaluates the seed rule on exec notifications;
+//! * `keyward-alert` aggregates findings and delivers alerts to the sinks;
+//! * `keyward-control` serves the control socket and reaps containers whose
+//!   init has exited;
+//! * the main thread waits for SIGTERM/SIGINT (stop) and SIGHUP (reload).
+//!
+//! On start the persisted registry is re-validated and every surviving
+//! container's marks are re-installed *before* the socket is served.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use crate::alert::{self, Aggregator, Finding};
+use crate::config::{Config, ConfigError};
+use crate::control::{self, ControlError, Handler};
+use crate::decide::{Context, Policy};
+use crate::marks::{self, MarkError};
+use crate::protocol::{ContainerSummary, Registration, Reply, Request, StatusReport};
+use crate::registry::{self, ContainerRecord, Registry, RegistryError};
+use crate::rules::Rules;
+use crate::sink::{SinkStats, Sinks};
+use crate::watch::{Group, WatchError};
+
+/// How often exited containers are reaped.
+const REAP_EVERY: Duration = Duration::from_secs(2);
+
+/// Errors that stop the daemon from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Watch(#[from] WatchError),
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("cannot create runtime directory {path}: {source}")]
+    RuntimeDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot install signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
+    #[error("cannot start thread {name}: {source}")]
+    Thread {
+        name: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Counters from the alert thread.
+#[derive(Debug, Default)]
+struct AlertStats {
+    sent: AtomicU64,
+    pending: AtomicU64,
+    sinks: Mutex<BTreeMap<String, SinkStats>>,
+}
+
+/// The shared daemon state behind the control socket.
+pub struct Daemon {
+    config: RwLock<Config>,
+    config_path: Option<PathBuf>,
+    ctx: Arc<Context>,
+    perm: Arc<Group>,
+    exec: Arc<Group>,
+    registry: Mutex<Registry>,
+    started: Instant,
+    alerts: Arc<AlertStats>,
+    config_errors: Mutex<Vec<String>>,
+}
+
+fn log(msg: impl AsRef<str>) {
+    eprintln!("keyward: {}", msg.as_ref());
+}
+
+impl Daemon {
+    fn policy(cfg: &Config) -> Result<Policy, ConfigError> {
+        Ok(Policy {
+            rules: Rules::compile(&cfg.rules)?,
+            default_action: cfg.response.action,
+        })
+    }
+
+    fn register(&self, r: Registration) -> Result<Reply, String> {
+        registry::check_id(&r.id).map_err(|e| e.to_string())?;
+        let default = self.config.read().unwrap_or_else(|e| e.into_inner()).response.action;
+        let action = registry::action_for(&r.id, &r.annotations, default).map_err(|e| e.to_string())?;
+        if !r.rootfs.is_absolute() {
+            return Err(format!("rootfs {:?} of container {} is not absolute", r.rootfs, r.id));
+        }
+        let facts = registry::verify_pid(r.pid).map_err(|e| e.to_string())?;
+        let (name, image) = registry::name_and_image(&r.annotations);
+        let mut rec = ContainerRecord {
+            id: r.id.clone(),
+            pid: r.pid,
+            start_time_ticks: facts.start_time_ticks,
+            pid_ns: facts.pid_ns,
+            mnt_ns: facts.mnt_ns,
+            net_ns: facts.net_ns,
+            bundle: r.bundle,
+            rootfs: r.rootfs,
+            annotations: r.annotations,
+            name,
+            image,
+            action,
+            registered_at: alert::rfc3339(std::time::SystemTime::now()),
+            marks: Vec::new(),
+            exec_scope: None,
+        };
+        let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        // A second hook stage for the same container re-registers it.
+        if reg.get(&rec.id).is_some() {
+            self.drop_container(&mut reg, &rec.id);
+        }
+        let report = self.install(&mut rec).map_err(|e| e.to_string())?;
+        log(format!(
+            "watching container {} (pid {}, action {}): {} files, {} dirs, exec mark {:?}",
+            rec.id,
+            rec.pid,
+            rec.action.as_str(),
+            report.files,
+            report.dirs,
+            report.exec
+        ));
+        let id = rec.id.clone();
+        reg.insert(rec);
+        if let Err(e) = reg.save() {
+            log(e.to_string());
+        }
+        Ok(Reply::Watching { id, report })
+    }
+
+    fn install(&self, rec: &mut ContainerRecord) -> Result<marks::InstallReport, MarkError> {
+        let policy = self.ctx.policy();
+        let r = marks::install(&self.perm, &self.exec, &policy.rules, rec, &self.ctx.index);
+        if r.is_err() {
+            let orphaned = self.ctx.index.write().unwrap_or_else(|e| e.into_inner()).remove(&rec.id);
+            marks::remove(&self.perm, &self.exec, rec, &orphaned);
+        }
+        r
+    }
+
+    fn drop_container(&self, reg: &mut Registry, id: &str) -> Option<usize> {
+        let rec = reg.remove(id)?;
+        let orphaned = self.ctx.index.write().unwrap_or_else(|e| e.into_inner()).remove(id);
+        Some(marks::remove(&self.perm, &self.exec, &rec, &orphaned))
+    }
+
+    fn deregister(&self, id: &str) -> Reply {
+        let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        match self.drop_container(&mut reg, id) {
+            Some(n) => {
+                if let Err(e) = reg.save() {
+                    log(e.to_string());
+                }
+                log(format!("stopped watching container {id} ({n} marks removed)"));
+                Reply::Deregistered {
+                    id: id.to_string(),
+                    marks_removed: n,
+                }
+            }
+            None => Reply::Error {
+                message: format!("container {id} is not registered"),
+            },
+        }
+    }
+
+    /// Deregister containers whose init has exited without a poststop hook.
+    fn reap(&self) {
+        let dead = self.registry.lock().unwrap_or_else(|e| e.into_inner()).dead();
+        for id in dead {
+            log(format!("container {id} exited; dropping it"));
+            self.deregister(&id);
+        }
+    }
+
+    /// Re-validate persisted containers and re-install their marks.
+    fn restore(&self, records: Vec<ContainerRecord>) {
+        let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        for mut rec in records {
+            let same = registry::verify_pid(rec.pid).is_ok_and(|f| {
+                f.start_time_ticks == rec.start_time_ticks && f.pid_ns == rec.pid_ns && f.net_ns == rec.net_ns
+            });
+            if !same {
+                log(format!("container {} (pid {}) is gone; not restoring it", rec.id, rec.pid));
+                continue;
+            }
+            match self.install(&mut rec) {
+                Ok(rep) => {
+                    log(format!(
+                        "restored container {}: {} files, {} dirs",
+                        rec.id, rep.files, rep.dirs
+                    ));
+                    reg.insert(rec);
+                }
+                Err(e) => log(format!("cannot restore container {}: {e}", rec.id)),
+            }
+        }
+        if let Err(e) = reg.save() {
+            log(e.to_string());
+        }
+    }
+
+    fn status(&self) -> StatusReport {
+        let idx = self.ctx.index.read().unwrap_or_else(|e| e.into_inner());
+        StatusReport {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            pid: std::process::id(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            containers: idx.containers(),
+            marked_inodes: idx.marked_inodes(),
+            default_action: self.ctx.policy().default_action.as_str().to_string(),
+            stats: self.ctx.stats.snapshot(),
+            sinks: self.alerts.sinks.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            alerts_sent: self.alerts.sent.load(Ordering::Relaxed),
+            pending_runs: self.alerts.pending.load(Ordering::Relaxed),
+            config_errors: self.config_errors.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        }
+    }
+
+    fn containers(&self) -> Vec<ContainerSummary> {
+        let reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        reg.all()
+            .map(|c| ContainerSummary {
+                id: c.id.clone(),
+                pid: c.pid,
+                name: c.name.clone(),
+                image: c.image.clone(),
+                action: c.action.as_str().to_string(),
+                marks: c.marks.len(),
+                exec_scope: c.exec_scope.map(|s| format!("{s:?}").to_lowercase()),
+                registered_at: c.registered_at.clone(),
+            })
+            .collect()
+    }
+
+    /// Reload the config file; on error keep the old one and say why.
+    fn reload(&self, alert_cfg: &mpsc::Sender<Config>) {
+        match Config::load(self.config_path.as_deref()).and_then(|c| Ok((Self::policy(&c)?, c))) {
+            Ok((policy, cfg)) => {
+                *self.ctx.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
+                let _ = alert_cfg.send(cfg.clone());
+                *self.config.write().unwrap_or_else(|e| e.into_inner()) = cfg;
+                self.config_errors.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                log("config reloaded");
+            }
+            Err(e) => {
+                let msg = format!("reload failed, keeping the previous config: {e}");
+                log(&msg);
+                self.config_errors.lock().unwrap_or_else(|e| e.into_inner()).push(msg);
+            }
+        }
+    }
+}
+
+impl Handler for Daemon {
+    fn handle(&self, req: Request) -> Reply {
+        match req {
+            Request::Register(r) => {
+                let id = r.id.clone();
+                self.register(r).unwrap_or_else(|message| {
+                    log(format!("refused container {id}: {message}"));
+                    Reply::Error { message }
+                })
+            }
+            Request::Deregister { id } => self.deregister(&id),
+            Request::Status => Reply::Status(Box::new(self.status())),
+            Request::Containers => Reply::Containers {
+                containers: self.containers(),
+            },
+        }
+    }
+}
+
+fn alert_loop(
+    findings: Receiver<Finding>,
+    reconfig: Receiver<Config>,
+    cfg: &Config,
+    stats: &AlertStats,
+    stop: &AtomicBool,
+) {
+    let mut sinks = Sinks::new(&cfg.alerts);
+    let mut agg = Aggregator::new(
+        Duration::from_millis(cfg.daemon.aggregate_ms),
+        cfg.daemon.max_files_per_alert,
+    );
+    let mut last_retry = Instant::now();
+    loop {
+        let stopping = stop.load(Ordering::Relaxed);
+        match findings.recv_timeout(Duration::from_millis(50)) {
+            Ok(f) => {
+                agg.add(f, Instant::now());
+                // Take whatever else is already queued before delivering.
+                while let Ok(f) = findings.try_recv() {
+                    agg.add(f, Instant::now());
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                for a in agg.drain_due(Instant::now(), true) {
+                    sinks.deliver(&a);
+                    stats.sent.fetch_add(1, Ordering::Relaxed);
+                }
+                return;
+            }
+        }
+        if let Ok(new) = reconfig.try_recv() {
+            sinks = Sinks::new(&new.alerts);
+            agg = Aggregator::new(
+                Duration::from_millis(new.daemon.aggregate_ms),
+                new.daemon.max_files_per_alert,
+            );
+        }
+        for a in agg.drain_due(Instant::now(), stopping) {
+            sinks.deliver(&a);
+            stats.sent.fetch_add(1, Ordering::Relaxed);
+        }
+        if last_retry.elapsed() >= Duration::from_secs(1) {
+            sinks.retry();
+            last_retry = Instant::now();
+        }
+        stats.pending.store(agg.pending() as u64, Ordering::Relaxed);
+        *stats.sinks.lock().unwrap_or_else(|e| e.into_inner()) =
+            sinks.stats().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        if stopping {
+            return;
+        }
+    }
+}
+
+/// Tell systemd we are ready, natively, if it is listening.
+fn notify_ready() {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let Ok(s) = std::os::unix::net::UnixDatagram::unbound() else {
+        return;
+    };
+    let bytes = path.as_encoded_bytes();
+    let r = if let Some(abs) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(abs).and_then(|a| s.send_to_addr(b"READY=1", &a))
+    } else {
+        s.send_to(b"READY=1", Path::new(&path))
+    };
+    if let Err(e) = r {
+        log(format!("cannot notify systemd: {e}"));
+    }
+}
+
+fn spawn<F: FnOnce() + Send + 'static>(name: &'static str, f: F) -> Result<std::thread::JoinHandle<()>, DaemonError> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .map_err(|source| DaemonError::Thread { name, source })
+}
+
+/// Run the daemon in the foreground until SIGTERM or SIGINT.
+pub fn run(config_path: Option<&Path>) -> Result<(), DaemonError> {
+    let cfg = Config::load(config_path)?;
+    let policy = Daemon::policy(&cfg)?;
+    std::fs::create_dir_all(&cfg.daemon.runtime_dir).map_err(|source| DaemonError::RuntimeDir {
+        path: cfg.daemon.runtime_dir.clone(),
+        source,
+    })?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
+    ])
+    .map_err(DaemonError::Signals)?;
+
+    let perm = Arc::new(Group::permission()?);
+    let exec = Arc::new(Group::exec()?);
+    let ctx = Arc::new(Context::new(policy));
+    let (tx, rx) = mpsc::sync_channel::<Finding>(cfg.daemon.queue_capacity);
+    let (cfg_tx, cfg_rx) = mpsc::channel::<Config>();
+    let alerts = Arc::new(AlertStats::default());
+
+    // Decision threads first: restored marks may fire immediately.
+    let mut threads = Vec::new();
+    {
+        let (p, c, t, s) = (perm.clone(), ctx.clone(), tx.clone(), stop.clone());
+        threads.push(spawn("keyward-perm", move || {
+            crate::answer::permission_loop(&*p, &c, t, &s)
+        })?);
+    }
+    {
+        let (e, c, t, s) = (exec.clone(), ctx.clone(), tx, stop.clone());
+        threads.push(spawn("keyward-exec", move || crate::answer::exec_loop(&*e, &c, t, &s))?);
+    }
+    let alert_thread = {
+        let (a, s, c) = (alerts.clone(), stop.clone(), cfg.clone());
+        spawn("keyward-alert", move || alert_loop(rx, cfg_rx, &c, &a, &s))?
+    };
+
+    let (registry, records) = match Registry::load(&cfg.daemon.runtime_dir) {
+        Ok(x) => x,
+        Err(e) => {
+            log(format!("{e}; starting with an empty registry"));
+            (Registry::new(&cfg.daemon.runtime_dir), Vec::new())
+        }
+    };
+    let daemon = Arc::new(Daemon {
+        config: RwLock::new(cfg.clone()),
+        config_path: config_path.map(Path::to_path_buf),
+        ctx,
+        perm,
+        exec,
+        registry: Mutex::new(registry),
+        started: Instant::now(),
+        alerts,
+        config_errors: Mutex::new(Vec::new()),
+    });
+    daemon.restore(records);
+
+    let listener = control::bind(&cfg.socket)?;
+    let control_thread = {
+        let (d, s) = (daemon.clone(), stop.clone());
+        let mut last_reap = Instant::now();
+        spawn("keyward-control", move || {
+            let reaper = d.clone();
+            control::serve(listener, d, &s, move || {
+                if last_reap.elapsed() >= REAP_EVERY {
+                    reaper.reap();
+                    last_reap = Instant::now();
+                }
+            })
+        })?
+    };
+    log(format!(
+        "daemon {} serving {} (pid {})",
+        env!("CARGO_PKG_VERSION"),
+        cfg.socket.display(),
+        std::process::id()
+    ));
+    notify_ready();
+
+    for sig in signals.forever() {
+        if sig == signal_hook::consts::SIGHUP {
+            daemon.reload(&cfg_tx);
+            continue;
+        }
+        log(format!("signal {sig}: stopping"));
+        break;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = control_thread.join();
+    for t in threads {
+        let _ = t.join();
+    }
+    let _ = alert_thread.join();
+    let _ = std::fs::remove_file(&cfg.socket);
+    // The registry stays on disk: the containers are still running and a
+    // restarted daemon picks them up. Closing the groups releases any
+    // pending permission event (the kernel allows it).
+    log("stopped");
+    Ok(())
+}

@@ -1,0 +1,158 @@
+//! The mark index the decision threads read: which container a process
+//! belongs to, and which canonical container path a marked inode is.
+//!
+//! Inodes are keyed by (dev, ino), because the path read back from an
+//! event's fd is the opener's own spelling (`/tmp/m/.aws/credentials`
+//! through a bind mount, `/tmp/k` through a hard link). The index maps the
+//! inode back to the path it has in the container, and alerts report both.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::alert::ContainerRef;
+use crate::config::Action;
+use crate::resolve::FileId;
+
+/// What the decision threads need to know about a registered container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerView {
+    pub reference: ContainerRef,
+    pub action: Action,
+    pub init_pid: i32,
+    pub init_start: u64,
+    pub pid_ns: u64,
+    pub mnt_ns: u64,
+    pub net_ns: u64,
+}
+
+/// One marked inode as a container sees it.
+#[derive(Debug, Clone)]
+pub struct MarkedPath {
+    pub container: Arc<ContainerView>,
+    pub path: PathBuf,
+    pub is_dir: bool,
+}
+
+/// The index.
+#[derive(Debug, Default)]
+pub struct MarkIndex {
+    files: HashMap<FileId, Vec<MarkedPath>>,
+    by_pid_ns: HashMap<u64, Arc<ContainerView>>,
+    by_mnt_ns: HashMap<u64, Arc<ContainerView>>,
+    by_id: HashMap<String, Arc<ContainerView>>,
+}
+
+impl MarkIndex {
+    /// Add (or replace) a container and its marked inodes.
+    pub fn insert(&mut self, view: ContainerView, marks: &[(FileId, PathBuf, bool)]) -> Arc<ContainerView> {
+        let id = view.reference.id.clone();
+        self.remove(&id);
+        let view = Arc::new(view);
+        for (fid, path, is_dir) in marks {
+            self.files.entry(*fid).or_default().push(MarkedPath {
+                container: view.clone(),
+                path: path.clone(),
+                is_dir: *is_dir,
+            });
+        }
+        self.by_pid_ns.insert(view.pid_ns, view.clone());
+        self.by_mnt_ns.insert(view.mnt_ns, view.clone());
+        self.by_id.insert(id, view.clone());
+        view
+    }
+
+    /// Remove a container; returns the inodes no other container marks.
+    pub fn remove(&mut self, id: &str) -> Vec<FileId> {
+        let Some(view) = self.by_id.remove(id) else {
+            return Vec::new();
+        };
+        if self.by_pid_ns.get(&view.pid_ns).is_some_and(|v| v.reference.id == id) {
+            self.by_pid_ns.remove(&view.pid_ns);
+        }
+        if self.by_mnt_ns.get(&view.mnt_ns).is_some_and(|v| v.reference.id == id) {
+            self.by_mnt_ns.remove(&view.mnt_ns);
+        }
+        let mut orphaned = Vec::new();
+        self.files.retain(|fid, marks| {
+            marks.retain(|m| m.container.reference.id != id);
+            if marks.is_empty() {
+                orphaned.push(*fid);
+                false
+            } else {
+                true
+            }
+        });
+        orphaned
+    }
+
+    /// The container whose namespaces these are.
+    pub fn container_of(&self, pid_ns: u64, mnt_ns: u64) -> Option<&Arc<ContainerView>> {
+        self.by_pid_ns.get(&pid_ns).or_else(|| self.by_mnt_ns.get(&mnt_ns))
+    }
+
+    /// The container by its OCI id.
+    pub fn container(&self, id: &str) -> Option<&Arc<ContainerView>> {
+        self.by_id.get(id)
+    }
+
+    /// The marked path of an inode for a container, or for anyone.
+    pub fn lookup(&self, fid: FileId, container: Option<&str>) -> Option<&MarkedPath> {
+        let marks = self.files.get(&fid)?;
+        match container {
+            Some(id) => marks
+                .iter()
+                .find(|m| m.container.reference.id == id)
+                .or_else(|| marks.first()),
+            None => marks.first(),
+        }
+    }
+
+    /// Number of marked inodes.
+    pub fn marked_inodes(&self) -> usize {
+        self.files.len()
+    }
+
+    /// Number of containers.
+    pub fn containers(&self) -> usize {
+        self.by_id.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(id: &str, ns: u64) -> ContainerView {
+        ContainerView {
+            reference: ContainerRef {
+                id: id.into(),
+                ..Default::default()
+            },
+            action: Action::Alert,
+            init_pid: 100,
+            init_start: 1,
+            pid_ns: ns,
+            mnt_ns: ns + 1000,
+            net_ns: 0,
+        }
+    }
+
+    #[test]
+    fn shared_inodes_survive_until_the_last_container_goes() {
+        let mut idx = MarkIndex::default();
+        let f = FileId { dev: 1, ino: 2 };
+        let g = FileId { dev: 1, ino: 3 };
+        idx.insert(view("a", 1), &[(f, "/etc/shadow".into(), false), (g, "/root/.ssh".into(), true)]);
+        idx.insert(view("b", 2), &[(f, "/etc/shadow".into(), false)]);
+        assert_eq!(idx.lookup(f, Some("b")).unwrap().container.reference.id, "b");
+        assert_eq!(idx.container_of(2, 0).unwrap().reference.id, "b");
+        assert_eq!(idx.container_of(0, 1001).unwrap().reference.id, "a");
+        assert_eq!(idx.remove("a"), vec![g]);
+        assert_eq!(idx.marked_inodes(), 1);
+        assert!(idx.container_of(1, 0).is_none());
+        assert_eq!(idx.remove("b"), vec![f]);
+        assert!(idx.remove("b").is_empty());
+        assert_eq!(idx.containers(), 0);
+    }
+}

@@ -1,0 +1,144 @@
+//! Installing and removing one container's fanotify marks.
+//!
+//! Order matters: the index learns an inode *before* the kernel marks it, so
+//! the first event on a new mark always finds its container and path. All
+//! lookups go through [`crate::resolve`], inside the container's root.
+
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::sync::RwLock;
+
+use crate::index::MarkIndex;
+use crate::registry::{ContainerRecord, MarkRecord};
+use crate::resolve::{self, FileId, ResolveError};
+use crate::rules::Rules;
+use crate::watch::{self, Group, WatchError};
+
+/// Errors installing marks.
+#[derive(Debug, thiserror::Error)]
+pub enum MarkError {
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
+    #[error("container {id}: {source}")]
+    Watch {
+        id: String,
+        #[source]
+        source: WatchError,
+    },
+}
+
+/// What an install did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct InstallReport {
+    pub files: usize,
+    pub dirs: usize,
+    pub exec: Option<watch::ExecScope>,
+    /// Whether the container had already pivoted into its rootfs.
+    pub pivoted: bool,
+}
+
+/// Install every mark for `rec`, recording them in `rec.marks` and the index.
+pub fn install(
+    perm: &Group,
+    exec: &Group,
+    rules: &Rules,
+    rec: &mut ContainerRecord,
+    index: &RwLock<MarkIndex>,
+) -> Result<InstallReport, MarkError> {
+    let (root, pivoted) = resolve::container_root(rec.pid, &rec.rootfs)?;
+    let mut found = Vec::new();
+    for pattern in rules.mark_patterns() {
+        found.extend(resolve::expand(root.as_fd(), &pattern));
+    }
+    for dir in rules.watch_dirs() {
+        found.extend(resolve::expand(root.as_fd(), dir).into_iter().filter(|f| f.is_dir));
+    }
+    let mut seen = std::collections::HashSet::new();
+    found.retain(|f| seen.insert(f.id));
+
+    rec.marks = found
+        .iter()
+        .map(|f| MarkRecord {
+            path: f.path.clone(),
+            id: f.id,
+            is_dir: f.is_dir,
+        })
+        .collect();
+    let entries: Vec<(FileId, std::path::PathBuf, bool)> =
+        rec.marks.iter().map(|m| (m.id, m.path.clone(), m.is_dir)).collect();
+    index
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(rec.view(), &entries);
+
+    let watch_err = |source| MarkError::Watch {
+        id: rec.id.clone(),
+        source,
+    };
+    let mut report = InstallReport {
+        pivoted,
+        ..Default::default()
+    };
+    for f in &found {
+        let what = format!("{} in container {}", f.path.display(), rec.id);
+        perm.mark_credential(f.fd.as_fd(), f.is_dir, true, &what)
+            .map_err(watch_err)?;
+        if f.is_dir {
+            report.dirs += 1;
+        } else {
+            report.files += 1;
+        }
+    }
+    let scope = watch::exec_scope(root.as_fd());
+    let what = format!("root of container {} ({scope:?})", rec.id);
+    exec.mark_exec(root.as_fd(), scope, true, &what).map_err(watch_err)?;
+    rec.exec_scope = Some(scope);
+    report.exec = Some(scope);
+    Ok(report)
+}
+
+/// Remove `rec`'s marks on the inodes no other container still marks.
+///
+/// Returns how many marks were removed. While the container's init lives we
+/// resolve through it; after it exited (the usual case at poststop) we
+/// resolve through the rootfs as the host sees it. Each inode is checked
+/// against its recorded (dev, ino) before its mark is removed. Marks on an
+/// unmounted overlay vanish with its superblock and need nothing.
+pub fn remove(perm: &Group, exec: &Group, rec: &ContainerRecord, orphaned: &[FileId]) -> usize {
+    let root = if rec.alive() {
+        resolve::container_root(rec.pid, &rec.rootfs).ok().map(|(fd, _)| fd)
+    } else {
+        None
+    };
+    let root = root.or_else(|| {
+        nix::fcntl::open(
+            &rec.rootfs,
+            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .ok()
+    });
+    let Some(root) = root else {
+        return 0;
+    };
+    let mut removed = 0;
+    for m in rec.marks.iter().filter(|m| orphaned.contains(&m.id)) {
+        let Ok(fd) = resolve::open_in_root(root.as_fd(), Path::new(&m.path), false) else {
+            continue;
+        };
+        if FileId::of(fd.as_fd()).map(|(id, _)| id).ok() != Some(m.id) {
+            continue;
+        }
+        if perm.mark_credential(fd.as_fd(), m.is_dir, false, "").is_ok() {
+            removed += 1;
+        }
+    }
+    if let Some(scope) = rec.exec_scope {
+        // The mount mark goes with the container's mount namespace; the
+        // filesystem mark stays while the superblock does.
+        if exec.mark_exec(root.as_fd(), scope, false, "").is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}

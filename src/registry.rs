@@ -1,0 +1,379 @@
+//! The registry of watched containers, verified at registration and
+//! persisted under the runtime directory so a restart or a crash loses no
+//! container.
+//!
+//! A registration names a pid; the daemon checks that the pid exists, is not
+//! pid 1 or the daemon itself, and does not run in the host's mount
+//! namespace, then records its start time and namespace inodes. On restart
+//! each record is re-validated against those, so a reused pid is never taken
+//! for the container it replaced.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::alert::ContainerRef;
+use crate::attribution;
+use crate::config::Action;
+use crate::index::ContainerView;
+use crate::resolve::FileId;
+use crate::watch::ExecScope;
+
+/// The annotation that overrides the response action per container.
+pub const RESPONSE_ANNOTATION: &str = "io.keyward.response";
+/// Largest registry file we read back.
+const MAX_REGISTRY_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Errors verifying or persisting registrations.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("container id {id:?} is invalid: {reason}")]
+    BadId { id: String, reason: &'static str },
+    #[error("pid {pid} is not a container init: {reason}")]
+    BadPid { pid: i32, reason: String },
+    #[error("annotation {RESPONSE_ANNOTATION}={value:?} of container {id} is invalid: {reason}")]
+    BadAnnotation { id: String, value: String, reason: String },
+    #[error("cannot write registry {path}: {source}")]
+    Save {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read registry {path}: {source}")]
+    Load {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("registry {path} is corrupt: {source}")]
+    Corrupt {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// One marked inode, persisted so it can be found again for removal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MarkRecord {
+    pub path: PathBuf,
+    pub id: FileId,
+    pub is_dir: bool,
+}
+
+/// A registered container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    pub id: String,
+    pub pid: i32,
+    pub start_time_ticks: u64,
+    pub pid_ns: u64,
+    pub mnt_ns: u64,
+    pub net_ns: u64,
+    pub bundle: PathBuf,
+    /// Absolute rootfs path, as the runtime's mount namespace names it.
+    pub rootfs: PathBuf,
+    pub annotations: BTreeMap<String, String>,
+    pub name: Option<String>,
+    pub image: Option<String>,
+    pub action: Action,
+    pub registered_at: String,
+    #[serde(default)]
+    pub marks: Vec<MarkRecord>,
+    #[serde(default)]
+    pub exec_scope: Option<ExecScope>,
+}
+
+impl ContainerRecord {
+    /// The view the decision threads use.
+    pub fn view(&self) -> ContainerView {
+        ContainerView {
+            reference: ContainerRef {
+                id: self.id.clone(),
+                name: self.name.clone(),
+                image: self.image.clone(),
+                runtime: self.annotations.get("io.container.manager").cloned(),
+            },
+            action: self.action,
+            init_pid: self.pid,
+            init_start: self.start_time_ticks,
+            pid_ns: self.pid_ns,
+            mnt_ns: self.mnt_ns,
+            net_ns: self.net_ns,
+        }
+    }
+
+    /// Whether the container's init is still the process we registered.
+    pub fn alive(&self) -> bool {
+        attribution::stat(self.pid).is_ok_and(|s| s.start_time_ticks == self.start_time_ticks)
+    }
+}
+
+/// Check an OCI container id: non-empty, bounded, no control characters or
+/// path separators (ids end up in file names and log lines).
+pub fn check_id(id: &str) -> Result<(), RegistryError> {
+    let bad = |reason| {
+        Err(RegistryError::BadId {
+            id: id.chars().take(80).collect(),
+            reason,
+        })
+    };
+    if id.is_empty() {
+        return bad("empty");
+    }
+    if id.len() > 1024 {
+        return bad("longer than 1024 bytes");
+    }
+    if id.chars().any(|c| c.is_control() || c == '/') {
+        return bad("contains '/' or a control character");
+    }
+    Ok(())
+}
+
+/// The response action for a container: its annotation, else the default.
+pub fn action_for(id: &str, annotations: &BTreeMap<String, String>, default: Action) -> Result<Action, RegistryError> {
+    match annotations.get(RESPONSE_ANNOTATION) {
+        None => Ok(default),
+        Some(v) => v.parse().map_err(|reason| RegistryError::BadAnnotation {
+            id: id.to_string(),
+            value: v.clone(),
+            reason,
+        }),
+    }
+}
+
+/// Name and image from the annotations the engines set.
+pub fn name_and_image(a: &BTreeMap<String, String>) -> (Option<String>, Option<String>) {
+    const NAMES: &[&str] = &[
+        "io.keyward.name",
+        "io.kubernetes.cri-o.ContainerName",
+        "io.kubernetes.cri.container-name",
+        "io.kubernetes.container.name",
+        "nerdctl/name",
+        "io.podman.annotations.name",
+    ];
+    const IMAGES: &[&str] = &[
+        "io.keyward.image",
+        "io.kubernetes.cri-o.ImageName",
+        "io.kubernetes.cri.image-name",
+        "org.opencontainers.image.ref.name",
+        "io.podman.annotations.image",
+    ];
+    let first = |keys: &[&str]| keys.iter().find_map(|k| a.get(*k).filter(|v| !v.is_empty()).cloned());
+    (first(NAMES), first(IMAGES))
+}
+
+/// Facts about a pid that registration verifies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PidFacts {
+    pub start_time_ticks: u64,
+    pub pid_ns: u64,
+    pub mnt_ns: u64,
+    pub net_ns: u64,
+}
+
+/// Verify that `pid` can be a container's init.
+pub fn verify_pid(pid: i32) -> Result<PidFacts, RegistryError> {
+    let bad = |reason: String| Err(RegistryError::BadPid { pid, reason });
+    if pid <= 1 {
+        return bad("pid 1 and below belong to the host".into());
+    }
+    if pid as u32 == std::process::id() {
+        return bad("it is the keyward daemon itself".into());
+    }
+    let stat = match attribution::stat(pid) {
+        Ok(s) => s,
+        Err(e) => return bad(e.to_string()),
+    };
+    let ns = |kind| attribution::ns_inode(pid, kind);
+    let (pid_ns, mnt_ns, net_ns) = match (ns("pid"), ns("mnt"), ns("net")) {
+        (Ok(a), Ok(b), Ok(c)) => (a, b, c),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return bad(e.to_string()),
+    };
+    let me = std::process::id() as i32;
+    if attribution::ns_inode(me, "mnt").ok() == Some(mnt_ns) {
+        return bad("it runs in the host's mount namespace".into());
+    }
+    Ok(PidFacts {
+        start_time_ticks: stat.start_time_ticks,
+        pid_ns,
+        mnt_ns,
+        net_ns,
+    })
+}
+
+/// The persisted set of containers.
+#[derive(Debug, Default)]
+pub struct Registry {
+    path: PathBuf,
+    containers: BTreeMap<String, ContainerRecord>,
+}
+
+impl Registry {
+    /// An empty registry persisted at `runtime_dir/registry.json`.
+    pub fn new(runtime_dir: &Path) -> Self {
+        Self {
+            path: runtime_dir.join("registry.json"),
+            containers: BTreeMap::new(),
+        }
+    }
+
+    /// Read the persisted records; a missing file is an empty registry.
+    pub fn load(runtime_dir: &Path) -> Result<(Self, Vec<ContainerRecord>), RegistryError> {
+        let reg = Self::new(runtime_dir);
+        let meta = match fs::metadata(&reg.path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((reg, Vec::new())),
+            Err(source) => return Err(RegistryError::Load { path: reg.path, source }),
+        };
+        if meta.len() > MAX_REGISTRY_BYTES {
+            return Err(RegistryError::Load {
+                path: reg.path,
+                source: std::io::Error::other("file too large"),
+            });
+        }
+        let bytes = fs::read(&reg.path).map_err(|source| RegistryError::Load {
+            path: reg.path.clone(),
+            source,
+        })?;
+        let records: Vec<ContainerRecord> =
+            serde_json::from_slice(&bytes).map_err(|source| RegistryError::Corrupt {
+                path: reg.path.clone(),
+                source,
+            })?;
+        Ok((reg, records))
+    }
+
+    /// Write atomically (temp file + rename), mode 0600.
+    pub fn save(&self) -> Result<(), RegistryError> {
+        let err = |source| RegistryError::Save {
+            path: self.path.clone(),
+            source,
+        };
+        let tmp = self.path.with_extension("json.tmp");
+        let records: Vec<&ContainerRecord> = self.containers.values().collect();
+        let bytes = serde_json::to_vec(&records).map_err(|e| err(std::io::Error::other(e)))?;
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(err)?;
+        f.write_all(&bytes).map_err(err)?;
+        f.sync_all().map_err(err)?;
+        fs::rename(&tmp, &self.path).map_err(err)
+    }
+
+    pub fn insert(&mut self, rec: ContainerRecord) {
+        self.containers.insert(rec.id.clone(), rec);
+    }
+
+    pub fn remove(&mut self, id: &str) -> Option<ContainerRecord> {
+        self.containers.remove(id)
+    }
+
+    pub fn get(&self, id: &str) -> Option<&ContainerRecord> {
+        self.containers.get(id)
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &ContainerRecord> {
+        self.containers.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.containers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.containers.is_empty()
+    }
+
+    /// Ids of containers whose init has exited.
+    pub fn dead(&self) -> Vec<String> {
+        self.containers
+            .values()
+            .filter(|c| !c.alive())
+            .map(|c| c.id.clone())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_checked() {
+        assert!(check_id("abc-123_x.y").is_ok());
+        assert!(check_id("").is_err());
+        assert!(check_id("a/b").unwrap_err().to_string().contains("a/b"));
+        assert!(check_id("a\nb").is_err());
+        assert!(check_id(&"x".repeat(2000)).is_err());
+    }
+
+    #[test]
+    fn bad_pids_are_refused_with_the_reason() {
+        let e = verify_pid(1).unwrap_err().to_string();
+        assert!(e.contains("pid 1"), "{e}");
+        let me = std::process::id() as i32;
+        assert!(verify_pid(me).unwrap_err().to_string().contains("daemon itself"));
+        assert!(verify_pid(i32::MAX).is_err());
+        // The test's parent runs in the host's namespaces.
+        let parent = attribution::stat(me).unwrap().ppid;
+        let e = verify_pid(parent).unwrap_err().to_string();
+        assert!(e.contains("host's mount namespace"), "{e}");
+    }
+
+    #[test]
+    fn annotation_overrides_and_is_validated() {
+        let mut a = BTreeMap::new();
+        assert_eq!(action_for("c", &a, Action::Deny).unwrap(), Action::Deny);
+        a.insert(RESPONSE_ANNOTATION.to_string(), "kill".to_string());
+        assert_eq!(action_for("c", &a, Action::Alert).unwrap(), Action::Kill);
+        a.insert(RESPONSE_ANNOTATION.to_string(), "nuke".to_string());
+        let e = action_for("c", &a, Action::Alert).unwrap_err().to_string();
+        assert!(e.contains("nuke") && e.contains(RESPONSE_ANNOTATION), "{e}");
+    }
+
+    #[test]
+    fn persists_and_reloads() {
+        let dir = std::env::temp_dir().join(format!("keyward-reg-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let mut r = Registry::new(&dir);
+        r.insert(ContainerRecord {
+            id: "c1".into(),
+            pid: 5,
+            start_time_ticks: 9,
+            pid_ns: 1,
+            mnt_ns: 2,
+            net_ns: 3,
+            bundle: "/b".into(),
+            rootfs: "/b/rootfs".into(),
+            annotations: BTreeMap::new(),
+            name: None,
+            image: None,
+            action: Action::Deny,
+            registered_at: "now".into(),
+            marks: vec![MarkRecord {
+                path: "/etc/shadow".into(),
+                id: FileId { dev: 1, ino: 2 },
+                is_dir: false,
+            }],
+            exec_scope: Some(ExecScope::Mount),
+        });
+        r.save().unwrap();
+        let (_, recs) = Registry::load(&dir).unwrap();
+        assert_eq!(recs.len(), 1);
+        assert_eq!(recs[0], *r.get("c1").unwrap());
+        fs::write(dir.join("registry.json"), b"{garbage").unwrap();
+        let e = Registry::load(&dir).unwrap_err().to_string();
+        assert!(e.contains("corrupt") && e.contains("registry.json"), "{e}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

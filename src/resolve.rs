@@ -1,0 +1,333 @@
+//! Resolving credential paths inside a container's root, safely.
+//!
+//! At createRuntime/prestart the container has not pivoted yet, so
+//! `/proc/<pid>/root` is the root of the container's *copy of the host
+//! tree*: `/proc/<pid>/root/root/.ssh` would be the host's keys. The
+//! container's files are at `/proc/<pid>/root/<rootfs>/...`, where `<rootfs>`
+//! is the bundle's `root.path` made absolute. After the pivot,
+//! `/proc/<pid>/root` itself is right. [`container_root`] picks the one that
+//! applies.
+//!
+//! Every lookup under that root uses `openat2(RESOLVE_IN_ROOT |
+//! RESOLVE_NO_MAGICLINKS)`, so a symlink the container controls (say
+//! `/root/.ssh -> /../../../root/.ssh`) resolves inside the container and can
+//! never lead the daemon to mark a host file.
+
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use nix::dir::Dir;
+use nix::errno::Errno;
+use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::{fstat, Mode};
+
+/// Most directory entries we scan when expanding one wildcard component.
+const MAX_DIR_ENTRIES: usize = 4096;
+/// Most paths one pattern may expand to.
+const MAX_EXPANSION: usize = 1024;
+
+/// Errors resolving a container's root.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("cannot open root of pid {pid} at {path}: {source}")]
+    Root {
+        pid: i32,
+        path: PathBuf,
+        #[source]
+        source: Errno,
+    },
+    #[error("rootfs {path:?} is not an absolute path")]
+    RelativeRootfs { path: PathBuf },
+}
+
+/// Identity of an inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl FileId {
+    /// (dev, ino) of an open fd.
+    pub fn of(fd: BorrowedFd<'_>) -> Result<(Self, bool), Errno> {
+        let st = fstat(fd)?;
+        let is_dir = (st.st_mode & libc::S_IFMT) == libc::S_IFDIR;
+        Ok((
+            Self {
+                dev: st.st_dev,
+                ino: st.st_ino,
+            },
+            is_dir,
+        ))
+    }
+}
+
+fn open_dir(path: &Path) -> Result<OwnedFd, Errno> {
+    nix::fcntl::open(
+        path,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+}
+
+/// Open the directory that is `/` for the container whose init is `pid`.
+///
+/// Before the pivot it is `/proc/<pid>/root/<rootfs>`; after, `<rootfs>` no
+/// longer exists under `/proc/<pid>/root` (or is something else), and
+/// `/proc/<pid>/root` is the container's `/`. Returns the fd and whether the
+/// container had pivoted.
+pub fn container_root(pid: i32, rootfs: &Path) -> Result<(OwnedFd, bool), ResolveError> {
+    if !rootfs.is_absolute() {
+        return Err(ResolveError::RelativeRootfs {
+            path: rootfs.to_path_buf(),
+        });
+    }
+    let proc_root = PathBuf::from(format!("/proc/{pid}/root"));
+    let root_fd = open_dir(&proc_root).map_err(|source| ResolveError::Root {
+        pid,
+        path: proc_root.clone(),
+        source,
+    })?;
+    let rel = rootfs.strip_prefix("/").unwrap_or(rootfs);
+    if rel.as_os_str().is_empty() {
+        return Ok((root_fd, true));
+    }
+    // Resolve the rootfs path inside the pid's mount namespace, never
+    // escaping it.
+    match open_in_root(root_fd.as_fd(), rel, true) {
+        Ok(fd) => {
+            let (inner, _) = FileId::of(fd.as_fd()).map_err(|source| ResolveError::Root {
+                pid,
+                path: rootfs.to_path_buf(),
+                source,
+            })?;
+            let (outer, _) = FileId::of(root_fd.as_fd()).map_err(|source| ResolveError::Root {
+                pid,
+                path: proc_root.clone(),
+                source,
+            })?;
+            if inner == outer {
+                Ok((root_fd, true))
+            } else {
+                Ok((fd, false))
+            }
+        }
+        Err(Errno::ENOENT) | Err(Errno::ENOTDIR) => Ok((root_fd, true)),
+        Err(source) => Err(ResolveError::Root {
+            pid,
+            path: proc_root.join(rel),
+            source,
+        }),
+    }
+}
+
+/// Open `rel` under `root` without ever leaving it. Symlinks are followed,
+/// but `..` and absolute targets are clamped to `root`. The open never
+/// blocks (fifos) and never becomes a controlling tty.
+pub fn open_in_root(root: BorrowedFd<'_>, rel: &Path, dir: bool) -> Result<OwnedFd, Errno> {
+    let rel = rel.strip_prefix("/").unwrap_or(rel);
+    let rel: &Path = if rel.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        rel
+    };
+    let mut flags = OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK;
+    if dir {
+        flags |= OFlag::O_DIRECTORY;
+    }
+    let how = OpenHow::new()
+        .flags(flags)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    openat2(root, rel, how)
+}
+
+/// A path inside the container that exists, opened.
+#[derive(Debug)]
+pub struct Found {
+    /// The canonical container path, as the pattern spelled it with
+    /// wildcards filled in from the directory (raw bytes).
+    pub path: PathBuf,
+    pub fd: OwnedFd,
+    pub id: FileId,
+    pub is_dir: bool,
+}
+
+/// Case-insensitive, `*`/`?` wildcard match of one path component.
+fn component_matches(pattern: &[u8], name: &[u8]) -> bool {
+    // Iterative wildcard match with backtracking on the last `*`.
+    let (mut p, mut n) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while n < name.len() {
+        if p < pattern.len()
+            && (pattern[p] == b'?' || pattern[p].eq_ignore_ascii_case(&name[n]))
+        {
+            p += 1;
+            n += 1;
+        } else if p < pattern.len() && pattern[p] == b'*' {
+            star = Some(p);
+            mark = n;
+            p += 1;
+        } else if let Some(s) = star {
+            p = s + 1;
+            mark += 1;
+            n = mark;
+        } else {
+            return false;
+        }
+    }
+    while p < pattern.len() && pattern[p] == b'*' {
+        p += 1;
+    }
+    p == pattern.len()
+}
+
+fn list_dir(dir: BorrowedFd<'_>) -> Vec<OsString> {
+    // Dir takes ownership, so work on a fresh fd for "." of this directory.
+    let Ok(fd) = nix::fcntl::openat(
+        dir,
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return Vec::new();
+    };
+    let Ok(mut d) = Dir::from_fd(fd) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for entry in d.iter().take(MAX_DIR_ENTRIES).flatten() {
+        let name = entry.file_name().to_bytes();
+        if name != b"." && name != b".." {
+            out.push(OsStr::from_bytes(name).to_os_string());
+        }
+    }
+    out
+}
+
+/// Expand an EQL-style pattern (`*`, `?`, case-insensitive per component)
+/// against the tree under `root`, returning every existing match, opened.
+///
+/// EQL's `*` can also cross `/`; for marking we expand it within one
+/// component, which covers every shipped pattern (`/home/*/.ssh/...`).
+pub fn expand(root: BorrowedFd<'_>, pattern: &str) -> Vec<Found> {
+    let comps: Vec<&[u8]> = pattern
+        .as_bytes()
+        .split(|&b| b == b'/')
+        .filter(|c| !c.is_empty())
+        .collect();
+    // Frontier of (canonical path so far, dir fd).
+    let mut frontier: Vec<(PathBuf, Option<OwnedFd>)> = vec![(PathBuf::from("/"), None)];
+    for (i, comp) in comps.iter().enumerate() {
+        let last = i + 1 == comps.len();
+        let mut next = Vec::new();
+        for (prefix, dirfd) in frontier {
+            let dir = match &dirfd {
+                Some(fd) => fd.as_fd(),
+                None => root,
+            };
+            // List the directory so the match is case-insensitive, as
+            // EQL's `:` is: `/ROOT/.SSH/ID_RSA` matches `/root/.ssh/id_rsa`.
+            for name in list_dir(dir) {
+                if !component_matches(comp, name.as_bytes()) {
+                    continue;
+                }
+                let path = prefix.join(&name);
+                // Open from the container's root, not from `dir`, so an
+                // absolute symlink inside the container resolves as the
+                // container sees it (and still never leaves the root).
+                let Ok(fd) = open_in_root(root, Path::new(&path), !last) else {
+                    continue;
+                };
+                if next.len() < MAX_EXPANSION {
+                    next.push((path, Some(fd)));
+                }
+            }
+        }
+        frontier = next;
+        if frontier.is_empty() {
+            break;
+        }
+    }
+    frontier
+        .into_iter()
+        .filter_map(|(path, fd)| {
+            let fd = fd?;
+            let (id, is_dir) = FileId::of(fd.as_fd()).ok()?;
+            Some(Found {
+                path,
+                fd,
+                id,
+                is_dir,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    #[test]
+    fn component_wildcards_are_case_insensitive() {
+        assert!(component_matches(b"*", b"alice"));
+        assert!(component_matches(b".SSH", b".ssh"));
+        assert!(component_matches(b"id_*", b"id_rsa"));
+        assert!(component_matches(b"a?c", b"abc"));
+        assert!(!component_matches(b"a?c", b"ac"));
+        assert!(!component_matches(b"id_rsa", b"id_rsa.pub"));
+        assert!(component_matches(b"*.pub", b"id_rsa.pub"));
+    }
+
+    #[test]
+    fn expand_finds_files_and_never_leaves_the_root() {
+        let tmp = tempdir();
+        let root = tmp.join("rootfs");
+        fs::create_dir_all(root.join("home/alice/.ssh")).unwrap();
+        fs::create_dir_all(root.join("home/bob/.ssh")).unwrap();
+        fs::write(root.join("home/alice/.ssh/id_rsa"), "k").unwrap();
+        fs::write(tmp.join("outside"), "host secret").unwrap();
+        // bob's key is a symlink that tries to escape to the host.
+        std::os::unix::fs::symlink("../../../../outside", root.join("home/bob/.ssh/id_rsa")).unwrap();
+        std::os::unix::fs::symlink(tmp.join("outside"), root.join("home/bob/.ssh/id_ed25519")).unwrap();
+        let fd = open_dir(&root).unwrap();
+        let found = expand(fd.as_fd(), "/home/*/.ssh/id_rsa");
+        let paths: Vec<&Path> = found.iter().map(|f| f.path.as_path()).collect();
+        assert_eq!(paths, [Path::new("/home/alice/.ssh/id_rsa")]);
+        assert!(expand(fd.as_fd(), "/home/*/.ssh/id_ed25519").is_empty());
+        let dirs = expand(fd.as_fd(), "/home/*/.ssh");
+        assert_eq!(dirs.len(), 2);
+        assert!(dirs.iter().all(|d| d.is_dir));
+        fs::remove_dir_all(&tmp).unwrap();
+    }
+
+    #[test]
+    fn container_root_before_pivot_is_the_rootfs() {
+        let tmp = tempdir();
+        fs::create_dir_all(tmp.join("rootfs")).unwrap();
+        let me = std::process::id() as i32;
+        let (fd, pivoted) = container_root(me, &tmp.join("rootfs")).unwrap();
+        assert!(!pivoted);
+        let want = fs::metadata(tmp.join("rootfs")).unwrap();
+        let (got, _) = FileId::of(fd.as_fd()).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!((got.dev, got.ino), (want.dev(), want.ino()));
+        let (_, pivoted) = container_root(me, &tmp.join("gone")).unwrap();
+        assert!(pivoted);
+        assert!(container_root(me, Path::new("rel")).is_err());
+        fs::remove_dir_all(&tmp).unwrap();
+    }
+
+    fn tempdir() -> PathBuf {
+        let p = std::env::temp_dir().join(format!(
+            "keyward-resolve-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = fs::remove_dir_all(&p);
+        fs::create_dir_all(&p).unwrap();
+        p
+    }
+}

@@ -1,0 +1,591 @@
+//! Rule decision: the compiled archiver and credential-path matchers.
+//!
+//! Two rules ship by default, both as data from [`crate::config::RulesConfig`]:
+//!
+//! * `exec` is the Elastic rule "Sensitive Files Compression Inside A
+//!   Container" (seed 004), exactly: on a process start, the process name is
+//!   an archiver *or any arg is one*, and some arg matches a credential path
+//!   pattern. Patterns use EQL wildcard semantics: `*` matches any run of
+//!   characters (including `/`), `?` one character, and the `:` operator is
+//!   case-insensitive.
+//! * `file` fires when a process that *is* an archiver (by executable name,
+//!   argv\[0\], a busybox applet name, or an archiver word inside a wrapper's
+//!   `sh -c` script) opens a file whose canonical container path matches a
+//!   credential pattern, however the opener spelled it.
+//!
+//! Patterns are compiled once into a [`globset::GlobSet`] and matched many
+//! times; arguments are matched as raw bytes so non-UTF-8 argv never fails.
+
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use serde::Serialize;
+
+use crate::config::{FileRuleConfig, RulesConfig, SeedRuleConfig};
+
+/// Stable id of the seed rule (Elastic's rule, implemented exactly).
+pub const EXEC_RULE_ID: &str = "keyward.seed.sensitive-files-compression";
+/// Name of the seed rule, as Elastic publishes it.
+pub const EXEC_RULE_NAME: &str = "Sensitive Files Compression Inside A Container";
+/// Stable id of the file-access rule.
+pub const FILE_RULE_ID: &str = "keyward.file.archiver-opened-credential";
+/// Name of the file-access rule.
+pub const FILE_RULE_NAME: &str = "Archiver Opened A Credential File Inside A Container";
+
+/// Shells whose `-c` script is searched for archiver words by the file rule.
+const SHELLS: &[&str] = &["sh", "bash", "dash", "ash", "zsh", "ksh", "busybox"];
+
+/// Errors building the rule set.
+#[derive(Debug, thiserror::Error)]
+pub enum RuleError {
+    #[error("bad credential path pattern {pattern:?} in {key}: {source}")]
+    Pattern {
+        key: &'static str,
+        pattern: String,
+        #[source]
+        source: globset::Error,
+    },
+    #[error("empty pattern in {key}")]
+    Empty { key: &'static str },
+    #[error("bad archiver name {name:?} in {key}: names are single words without '/'")]
+    Archiver { key: &'static str, name: String },
+    #[error("credential path set in {key} failed to build: {source}")]
+    Build {
+        key: &'static str,
+        #[source]
+        source: globset::Error,
+    },
+}
+
+/// A set of credential path patterns with EQL wildcard semantics.
+#[derive(Debug, Clone)]
+pub struct PathPatterns {
+    patterns: Vec<String>,
+    set: GlobSet,
+}
+
+impl PathPatterns {
+    /// Compile EQL-style wildcard patterns (`*`, `?`, case-insensitive).
+    pub fn new(key: &'static str, patterns: &[String]) -> Result<Self, RuleError> {
+        let mut builder = GlobSetBuilder::new();
+        for pattern in patterns {
+            if pattern.is_empty() {
+                return Err(RuleError::Empty { key });
+            }
+            let glob = GlobBuilder::new(&eql_to_glob(pattern))
+                .case_insensitive(true)
+                // EQL's `*` crosses `/`, unlike a shell glob.
+                .literal_separator(false)
+                .backslash_escape(true)
+                .build()
+                .map_err(|source| RuleError::Pattern {
+                    key,
+                    pattern: pattern.clone(),
+                    source,
+                })?;
+            builder.add(glob);
+        }
+        let set = builder
+            .build()
+            .map_err(|source| RuleError::Build { key, source })?;
+        Ok(Self {
+            patterns: patterns.to_vec(),
+            set,
+        })
+    }
+
+    /// The first pattern that matches `candidate`, if any.
+    pub fn first_match(&self, candidate: &OsStr) -> Option<&str> {
+        let path = Path::new(candidate);
+        if !self.set.is_match(path) {
+            return None;
+        }
+        self.set
+            .matches(path)
+            .first()
+            .map(|&i| self.patterns[i].as_str())
+    }
+
+    /// Whether any pattern matches.
+    pub fn is_match(&self, candidate: &OsStr) -> bool {
+        self.set.is_match(Path::new(candidate))
+    }
+
+    /// The source patterns, in order.
+    pub fn patterns(&self) -> &[String] {
+        &self.patterns
+    }
+}
+
+/// Translate an EQL wildcard into a globset glob: only `*` and `?` stay
+/// special; every other glob metacharacter is escaped so a pattern such as
+/// `/etc/[x]` means exactly those bytes, as it does in EQL.
+fn eql_to_glob(pattern: &str) -> String {
+    let mut out = String::with_capacity(pattern.len() + 8);
+    for c in pattern.chars() {
+        match c {
+            '*' => out.push('*'),
+            '?' => out.push('?'),
+            '[' | ']' | '{' | '}' | '\\' | '!' => {
+                out.push('\\');
+                out.push(c);
+            }
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+/// A case-insensitive set of archiver names.
+#[derive(Debug, Clone)]
+pub struct Archivers {
+    names: HashSet<Vec<u8>>,
+    ordered: Vec<String>,
+}
+
+impl Archivers {
+    /// Build from names; names are compared ASCII-case-insensitively.
+    pub fn new(key: &'static str, names: &[String]) -> Result<Self, RuleError> {
+        let mut set = HashSet::new();
+        for name in names {
+            if name.is_empty() || name.contains('/') || name.contains(char::is_whitespace) {
+                return Err(RuleError::Archiver {
+                    key,
+                    name: name.clone(),
+                });
+            }
+            set.insert(name.to_ascii_lowercase().into_bytes());
+        }
+        Ok(Self {
+            names: set,
+            ordered: names.to_vec(),
+        })
+    }
+
+    /// Whether `word` is exactly one of the names (case-insensitive).
+    pub fn contains(&self, word: &[u8]) -> bool {
+        if word.len() > 64 {
+            return false;
+        }
+        let mut lower = [0u8; 64];
+        for (dst, src) in lower.iter_mut().zip(word) {
+            *dst = src.to_ascii_lowercase();
+        }
+        self.names.contains(&lower[..word.len()])
+    }
+
+    /// The configured names, in order.
+    pub fn names(&self) -> &[String] {
+        &self.ordered
+    }
+}
+
+/// Last path component of a byte string.
+pub fn basename(bytes: &[u8]) -> &[u8] {
+    match bytes.iter().rposition(|&b| b == b'/') {
+        Some(i) => &bytes[i + 1..],
+        None => bytes,
+    }
+}
+
+/// Why the archiver half of a rule held.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "via", rename_all = "snake_case")]
+pub enum ArchiverHit {
+    /// `process.name` is an archiver.
+    Name { name: String },
+    /// `process.args[index]` is exactly an archiver name.
+    Arg { index: usize, arg: String },
+    /// argv\[0\]'s basename is an archiver (busybox applet, symlink).
+    Argv0 { name: String },
+    /// A word of a wrapper shell's `-c` script is an archiver.
+    Script { index: usize, word: String },
+}
+
+/// One argument that matched a credential pattern.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PathHit {
+    pub index: usize,
+    pub arg: String,
+    pub pattern: String,
+}
+
+/// The explanation of a seed-rule match on a command line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ExecMatch {
+    pub archiver: ArchiverHit,
+    pub paths: Vec<PathHit>,
+}
+
+/// The compiled rules, built once per config load and shared read-only.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    pub exec_enabled: bool,
+    exec_archivers: Archivers,
+    exec_paths: PathPatterns,
+    pub file_enabled: bool,
+    file_archivers: Archivers,
+    file_paths: PathPatterns,
+    watch_dirs: Vec<String>,
+}
+
+impl Rules {
+    /// Compile the configured rules. Errors quote the offending pattern.
+    pub fn compile(cfg: &RulesConfig) -> Result<Self, RuleError> {
+        let SeedRuleConfig {
+            enabled: exec_enabled,
+            archivers: exec_arch,
+            paths: exec_paths,
+        } = &cfg.exec;
+        let FileRuleConfig {
+            enabled: file_enabled,
+            archivers: file_arch,
+            paths: file_paths,
+            watch_dirs,
+        } = &cfg.file;
+        Ok(Self {
+            exec_enabled: *exec_enabled,
+            exec_archivers: Archivers::new("rules.exec.archivers", exec_arch)?,
+            exec_paths: PathPatterns::new("rules.exec.paths", exec_paths)?,
+            file_enabled: *file_enabled,
+            file_archivers: Archivers::new("rules.file.archivers", file_arch)?,
+            file_paths: PathPatterns::new("rules.file.paths", file_paths)?,
+            watch_dirs: watch_dirs.clone(),
+        })
+    }
+
+    /// Evaluate the seed rule on a process start, exactly as the EQL does:
+    /// `process.name` is an archiver or some arg is one, and some arg
+    /// matches a credential pattern. `args` includes argv\[0\], as ECS
+    /// `process.args` does.
+    pub fn match_exec<A: AsRef<OsStr>>(&self, name: &OsStr, args: &[A]) -> Option<ExecMatch> {
+        if !self.exec_enabled {
+            return None;
+        }
+        // Paths first: most command lines name no credential path, and the
+        // pattern set rejects them in one pass each.
+        let mut paths = Vec::new();
+        for (index, arg) in args.iter().enumerate() {
+            let arg = arg.as_ref();
+            if let Some(pattern) = self.exec_paths.first_match(arg) {
+                paths.push(PathHit {
+                    index,
+                    arg: arg.to_string_lossy().into_owned(),
+                    pattern: pattern.to_string(),
+                });
+            }
+        }
+        if paths.is_empty() {
+            return None;
+        }
+        let archiver = if self.exec_archivers.contains(name.as_bytes()) {
+            ArchiverHit::Name {
+                name: name.to_string_lossy().into_owned(),
+            }
+        } else {
+            let (index, arg) = args
+                .iter()
+                .enumerate()
+                .find(|(_, a)| self.exec_archivers.contains(a.as_ref().as_bytes()))?;
+            ArchiverHit::Arg {
+                index,
+                arg: arg.as_ref().to_string_lossy().into_owned(),
+            }
+        };
+        Some(ExecMatch { archiver, paths })
+    }
+
+    /// Whether a process is an archiver for the file-access rule, and why.
+    ///
+    /// Looks at the executable's name, argv\[0\] (busybox applets and
+    /// symlinks), any exact arg (`busybox tar`, `nice tar`, `env tar`), and
+    /// the words of a shell's `-c` script: busybox sh may run an applet in a
+    /// forked child without a new exec, so the child's argv is still the
+    /// shell's.
+    pub fn archiver_of<A: AsRef<OsStr>>(&self, exe_name: &OsStr, args: &[A]) -> Option<ArchiverHit> {
+        if !self.file_enabled {
+            return None;
+        }
+        if self.file_archivers.contains(exe_name.as_bytes()) {
+            return Some(ArchiverHit::Name {
+                name: exe_name.to_string_lossy().into_owned(),
+            });
+        }
+        let argv0 = args.first().map(|a| basename(a.as_ref().as_bytes()));
+        if let Some(argv0) = argv0 {
+            if self.file_archivers.contains(argv0) {
+                return Some(ArchiverHit::Argv0 {
+                    name: String::from_utf8_lossy(argv0).into_owned(),
+                });
+            }
+        }
+        for (index, arg) in args.iter().enumerate().skip(1) {
+            let bytes = arg.as_ref().as_bytes();
+            if self.file_archivers.contains(basename(bytes)) {
+                return Some(ArchiverHit::Arg {
+                    index,
+                    arg: arg.as_ref().to_string_lossy().into_owned(),
+                });
+            }
+        }
+        let is_shell = SHELLS
+            .iter()
+            .any(|s| exe_name.as_bytes() == s.as_bytes() || argv0 == Some(s.as_bytes()));
+        if is_shell {
+            for (index, arg) in args.iter().enumerate().skip(1) {
+                for word in arg
+                    .as_ref()
+                    .as_bytes()
+                    .split(|b| b" \t\n;|&()`$<>'\"".contains(b))
+                {
+                    if self.file_archivers.contains(basename(word)) {
+                        return Some(ArchiverHit::Script {
+                            index,
+                            word: String::from_utf8_lossy(word).into_owned(),
+                        });
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// The credential pattern a canonical container path matches, if any.
+    pub fn credential_pattern(&self, path: &OsStr) -> Option<&str> {
+        self.file_paths.first_match(path)
+    }
+
+    /// Every credential pattern whose files get inode marks: the union of
+    /// both rules' path lists, so the exec rule's files are also watched.
+    pub fn mark_patterns(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.file_paths.patterns().to_vec();
+        for p in self.exec_paths.patterns() {
+            if !out.contains(p) {
+                out.push(p.clone());
+            }
+        }
+        out
+    }
+
+    /// Directories that get a directory mark with `FAN_EVENT_ON_CHILD`.
+    pub fn watch_dirs(&self) -> &[String] {
+        &self.watch_dirs
+    }
+
+    /// The exec rule's archiver names.
+    pub fn exec_archivers(&self) -> &Archivers {
+        &self.exec_archivers
+    }
+
+    /// The file rule's archiver names.
+    pub fn file_archivers(&self) -> &Archivers {
+        &self.file_archivers
+    }
+
+    /// The exec rule's path patterns.
+    pub fn exec_paths(&self) -> &PathPatterns {
+        &self.exec_paths
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Table tests of the seed rule: every archiver and every one of the 27
+    //! patterns, matching and not, plus wildcard and case cases.
+    use super::*;
+    use crate::config::RulesConfig;
+
+    fn rules() -> Rules {
+        Rules::compile(&RulesConfig::default()).unwrap()
+    }
+
+    fn exec(args: &[&str]) -> Option<ExecMatch> {
+        let name = basename(args[0].as_bytes());
+        rules().match_exec(OsStr::from_bytes(name), args)
+    }
+
+    const SEED_ARCHIVERS: [&str; 5] = ["zip", "tar", "gzip", "hdiutil", "7z"];
+
+    /// The 27 patterns with one concrete path each.
+    const SEED_PATHS: [(&str, &str); 27] = [
+        ("/root/.ssh/id_rsa", "/root/.ssh/id_rsa"),
+        ("/root/.ssh/id_rsa.pub", "/root/.ssh/id_rsa.pub"),
+        ("/root/.ssh/id_ed25519", "/root/.ssh/id_ed25519"),
+        ("/root/.ssh/id_ed25519.pub", "/root/.ssh/id_ed25519.pub"),
+        ("/root/.ssh/authorized_keys", "/root/.ssh/authorized_keys"),
+        ("/root/.ssh/authorized_keys2", "/root/.ssh/authorized_keys2"),
+        ("/root/.ssh/known_hosts", "/root/.ssh/known_hosts"),
+        ("/root/.bash_history", "/root/.bash_history"),
+        ("/etc/hosts", "/etc/hosts"),
+        ("/home/*/.ssh/id_rsa", "/home/alice/.ssh/id_rsa"),
+        ("/home/*/.ssh/id_rsa.pub", "/home/alice/.ssh/id_rsa.pub"),
+        ("/home/*/.ssh/id_ed25519", "/home/bob/.ssh/id_ed25519"),
+        ("/home/*/.ssh/id_ed25519.pub", "/home/bob/.ssh/id_ed25519.pub"),
+        ("/home/*/.ssh/authorized_keys", "/home/x/.ssh/authorized_keys"),
+        ("/home/*/.ssh/authorized_keys2", "/home/x/.ssh/authorized_keys2"),
+        ("/home/*/.ssh/known_hosts", "/home/x/.ssh/known_hosts"),
+        ("/home/*/.bash_history", "/home/dev/.bash_history"),
+        ("/root/.aws/credentials", "/root/.aws/credentials"),
+        ("/root/.aws/config", "/root/.aws/config"),
+        ("/home/*/.aws/credentials", "/home/ci/.aws/credentials"),
+        ("/home/*/.aws/config", "/home/ci/.aws/config"),
+        ("/root/.docker/config.json", "/root/.docker/config.json"),
+        ("/home/*/.docker/config.json", "/home/u/.docker/config.json"),
+        ("/etc/group", "/etc/group"),
+        ("/etc/passwd", "/etc/passwd"),
+        ("/etc/shadow", "/etc/shadow"),
+        ("/etc/gshadow", "/etc/gshadow"),
+    ];
+
+    #[test]
+    fn default_exec_rule_is_the_seed_exactly() {
+        let r = rules();
+        assert_eq!(r.exec_archivers().names(), SEED_ARCHIVERS);
+        let pats: Vec<&str> = r.exec_paths().patterns().iter().map(|s| s.as_str()).collect();
+        let mut want: Vec<&str> = SEED_PATHS.iter().map(|(p, _)| *p).collect();
+        let mut got = pats.clone();
+        want.sort();
+        got.sort();
+        assert_eq!(got, want);
+        assert_eq!(pats.len(), 27);
+    }
+
+    #[test]
+    fn every_archiver_with_every_pattern_matches() {
+        for archiver in SEED_ARCHIVERS {
+            for (pattern, path) in SEED_PATHS {
+                let m = exec(&[archiver, "-c", "/tmp/out", path])
+                    .unwrap_or_else(|| panic!("{archiver} {path} did not match"));
+                assert_eq!(m.paths.len(), 1);
+                assert_eq!(m.paths[0].pattern, pattern);
+                assert_eq!(m.paths[0].index, 3);
+                assert_eq!(
+                    m.archiver,
+                    ArchiverHit::Name {
+                        name: archiver.to_string()
+                    }
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn archiver_as_arg_matches_for_wrappers() {
+        for archiver in SEED_ARCHIVERS {
+            let m = exec(&["busybox", archiver, "czf", "/tmp/x", "/etc/shadow"]).unwrap();
+            assert_eq!(
+                m.archiver,
+                ArchiverHit::Arg {
+                    index: 1,
+                    arg: archiver.to_string()
+                }
+            );
+        }
+        // `sh -c tar ...` as separate args (e.g. a wrapper passing argv).
+        assert!(exec(&["nice", "-n5", "tar", "cf", "/tmp/x", "/root/.bash_history"]).is_some());
+    }
+
+    #[test]
+    fn non_archivers_and_non_credential_paths_do_not_match() {
+        for (_, path) in SEED_PATHS {
+            assert!(exec(&["cat", path]).is_none(), "cat {path}");
+            assert!(exec(&["cp", path, "/tmp/x"]).is_none(), "cp {path}");
+        }
+        for archiver in SEED_ARCHIVERS {
+            assert!(exec(&[archiver, "czf", "/tmp/x.tgz", "/app"]).is_none());
+            assert!(exec(&[archiver, "czf", "/tmp/x.tgz", "/root/.ssh"]).is_none());
+            assert!(exec(&[archiver, "czf", "/tmp/x.tgz", "/root/.ssh/id_ecdsa"]).is_none());
+            assert!(exec(&[archiver, "/etc/hostname"]).is_none());
+        }
+        // Not an exact name: `tarx`, `gzip2`, `mytar`.
+        assert!(exec(&["tarx", "/etc/passwd"]).is_none());
+        assert!(exec(&["mytar", "cf", "x", "/etc/passwd"]).is_none());
+        // A string that only mentions a path is not that path.
+        assert!(exec(&["tar", "cf", "x", "--label=/etc/passwd"]).is_none());
+        assert!(exec(&["tar", "cf", "x", "/etc/passwd.bak"]).is_none());
+        assert!(exec(&["tar", "cf", "x", "./etc/passwd"]).is_none());
+    }
+
+    #[test]
+    fn wildcard_spans_any_characters_like_eql() {
+        assert!(exec(&["tar", "cf", "x", "/home/a/b/.ssh/id_rsa"]).is_some());
+        assert!(exec(&["tar", "cf", "x", "/home//.ssh/id_rsa"]).is_some());
+        assert!(exec(&["tar", "cf", "x", "/home/.ssh/id_rsa"]).is_none());
+        assert!(exec(&["tar", "cf", "x", "/homes/a/.ssh/id_rsa"]).is_none());
+    }
+
+    #[test]
+    fn matching_is_case_insensitive_like_eql_colon() {
+        assert!(exec(&["TAR", "cf", "x", "/ETC/SHADOW"]).is_some());
+        assert!(exec(&["Tar", "cf", "x", "/Root/.SSH/Id_Rsa"]).is_some());
+        assert!(exec(&["busybox", "GZIP", "/etc/Passwd"]).is_some());
+        assert!(exec(&["7Z", "a", "x", "/HOME/Alice/.AWS/Credentials"]).is_some());
+    }
+
+    #[test]
+    fn non_utf8_args_are_matched_as_bytes() {
+        let bad = OsStr::from_bytes(b"/tmp/\xff\xfe");
+        let shadow = OsStr::new("/etc/shadow");
+        let args = [OsStr::new("tar"), bad, shadow];
+        assert!(rules().match_exec(OsStr::new("tar"), &args).is_some());
+        let args = [OsStr::new("tar"), bad];
+        assert!(rules().match_exec(OsStr::new("tar"), &args).is_none());
+    }
+
+    #[test]
+    fn every_credential_path_reports_every_hit() {
+        let m = exec(&["zip", "x.zip", "/etc/passwd", "/etc/group", "/app/x"]).unwrap();
+        assert_eq!(m.paths.len(), 2);
+        assert_eq!(m.paths[1].pattern, "/etc/group");
+    }
+
+    #[test]
+    fn file_rule_recognises_archivers_by_name_applet_and_script() {
+        let r = rules();
+        let a = |exe: &str, args: &[&str]| r.archiver_of(OsStr::new(exe), args);
+        assert!(matches!(a("tar", &["tar", "cf", "x"]), Some(ArchiverHit::Name { .. })));
+        assert!(matches!(a("busybox", &["tar", "cf", "x"]), Some(ArchiverHit::Argv0 { .. })));
+        assert!(matches!(a("busybox", &["/bin/gzip"]), Some(ArchiverHit::Argv0 { .. })));
+        assert!(matches!(a("xz", &["xz", "-k", "f"]), Some(ArchiverHit::Name { .. })));
+        assert!(matches!(
+            a("sh", &["sh", "-c", "cd /root && tar czf /tmp/x .ssh"]),
+            Some(ArchiverHit::Script { .. })
+        ));
+        assert!(matches!(a("env", &["env", "/usr/bin/tar", "cf", "x"]), Some(ArchiverHit::Arg { .. })));
+        assert_eq!(a("cat", &["cat", "/etc/passwd"]), None);
+        assert_eq!(a("sh", &["sh", "-c", "cat /etc/passwd | grep tarball"]), None);
+        assert_eq!(a("ls", &["ls", "-l", "/root/.ssh"]), None);
+    }
+
+    #[test]
+    fn credential_pattern_matches_canonical_paths() {
+        let r = rules();
+        assert_eq!(r.credential_pattern(OsStr::new("/root/.ssh/id_rsa")), Some("/root/.ssh/id_rsa"));
+        assert_eq!(r.credential_pattern(OsStr::new("/root/.ssh/config")), None);
+        assert_eq!(r.credential_pattern(OsStr::new("/app/main.py")), None);
+    }
+
+    #[test]
+    fn bad_patterns_and_names_are_quoted_in_errors() {
+        let mut cfg = RulesConfig::default();
+        cfg.file.archivers.push("/bin/tar".into());
+        let e = Rules::compile(&cfg).unwrap_err().to_string();
+        assert!(e.contains("\"/bin/tar\"") && e.contains("rules.file.archivers"), "{e}");
+        let mut cfg = RulesConfig::default();
+        cfg.exec.paths.push(String::new());
+        let e = Rules::compile(&cfg).unwrap_err().to_string();
+        assert!(e.contains("rules.exec.paths"), "{e}");
+    }
+
+    #[test]
+    fn glob_metacharacters_other_than_star_are_literal() {
+        let p = PathPatterns::new("t", &["/etc/[ab]".to_string(), "/x/{a,b}".to_string()]).unwrap();
+        assert!(p.is_match(OsStr::new("/etc/[ab]")));
+        assert!(!p.is_match(OsStr::new("/etc/a")));
+        assert!(p.is_match(OsStr::new("/x/{a,b}")));
+        assert!(!p.is_match(OsStr::new("/x/a")));
+    }
+}

@@ -1,0 +1,208 @@
+//! Alert sinks: the ECS JSON lines file and syslog.
+//!
+//! Sinks run on the alert thread, never on a thread that answers the
+//! kernel. A sink that fails keeps the rendered alert in a bounded backlog
+//! and retries it on the next tick; nothing is fatal, and what a full
+//! backlog drops is counted.
+
+pub mod json;
+pub mod syslog;
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+use crate::alert::Alert;
+use crate::config::AlertsConfig;
+
+/// Alerts a sink holds for retry before it starts dropping the oldest.
+pub const BACKLOG: usize = 10_000;
+
+/// Per-sink delivery counters, readable from any thread.
+#[derive(Debug, Default)]
+pub struct SinkCounters {
+    pub delivered: AtomicU64,
+    pub failures: AtomicU64,
+    pub dropped: AtomicU64,
+    pub backlog: AtomicU64,
+}
+
+/// A snapshot of [`SinkCounters`].
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct SinkStats {
+    pub delivered: u64,
+    pub failures: u64,
+    pub dropped: u64,
+    pub backlog: u64,
+    pub last_error: Option<String>,
+}
+
+impl SinkCounters {
+    pub fn snapshot(&self, last_error: Option<String>) -> SinkStats {
+        SinkStats {
+            delivered: self.delivered.load(Ordering::Relaxed),
+            failures: self.failures.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+            backlog: self.backlog.load(Ordering::Relaxed),
+            last_error,
+        }
+    }
+}
+
+/// A transport that takes one rendered record at a time.
+pub trait Transport {
+    /// Deliver one record; on error the caller keeps it for retry.
+    fn send(&mut self, record: &[u8]) -> std::io::Result<()>;
+}
+
+/// A bounded retry queue in front of a [`Transport`].
+#[derive(Debug)]
+pub struct Backlog {
+    queue: VecDeque<Vec<u8>>,
+    pub last_error: Option<String>,
+}
+
+impl Default for Backlog {
+    fn default() -> Self {
+        Self {
+            queue: VecDeque::new(),
+            last_error: None,
+        }
+    }
+}
+
+impl Backlog {
+    /// Queue `record` and flush as much as the transport takes, in order.
+    pub fn push_and_flush<T: Transport>(&mut self, t: &mut T, record: Option<Vec<u8>>, c: &SinkCounters) {
+        if let Some(r) = record {
+            if self.queue.len() >= BACKLOG {
+                self.queue.pop_front();
+                c.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            self.queue.push_back(r);
+        }
+        while let Some(front) = self.queue.front() {
+            match t.send(front) {
+                Ok(()) => {
+                    self.queue.pop_front();
+                    c.delivered.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    c.failures.fetch_add(1, Ordering::Relaxed);
+                    self.last_error = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        c.backlog.store(self.queue.len() as u64, Ordering::Relaxed);
+    }
+}
+
+/// All configured sinks.
+pub struct Sinks {
+    hostname: String,
+    json: Option<json::JsonSink>,
+    syslog: Option<syslog::SyslogSink>,
+}
+
+impl Sinks {
+    /// Build from config. Opening is lazy: a missing syslog socket or log
+    /// directory is retried at delivery, not an error at start.
+    pub fn new(cfg: &AlertsConfig) -> Self {
+        let hostname = nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "localhost".into());
+        Self {
+            json: cfg.json.as_ref().map(|p| json::JsonSink::new(p.clone())),
+            syslog: cfg
+                .syslog
+                .enabled
+                .then(|| syslog::SyslogSink::new(&cfg.syslog, hostname.clone())),
+            hostname,
+        }
+    }
+
+    /// Render and deliver one alert to every sink.
+    pub fn deliver(&mut self, alert: &Alert) {
+        let doc = alert.to_ecs(&self.hostname);
+        if let Some(j) = &mut self.json {
+            j.deliver(&doc);
+        }
+        if let Some(s) = &mut self.syslog {
+            s.deliver(alert, &doc);
+        }
+    }
+
+    /// Retry what earlier deliveries could not send.
+    pub fn retry(&mut self) {
+        if let Some(j) = &mut self.json {
+            j.retry();
+        }
+        if let Some(s) = &mut self.syslog {
+            s.retry();
+        }
+    }
+
+    /// Counters per sink.
+    pub fn stats(&self) -> Vec<(&'static str, SinkStats)> {
+        let mut v = Vec::new();
+        if let Some(j) = &self.json {
+            v.push(("json", j.stats()));
+        }
+        if let Some(s) = &self.syslog {
+            v.push(("syslog", s.stats()));
+        }
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Flaky {
+        fail: bool,
+        got: Vec<Vec<u8>>,
+    }
+    impl Transport for Flaky {
+        fn send(&mut self, r: &[u8]) -> std::io::Result<()> {
+            if self.fail {
+                return Err(std::io::Error::other("down"));
+            }
+            self.got.push(r.to_vec());
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn backlog_keeps_order_across_an_outage() {
+        let c = SinkCounters::default();
+        let mut b = Backlog::default();
+        let mut t = Flaky { fail: true, got: vec![] };
+        b.push_and_flush(&mut t, Some(b"1".to_vec()), &c);
+        b.push_and_flush(&mut t, Some(b"2".to_vec()), &c);
+        assert_eq!(c.snapshot(None).backlog, 2);
+        assert_eq!(b.last_error.as_deref(), Some("down"));
+        t.fail = false;
+        b.push_and_flush(&mut t, None, &c);
+        assert_eq!(t.got, vec![b"1".to_vec(), b"2".to_vec()]);
+        let s = c.snapshot(None);
+        assert_eq!((s.delivered, s.backlog, s.dropped), (2, 0, 0));
+        assert!(s.failures >= 2);
+    }
+
+    #[test]
+    fn full_backlog_drops_oldest_and_counts() {
+        let c = SinkCounters::default();
+        let mut b = Backlog::default();
+        let mut t = Flaky { fail: true, got: vec![] };
+        for i in 0..(BACKLOG + 3) {
+            b.push_and_flush(&mut t, Some(i.to_string().into_bytes()), &c);
+        }
+        assert_eq!(c.snapshot(None).dropped, 3);
+        t.fail = false;
+        b.push_and_flush(&mut t, None, &c);
+        assert_eq!(t.got[0], b"3".to_vec());
+    }
+}

@@ -1,0 +1,251 @@
+//! The syslog sink: RFC 5424 (with structured data) or RFC 3164, over a
+//! local datagram socket, UDP, or TCP with RFC 6587 octet counting.
+//!
+//! The `syslog` crate formats; it never reconnects, so the transport here is
+//! our own and is rebuilt after any error. Undelivered records wait in the
+//! sink's backlog, so a syslog restart loses nothing that was queued.
+
+use std::io::Write;
+use std::net::{TcpStream, ToSocketAddrs, UdpSocket};
+use std::os::unix::net::UnixDatagram;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde_json::Value;
+use syslog::{Facility, Formatter3164, Formatter5424, LogFormat, Severity};
+
+/// RFC 5424 structured data as the `syslog` crate takes it.
+type StructuredData = std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>;
+
+use super::{Backlog, SinkCounters, SinkStats, Transport};
+use crate::alert::Alert;
+use crate::config::SyslogConfig;
+
+/// Private enterprise number used for our SD-ID (the "example" PEN, as
+/// RFC 5424 suggests for private use).
+const SD_ID: &str = "keyward@32473";
+const IO_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Where records go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Unix(PathBuf),
+    Udp(String),
+    Tcp(String),
+}
+
+impl Target {
+    /// Parse `udp://host:port` or `tcp://host:port`.
+    pub fn parse_server(s: &str) -> Result<Self, String> {
+        let (scheme, rest) = s
+            .split_once("://")
+            .ok_or_else(|| format!("{s:?} is not udp://host:port or tcp://host:port"))?;
+        if rest.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+            return Err(format!("{s:?} has no valid port"));
+        }
+        match scheme {
+            "udp" => Ok(Target::Udp(rest.to_string())),
+            "tcp" => Ok(Target::Tcp(rest.to_string())),
+            other => Err(format!("{s:?} has unknown scheme {other:?}, expected udp or tcp")),
+        }
+    }
+}
+
+enum Conn {
+    None,
+    Unix(UnixDatagram),
+    Udp(UdpSocket),
+    Tcp(TcpStream),
+}
+
+struct Socket {
+    target: Target,
+    conn: Conn,
+}
+
+impl Socket {
+    fn connect(&mut self) -> std::io::Result<()> {
+        self.conn = match &self.target {
+            Target::Unix(_) => {
+                let s = UnixDatagram::unbound()?;
+                s.set_write_timeout(Some(IO_TIMEOUT))?;
+                Conn::Unix(s)
+            }
+            Target::Udp(addr) => {
+                let s = UdpSocket::bind("0.0.0.0:0")?;
+                s.connect(addr)?;
+                Conn::Udp(s)
+            }
+            Target::Tcp(addr) => {
+                let sa = addr
+                    .to_socket_addrs()?
+                    .next()
+                    .ok_or_else(|| std::io::Error::other(format!("{addr} resolves to nothing")))?;
+                let s = TcpStream::connect_timeout(&sa, IO_TIMEOUT)?;
+                s.set_write_timeout(Some(IO_TIMEOUT))?;
+                Conn::Tcp(s)
+            }
+        };
+        Ok(())
+    }
+}
+
+impl Transport for Socket {
+    fn send(&mut self, record: &[u8]) -> std::io::Result<()> {
+        if matches!(self.conn, Conn::None) {
+            self.connect()?;
+        }
+        let r = match (&mut self.conn, &self.target) {
+            (Conn::Unix(s), Target::Unix(path)) => s.send_to(record, path).map(|_| ()),
+            (Conn::Udp(s), _) => s.send(record).map(|_| ()),
+            (Conn::Tcp(s), _) => {
+                // RFC 6587 octet counting: "LEN SP MSG".
+                let mut framed = format!("{} ", record.len()).into_bytes();
+                framed.extend_from_slice(record);
+                s.write_all(&framed)
+            }
+            _ => Err(std::io::Error::other("syslog transport mismatch")),
+        };
+        if r.is_err() {
+            self.conn = Conn::None;
+        }
+        r
+    }
+}
+
+enum Format {
+    R5424(Formatter5424),
+    R3164(Formatter3164),
+}
+
+/// The syslog sink.
+pub struct SyslogSink {
+    socket: Socket,
+    format: Format,
+    backlog: Backlog,
+    counters: SinkCounters,
+}
+
+impl SyslogSink {
+    pub fn new(cfg: &SyslogConfig, hostname: String) -> Self {
+        let target = match &cfg.server {
+            Some(s) => Target::parse_server(s).unwrap_or(Target::Unix(cfg.socket.clone())),
+            None => Target::Unix(cfg.socket.clone()),
+        };
+        let facility = Facility::from_str(&cfg.facility).unwrap_or(Facility::LOG_AUTHPRIV);
+        let pid = std::process::id();
+        let format = if cfg.format == "rfc3164" {
+            Format::R3164(Formatter3164 {
+                facility,
+                hostname: Some(hostname),
+                process: "keyward".into(),
+                pid,
+            })
+        } else {
+            Format::R5424(Formatter5424 {
+                facility,
+                hostname: Some(hostname),
+                process: "keyward".into(),
+                pid,
+            })
+        };
+        Self {
+            socket: Socket {
+                target,
+                conn: Conn::None,
+            },
+            format,
+            backlog: Backlog::default(),
+            counters: SinkCounters::default(),
+        }
+    }
+
+    /// Render one record: the human message plus structured data (5424) or
+    /// the ECS JSON (3164, which has no structured data).
+    pub fn render(&self, alert: &Alert, doc: &Value) -> Vec<u8> {
+        let severity = if alert.denied() {
+            Severity::LOG_ALERT
+        } else {
+            Severity::LOG_WARNING
+        };
+        let mut out = Vec::new();
+        let r = match &self.format {
+            Format::R5424(f) => {
+                let mut sd = StructuredData::new();
+                let mut params = std::collections::BTreeMap::new();
+                let (rule_id, _) = alert.rule();
+                params.insert("container_id".into(), alert.container.id.clone());
+                params.insert("pid".into(), alert.process.pid.to_string());
+                params.insert("process".into(), alert.process.name.clone());
+                params.insert("executable".into(), alert.process.exe.clone());
+                if let Some(p) = doc["file"]["path"].as_str() {
+                    params.insert("file".into(), p.to_string());
+                }
+                params.insert("rule".into(), rule_id.to_string());
+                params.insert("action".into(), alert.action.as_str().to_string());
+                params.insert(
+                    "outcome".into(),
+                    doc["event"]["outcome"].as_str().unwrap_or("").to_string(),
+                );
+                sd.insert(SD_ID.into(), params);
+                f.format(&mut out, severity, (1u32, sd, alert.message()))
+            }
+            Format::R3164(f) => f.format(
+                &mut out,
+                severity,
+                format!("{} {}", alert.message(), serde_json::to_string(doc).unwrap_or_default()),
+            ),
+        };
+        if r.is_err() {
+            out = alert.message().into_bytes();
+        }
+        out
+    }
+
+    pub fn deliver(&mut self, alert: &Alert, doc: &Value) {
+        let record = self.render(alert, doc);
+        self.backlog.push_and_flush(&mut self.socket, Some(record), &self.counters);
+    }
+
+    pub fn retry(&mut self) {
+        self.backlog.push_and_flush(&mut self.socket, None, &self.counters);
+    }
+
+    pub fn stats(&self) -> SinkStats {
+        self.counters.snapshot(self.backlog.last_error.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_urls_parse_or_say_why() {
+        assert_eq!(Target::parse_server("udp://127.0.0.1:514").unwrap(), Target::Udp("127.0.0.1:514".into()));
+        assert_eq!(Target::parse_server("tcp://localhost:601").unwrap(), Target::Tcp("localhost:601".into()));
+        assert!(Target::parse_server("ftp://x:1").unwrap_err().contains("ftp"));
+        assert!(Target::parse_server("udp://x").unwrap_err().contains("port"));
+        assert!(Target::parse_server("x:1").is_err());
+    }
+
+    #[test]
+    fn unix_datagram_delivery_reconnects_after_the_socket_returns() {
+        let dir = std::env::temp_dir().join(format!("keyward-syslog-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("log.sock");
+        let mut s = Socket {
+            target: Target::Unix(path.clone()),
+            conn: Conn::None,
+        };
+        assert!(s.send(b"lost").is_err());
+        let rx = UnixDatagram::bind(&path).unwrap();
+        s.send(b"hello").unwrap();
+        let mut buf = [0u8; 16];
+        let n = rx.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"hello");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

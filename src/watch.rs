@@ -1,0 +1,321 @@
+//! fanotify: the two groups, their marks, and the raw event stream.
+//!
+//! * The **permission group** (`FAN_CLASS_CONTENT`) carries `FAN_OPEN_PERM`
+//!   inode marks on each credential file found in a container's rootfs, and
+//!   directory marks with `FAN_EVENT_ON_CHILD` on the credential
+//!   directories. Inode marks fire on every path to the inode: hard links,
+//!   symlinks, bind mounts and private mount namespaces.
+//! * The **exec group** (`FAN_CLASS_NOTIF`) carries one `FAN_OPEN_EXEC` mark
+//!   per container: a filesystem mark on the container's own overlay
+//!   superblock, or, when the rootfs is a plain directory of a host
+//!   filesystem, a mount mark on the container's root mount, so host
+//!   processes never generate events.
+//!
+//! Reading is behind the [`EventSource`] seam, so the decision loop can be
+//! driven from a socketpair carrying recorded records in unit tests.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::fanotify::{EventFFlags, Fanotify, InitFlags, MarkFlags, MaskFlags};
+use nix::sys::statfs::fstatfs;
+
+/// Size of one `fanotify_event_metadata` record header.
+pub const METADATA_LEN: usize = std::mem::size_of::<libc::fanotify_event_metadata>();
+/// `FAN_ALLOW` / `FAN_DENY`.
+pub const FAN_ALLOW: u32 = libc::FAN_ALLOW;
+pub const FAN_DENY: u32 = libc::FAN_DENY;
+const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
+
+/// Errors from fanotify setup and marks.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("fanotify_init for the {group} group failed (needs root and CONFIG_FANOTIFY_ACCESS_PERMISSIONS): {source}")]
+    Init {
+        group: &'static str,
+        #[source]
+        source: Errno,
+    },
+    #[error("fanotify_mark on {what} failed: {source}")]
+    Mark {
+        what: String,
+        #[source]
+        source: Errno,
+    },
+}
+
+/// One event as read from the group: the kernel gave us `fd`, which we own.
+#[derive(Debug)]
+pub struct RawEvent {
+    pub mask: u64,
+    pub pid: i32,
+    pub fd: Option<OwnedFd>,
+}
+
+impl RawEvent {
+    /// Whether the kernel waits for our answer.
+    pub fn is_permission(&self) -> bool {
+        self.mask & (libc::FAN_OPEN_PERM | libc::FAN_ACCESS_PERM | libc::FAN_OPEN_EXEC_PERM) != 0
+    }
+
+    /// Whether the queue overflowed (events were lost).
+    pub fn is_overflow(&self) -> bool {
+        self.mask & libc::FAN_Q_OVERFLOW != 0
+    }
+}
+
+/// Parse the records in `buf`. Records are variable length (`event_len`),
+/// so the parser steps by each record's own length, never by a fixed size.
+/// A record with a foreign version or an impossible length ends the parse;
+/// the count of bytes consumed is returned with the events.
+pub fn parse_events(buf: &[u8], out: &mut Vec<RawEvent>) -> Result<usize, String> {
+    let mut off = 0;
+    while buf.len() - off >= METADATA_LEN {
+        let rec = &buf[off..];
+        let event_len = u32::from_ne_bytes(rec[0..4].try_into().unwrap_or_default()) as usize;
+        let vers = rec[4];
+        let metadata_len = u16::from_ne_bytes(rec[6..8].try_into().unwrap_or_default()) as usize;
+        let mask = u64::from_ne_bytes(rec[8..16].try_into().unwrap_or_default());
+        let fd = i32::from_ne_bytes(rec[16..20].try_into().unwrap_or_default());
+        let pid = i32::from_ne_bytes(rec[20..24].try_into().unwrap_or_default());
+        if vers != libc::FANOTIFY_METADATA_VERSION {
+            return Err(format!("fanotify metadata version {vers}, expected {}", libc::FANOTIFY_METADATA_VERSION));
+        }
+        if event_len < METADATA_LEN || metadata_len < METADATA_LEN || event_len > buf.len() - off {
+            return Err(format!("fanotify record of impossible length {event_len} at offset {off}"));
+        }
+        let fd = if fd >= 0 {
+            // SAFETY: the kernel installed this fd in our table for this
+            // event and nothing else owns it; we close it exactly once when
+            // the OwnedFd drops.
+            Some(unsafe { OwnedFd::from_raw_fd(fd) })
+        } else {
+            None
+        };
+        out.push(RawEvent { mask, pid, fd });
+        off += event_len;
+    }
+    Ok(off)
+}
+
+/// Where decision loops read events and write answers.
+pub trait EventSource: Send + Sync {
+    /// Wait up to `timeout` for events; `Ok(false)` on timeout.
+    fn wait(&self, timeout: Duration) -> io::Result<bool>;
+    /// Read raw records into `buf`.
+    fn read(&self, buf: &mut [u8]) -> io::Result<usize>;
+    /// Answer a permission event.
+    fn respond(&self, fd: RawFd, response: u32) -> io::Result<()>;
+}
+
+fn wait_fd(fd: BorrowedFd<'_>, timeout: Duration) -> io::Result<bool> {
+    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    match poll(&mut fds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)) {
+        Ok(0) => Ok(false),
+        Ok(_) => Ok(true),
+        Err(Errno::EINTR) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn read_fd(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match nix::unistd::read(fd, buf) {
+            Ok(n) => return Ok(n),
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Write one `fanotify_response` record to `fd`.
+pub fn write_response(to: BorrowedFd<'_>, fd: RawFd, response: u32) -> io::Result<()> {
+    let rec = libc::fanotify_response { fd, response };
+    // SAFETY: fanotify_response is a plain repr(C) struct of two 32-bit
+    // integers with no padding; viewing it as bytes is sound.
+    let bytes = unsafe {
+        std::slice::from_raw_parts(
+            (&rec as *const libc::fanotify_response).cast::<u8>(),
+            std::mem::size_of::<libc::fanotify_response>(),
+        )
+    };
+    loop {
+        match nix::unistd::write(to, bytes) {
+            Ok(_) => return Ok(()),
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// A real fanotify group.
+#[derive(Debug)]
+pub struct Group {
+    fan: Fanotify,
+    name: &'static str,
+}
+
+impl EventSource for Group {
+    fn wait(&self, timeout: Duration) -> io::Result<bool> {
+        wait_fd(self.fan.as_fd(), timeout)
+    }
+    fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        read_fd(self.fan.as_fd(), buf)
+    }
+    fn respond(&self, fd: RawFd, response: u32) -> io::Result<()> {
+        write_response(self.fan.as_fd(), fd, response)
+    }
+}
+
+/// How the exec mark is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecScope {
+    /// The container's own superblock (overlay).
+    Filesystem,
+    /// The container's root mount (rootfs is a host directory).
+    Mount,
+}
+
+impl Group {
+    fn init(name: &'static str, class: InitFlags) -> Result<Self, WatchError> {
+        let flags = class | InitFlags::FAN_CLOEXEC | InitFlags::FAN_UNLIMITED_MARKS;
+        let fan = Fanotify::init(
+            flags,
+            EventFFlags::O_RDONLY | EventFFlags::O_LARGEFILE | EventFFlags::O_CLOEXEC,
+        )
+        .map_err(|source| WatchError::Init { group: name, source })?;
+        Ok(Self { fan, name })
+    }
+
+    /// The permission group for credential opens.
+    pub fn permission() -> Result<Self, WatchError> {
+        Self::init("permission", InitFlags::FAN_CLASS_CONTENT)
+    }
+
+    /// The notification group for execs.
+    pub fn exec() -> Result<Self, WatchError> {
+        Self::init("exec", InitFlags::FAN_CLASS_NOTIF)
+    }
+
+    /// The group's name, for messages.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn mark(&self, flags: MarkFlags, mask: MaskFlags, fd: BorrowedFd<'_>, what: &str) -> Result<(), WatchError> {
+        self.fan
+            .mark::<_, str>(flags, mask, fd, None)
+            .map_err(|source| WatchError::Mark {
+                what: what.to_string(),
+                source,
+            })
+    }
+
+    /// Add (or remove) an open-permission mark on the inode behind `fd`; on
+    /// a directory, children's opens are reported too.
+    pub fn mark_credential(&self, fd: BorrowedFd<'_>, is_dir: bool, add: bool, what: &str) -> Result<(), WatchError> {
+        let mut mask = MaskFlags::FAN_OPEN_PERM;
+        if is_dir {
+            mask |= MaskFlags::FAN_EVENT_ON_CHILD;
+        }
+        let action = if add { MarkFlags::FAN_MARK_ADD } else { MarkFlags::FAN_MARK_REMOVE };
+        self.mark(action, mask, fd, what)
+    }
+
+    /// Add (or remove) the exec mark for a container root.
+    pub fn mark_exec(&self, root: BorrowedFd<'_>, scope: ExecScope, add: bool, what: &str) -> Result<(), WatchError> {
+        let mut flags = if add { MarkFlags::FAN_MARK_ADD } else { MarkFlags::FAN_MARK_REMOVE };
+        flags |= match scope {
+            ExecScope::Filesystem => MarkFlags::FAN_MARK_FILESYSTEM,
+            ExecScope::Mount => MarkFlags::FAN_MARK_MOUNT,
+        };
+        self.mark(flags, MaskFlags::FAN_OPEN_EXEC, root, what)
+    }
+
+    /// Raw fd, for diagnostics.
+    pub fn raw_fd(&self) -> RawFd {
+        self.fan.as_raw_fd()
+    }
+}
+
+/// Which exec scope fits a container root: its own overlay superblock gets
+/// a filesystem mark; anything else (a plain directory on a host
+/// filesystem, whose superblock the host shares) gets a mount mark.
+pub fn exec_scope(root: BorrowedFd<'_>) -> ExecScope {
+    match fstatfs(root) {
+        Ok(st) if st.filesystem_type().0 as i64 == OVERLAYFS_SUPER_MAGIC => ExecScope::Filesystem,
+        _ => ExecScope::Mount,
+    }
+}
+
+/// The path of an open fd as the kernel names it: the opener's own
+/// spelling, relative to the mount namespace the file was reached in.
+pub fn fd_path(fd: BorrowedFd<'_>) -> Option<std::path::PathBuf> {
+    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! Build recorded fanotify records for driving loops without a kernel.
+    use super::*;
+
+    /// One record as the kernel lays it out.
+    pub fn record(mask: u64, fd: RawFd, pid: i32) -> Vec<u8> {
+        let mut v = Vec::with_capacity(METADATA_LEN);
+        v.extend_from_slice(&(METADATA_LEN as u32).to_ne_bytes());
+        v.push(libc::FANOTIFY_METADATA_VERSION);
+        v.push(0);
+        v.extend_from_slice(&(METADATA_LEN as u16).to_ne_bytes());
+        v.extend_from_slice(&mask.to_ne_bytes());
+        v.extend_from_slice(&fd.to_ne_bytes());
+        v.extend_from_slice(&pid.to_ne_bytes());
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::record;
+    use super::*;
+    use std::os::fd::IntoRawFd;
+
+    #[test]
+    fn parses_variable_length_records_and_takes_fds() {
+        let f1 = std::fs::File::open("/dev/null").unwrap().into_raw_fd();
+        let mut buf = record(libc::FAN_OPEN_PERM, f1, 10);
+        // A longer record (as with info records appended) is stepped over.
+        let mut long = record(libc::FAN_OPEN_EXEC, -1, 11);
+        long[0..4].copy_from_slice(&((METADATA_LEN + 16) as u32).to_ne_bytes());
+        long.extend_from_slice(&[0u8; 16]);
+        buf.extend_from_slice(&long);
+        buf.extend_from_slice(&record(libc::FAN_Q_OVERFLOW, -1, 0));
+        let mut out = Vec::new();
+        let used = parse_events(&buf, &mut out).unwrap();
+        assert_eq!(used, buf.len());
+        assert_eq!(out.len(), 3);
+        assert!(out[0].is_permission() && out[0].fd.is_some() && out[0].pid == 10);
+        assert!(!out[1].is_permission() && out[1].fd.is_none() && out[1].pid == 11);
+        assert!(out[2].is_overflow());
+    }
+
+    #[test]
+    fn rejects_bad_version_and_impossible_lengths() {
+        let mut bad = record(0, -1, 1);
+        bad[4] = 99;
+        assert!(parse_events(&bad, &mut Vec::new()).unwrap_err().contains("version 99"));
+        let mut short = record(0, -1, 1);
+        short[0..4].copy_from_slice(&4u32.to_ne_bytes());
+        assert!(parse_events(&short, &mut Vec::new()).is_err());
+        let mut long = record(0, -1, 1);
+        long[0..4].copy_from_slice(&1000u32.to_ne_bytes());
+        assert!(parse_events(&long, &mut Vec::new()).is_err());
+        // A trailing partial header is left unconsumed.
+        let part = record(0, -1, 1);
+        assert_eq!(parse_events(&part[..10], &mut Vec::new()).unwrap(), 0);
+    }
+}
