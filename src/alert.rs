@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use crate::attribution::ProcessInfo;
 use crate::config::Action;
@@ -319,7 +319,11 @@ impl Aggregator {
 
     /// Add a finding; returns true when it opened a new run.
     pub fn add(&mut self, f: Finding, now: Instant) -> bool {
-        let key = (f.container.id.clone(), f.process.pid, f.process.start_time_ticks);
+        let key = (
+            f.container.id.clone(),
+            f.process.pid,
+            f.process.start_time_ticks,
+        );
         let mut new = false;
         let entry = self.runs.entry(key).or_insert_with(|| {
             new = true;
@@ -370,7 +374,12 @@ mod tests {
             start_time_ticks: start,
             name: "tar".into(),
             exe: "/usr/bin/tar".into(),
-            args: vec!["tar".into(), "czf".into(), "/tmp/x".into(), "/root/.ssh".into()],
+            args: vec![
+                "tar".into(),
+                "czf".into(),
+                "/tmp/x".into(),
+                "/root/.ssh".into(),
+            ],
             args_count: 4,
             ..Default::default()
         }
@@ -402,7 +411,10 @@ mod tests {
         assert!(agg.add(open(10, 5, "/root/.ssh/id_rsa"), t0));
         assert!(!agg.add(open(10, 5, "/root/.ssh/known_hosts"), t0));
         assert!(!agg.add(open(10, 5, "/root/.ssh/id_rsa"), t0));
-        assert!(agg.drain_due(t0 + Duration::from_millis(50), false).is_empty());
+        assert!(
+            agg.drain_due(t0 + Duration::from_millis(50), false)
+                .is_empty()
+        );
         let out = agg.drain_due(t0 + Duration::from_millis(150), false);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].files.len(), 2);
@@ -469,10 +481,12 @@ mod tests {
         assert_eq!(doc["process"]["pid"], 42);
         assert_eq!(doc["file"]["path"], "/root/.ssh/id_rsa");
         assert_eq!(doc["host"]["hostname"], "h1");
-        assert!(doc["threat"]["technique"]["subtechnique"]["id"]
-            .as_array()
-            .unwrap()
-            .contains(&json!("T1560.001")));
+        assert!(
+            doc["threat"]["technique"]["subtechnique"]["id"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("T1560.001"))
+        );
         assert!(doc["@timestamp"].as_str().unwrap().ends_with('Z'));
         assert_eq!(doc["keyward"]["response"]["result"], "ok");
         assert!(a.message().contains("abc123") && a.message().contains("/root/.ssh/id_rsa"));

@@ -7,14 +7,14 @@
 //! under `catch_unwind`, so even a bug answers: the event is allowed.
 
 use std::os::fd::{AsFd, AsRawFd};
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::time::Duration;
 
 use crate::alert::Finding;
 use crate::decide::{self, Context};
-use crate::watch::{parse_events, EventSource, RawEvent, FAN_ALLOW};
+use crate::watch::{EventSource, FAN_ALLOW, RawEvent, parse_events};
 
 /// Read buffer: many records per read(2) syscall.
 const READ_BUF: usize = 64 * 1024;
@@ -31,7 +31,12 @@ fn send(tx: &SyncSender<Finding>, f: Finding, drops: &AtomicU64) {
 }
 
 /// Read one batch of events; `None` on timeout or a read error.
-fn read_batch(src: &dyn EventSource, buf: &mut [u8], ctx: &Context, out: &mut Vec<RawEvent>) -> bool {
+fn read_batch(
+    src: &dyn EventSource,
+    buf: &mut [u8],
+    ctx: &Context,
+    out: &mut Vec<RawEvent>,
+) -> bool {
     out.clear();
     match src.wait(TICK) {
         Ok(true) => {}
@@ -48,7 +53,12 @@ fn read_batch(src: &dyn EventSource, buf: &mut [u8], ctx: &Context, out: &mut Ve
 }
 
 /// Answer every permission event in one batch. Returns findings to queue.
-pub fn answer_batch(src: &dyn EventSource, ctx: &Context, events: Vec<RawEvent>, tx: &SyncSender<Finding>) {
+pub fn answer_batch(
+    src: &dyn EventSource,
+    ctx: &Context,
+    events: Vec<RawEvent>,
+    tx: &SyncSender<Finding>,
+) {
     for ev in events {
         if ev.is_overflow() {
             ctx.stats.overflows.fetch_add(1, Ordering::Relaxed);
@@ -58,11 +68,13 @@ pub fn answer_batch(src: &dyn EventSource, ctx: &Context, events: Vec<RawEvent>,
             continue;
         }
         let Some(fd) = ev.fd else { continue };
-        let (response, finding) = catch_unwind(AssertUnwindSafe(|| decide::decide_open(ctx, ev.pid, fd.as_fd())))
-            .unwrap_or_else(|_| {
-                ctx.stats.panics.fetch_add(1, Ordering::Relaxed);
-                (FAN_ALLOW, None)
-            });
+        let (response, finding) = catch_unwind(AssertUnwindSafe(|| {
+            decide::decide_open(ctx, ev.pid, fd.as_fd())
+        }))
+        .unwrap_or_else(|_| {
+            ctx.stats.panics.fetch_add(1, Ordering::Relaxed);
+            (FAN_ALLOW, None)
+        });
         if src.respond(fd.as_raw_fd(), response).is_err() {
             ctx.stats.respond_errors.fetch_add(1, Ordering::Relaxed);
         }
@@ -81,7 +93,12 @@ pub fn answer_batch(src: &dyn EventSource, ctx: &Context, events: Vec<RawEvent>,
 }
 
 /// The permission loop: runs until `stop` is set.
-pub fn permission_loop(src: &dyn EventSource, ctx: &Context, tx: SyncSender<Finding>, stop: &AtomicBool) {
+pub fn permission_loop(
+    src: &dyn EventSource,
+    ctx: &Context,
+    tx: SyncSender<Finding>,
+    stop: &AtomicBool,
+) {
     let mut buf = vec![0u8; READ_BUF];
     let mut events = Vec::with_capacity(64);
     while !stop.load(Ordering::Relaxed) {
@@ -105,11 +122,13 @@ pub fn exec_loop(src: &dyn EventSource, ctx: &Context, tx: SyncSender<Finding>, 
                 continue;
             }
             let Some(fd) = ev.fd else { continue };
-            let finding = catch_unwind(AssertUnwindSafe(|| decide::decide_exec(ctx, ev.pid, fd.as_fd())))
-                .unwrap_or_else(|_| {
-                    ctx.stats.panics.fetch_add(1, Ordering::Relaxed);
-                    None
-                });
+            let finding = catch_unwind(AssertUnwindSafe(|| {
+                decide::decide_exec(ctx, ev.pid, fd.as_fd())
+            }))
+            .unwrap_or_else(|_| {
+                ctx.stats.panics.fetch_add(1, Ordering::Relaxed);
+                None
+            });
             drop(fd);
             if let Some(f) = finding {
                 send(&tx, f, &ctx.stats.queue_drops);

@@ -85,7 +85,8 @@ pub fn parse_stat(pid: i32, text: &[u8]) -> Result<Stat, AttributionError> {
         .iter()
         .rposition(|&b| b == b')')
         .ok_or(AttributionError::BadStat { pid })?;
-    let rest = std::str::from_utf8(&text[close + 1..]).map_err(|_| AttributionError::BadStat { pid })?;
+    let rest =
+        std::str::from_utf8(&text[close + 1..]).map_err(|_| AttributionError::BadStat { pid })?;
     let fields: Vec<&str> = rest.split_ascii_whitespace().collect();
     // After comm: state(0) ppid(1) ... starttime is field 22 overall, i.e.
     // index 19 here.
@@ -125,7 +126,8 @@ pub fn parse_cmdline(raw: &[u8]) -> (Vec<OsString>, usize) {
 
 /// Read argv as raw bytes, bounded by [`MAX_CMDLINE_BYTES`].
 pub fn cmdline(pid: i32) -> Result<(Vec<OsString>, usize), AttributionError> {
-    let f = fs::File::open(format!("/proc/{pid}/cmdline")).map_err(|e| io_err(pid, "cmdline", e))?;
+    let f =
+        fs::File::open(format!("/proc/{pid}/cmdline")).map_err(|e| io_err(pid, "cmdline", e))?;
     let mut buf = Vec::with_capacity(4096);
     f.take(MAX_CMDLINE_BYTES as u64)
         .read_to_end(&mut buf)
@@ -151,6 +153,11 @@ pub fn ns_inode(pid: i32, ns: &'static str) -> Result<u64, AttributionError> {
     Ok(m.ino())
 }
 
+/// The working directory as the process sees it (inside its own root).
+pub fn cwd(pid: i32) -> PathBuf {
+    fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_else(|_| PathBuf::from("/"))
+}
+
 /// Real uid from `/proc/<pid>/status`.
 fn uid(pid: i32) -> Result<u32, AttributionError> {
     let meta = fs::metadata(format!("/proc/{pid}")).map_err(|e| io_err(pid, "status", e))?;
@@ -160,7 +167,9 @@ fn uid(pid: i32) -> Result<u32, AttributionError> {
 }
 
 fn lossy(args: &[OsString]) -> Vec<String> {
-    args.iter().map(|a| a.to_string_lossy().into_owned()).collect()
+    args.iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect()
 }
 
 fn name_of(exe: &std::path::Path) -> String {
@@ -217,9 +226,7 @@ impl RawProcess {
             exe: self.exe.to_string_lossy().into_owned(),
             args: lossy(&self.args),
             args_count: self.args_count,
-            cwd: fs::read_link(format!("/proc/{pid}/cwd"))
-                .map(|p| p.to_string_lossy().into_owned())
-                .unwrap_or_default(),
+            cwd: cwd(pid).to_string_lossy().into_owned(),
             ppid: self.stat.ppid,
             uid: uid(pid).unwrap_or(u32::MAX),
             parent,
@@ -287,6 +294,9 @@ mod tests {
     fn vanished_pid_is_reported_as_such() {
         // Pid numbers above pid_max never exist.
         let e = RawProcess::read(i32::MAX).unwrap_err();
-        assert!(matches!(e, AttributionError::Vanished { pid } if pid == i32::MAX), "{e}");
+        assert!(
+            matches!(e, AttributionError::Vanished { pid } if pid == i32::MAX),
+            "{e}"
+        );
     }
 }

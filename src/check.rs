@@ -3,7 +3,7 @@
 use std::ffi::OsString;
 use std::fmt;
 
-use crate::rules::{basename, ArchiverHit, ExecMatch, Rules};
+use crate::rules::{ArchiverHit, ExecMatch, Rules, basename};
 
 /// The verdict on one command line.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -34,7 +34,10 @@ pub fn check(rules: &Rules, argv: &[OsString]) -> CheckReport {
         })
         .unwrap_or_default();
     CheckReport {
-        args: argv.iter().map(|a| a.to_string_lossy().into_owned()).collect(),
+        args: argv
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect(),
         exec: rules.match_exec(&name, argv),
         file_archiver: rules.archiver_of(&name, argv),
     }
@@ -55,7 +58,12 @@ impl fmt::Display for CheckReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.exec {
             Some(m) => {
-                writeln!(f, "ALERT: {} ({})", crate::rules::EXEC_RULE_NAME, crate::rules::EXEC_RULE_ID)?;
+                writeln!(
+                    f,
+                    "ALERT: {} ({})",
+                    crate::rules::EXEC_RULE_NAME,
+                    crate::rules::EXEC_RULE_ID
+                )?;
                 writeln!(f, "  archiver: {}", describe(&m.archiver))?;
                 for p in &m.paths {
                     writeln!(
@@ -65,7 +73,11 @@ impl fmt::Display for CheckReport {
                     )?;
                 }
             }
-            None => writeln!(f, "no alert from the command line: {}", crate::rules::EXEC_RULE_ID)?,
+            None => writeln!(
+                f,
+                "no alert from the command line: {}",
+                crate::rules::EXEC_RULE_ID
+            )?,
         }
         match &self.file_archiver {
             Some(hit) => writeln!(
@@ -96,10 +108,16 @@ mod tests {
         assert!(r.alerts());
         let text = r.to_string();
         assert!(text.contains("\"tar\" is an archiver"), "{text}");
-        assert!(text.contains("matches pattern \"/root/.ssh/id_rsa\""), "{text}");
+        assert!(
+            text.contains("matches pattern \"/root/.ssh/id_rsa\""),
+            "{text}"
+        );
         let r = run(&["tar", "czf", "/tmp/x.tgz", "/root/.ssh"]);
         assert!(!r.alerts());
-        assert!(r.to_string().contains("any credential file it opens alerts"));
+        assert!(
+            r.to_string()
+                .contains("any credential file it opens alerts")
+        );
         let r = run(&["cat", "/etc/passwd"]);
         assert!(!r.alerts() && r.file_archiver.is_none());
     }

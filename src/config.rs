@@ -237,6 +237,11 @@ pub struct FileRuleConfig {
     /// Credential directories marked with `FAN_EVENT_ON_CHILD`, so a
     /// directory walk and files created later are seen.
     pub watch_dirs: Vec<String>,
+    /// Files that archivers read on their own: GNU tar and busybox tar look
+    /// up user and group names through NSS (`/etc/passwd`, `/etc/group`),
+    /// resolvers read `/etc/hosts`. An archiver's open of one of these
+    /// counts only when an argument names the file or a directory above it.
+    pub incidental_paths: Vec<String>,
 }
 
 impl Default for FileRuleConfig {
@@ -246,6 +251,7 @@ impl Default for FileRuleConfig {
             archivers: strings(FILE_ARCHIVERS),
             paths: strings(SEED_PATHS),
             watch_dirs: strings(WATCH_DIRS),
+            incidental_paths: strings(INCIDENTAL_PATHS),
         }
     }
 }
@@ -301,6 +307,9 @@ pub const WATCH_DIRS: &[&str] = &[
     "/home/*/.docker",
 ];
 
+/// Files archivers open for their own lookups (NSS, resolver).
+pub const INCIDENTAL_PATHS: &[&str] = &["/etc/passwd", "/etc/group", "/etc/hosts"];
+
 fn strings(items: &[&str]) -> Vec<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
@@ -345,7 +354,10 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key, reason: String| Err(ConfigError::Invalid { key, reason });
         if !self.socket.is_absolute() {
-            return invalid("socket", format!("{:?} is not an absolute path", self.socket));
+            return invalid(
+                "socket",
+                format!("{:?} is not an absolute path", self.socket),
+            );
         }
         if !self.daemon.runtime_dir.is_absolute() {
             return invalid(
@@ -401,6 +413,10 @@ impl Config {
         }
         for (key, list) in [
             ("rules.file.watch_dirs", &self.rules.file.watch_dirs),
+            (
+                "rules.file.incidental_paths",
+                &self.rules.file.incidental_paths,
+            ),
             ("rules.file.paths", &self.rules.file.paths),
             ("rules.exec.paths", &self.rules.exec.paths),
         ] {
@@ -435,7 +451,8 @@ mod tests {
         for line in defaults.lines() {
             if let Some((key, _)) = line.split_once(" = ") {
                 assert!(
-                    text.lines().any(|l| l.trim_start().starts_with(&format!("{key} ="))),
+                    text.lines()
+                        .any(|l| l.trim_start().starts_with(&format!("{key} ="))),
                     "example config lacks key {key}"
                 );
             }
@@ -468,29 +485,49 @@ action = "deny"
         assert!(e.contains("jsn"), "{e}");
         let e = parse("bogus = 1\n").unwrap_err().to_string();
         assert!(e.contains("bogus"), "{e}");
-        let e = parse("[response]\nacton = \"deny\"\n").unwrap_err().to_string();
+        let e = parse("[response]\nacton = \"deny\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("acton"), "{e}");
     }
 
     #[test]
     fn bad_values_name_the_key() {
-        let e = parse("[response]\naction = \"explode\"\n").unwrap_err().to_string();
+        let e = parse("[response]\naction = \"explode\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("explode"), "{e}");
-        let e = parse("[alerts.syslog]\nfacility = \"nope\"\n").unwrap_err().to_string();
+        let e = parse("[alerts.syslog]\nfacility = \"nope\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("alerts.syslog.facility"), "{e}");
-        let e = parse("socket = \"relative.sock\"\n").unwrap_err().to_string();
+        let e = parse("socket = \"relative.sock\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("`socket`"), "{e}");
-        let e = parse("[alerts.syslog]\nserver = \"ftp://x\"\n").unwrap_err().to_string();
+        let e = parse("[alerts.syslog]\nserver = \"ftp://x\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("alerts.syslog.server"), "{e}");
-        let e = parse("[rules.file]\nwatch_dirs = [\"root/.ssh\"]\n").unwrap_err().to_string();
+        let e = parse("[rules.file]\nwatch_dirs = [\"root/.ssh\"]\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("rules.file.watch_dirs"), "{e}");
-        let e = parse("[daemon]\nqueue_capacity = 1\n").unwrap_err().to_string();
+        let e = parse("[daemon]\nqueue_capacity = 1\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("daemon.queue_capacity"), "{e}");
     }
 
     #[test]
     fn action_names_round_trip() {
-        for a in [Action::Alert, Action::Deny, Action::Kill, Action::Stop, Action::Disconnect] {
+        for a in [
+            Action::Alert,
+            Action::Deny,
+            Action::Kill,
+            Action::Stop,
+            Action::Disconnect,
+        ] {
             assert_eq!(a.as_str().parse::<Action>().unwrap(), a);
         }
         assert!("Deny".parse::<Action>().is_err());

@@ -10,8 +10,8 @@ use std::io::BufReader;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
@@ -83,7 +83,9 @@ fn serve_one<H: Handler>(stream: UnixStream, handler: &H) {
     let _ = stream.set_write_timeout(Some(CLIENT_TIMEOUT));
     let reply = match getsockopt(&stream, PeerCredentials) {
         Ok(cred) if cred.uid() == 0 => {
-            match protocol::read_line(&mut BufReader::new(&stream)).and_then(|l| protocol::parse_request(&l)) {
+            match protocol::read_line(&mut BufReader::new(&stream))
+                .and_then(|l| protocol::parse_request(&l))
+            {
                 Ok(req) => handler.handle(req),
                 Err(e) => Reply::Error {
                     message: format!("bad request: {e}"),
@@ -103,7 +105,12 @@ fn serve_one<H: Handler>(stream: UnixStream, handler: &H) {
 
 /// Accept connections until `stop`; `tick` runs about every 200 ms (the
 /// daemon reaps exited containers there).
-pub fn serve<H: Handler>(listener: UnixListener, handler: Arc<H>, stop: &AtomicBool, mut tick: impl FnMut()) {
+pub fn serve<H: Handler>(
+    listener: UnixListener,
+    handler: Arc<H>,
+    stop: &AtomicBool,
+    mut tick: impl FnMut(),
+) {
     let active = Arc::new(AtomicUsize::new(0));
     while !stop.load(Ordering::Relaxed) {
         tick();
@@ -151,8 +158,13 @@ mod tests {
     impl Handler for Echo {
         fn handle(&self, req: Request) -> Reply {
             match req {
-                Request::Deregister { id } => Reply::Deregistered { id, marks_removed: 0 },
-                _ => Reply::Error { message: "no".into() },
+                Request::Deregister { id } => Reply::Deregistered {
+                    id,
+                    marks_removed: 0,
+                },
+                _ => Reply::Error {
+                    message: "no".into(),
+                },
             }
         }
     }
@@ -176,8 +188,19 @@ mod tests {
         assert!(String::from_utf8_lossy(&line).contains("bad request"));
         // A silent client does not block the next one.
         let _silent = UnixStream::connect(&path).unwrap();
-        let r = crate::client::call(&path, &Request::Deregister { id: "x".into() }, Duration::from_secs(3)).unwrap();
-        assert_eq!(r, Reply::Deregistered { id: "x".into(), marks_removed: 0 });
+        let r = crate::client::call(
+            &path,
+            &Request::Deregister { id: "x".into() },
+            Duration::from_secs(3),
+        )
+        .unwrap();
+        assert_eq!(
+            r,
+            Reply::Deregistered {
+                id: "x".into(),
+                marks_removed: 0
+            }
+        );
         stop.store(true, Ordering::Relaxed);
         t.join().unwrap();
         fs::remove_dir_all(&dir).unwrap();

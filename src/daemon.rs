@@ -94,10 +94,19 @@ impl Daemon {
 
     fn register(&self, r: Registration) -> Result<Reply, String> {
         registry::check_id(&r.id).map_err(|e| e.to_string())?;
-        let default = self.config.read().unwrap_or_else(|e| e.into_inner()).response.action;
-        let action = registry::action_for(&r.id, &r.annotations, default).map_err(|e| e.to_string())?;
+        let default = self
+            .config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .response
+            .action;
+        let action =
+            registry::action_for(&r.id, &r.annotations, default).map_err(|e| e.to_string())?;
         if !r.rootfs.is_absolute() {
-            return Err(format!("rootfs {:?} of container {} is not absolute", r.rootfs, r.id));
+            return Err(format!(
+                "rootfs {:?} of container {} is not absolute",
+                r.rootfs, r.id
+            ));
         }
         let facts = registry::verify_pid(r.pid).map_err(|e| e.to_string())?;
         let (name, image) = registry::name_and_image(&r.annotations);
@@ -145,7 +154,12 @@ impl Daemon {
         let policy = self.ctx.policy();
         let r = marks::install(&self.perm, &self.exec, &policy.rules, rec, &self.ctx.index);
         if r.is_err() {
-            let orphaned = self.ctx.index.write().unwrap_or_else(|e| e.into_inner()).remove(&rec.id);
+            let orphaned = self
+                .ctx
+                .index
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&rec.id);
             marks::remove(&self.perm, &self.exec, rec, &orphaned);
         }
         r
@@ -153,7 +167,12 @@ impl Daemon {
 
     fn drop_container(&self, reg: &mut Registry, id: &str) -> Option<usize> {
         let rec = reg.remove(id)?;
-        let orphaned = self.ctx.index.write().unwrap_or_else(|e| e.into_inner()).remove(id);
+        let orphaned = self
+            .ctx
+            .index
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
         Some(marks::remove(&self.perm, &self.exec, &rec, &orphaned))
     }
 
@@ -164,7 +183,9 @@ impl Daemon {
                 if let Err(e) = reg.save() {
                     log(e.to_string());
                 }
-                log(format!("stopped watching container {id} ({n} marks removed)"));
+                log(format!(
+                    "stopped watching container {id} ({n} marks removed)"
+                ));
                 Reply::Deregistered {
                     id: id.to_string(),
                     marks_removed: n,
@@ -178,7 +199,11 @@ impl Daemon {
 
     /// Deregister containers whose init has exited without a poststop hook.
     fn reap(&self) {
-        let dead = self.registry.lock().unwrap_or_else(|e| e.into_inner()).dead();
+        let dead = self
+            .registry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .dead();
         for id in dead {
             log(format!("container {id} exited; dropping it"));
             self.deregister(&id);
@@ -190,10 +215,15 @@ impl Daemon {
         let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
         for mut rec in records {
             let same = registry::verify_pid(rec.pid).is_ok_and(|f| {
-                f.start_time_ticks == rec.start_time_ticks && f.pid_ns == rec.pid_ns && f.net_ns == rec.net_ns
+                f.start_time_ticks == rec.start_time_ticks
+                    && f.pid_ns == rec.pid_ns
+                    && f.net_ns == rec.net_ns
             });
             if !same {
-                log(format!("container {} (pid {}) is gone; not restoring it", rec.id, rec.pid));
+                log(format!(
+                    "container {} (pid {}) is gone; not restoring it",
+                    rec.id, rec.pid
+                ));
                 continue;
             }
             match self.install(&mut rec) {
@@ -222,10 +252,19 @@ impl Daemon {
             marked_inodes: idx.marked_inodes(),
             default_action: self.ctx.policy().default_action.as_str().to_string(),
             stats: self.ctx.stats.snapshot(),
-            sinks: self.alerts.sinks.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            sinks: self
+                .alerts
+                .sinks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
             alerts_sent: self.alerts.sent.load(Ordering::Relaxed),
             pending_runs: self.alerts.pending.load(Ordering::Relaxed),
-            config_errors: self.config_errors.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            config_errors: self
+                .config_errors
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         }
     }
 
@@ -252,13 +291,19 @@ impl Daemon {
                 *self.ctx.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
                 let _ = alert_cfg.send(cfg.clone());
                 *self.config.write().unwrap_or_else(|e| e.into_inner()) = cfg;
-                self.config_errors.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                self.config_errors
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clear();
                 log("config reloaded");
             }
             Err(e) => {
                 let msg = format!("reload failed, keeping the previous config: {e}");
                 log(&msg);
-                self.config_errors.lock().unwrap_or_else(|e| e.into_inner()).push(msg);
+                self.config_errors
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(msg);
             }
         }
     }
@@ -331,8 +376,11 @@ fn alert_loop(
             last_retry = Instant::now();
         }
         stats.pending.store(agg.pending() as u64, Ordering::Relaxed);
-        *stats.sinks.lock().unwrap_or_else(|e| e.into_inner()) =
-            sinks.stats().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        *stats.sinks.lock().unwrap_or_else(|e| e.into_inner()) = sinks
+            .stats()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
         if stopping {
             return;
         }
@@ -350,7 +398,8 @@ fn notify_ready() {
     let bytes = path.as_encoded_bytes();
     let r = if let Some(abs) = bytes.strip_prefix(b"@") {
         use std::os::linux::net::SocketAddrExt;
-        std::os::unix::net::SocketAddr::from_abstract_name(abs).and_then(|a| s.send_to_addr(b"READY=1", &a))
+        std::os::unix::net::SocketAddr::from_abstract_name(abs)
+            .and_then(|a| s.send_to_addr(b"READY=1", &a))
     } else {
         s.send_to(b"READY=1", Path::new(&path))
     };
@@ -359,7 +408,10 @@ fn notify_ready() {
     }
 }
 
-fn spawn<F: FnOnce() + Send + 'static>(name: &'static str, f: F) -> Result<std::thread::JoinHandle<()>, DaemonError> {
+fn spawn<F: FnOnce() + Send + 'static>(
+    name: &'static str,
+    f: F,
+) -> Result<std::thread::JoinHandle<()>, DaemonError> {
     std::thread::Builder::new()
         .name(name.into())
         .spawn(f)
@@ -399,7 +451,9 @@ pub fn run(config_path: Option<&Path>) -> Result<(), DaemonError> {
     }
     {
         let (e, c, t, s) = (exec.clone(), ctx.clone(), tx, stop.clone());
-        threads.push(spawn("keyward-exec", move || crate::answer::exec_loop(&*e, &c, t, &s))?);
+        threads.push(spawn("keyward-exec", move || {
+            crate::answer::exec_loop(&*e, &c, t, &s)
+        })?);
     }
     let alert_thread = {
         let (a, s, c) = (alerts.clone(), stop.clone(), cfg.clone());

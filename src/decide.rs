@@ -124,7 +124,10 @@ impl Context {
 
     /// The current policy (cheap clone of an Arc).
     pub fn policy(&self) -> Arc<Policy> {
-        self.policy.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.policy
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The container `pid` belongs to: by its pid or mount namespace, or by
@@ -150,8 +153,15 @@ impl Context {
 
 /// The canonical container path of an opened credential inode, and the path
 /// as the opener reached it.
-fn canonical_path(ctx: &Context, pid: i32, fd: BorrowedFd<'_>, fid: FileId, container: &str) -> (PathBuf, PathBuf) {
-    let opened_as = crate::watch::fd_path(fd).unwrap_or_else(|| PathBuf::from(format!("fd:{}", fd.as_raw_fd())));
+fn canonical_path(
+    ctx: &Context,
+    pid: i32,
+    fd: BorrowedFd<'_>,
+    fid: FileId,
+    container: &str,
+) -> (PathBuf, PathBuf) {
+    let opened_as = crate::watch::fd_path(fd)
+        .unwrap_or_else(|| PathBuf::from(format!("fd:{}", fd.as_raw_fd())));
     let idx = ctx.index.read().unwrap_or_else(|e| e.into_inner());
     if let Some(m) = idx.lookup(fid, Some(container)) {
         return (m.path.clone(), opened_as);
@@ -208,6 +218,14 @@ pub fn decide_open(ctx: &Context, pid: i32, fd: BorrowedFd<'_>) -> (u32, Option<
     let Some(archiver) = policy.rules.archiver_of(proc.exe_name(), &proc.args) else {
         return (FAN_ALLOW, None);
     };
+    // GNU tar looks up /etc/passwd for every archive it writes; that alone
+    // is not collection. The cwd is the opener's, inside its own root.
+    if policy
+        .rules
+        .is_incidental(path.as_os_str(), &proc.args, &attribution::cwd(pid))
+    {
+        return (FAN_ALLOW, None);
+    }
     let action = container.action;
     let denied = action.denies_open();
     let finding = Finding {
@@ -253,7 +271,9 @@ pub fn decide_exec(ctx: &Context, pid: i32, fd: BorrowedFd<'_>) -> Option<Findin
     loop {
         match attribution::exe_id(pid) {
             Ok((dev, ino)) if (FileId { dev, ino }) == fid => break,
-            Ok(_) if start.elapsed() < EXEC_SETTLE => std::thread::sleep(Duration::from_micros(200)),
+            Ok(_) if start.elapsed() < EXEC_SETTLE => {
+                std::thread::sleep(Duration::from_micros(200))
+            }
             _ => {
                 bump(&ctx.stats.exec_unsettled);
                 return None;

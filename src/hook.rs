@@ -34,10 +34,18 @@ pub enum HookError {
 /// What the hook did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HookOutcome {
-    Watching { id: String, files: usize, dirs: usize },
-    Deregistered { id: String },
+    Watching {
+        id: String,
+        files: usize,
+        dirs: usize,
+    },
+    Deregistered {
+        id: String,
+    },
     /// The daemon was unreachable and `--fail-open` let the container start.
-    FailedOpen { warning: String },
+    FailedOpen {
+        warning: String,
+    },
 }
 
 /// Run the hook on a state read from `stdin`.
@@ -59,7 +67,7 @@ pub fn run<R: Read>(stdin: R, socket: &Path, fail_open: bool) -> Result<HookOutc
         Err(e) if fail_open || deregister => {
             return Ok(HookOutcome::FailedOpen {
                 warning: format!("{e}; container {id} continues without keyward"),
-            })
+            });
         }
         Err(e) => return Err(e.into()),
     };

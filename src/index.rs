@@ -45,7 +45,11 @@ pub struct MarkIndex {
 
 impl MarkIndex {
     /// Add (or replace) a container and its marked inodes.
-    pub fn insert(&mut self, view: ContainerView, marks: &[(FileId, PathBuf, bool)]) -> Arc<ContainerView> {
+    pub fn insert(
+        &mut self,
+        view: ContainerView,
+        marks: &[(FileId, PathBuf, bool)],
+    ) -> Arc<ContainerView> {
         let id = view.reference.id.clone();
         self.remove(&id);
         let view = Arc::new(view);
@@ -67,10 +71,18 @@ impl MarkIndex {
         let Some(view) = self.by_id.remove(id) else {
             return Vec::new();
         };
-        if self.by_pid_ns.get(&view.pid_ns).is_some_and(|v| v.reference.id == id) {
+        if self
+            .by_pid_ns
+            .get(&view.pid_ns)
+            .is_some_and(|v| v.reference.id == id)
+        {
             self.by_pid_ns.remove(&view.pid_ns);
         }
-        if self.by_mnt_ns.get(&view.mnt_ns).is_some_and(|v| v.reference.id == id) {
+        if self
+            .by_mnt_ns
+            .get(&view.mnt_ns)
+            .is_some_and(|v| v.reference.id == id)
+        {
             self.by_mnt_ns.remove(&view.mnt_ns);
         }
         let mut orphaned = Vec::new();
@@ -88,7 +100,9 @@ impl MarkIndex {
 
     /// The container whose namespaces these are.
     pub fn container_of(&self, pid_ns: u64, mnt_ns: u64) -> Option<&Arc<ContainerView>> {
-        self.by_pid_ns.get(&pid_ns).or_else(|| self.by_mnt_ns.get(&mnt_ns))
+        self.by_pid_ns
+            .get(&pid_ns)
+            .or_else(|| self.by_mnt_ns.get(&mnt_ns))
     }
 
     /// The container by its OCI id.
@@ -143,9 +157,18 @@ mod tests {
         let mut idx = MarkIndex::default();
         let f = FileId { dev: 1, ino: 2 };
         let g = FileId { dev: 1, ino: 3 };
-        idx.insert(view("a", 1), &[(f, "/etc/shadow".into(), false), (g, "/root/.ssh".into(), true)]);
+        idx.insert(
+            view("a", 1),
+            &[
+                (f, "/etc/shadow".into(), false),
+                (g, "/root/.ssh".into(), true),
+            ],
+        );
         idx.insert(view("b", 2), &[(f, "/etc/shadow".into(), false)]);
-        assert_eq!(idx.lookup(f, Some("b")).unwrap().container.reference.id, "b");
+        assert_eq!(
+            idx.lookup(f, Some("b")).unwrap().container.reference.id,
+            "b"
+        );
         assert_eq!(idx.container_of(2, 0).unwrap().reference.id, "b");
         assert_eq!(idx.container_of(0, 1001).unwrap().reference.id, "a");
         assert_eq!(idx.remove("a"), vec![g]);

@@ -5,14 +5,18 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
 use keyward::config::{Config, DEFAULT_SOCKET};
 use keyward::protocol::{Reply, Request};
 
 #[derive(Parser)]
-#[command(name = "keyward", version, about = "Stop credential theft by archivers inside containers")]
+#[command(
+    name = "keyward",
+    version,
+    about = "Stop credential theft by archivers inside containers"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -84,7 +88,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 keyward::hook::HookOutcome::FailedOpen { warning } => {
                     eprintln!("keyward: warning: {warning}");
                 }
-                keyward::hook::HookOutcome::Watching { .. } | keyward::hook::HookOutcome::Deregistered { .. } => {}
+                keyward::hook::HookOutcome::Watching { .. }
+                | keyward::hook::HookOutcome::Deregistered { .. } => {}
             }
         }
         Command::Status { socket, config } => {
@@ -92,7 +97,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&reply)?);
         }
         Command::Containers { socket, config } => {
-            if let Reply::Containers { containers } = ask(socket_of(socket, config)?, Request::Containers)? {
+            if let Reply::Containers { containers } =
+                ask(socket_of(socket, config)?, Request::Containers)?
+            {
                 println!("{}", serde_json::to_string_pretty(&containers)?);
             }
         }

@@ -51,7 +51,11 @@ pub fn install(
         found.extend(resolve::expand(root.as_fd(), &pattern));
     }
     for dir in rules.watch_dirs() {
-        found.extend(resolve::expand(root.as_fd(), dir).into_iter().filter(|f| f.is_dir));
+        found.extend(
+            resolve::expand(root.as_fd(), dir)
+                .into_iter()
+                .filter(|f| f.is_dir),
+        );
     }
     let mut seen = std::collections::HashSet::new();
     found.retain(|f| seen.insert(f.id));
@@ -64,8 +68,11 @@ pub fn install(
             is_dir: f.is_dir,
         })
         .collect();
-    let entries: Vec<(FileId, std::path::PathBuf, bool)> =
-        rec.marks.iter().map(|m| (m.id, m.path.clone(), m.is_dir)).collect();
+    let entries: Vec<(FileId, std::path::PathBuf, bool)> = rec
+        .marks
+        .iter()
+        .map(|m| (m.id, m.path.clone(), m.is_dir))
+        .collect();
     index
         .write()
         .unwrap_or_else(|e| e.into_inner())
@@ -91,7 +98,8 @@ pub fn install(
     }
     let scope = watch::exec_scope(root.as_fd());
     let what = format!("root of container {} ({scope:?})", rec.id);
-    exec.mark_exec(root.as_fd(), scope, true, &what).map_err(watch_err)?;
+    exec.mark_exec(root.as_fd(), scope, true, &what)
+        .map_err(watch_err)?;
     rec.exec_scope = Some(scope);
     report.exec = Some(scope);
     Ok(report)
@@ -106,14 +114,18 @@ pub fn install(
 /// unmounted overlay vanish with its superblock and need nothing.
 pub fn remove(perm: &Group, exec: &Group, rec: &ContainerRecord, orphaned: &[FileId]) -> usize {
     let root = if rec.alive() {
-        resolve::container_root(rec.pid, &rec.rootfs).ok().map(|(fd, _)| fd)
+        resolve::container_root(rec.pid, &rec.rootfs)
+            .ok()
+            .map(|(fd, _)| fd)
     } else {
         None
     };
     let root = root.or_else(|| {
         nix::fcntl::open(
             &rec.rootfs,
-            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::fcntl::OFlag::O_RDONLY
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
             nix::sys::stat::Mode::empty(),
         )
         .ok()
@@ -129,7 +141,10 @@ pub fn remove(perm: &Group, exec: &Group, rec: &ContainerRecord, orphaned: &[Fil
         if FileId::of(fd.as_fd()).map(|(id, _)| id).ok() != Some(m.id) {
             continue;
         }
-        if perm.mark_credential(fd.as_fd(), m.is_dir, false, "").is_ok() {
+        if perm
+            .mark_credential(fd.as_fd(), m.is_dir, false, "")
+            .is_ok()
+        {
             removed += 1;
         }
     }

@@ -97,7 +97,11 @@ pub fn hook_action(state: &State) -> Result<HookAction, OciError> {
         .map(|r| r.path().clone())
         .unwrap_or_else(|| PathBuf::from("rootfs"));
     // root.path is relative to the bundle unless absolute.
-    let rootfs = if root.is_absolute() { root } else { bundle.join(root) };
+    let rootfs = if root.is_absolute() {
+        root
+    } else {
+        bundle.join(root)
+    };
     let mut annotations: BTreeMap<String, String> = spec
         .annotations()
         .as_ref()
@@ -123,9 +127,13 @@ mod tests {
 
     #[test]
     fn malformed_truncated_and_oversized_state_are_clear_errors() {
-        let e = read_state(&b"{\"id\": \"x\", "[..]).unwrap_err().to_string();
+        let e = read_state(&b"{\"id\": \"x\", "[..])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("malformed"), "{e}");
-        let e = read_state(&b"\xff\xfe garbage"[..]).unwrap_err().to_string();
+        let e = read_state(&b"\xff\xfe garbage"[..])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("malformed"), "{e}");
         let big = vec![b' '; MAX_STATE_BYTES + 5];
         assert!(matches!(read_state(&big[..]), Err(OciError::StateTooLarge)));
@@ -133,8 +141,14 @@ mod tests {
 
     #[test]
     fn stopped_deregisters_without_reading_the_bundle() {
-        let s = read_state(&br#"{"ociVersion":"1.0.2","id":"c1","status":"stopped","bundle":"/nonexistent"}"#[..]).unwrap();
-        assert_eq!(hook_action(&s).unwrap(), HookAction::Deregister { id: "c1".into() });
+        let s = read_state(
+            &br#"{"ociVersion":"1.0.2","id":"c1","status":"stopped","bundle":"/nonexistent"}"#[..],
+        )
+        .unwrap();
+        assert_eq!(
+            hook_action(&s).unwrap(),
+            HookAction::Deregister { id: "c1".into() }
+        );
     }
 
     #[test]
@@ -166,7 +180,10 @@ mod tests {
 
     #[test]
     fn missing_pid_is_named() {
-        let s = read_state(&br#"{"ociVersion":"1.0.2","id":"c1","status":"creating","bundle":"/b"}"#[..]).unwrap();
+        let s = read_state(
+            &br#"{"ociVersion":"1.0.2","id":"c1","status":"creating","bundle":"/b"}"#[..],
+        )
+        .unwrap();
         assert!(hook_action(&s).unwrap_err().to_string().contains("pid"));
     }
 }

@@ -87,17 +87,29 @@ pub struct StatusReport {
 #[serde(tag = "reply", rename_all = "snake_case")]
 pub enum Reply {
     /// Marks are in place; the container may start.
-    Watching { id: String, report: InstallReport },
-    Deregistered { id: String, marks_removed: usize },
+    Watching {
+        id: String,
+        report: InstallReport,
+    },
+    Deregistered {
+        id: String,
+        marks_removed: usize,
+    },
     Status(Box<StatusReport>),
-    Containers { containers: Vec<ContainerSummary> },
-    Error { message: String },
+    Containers {
+        containers: Vec<ContainerSummary>,
+    },
+    Error {
+        message: String,
+    },
 }
 
 /// Read one newline-terminated line of at most [`MAX_MESSAGE`] bytes.
 pub fn read_line<R: BufRead>(r: &mut R) -> Result<Vec<u8>, ProtocolError> {
     let mut line = Vec::new();
-    let n = r.take(MAX_MESSAGE as u64 + 1).read_until(b'\n', &mut line)?;
+    let n = r
+        .take(MAX_MESSAGE as u64 + 1)
+        .read_until(b'\n', &mut line)?;
     if n == 0 {
         return Err(ProtocolError::Eof);
     }
@@ -147,12 +159,20 @@ mod tests {
         write_message(&mut buf, &r).unwrap();
         let line = read_line(&mut BufReader::new(&buf[..])).unwrap();
         assert_eq!(parse_request(&line).unwrap(), r);
-        assert_eq!(parse_request(br#"{"op":"status"}"#).unwrap(), Request::Status);
+        assert_eq!(
+            parse_request(br#"{"op":"status"}"#).unwrap(),
+            Request::Status
+        );
     }
 
     #[test]
     fn garbage_and_oversize_are_errors_that_say_so() {
-        assert!(parse_request(b"\x00\xffnot json").unwrap_err().to_string().contains("malformed"));
+        assert!(
+            parse_request(b"\x00\xffnot json")
+                .unwrap_err()
+                .to_string()
+                .contains("malformed")
+        );
         assert!(parse_request(br#"{"op":"format_disk"}"#).is_err());
         assert!(parse_request(br#"{"op":"deregister","id":"x","extra":1}"#).is_err());
         let big = vec![b'a'; MAX_MESSAGE + 10];
@@ -160,6 +180,9 @@ mod tests {
         assert!(matches!(e, ProtocolError::TooLong), "{e}");
         let e = read_line(&mut BufReader::new(&b"{\"op\""[..])).unwrap_err();
         assert!(matches!(e, ProtocolError::Eof), "{e}");
-        assert!(matches!(read_line(&mut BufReader::new(&b""[..])), Err(ProtocolError::Eof)));
+        assert!(matches!(
+            read_line(&mut BufReader::new(&b""[..])),
+            Err(ProtocolError::Eof)
+        ));
     }
 }

@@ -36,7 +36,11 @@ pub enum RegistryError {
     #[error("pid {pid} is not a container init: {reason}")]
     BadPid { pid: i32, reason: String },
     #[error("annotation {RESPONSE_ANNOTATION}={value:?} of container {id} is invalid: {reason}")]
-    BadAnnotation { id: String, value: String, reason: String },
+    BadAnnotation {
+        id: String,
+        value: String,
+        reason: String,
+    },
     #[error("cannot write registry {path}: {source}")]
     Save {
         path: PathBuf,
@@ -135,7 +139,11 @@ pub fn check_id(id: &str) -> Result<(), RegistryError> {
 }
 
 /// The response action for a container: its annotation, else the default.
-pub fn action_for(id: &str, annotations: &BTreeMap<String, String>, default: Action) -> Result<Action, RegistryError> {
+pub fn action_for(
+    id: &str,
+    annotations: &BTreeMap<String, String>,
+    default: Action,
+) -> Result<Action, RegistryError> {
     match annotations.get(RESPONSE_ANNOTATION) {
         None => Ok(default),
         Some(v) => v.parse().map_err(|reason| RegistryError::BadAnnotation {
@@ -163,7 +171,10 @@ pub fn name_and_image(a: &BTreeMap<String, String>) -> (Option<String>, Option<S
         "org.opencontainers.image.ref.name",
         "io.podman.annotations.image",
     ];
-    let first = |keys: &[&str]| keys.iter().find_map(|k| a.get(*k).filter(|v| !v.is_empty()).cloned());
+    let first = |keys: &[&str]| {
+        keys.iter()
+            .find_map(|k| a.get(*k).filter(|v| !v.is_empty()).cloned())
+    };
     (first(NAMES), first(IMAGES))
 }
 
@@ -228,7 +239,12 @@ impl Registry {
         let meta = match fs::metadata(&reg.path) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((reg, Vec::new())),
-            Err(source) => return Err(RegistryError::Load { path: reg.path, source }),
+            Err(source) => {
+                return Err(RegistryError::Load {
+                    path: reg.path,
+                    source,
+                });
+            }
         };
         if meta.len() > MAX_REGISTRY_BYTES {
             return Err(RegistryError::Load {
@@ -321,7 +337,12 @@ mod tests {
         let e = verify_pid(1).unwrap_err().to_string();
         assert!(e.contains("pid 1"), "{e}");
         let me = std::process::id() as i32;
-        assert!(verify_pid(me).unwrap_err().to_string().contains("daemon itself"));
+        assert!(
+            verify_pid(me)
+                .unwrap_err()
+                .to_string()
+                .contains("daemon itself")
+        );
         assert!(verify_pid(i32::MAX).is_err());
         // The test's parent runs in the host's namespaces.
         let parent = attribution::stat(me).unwrap().ppid;

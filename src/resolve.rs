@@ -20,8 +20,8 @@ use std::path::{Path, PathBuf};
 
 use nix::dir::Dir;
 use nix::errno::Errno;
-use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
-use nix::sys::stat::{fstat, Mode};
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
+use nix::sys::stat::{Mode, fstat};
 
 /// Most directory entries we scan when expanding one wildcard component.
 const MAX_DIR_ENTRIES: usize = 4096;
@@ -43,7 +43,9 @@ pub enum ResolveError {
 }
 
 /// Identity of an inode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct FileId {
     pub dev: u64,
     pub ino: u64,
@@ -160,9 +162,7 @@ fn component_matches(pattern: &[u8], name: &[u8]) -> bool {
     let (mut p, mut n) = (0, 0);
     let (mut star, mut mark) = (None, 0);
     while n < name.len() {
-        if p < pattern.len()
-            && (pattern[p] == b'?' || pattern[p].eq_ignore_ascii_case(&name[n]))
-        {
+        if p < pattern.len() && (pattern[p] == b'?' || pattern[p].eq_ignore_ascii_case(&name[n])) {
             p += 1;
             n += 1;
         } else if p < pattern.len() && pattern[p] == b'*' {
@@ -290,8 +290,10 @@ mod tests {
         fs::write(root.join("home/alice/.ssh/id_rsa"), "k").unwrap();
         fs::write(tmp.join("outside"), "host secret").unwrap();
         // bob's key is a symlink that tries to escape to the host.
-        std::os::unix::fs::symlink("../../../../outside", root.join("home/bob/.ssh/id_rsa")).unwrap();
-        std::os::unix::fs::symlink(tmp.join("outside"), root.join("home/bob/.ssh/id_ed25519")).unwrap();
+        std::os::unix::fs::symlink("../../../../outside", root.join("home/bob/.ssh/id_rsa"))
+            .unwrap();
+        std::os::unix::fs::symlink(tmp.join("outside"), root.join("home/bob/.ssh/id_ed25519"))
+            .unwrap();
         let fd = open_dir(&root).unwrap();
         let found = expand(fd.as_fd(), "/home/*/.ssh/id_rsa");
         let paths: Vec<&Path> = found.iter().map(|f| f.path.as_path()).collect();

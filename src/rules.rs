@@ -183,6 +183,22 @@ impl Archivers {
     }
 }
 
+/// Fold `.`, `..` and repeated slashes lexically (no filesystem access).
+pub fn normalize(p: &Path) -> std::path::PathBuf {
+    use std::path::Component;
+    let mut out = std::path::PathBuf::from("/");
+    for c in p.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::Normal(n) => out.push(n),
+            _ => {}
+        }
+    }
+    out
+}
+
 /// Last path component of a byte string.
 pub fn basename(bytes: &[u8]) -> &[u8] {
     match bytes.iter().rposition(|&b| b == b'/') {
@@ -230,6 +246,7 @@ pub struct Rules {
     file_archivers: Archivers,
     file_paths: PathPatterns,
     watch_dirs: Vec<String>,
+    incidental: PathPatterns,
 }
 
 impl Rules {
@@ -245,6 +262,7 @@ impl Rules {
             archivers: file_arch,
             paths: file_paths,
             watch_dirs,
+            incidental_paths,
         } = &cfg.file;
         Ok(Self {
             exec_enabled: *exec_enabled,
@@ -254,6 +272,7 @@ impl Rules {
             file_archivers: Archivers::new("rules.file.archivers", file_arch)?,
             file_paths: PathPatterns::new("rules.file.paths", file_paths)?,
             watch_dirs: watch_dirs.clone(),
+            incidental: PathPatterns::new("rules.file.incidental_paths", incidental_paths)?,
         })
     }
 
@@ -305,7 +324,11 @@ impl Rules {
     /// the words of a shell's `-c` script: busybox sh may run an applet in a
     /// forked child without a new exec, so the child's argv is still the
     /// shell's.
-    pub fn archiver_of<A: AsRef<OsStr>>(&self, exe_name: &OsStr, args: &[A]) -> Option<ArchiverHit> {
+    pub fn archiver_of<A: AsRef<OsStr>>(
+        &self,
+        exe_name: &OsStr,
+        args: &[A],
+    ) -> Option<ArchiverHit> {
         if !self.file_enabled {
             return None;
         }
@@ -356,6 +379,37 @@ impl Rules {
     /// The credential pattern a canonical container path matches, if any.
     pub fn credential_pattern(&self, path: &OsStr) -> Option<&str> {
         self.file_paths.first_match(path)
+    }
+
+    /// Whether an archiver's open of `path` is to be ignored because the
+    /// file is one archivers read on their own and no argument names it.
+    ///
+    /// An argument names it when, resolved against the opener's `cwd` (tar
+    /// `-C` changes the process's cwd before it opens members) and with `.`,
+    /// `..` and repeated slashes folded, it is the file or a directory above
+    /// it.
+    pub fn is_incidental<A: AsRef<OsStr>>(&self, path: &OsStr, args: &[A], cwd: &Path) -> bool {
+        if !self.incidental.is_match(path) {
+            return false;
+        }
+        let target = normalize(Path::new(path));
+        !args.iter().skip(1).any(|a| {
+            let a = a.as_ref();
+            let bytes = a.as_bytes();
+            // `--directory=/etc`, `-C/etc`: look at the value part too.
+            let value = bytes
+                .iter()
+                .position(|&b| b == b'=')
+                .map(|i| &bytes[i + 1..])
+                .unwrap_or(bytes);
+            [bytes, value].iter().any(|cand| {
+                if cand.is_empty() || (cand.starts_with(b"-") && cand.len() > 1) {
+                    return false;
+                }
+                let p = normalize(&cwd.join(OsStr::from_bytes(cand)));
+                target.starts_with(&p)
+            })
+        })
     }
 
     /// Every credential pattern whose files get inode marks: the union of
@@ -423,9 +477,18 @@ mod tests {
         ("/home/*/.ssh/id_rsa", "/home/alice/.ssh/id_rsa"),
         ("/home/*/.ssh/id_rsa.pub", "/home/alice/.ssh/id_rsa.pub"),
         ("/home/*/.ssh/id_ed25519", "/home/bob/.ssh/id_ed25519"),
-        ("/home/*/.ssh/id_ed25519.pub", "/home/bob/.ssh/id_ed25519.pub"),
-        ("/home/*/.ssh/authorized_keys", "/home/x/.ssh/authorized_keys"),
-        ("/home/*/.ssh/authorized_keys2", "/home/x/.ssh/authorized_keys2"),
+        (
+            "/home/*/.ssh/id_ed25519.pub",
+            "/home/bob/.ssh/id_ed25519.pub",
+        ),
+        (
+            "/home/*/.ssh/authorized_keys",
+            "/home/x/.ssh/authorized_keys",
+        ),
+        (
+            "/home/*/.ssh/authorized_keys2",
+            "/home/x/.ssh/authorized_keys2",
+        ),
         ("/home/*/.ssh/known_hosts", "/home/x/.ssh/known_hosts"),
         ("/home/*/.bash_history", "/home/dev/.bash_history"),
         ("/root/.aws/credentials", "/root/.aws/credentials"),
@@ -444,7 +507,12 @@ mod tests {
     fn default_exec_rule_is_the_seed_exactly() {
         let r = rules();
         assert_eq!(r.exec_archivers().names(), SEED_ARCHIVERS);
-        let pats: Vec<&str> = r.exec_paths().patterns().iter().map(|s| s.as_str()).collect();
+        let pats: Vec<&str> = r
+            .exec_paths()
+            .patterns()
+            .iter()
+            .map(|s| s.as_str())
+            .collect();
         let mut want: Vec<&str> = SEED_PATHS.iter().map(|(p, _)| *p).collect();
         let mut got = pats.clone();
         want.sort();
@@ -546,26 +614,102 @@ mod tests {
     fn file_rule_recognises_archivers_by_name_applet_and_script() {
         let r = rules();
         let a = |exe: &str, args: &[&str]| r.archiver_of(OsStr::new(exe), args);
-        assert!(matches!(a("tar", &["tar", "cf", "x"]), Some(ArchiverHit::Name { .. })));
-        assert!(matches!(a("busybox", &["tar", "cf", "x"]), Some(ArchiverHit::Argv0 { .. })));
-        assert!(matches!(a("busybox", &["/bin/gzip"]), Some(ArchiverHit::Argv0 { .. })));
-        assert!(matches!(a("xz", &["xz", "-k", "f"]), Some(ArchiverHit::Name { .. })));
+        assert!(matches!(
+            a("tar", &["tar", "cf", "x"]),
+            Some(ArchiverHit::Name { .. })
+        ));
+        assert!(matches!(
+            a("busybox", &["tar", "cf", "x"]),
+            Some(ArchiverHit::Argv0 { .. })
+        ));
+        assert!(matches!(
+            a("busybox", &["/bin/gzip"]),
+            Some(ArchiverHit::Argv0 { .. })
+        ));
+        assert!(matches!(
+            a("xz", &["xz", "-k", "f"]),
+            Some(ArchiverHit::Name { .. })
+        ));
         assert!(matches!(
             a("sh", &["sh", "-c", "cd /root && tar czf /tmp/x .ssh"]),
             Some(ArchiverHit::Script { .. })
         ));
-        assert!(matches!(a("env", &["env", "/usr/bin/tar", "cf", "x"]), Some(ArchiverHit::Arg { .. })));
+        assert!(matches!(
+            a("env", &["env", "/usr/bin/tar", "cf", "x"]),
+            Some(ArchiverHit::Arg { .. })
+        ));
         assert_eq!(a("cat", &["cat", "/etc/passwd"]), None);
-        assert_eq!(a("sh", &["sh", "-c", "cat /etc/passwd | grep tarball"]), None);
+        assert_eq!(
+            a("sh", &["sh", "-c", "cat /etc/passwd | grep tarball"]),
+            None
+        );
         assert_eq!(a("ls", &["ls", "-l", "/root/.ssh"]), None);
     }
 
     #[test]
     fn credential_pattern_matches_canonical_paths() {
         let r = rules();
-        assert_eq!(r.credential_pattern(OsStr::new("/root/.ssh/id_rsa")), Some("/root/.ssh/id_rsa"));
+        assert_eq!(
+            r.credential_pattern(OsStr::new("/root/.ssh/id_rsa")),
+            Some("/root/.ssh/id_rsa")
+        );
         assert_eq!(r.credential_pattern(OsStr::new("/root/.ssh/config")), None);
         assert_eq!(r.credential_pattern(OsStr::new("/app/main.py")), None);
+    }
+
+    #[test]
+    fn nss_reads_are_incidental_unless_an_argument_names_the_file() {
+        let r = rules();
+        let inc = |path: &str, args: &[&str], cwd: &str| {
+            r.is_incidental(OsStr::new(path), args, Path::new(cwd))
+        };
+        assert!(inc(
+            "/etc/passwd",
+            &["tar", "czf", "/tmp/a.tgz", "/app"],
+            "/"
+        ));
+        assert!(inc("/etc/group", &["tar", "xf", "/tmp/a.tgz"], "/tmp"));
+        assert!(!inc(
+            "/etc/passwd",
+            &["tar", "czf", "/tmp/a.tgz", "/etc/passwd"],
+            "/"
+        ));
+        assert!(!inc(
+            "/etc/passwd",
+            &["tar", "czf", "/tmp/a.tgz", "/etc"],
+            "/"
+        ));
+        assert!(!inc(
+            "/etc/passwd",
+            &["tar", "czf", "/tmp/a.tgz", "passwd"],
+            "/etc"
+        ));
+        assert!(!inc(
+            "/etc/passwd",
+            &["tar", "czf", "/tmp/a.tgz", "."],
+            "/etc"
+        ));
+        assert!(!inc(
+            "/etc/passwd",
+            &["tar", "czf", "/tmp/a.tgz", "../etc//passwd"],
+            "/tmp"
+        ));
+        assert!(!inc(
+            "/etc/passwd",
+            &["tar", "-czf", "/tmp/a.tgz", "--directory=/etc", "passwd"],
+            "/etc"
+        ));
+        // Not an incidental file at all.
+        assert!(!inc(
+            "/etc/shadow",
+            &["tar", "czf", "/tmp/a.tgz", "/app"],
+            "/"
+        ));
+        assert!(!inc(
+            "/root/.ssh/id_rsa",
+            &["tar", "czf", "/tmp/a.tgz", "/app"],
+            "/"
+        ));
     }
 
     #[test]
@@ -573,7 +717,10 @@ mod tests {
         let mut cfg = RulesConfig::default();
         cfg.file.archivers.push("/bin/tar".into());
         let e = Rules::compile(&cfg).unwrap_err().to_string();
-        assert!(e.contains("\"/bin/tar\"") && e.contains("rules.file.archivers"), "{e}");
+        assert!(
+            e.contains("\"/bin/tar\"") && e.contains("rules.file.archivers"),
+            "{e}"
+        );
         let mut cfg = RulesConfig::default();
         cfg.exec.paths.push(String::new());
         let e = Rules::compile(&cfg).unwrap_err().to_string();

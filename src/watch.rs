@@ -19,7 +19,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use nix::errno::Errno;
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::fanotify::{EventFFlags, Fanotify, InitFlags, MarkFlags, MaskFlags};
 use nix::sys::statfs::fstatfs;
 
@@ -33,7 +33,9 @@ const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
 /// Errors from fanotify setup and marks.
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
-    #[error("fanotify_init for the {group} group failed (needs root and CONFIG_FANOTIFY_ACCESS_PERMISSIONS): {source}")]
+    #[error(
+        "fanotify_init for the {group} group failed (needs root and CONFIG_FANOTIFY_ACCESS_PERMISSIONS): {source}"
+    )]
     Init {
         group: &'static str,
         #[source]
@@ -82,10 +84,15 @@ pub fn parse_events(buf: &[u8], out: &mut Vec<RawEvent>) -> Result<usize, String
         let fd = i32::from_ne_bytes(rec[16..20].try_into().unwrap_or_default());
         let pid = i32::from_ne_bytes(rec[20..24].try_into().unwrap_or_default());
         if vers != libc::FANOTIFY_METADATA_VERSION {
-            return Err(format!("fanotify metadata version {vers}, expected {}", libc::FANOTIFY_METADATA_VERSION));
+            return Err(format!(
+                "fanotify metadata version {vers}, expected {}",
+                libc::FANOTIFY_METADATA_VERSION
+            ));
         }
         if event_len < METADATA_LEN || metadata_len < METADATA_LEN || event_len > buf.len() - off {
-            return Err(format!("fanotify record of impossible length {event_len} at offset {off}"));
+            return Err(format!(
+                "fanotify record of impossible length {event_len} at offset {off}"
+            ));
         }
         let fd = if fd >= 0 {
             // SAFETY: the kernel installed this fd in our table for this
@@ -114,7 +121,10 @@ pub trait EventSource: Send + Sync {
 fn wait_fd(fd: BorrowedFd<'_>, timeout: Duration) -> io::Result<bool> {
     let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
     let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-    match poll(&mut fds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)) {
+    match poll(
+        &mut fds,
+        PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+    ) {
         Ok(0) => Ok(false),
         Ok(_) => Ok(true),
         Err(Errno::EINTR) => Ok(false),
@@ -188,7 +198,10 @@ impl Group {
             flags,
             EventFFlags::O_RDONLY | EventFFlags::O_LARGEFILE | EventFFlags::O_CLOEXEC,
         )
-        .map_err(|source| WatchError::Init { group: name, source })?;
+        .map_err(|source| WatchError::Init {
+            group: name,
+            source,
+        })?;
         Ok(Self { fan, name })
     }
 
@@ -207,7 +220,13 @@ impl Group {
         self.name
     }
 
-    fn mark(&self, flags: MarkFlags, mask: MaskFlags, fd: BorrowedFd<'_>, what: &str) -> Result<(), WatchError> {
+    fn mark(
+        &self,
+        flags: MarkFlags,
+        mask: MaskFlags,
+        fd: BorrowedFd<'_>,
+        what: &str,
+    ) -> Result<(), WatchError> {
         self.fan
             .mark::<_, str>(flags, mask, fd, None)
             .map_err(|source| WatchError::Mark {
@@ -218,18 +237,38 @@ impl Group {
 
     /// Add (or remove) an open-permission mark on the inode behind `fd`; on
     /// a directory, children's opens are reported too.
-    pub fn mark_credential(&self, fd: BorrowedFd<'_>, is_dir: bool, add: bool, what: &str) -> Result<(), WatchError> {
+    pub fn mark_credential(
+        &self,
+        fd: BorrowedFd<'_>,
+        is_dir: bool,
+        add: bool,
+        what: &str,
+    ) -> Result<(), WatchError> {
         let mut mask = MaskFlags::FAN_OPEN_PERM;
         if is_dir {
             mask |= MaskFlags::FAN_EVENT_ON_CHILD;
         }
-        let action = if add { MarkFlags::FAN_MARK_ADD } else { MarkFlags::FAN_MARK_REMOVE };
+        let action = if add {
+            MarkFlags::FAN_MARK_ADD
+        } else {
+            MarkFlags::FAN_MARK_REMOVE
+        };
         self.mark(action, mask, fd, what)
     }
 
     /// Add (or remove) the exec mark for a container root.
-    pub fn mark_exec(&self, root: BorrowedFd<'_>, scope: ExecScope, add: bool, what: &str) -> Result<(), WatchError> {
-        let mut flags = if add { MarkFlags::FAN_MARK_ADD } else { MarkFlags::FAN_MARK_REMOVE };
+    pub fn mark_exec(
+        &self,
+        root: BorrowedFd<'_>,
+        scope: ExecScope,
+        add: bool,
+        what: &str,
+    ) -> Result<(), WatchError> {
+        let mut flags = if add {
+            MarkFlags::FAN_MARK_ADD
+        } else {
+            MarkFlags::FAN_MARK_REMOVE
+        };
         flags |= match scope {
             ExecScope::Filesystem => MarkFlags::FAN_MARK_FILESYSTEM,
             ExecScope::Mount => MarkFlags::FAN_MARK_MOUNT,
@@ -307,7 +346,11 @@ mod tests {
     fn rejects_bad_version_and_impossible_lengths() {
         let mut bad = record(0, -1, 1);
         bad[4] = 99;
-        assert!(parse_events(&bad, &mut Vec::new()).unwrap_err().contains("version 99"));
+        assert!(
+            parse_events(&bad, &mut Vec::new())
+                .unwrap_err()
+                .contains("version 99")
+        );
         let mut short = record(0, -1, 1);
         short[0..4].copy_from_slice(&4u32.to_ne_bytes());
         assert!(parse_events(&short, &mut Vec::new()).is_err());

@@ -72,11 +72,13 @@ impl JsonSink {
     pub fn deliver(&mut self, doc: &Value) {
         let mut line = serde_json::to_vec(doc).unwrap_or_default();
         line.push(b'\n');
-        self.backlog.push_and_flush(&mut self.out, Some(line), &self.counters);
+        self.backlog
+            .push_and_flush(&mut self.out, Some(line), &self.counters);
     }
 
     pub fn retry(&mut self) {
-        self.backlog.push_and_flush(&mut self.out, None, &self.counters);
+        self.backlog
+            .push_and_flush(&mut self.out, None, &self.counters);
     }
 
     pub fn stats(&self) -> SinkStats {

@@ -74,7 +74,12 @@ impl Default for Backlog {
 
 impl Backlog {
     /// Queue `record` and flush as much as the transport takes, in order.
-    pub fn push_and_flush<T: Transport>(&mut self, t: &mut T, record: Option<Vec<u8>>, c: &SinkCounters) {
+    pub fn push_and_flush<T: Transport>(
+        &mut self,
+        t: &mut T,
+        record: Option<Vec<u8>>,
+        c: &SinkCounters,
+    ) {
         if let Some(r) = record {
             if self.queue.len() >= BACKLOG {
                 self.queue.pop_front();
@@ -179,7 +184,10 @@ mod tests {
     fn backlog_keeps_order_across_an_outage() {
         let c = SinkCounters::default();
         let mut b = Backlog::default();
-        let mut t = Flaky { fail: true, got: vec![] };
+        let mut t = Flaky {
+            fail: true,
+            got: vec![],
+        };
         b.push_and_flush(&mut t, Some(b"1".to_vec()), &c);
         b.push_and_flush(&mut t, Some(b"2".to_vec()), &c);
         assert_eq!(c.snapshot(None).backlog, 2);
@@ -196,7 +204,10 @@ mod tests {
     fn full_backlog_drops_oldest_and_counts() {
         let c = SinkCounters::default();
         let mut b = Backlog::default();
-        let mut t = Flaky { fail: true, got: vec![] };
+        let mut t = Flaky {
+            fail: true,
+            got: vec![],
+        };
         for i in 0..(BACKLOG + 3) {
             b.push_and_flush(&mut t, Some(i.to_string().into_bytes()), &c);
         }

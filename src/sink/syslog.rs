@@ -16,7 +16,8 @@ use serde_json::Value;
 use syslog::{Facility, Formatter3164, Formatter5424, LogFormat, Severity};
 
 /// RFC 5424 structured data as the `syslog` crate takes it.
-type StructuredData = std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>;
+type StructuredData =
+    std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>;
 
 use super::{Backlog, SinkCounters, SinkStats, Transport};
 use crate::alert::Alert;
@@ -41,13 +42,19 @@ impl Target {
         let (scheme, rest) = s
             .split_once("://")
             .ok_or_else(|| format!("{s:?} is not udp://host:port or tcp://host:port"))?;
-        if rest.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+        if rest
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .is_none()
+        {
             return Err(format!("{s:?} has no valid port"));
         }
         match scheme {
             "udp" => Ok(Target::Udp(rest.to_string())),
             "tcp" => Ok(Target::Tcp(rest.to_string())),
-            other => Err(format!("{s:?} has unknown scheme {other:?}, expected udp or tcp")),
+            other => Err(format!(
+                "{s:?} has unknown scheme {other:?}, expected udp or tcp"
+            )),
         }
     }
 }
@@ -194,7 +201,11 @@ impl SyslogSink {
             Format::R3164(f) => f.format(
                 &mut out,
                 severity,
-                format!("{} {}", alert.message(), serde_json::to_string(doc).unwrap_or_default()),
+                format!(
+                    "{} {}",
+                    alert.message(),
+                    serde_json::to_string(doc).unwrap_or_default()
+                ),
             ),
         };
         if r.is_err() {
@@ -205,11 +216,13 @@ impl SyslogSink {
 
     pub fn deliver(&mut self, alert: &Alert, doc: &Value) {
         let record = self.render(alert, doc);
-        self.backlog.push_and_flush(&mut self.socket, Some(record), &self.counters);
+        self.backlog
+            .push_and_flush(&mut self.socket, Some(record), &self.counters);
     }
 
     pub fn retry(&mut self) {
-        self.backlog.push_and_flush(&mut self.socket, None, &self.counters);
+        self.backlog
+            .push_and_flush(&mut self.socket, None, &self.counters);
     }
 
     pub fn stats(&self) -> SinkStats {
@@ -223,10 +236,24 @@ mod tests {
 
     #[test]
     fn server_urls_parse_or_say_why() {
-        assert_eq!(Target::parse_server("udp://127.0.0.1:514").unwrap(), Target::Udp("127.0.0.1:514".into()));
-        assert_eq!(Target::parse_server("tcp://localhost:601").unwrap(), Target::Tcp("localhost:601".into()));
-        assert!(Target::parse_server("ftp://x:1").unwrap_err().contains("ftp"));
-        assert!(Target::parse_server("udp://x").unwrap_err().contains("port"));
+        assert_eq!(
+            Target::parse_server("udp://127.0.0.1:514").unwrap(),
+            Target::Udp("127.0.0.1:514".into())
+        );
+        assert_eq!(
+            Target::parse_server("tcp://localhost:601").unwrap(),
+            Target::Tcp("localhost:601".into())
+        );
+        assert!(
+            Target::parse_server("ftp://x:1")
+                .unwrap_err()
+                .contains("ftp")
+        );
+        assert!(
+            Target::parse_server("udp://x")
+                .unwrap_err()
+                .contains("port")
+        );
         assert!(Target::parse_server("x:1").is_err());
     }
 
