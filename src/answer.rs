@@ -6,14 +6,15 @@
 //! drops the finding and counts it (as fapolicyd does). Each decision runs
 //! under `catch_unwind`, so even a bug answers: the event is allowed.
 
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::alert::Finding;
-use crate::decide::{self, Context};
+use crate::decide::{self, Context, ExecProbe};
+use crate::resolve::FileId;
 use crate::watch::{EventSource, FAN_ALLOW, RawEvent, parse_events};
 
 /// Read buffer: many records per read(2) syscall.
@@ -30,15 +31,25 @@ fn send(tx: &SyncSender<Finding>, f: Finding, drops: &AtomicU64) {
     }
 }
 
-/// Read one batch of events; `None` on timeout or a read error.
+/// Read one batch of events; false on timeout or a read error.
 fn read_batch(
     src: &dyn EventSource,
     buf: &mut [u8],
     ctx: &Context,
     out: &mut Vec<RawEvent>,
 ) -> bool {
+    read_batch_timeout(src, buf, ctx, out, TICK)
+}
+
+fn read_batch_timeout(
+    src: &dyn EventSource,
+    buf: &mut [u8],
+    ctx: &Context,
+    out: &mut Vec<RawEvent>,
+    timeout: Duration,
+) -> bool {
     out.clear();
-    match src.wait(TICK) {
+    match src.wait(timeout) {
         Ok(true) => {}
         _ => return false,
     }
@@ -68,12 +79,12 @@ pub fn answer_batch(
             continue;
         }
         let Some(fd) = ev.fd else { continue };
-        let (response, finding) = catch_unwind(AssertUnwindSafe(|| {
+        let (response, findings) = catch_unwind(AssertUnwindSafe(|| {
             decide::decide_open(ctx, ev.pid, fd.as_fd())
         }))
         .unwrap_or_else(|_| {
             ctx.stats.panics.fetch_add(1, Ordering::Relaxed);
-            (FAN_ALLOW, None)
+            (FAN_ALLOW, [None, None])
         });
         if src.respond(fd.as_raw_fd(), response).is_err() {
             ctx.stats.respond_errors.fetch_add(1, Ordering::Relaxed);
@@ -85,7 +96,7 @@ pub fn answer_batch(
         }
         // The fd closes here, after the answer.
         drop(fd);
-        if let Some(f) = finding {
+        for f in findings.into_iter().flatten() {
             ctx.stats.findings.fetch_add(1, Ordering::Relaxed);
             send(tx, f, &ctx.stats.queue_drops);
         }
@@ -108,31 +119,84 @@ pub fn permission_loop(
     }
 }
 
+/// An exec event waiting for its exec to complete.
+struct PendingExec {
+    pid: i32,
+    fid: FileId,
+    interpreter: bool,
+    since: Instant,
+    _fd: OwnedFd,
+}
+
 /// The exec loop: notification events, nothing to answer.
+///
+/// Events wait in a pending list until their exec completes, so one slow
+/// exec never holds up the next (head-of-line blocking would let a short
+/// process exit before we read its argv). An event is dropped when a later
+/// exec of the same pid supersedes it (a shell `exec`ing its command), when
+/// it names an ELF interpreter (the kernel reports `ld.so`'s open with
+/// `FAN_OPEN_EXEC` too), or after [`decide::EXEC_SETTLE`].
 pub fn exec_loop(src: &dyn EventSource, ctx: &Context, tx: SyncSender<Finding>, stop: &AtomicBool) {
     let mut buf = vec![0u8; READ_BUF];
     let mut events = Vec::with_capacity(64);
+    let mut pending: Vec<PendingExec> = Vec::new();
     while !stop.load(Ordering::Relaxed) {
-        if !read_batch(src, &mut buf, ctx, &mut events) {
-            continue;
+        let timeout = if pending.is_empty() {
+            TICK
+        } else {
+            Duration::ZERO
+        };
+        if read_batch_timeout(src, &mut buf, ctx, &mut events, timeout) {
+            for ev in events.drain(..) {
+                if ev.is_overflow() {
+                    ctx.stats.overflows.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                let Some(fd) = ev.fd else { continue };
+                ctx.stats.exec_events.fetch_add(1, Ordering::Relaxed);
+                let Ok((fid, _)) = FileId::of(fd.as_fd()) else {
+                    continue;
+                };
+                let interpreter = decide::exec_is_interpreter(fd.as_fd());
+                if interpreter {
+                    continue;
+                }
+                // A newer exec of the same pid replaces an older pending one.
+                pending.retain(|p| p.pid != ev.pid);
+                pending.push(PendingExec {
+                    pid: ev.pid,
+                    fid,
+                    interpreter,
+                    since: Instant::now(),
+                    _fd: fd,
+                });
+            }
         }
-        for ev in events.drain(..) {
-            if ev.is_overflow() {
-                ctx.stats.overflows.fetch_add(1, Ordering::Relaxed);
-                continue;
+        let mut progressed = false;
+        pending.retain(|p| {
+            debug_assert!(!p.interpreter);
+            let probe = catch_unwind(AssertUnwindSafe(|| decide::probe_exec(ctx, p.pid, p.fid)))
+                .unwrap_or_else(|_| {
+                    ctx.stats.panics.fetch_add(1, Ordering::Relaxed);
+                    ExecProbe::Done(None)
+                });
+            match probe {
+                ExecProbe::Done(finding) => {
+                    progressed = true;
+                    if let Some(f) = finding {
+                        send(&tx, f, &ctx.stats.queue_drops);
+                    }
+                    false
+                }
+                ExecProbe::Wait if p.since.elapsed() >= decide::EXEC_SETTLE => {
+                    ctx.stats.exec_unsettled.fetch_add(1, Ordering::Relaxed);
+                    false
+                }
+                ExecProbe::Wait => true,
             }
-            let Some(fd) = ev.fd else { continue };
-            let finding = catch_unwind(AssertUnwindSafe(|| {
-                decide::decide_exec(ctx, ev.pid, fd.as_fd())
-            }))
-            .unwrap_or_else(|_| {
-                ctx.stats.panics.fetch_add(1, Ordering::Relaxed);
-                None
-            });
-            drop(fd);
-            if let Some(f) = finding {
-                send(&tx, f, &ctx.stats.queue_drops);
-            }
+        });
+        if !pending.is_empty() && !progressed {
+            std::thread::yield_now();
         }
     }
 }

@@ -68,6 +68,9 @@ pub struct ProcessInfo {
 pub struct Stat {
     pub ppid: i32,
     pub start_time_ticks: u64,
+    /// Address of argv in the process's memory. A new image gets a new one
+    /// (and a forked child shares its parent's until it execs).
+    pub arg_start: u64,
 }
 
 fn io_err(pid: i32, what: &'static str, source: std::io::Error) -> AttributionError {
@@ -92,10 +95,13 @@ pub fn parse_stat(pid: i32, text: &[u8]) -> Result<Stat, AttributionError> {
     // index 19 here.
     let ppid = fields.get(1).and_then(|s| s.parse().ok());
     let start = fields.get(19).and_then(|s| s.parse().ok());
+    // arg_start is field 48 (index 45 here); old kernels lack it.
+    let arg_start = fields.get(45).and_then(|s| s.parse().ok()).unwrap_or(0);
     match (ppid, start) {
         (Some(ppid), Some(start_time_ticks)) => Ok(Stat {
             ppid,
             start_time_ticks,
+            arg_start,
         }),
         _ => Err(AttributionError::BadStat { pid }),
     }
@@ -184,6 +190,9 @@ pub struct RawProcess {
     pub pid: i32,
     pub stat: Stat,
     pub exe: PathBuf,
+    /// The kernel's `comm`: basename of the path given to execve (so a
+    /// busybox applet run as `/bin/tar` is "tar"), at most 15 bytes.
+    pub comm: OsString,
     pub args: Vec<OsString>,
     pub args_count: usize,
 }
@@ -194,10 +203,15 @@ impl RawProcess {
         let stat = stat(pid)?;
         let exe = exe(pid)?;
         let (args, args_count) = cmdline(pid)?;
+        let mut comm = fs::read(format!("/proc/{pid}/comm")).map_err(|e| io_err(pid, "comm", e))?;
+        if comm.last() == Some(&b'\n') {
+            comm.pop();
+        }
         Ok(Self {
             pid,
             stat,
             exe,
+            comm: std::ffi::OsStr::from_bytes(&comm).to_os_string(),
             args,
             args_count,
         })
@@ -255,6 +269,9 @@ mod tests {
         let s = parse_stat(123, line).unwrap();
         assert_eq!(s.ppid, 7);
         assert_eq!(s.start_time_ticks, 98765);
+        assert_eq!(s.arg_start, 0);
+        let me = stat(std::process::id() as i32).unwrap();
+        assert!(me.arg_start > 0);
     }
 
     #[test]

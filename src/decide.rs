@@ -28,9 +28,9 @@ use crate::watch::{FAN_ALLOW, FAN_DENY};
 /// How far up the parent chain we look for a container member, for
 /// processes that made their own pid namespace inside the container.
 const MAX_ANCESTRY: usize = 16;
-/// How long an exec event waits for `/proc/<pid>/exe` to become the file the
-/// event names before giving up on argv.
-const EXEC_SETTLE: Duration = Duration::from_millis(20);
+/// How long an exec event waits for its exec to complete before giving up
+/// on argv.
+pub const EXEC_SETTLE: Duration = Duration::from_millis(20);
 
 /// The compiled policy, swapped whole on reload.
 #[derive(Debug)]
@@ -184,113 +184,190 @@ fn canonical_path(
     (opened_as.clone(), opened_as)
 }
 
-/// Decide a permission event: `(response, finding)`.
-pub fn decide_open(ctx: &Context, pid: i32, fd: BorrowedFd<'_>) -> (u32, Option<Finding>) {
+/// What a permission event produced: up to one finding per rule.
+pub type OpenFindings = [Option<Finding>; 2];
+
+/// Decide a permission event: `(response, findings)`.
+///
+/// Two rules are evaluated on the held process:
+/// * the file rule, when an archiver opens a credential path;
+/// * the seed rule on its argv. The exec path evaluates the seed rule too,
+///   but asynchronously; here the opener is held inside `open(2)`, so its
+///   argv cannot be gone. Both findings of one run merge into one alert.
+pub fn decide_open(ctx: &Context, pid: i32, fd: BorrowedFd<'_>) -> (u32, OpenFindings) {
     bump(&ctx.stats.perm_events);
     if pid == ctx.self_pid {
         bump(&ctx.stats.own_pid);
-        return (FAN_ALLOW, None);
+        return (FAN_ALLOW, [None, None]);
     }
     let Ok((fid, _)) = FileId::of(fd) else {
         bump(&ctx.stats.attribution_errors);
-        return (FAN_ALLOW, None);
+        return (FAN_ALLOW, [None, None]);
     };
     let Some(container) = ctx.container_of(pid) else {
         bump(&ctx.stats.host_process);
-        return (FAN_ALLOW, None);
-    };
-    let policy = ctx.policy();
-    let (path, opened_as) = canonical_path(ctx, pid, fd, fid, &container.reference.id);
-    let pattern = policy
-        .rules
-        .credential_pattern(path.as_os_str())
-        .or_else(|| policy.rules.credential_pattern(opened_as.as_os_str()));
-    let Some(pattern) = pattern else {
-        return (FAN_ALLOW, None);
+        return (FAN_ALLOW, [None, None]);
     };
     let proc = match RawProcess::read(pid) {
         Ok(p) => p,
         Err(_) => {
             bump(&ctx.stats.attribution_errors);
-            return (FAN_ALLOW, None);
+            return (FAN_ALLOW, [None, None]);
         }
     };
-    let Some(archiver) = policy.rules.archiver_of(proc.exe_name(), &proc.args) else {
-        return (FAN_ALLOW, None);
+    let policy = ctx.policy();
+    let exec_match = policy
+        .rules
+        .match_exec_names(&[proc.exe_name(), &proc.comm], &proc.args);
+    let file_hit = file_rule(ctx, &policy, pid, fd, fid, &container, &proc);
+    if exec_match.is_none() && file_hit.is_none() {
+        return (FAN_ALLOW, [None, None]);
+    }
+    let action = container.action;
+    let denied = action.denies_open();
+    let process = proc.complete();
+    let finding = |trigger| Finding {
+        at: SystemTime::now(),
+        container: container.reference.clone(),
+        trigger,
+        process: process.clone(),
+        action,
     };
+    let exec = exec_match.map(|matched| finding(Trigger::Exec { matched }));
+    let file = file_hit.map(|(path, opened_as, pattern, archiver)| {
+        finding(Trigger::Open {
+            path,
+            opened_as,
+            pattern,
+            archiver,
+            denied,
+        })
+    });
+    (if denied { FAN_DENY } else { FAN_ALLOW }, [file, exec])
+}
+
+/// The file rule: (canonical path, path as opened, pattern, archiver hit).
+fn file_rule(
+    ctx: &Context,
+    policy: &Policy,
+    pid: i32,
+    fd: BorrowedFd<'_>,
+    fid: FileId,
+    container: &ContainerView,
+    proc: &RawProcess,
+) -> Option<(String, String, String, crate::rules::ArchiverHit)> {
+    let archiver = policy
+        .rules
+        .archiver_of(proc.exe_name(), &proc.args)
+        .or_else(|| policy.rules.archiver_of(&proc.comm, &proc.args))?;
+    let (path, opened_as) = canonical_path(ctx, pid, fd, fid, &container.reference.id);
+    let pattern = policy
+        .rules
+        .credential_pattern(path.as_os_str())
+        .or_else(|| policy.rules.credential_pattern(opened_as.as_os_str()))?;
     // GNU tar looks up /etc/passwd for every archive it writes; that alone
     // is not collection. The cwd is the opener's, inside its own root.
     if policy
         .rules
         .is_incidental(path.as_os_str(), &proc.args, &attribution::cwd(pid))
     {
-        return (FAN_ALLOW, None);
+        return None;
     }
-    let action = container.action;
-    let denied = action.denies_open();
-    let finding = Finding {
-        at: SystemTime::now(),
-        container: container.reference.clone(),
-        trigger: Trigger::Open {
-            path: path.to_string_lossy().into_owned(),
-            opened_as: opened_as.to_string_lossy().into_owned(),
-            pattern: pattern.to_string(),
-            archiver,
-            denied,
-        },
-        process: proc.complete(),
-        action,
-    };
-    (if denied { FAN_DENY } else { FAN_ALLOW }, Some(finding))
+    Some((
+        path.to_string_lossy().into_owned(),
+        opened_as.to_string_lossy().into_owned(),
+        pattern.to_string(),
+        archiver,
+    ))
 }
 
 /// Whether an exec event's file is an ELF interpreter (`ld-linux*.so*`,
 /// `ld-musl*`): the kernel reports the interpreter's open with
 /// `FAN_OPEN_EXEC` too, but the process is running the main binary.
-fn is_interpreter(path: &Path) -> bool {
+pub fn is_interpreter(path: &Path) -> bool {
     let name = path.file_name().map(OsStr::as_bytes).unwrap_or_default();
     name.starts_with(b"ld-linux") || name.starts_with(b"ld-musl") || name.starts_with(b"ld.so")
 }
 
-/// Decide an exec notification: evaluate the seed rule on the new image.
+/// Whether an exec event names an ELF interpreter rather than a program.
+pub fn exec_is_interpreter(fd: BorrowedFd<'_>) -> bool {
+    crate::watch::fd_path(fd).is_some_and(|p| is_interpreter(&p))
+}
+
+/// Where an exec event stands.
+#[derive(Debug)]
+pub enum ExecProbe {
+    /// Decided: a finding, or nothing to report.
+    Done(Option<Finding>),
+    /// The exec has not completed yet; ask again shortly.
+    Wait,
+}
+
+/// Probe an exec notification once: evaluate the seed rule on the new
+/// image if the exec has completed.
 ///
 /// The event is not a permission event, so the process runs on: its
 /// `/proc/<pid>/cmdline` may still be the old image's. argv is trusted only
-/// once `/proc/<pid>/exe` is the very file the event names.
-pub fn decide_exec(ctx: &Context, pid: i32, fd: BorrowedFd<'_>) -> Option<Finding> {
-    bump(&ctx.stats.exec_events);
+/// once [`settled`] says the exec is complete. The caller retries on
+/// [`ExecProbe::Wait`] without blocking other events, and gives up after a
+/// deadline.
+pub fn probe_exec(ctx: &Context, pid: i32, fid: FileId) -> ExecProbe {
     if pid == ctx.self_pid {
-        return None;
+        return ExecProbe::Done(None);
     }
-    let container = ctx.container_of(pid)?;
-    let (fid, _) = FileId::of(fd).ok()?;
-    if crate::watch::fd_path(fd).is_some_and(|p| is_interpreter(&p)) {
-        return None;
-    }
-    let start = std::time::Instant::now();
-    loop {
-        match attribution::exe_id(pid) {
-            Ok((dev, ino)) if (FileId { dev, ino }) == fid => break,
-            Ok(_) if start.elapsed() < EXEC_SETTLE => {
-                std::thread::sleep(Duration::from_micros(200))
-            }
-            _ => {
-                bump(&ctx.stats.exec_unsettled);
-                return None;
-            }
+    let Some(proc) = settled(pid, fid) else {
+        if attribution::stat(pid).is_err() {
+            bump(&ctx.stats.exec_unsettled);
+            return ExecProbe::Done(None);
         }
-    }
-    let proc = RawProcess::read(pid).ok()?;
+        return ExecProbe::Wait;
+    };
     let policy = ctx.policy();
-    let matched = policy.rules.match_exec(proc.exe_name(), &proc.args)?;
+    // Most execs match nothing: decide that before any container lookup.
+    let Some(matched) = policy
+        .rules
+        .match_exec_names(&[proc.exe_name(), &proc.comm], &proc.args)
+    else {
+        return ExecProbe::Done(None);
+    };
+    let Some(container) = ctx.container_of(pid) else {
+        return ExecProbe::Done(None);
+    };
     bump(&ctx.stats.findings);
-    Some(Finding {
+    ExecProbe::Done(Some(Finding {
         at: SystemTime::now(),
         container: container.reference.clone(),
         process: proc.complete(),
         trigger: Trigger::Exec { matched },
         action: container.action,
-    })
+    }))
+}
+
+/// The process once its exec of `fid` has completed, or `None` if it has
+/// not (yet). Three checks, because each alone is fooled:
+/// * `/proc/<pid>/exe` is the event's file (it still names the old image
+///   until the kernel switches the mm);
+/// * argv is non-empty (the new mm has no argv until the ELF loader
+///   writes it, after the exe switch);
+/// * when the parent runs the same executable (busybox sh forking busybox
+///   tar), the child's argv must not be at the parent's address, which a
+///   forked child keeps until its own exec.
+fn settled(pid: i32, fid: FileId) -> Option<RawProcess> {
+    let (dev, ino) = attribution::exe_id(pid).ok()?;
+    if (FileId { dev, ino }) != fid {
+        return None;
+    }
+    let p = RawProcess::read(pid).ok()?;
+    if p.args.is_empty() {
+        return None;
+    }
+    if p.stat.ppid > 1 && attribution::exe_id(p.stat.ppid).ok() == Some((dev, ino)) {
+        let parent = attribution::stat(p.stat.ppid).ok()?;
+        if parent.arg_start == p.stat.arg_start {
+            return None;
+        }
+    }
+    Some(p)
 }
 
 #[cfg(test)]
@@ -310,9 +387,9 @@ mod tests {
         let c = ctx();
         let f = std::fs::File::open("/dev/null").unwrap();
         use std::os::fd::AsFd;
-        let (r, finding) = decide_open(&c, c.self_pid, f.as_fd());
+        let (r, findings) = decide_open(&c, c.self_pid, f.as_fd());
         assert_eq!(r, FAN_ALLOW);
-        assert!(finding.is_none());
+        assert!(findings.iter().all(Option::is_none));
         assert_eq!(c.stats.snapshot().own_pid, 1);
     }
 
@@ -322,9 +399,9 @@ mod tests {
         let f = std::fs::File::open("/dev/null").unwrap();
         use std::os::fd::AsFd;
         let parent = attribution::stat(c.self_pid).unwrap().ppid;
-        let (r, finding) = decide_open(&c, parent, f.as_fd());
+        let (r, findings) = decide_open(&c, parent, f.as_fd());
         assert_eq!(r, FAN_ALLOW);
-        assert!(finding.is_none());
+        assert!(findings.iter().all(Option::is_none));
         assert_eq!(c.stats.snapshot().host_process, 1);
         // A vanished pid is not a container member either.
         let (r, _) = decide_open(&c, i32::MAX, f.as_fd());

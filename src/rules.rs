@@ -281,6 +281,17 @@ impl Rules {
     /// matches a credential pattern. `args` includes argv\[0\], as ECS
     /// `process.args` does.
     pub fn match_exec<A: AsRef<OsStr>>(&self, name: &OsStr, args: &[A]) -> Option<ExecMatch> {
+        self.match_exec_names(&[name], args)
+    }
+
+    /// [`Rules::match_exec`] where the process has more than one name: the
+    /// executable's basename and the kernel's `comm` (the basename of the
+    /// path given to execve, so `/bin/tar` → busybox is still "tar").
+    pub fn match_exec_names<A: AsRef<OsStr>>(
+        &self,
+        names: &[&OsStr],
+        args: &[A],
+    ) -> Option<ExecMatch> {
         if !self.exec_enabled {
             return None;
         }
@@ -300,7 +311,10 @@ impl Rules {
         if paths.is_empty() {
             return None;
         }
-        let archiver = if self.exec_archivers.contains(name.as_bytes()) {
+        let named = names
+            .iter()
+            .find(|n| self.exec_archivers.contains(n.as_bytes()));
+        let archiver = if let Some(name) = named {
             ArchiverHit::Name {
                 name: name.to_string_lossy().into_owned(),
             }

@@ -1,0 +1,576 @@
+//! Shared harness for the privileged end-to-end tests.
+//!
+//! Strategy: every test starts its own real `keyward daemon` (under
+//! `timeout`, killed by pid on drop) with a private socket, runtime dir,
+//! alert file and a real syslog datagram socket that the test binds. It
+//! then runs real runc containers whose `config.json` wires `keyward hook`
+//! into createRuntime and poststop. The rootfs is busybox-static plus GNU
+//! tar, gzip, zip and 7z copied in with their `ldd` libraries, and a set of
+//! fake credential files. Nothing is faked between the kernel and the
+//! alert.
+//!
+//! Under `CI=true` a test that cannot run (not root, no runc) fails instead
+//! of skipping.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const KEYWARD: &str = env!("CARGO_BIN_EXE_keyward");
+/// Hard cap on any daemon a test starts: it holds permission events, so it
+/// must never outlive a hung test.
+const DAEMON_TIMEOUT_SECS: u64 = 300;
+/// Hard cap on one container run.
+const CONTAINER_TIMEOUT_SECS: u64 = 60;
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether privileged tests can run here. Panics under `CI=true` if not.
+pub fn privileged() -> bool {
+    let root = nix::unistd::Uid::effective().is_root();
+    let runc = Command::new("runc")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let have = |b: &str| Path::new(b).exists();
+    let ok = root && runc && have("/bin/busybox") || root && runc && have("/usr/bin/busybox");
+    if !ok {
+        let why = format!("privileged e2e test needs root ({root}) and runc ({runc}) and busybox");
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("{why}: under CI=true a skipped privileged test fails the run");
+        }
+        eprintln!("SKIP: {why}");
+    }
+    ok
+}
+
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn sh(cmd: &str) -> Output {
+    Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .expect("run sh")
+}
+
+fn copy_with_libs(bin: &str, root: &Path, dest: &str) {
+    let target = root.join(dest.trim_start_matches('/'));
+    fs::create_dir_all(target.parent().unwrap()).unwrap();
+    fs::copy(bin, &target).unwrap_or_else(|e| panic!("copy {bin}: {e}"));
+    let out = Command::new("ldd").arg(bin).output().unwrap();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(lib) = line.split_whitespace().find(|w| w.starts_with('/')) else {
+            continue;
+        };
+        let dst = root.join(lib.trim_start_matches('/'));
+        if dst.exists() {
+            continue;
+        }
+        fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        fs::copy(lib, &dst).unwrap_or_else(|e| panic!("copy {lib}: {e}"));
+    }
+}
+
+/// Fake credential files planted in every rootfs, with their contents.
+pub const SECRETS: &[(&str, &str)] = &[
+    ("/root/.ssh/id_rsa", "ROOT-RSA-PRIVATE-KEY"),
+    ("/root/.ssh/id_rsa.pub", "ssh-rsa AAAA root"),
+    ("/root/.ssh/id_ed25519", "ROOT-ED25519-PRIVATE-KEY"),
+    ("/root/.ssh/authorized_keys", "ssh-ed25519 AAAA admin"),
+    ("/root/.ssh/known_hosts", "github.com ssh-ed25519 AAAA"),
+    ("/root/.bash_history", "export AWS_SECRET=x"),
+    (
+        "/root/.aws/credentials",
+        "[default]\naws_secret_access_key=ROOT-AWS-SECRET",
+    ),
+    ("/root/.aws/config", "[default]\nregion=eu-west-1"),
+    (
+        "/root/.docker/config.json",
+        "{\"auths\":{\"r\":{\"auth\":\"ROOT-DOCKER-AUTH\"}}}",
+    ),
+    ("/home/alice/.ssh/id_ed25519", "ALICE-ED25519-PRIVATE-KEY"),
+    ("/home/alice/.ssh/id_rsa", "ALICE-RSA-PRIVATE-KEY"),
+    ("/home/alice/.bash_history", "ssh prod"),
+    ("/home/alice/.aws/credentials", "ALICE-AWS-SECRET"),
+    ("/root/.SSH/ID_RSA", "ROOT-UPPER-CASE-KEY"),
+    ("/etc/shadow", "root:$6$SHADOW-HASH:19000:0:99999:7:::"),
+    ("/etc/gshadow", "root:::"),
+];
+
+/// Build (once per test binary) the base rootfs.
+pub fn base_rootfs() -> &'static Path {
+    static BASE: OnceLock<PathBuf> = OnceLock::new();
+    BASE.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("keyward-e2e-base-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let root = dir.join("rootfs");
+        for d in [
+            "bin",
+            "sbin",
+            "usr/bin",
+            "tmp",
+            "proc",
+            "dev",
+            "sys",
+            "app/src",
+            "etc",
+            "root",
+            "home/alice",
+        ] {
+            fs::create_dir_all(root.join(d)).unwrap();
+        }
+        fs::set_permissions(root.join("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
+        let busybox = if Path::new("/bin/busybox").exists() {
+            "/bin/busybox"
+        } else {
+            "/usr/bin/busybox"
+        };
+        fs::copy(busybox, root.join("bin/busybox")).unwrap();
+        let list = Command::new(busybox).arg("--list").output().unwrap();
+        for applet in String::from_utf8_lossy(&list.stdout).lines() {
+            let link = root.join("bin").join(applet);
+            if !link.exists() {
+                std::os::unix::fs::symlink("busybox", link).unwrap();
+            }
+        }
+        // GNU tools in /usr/bin shadow nothing: busybox applets stay in /bin.
+        copy_with_libs("/usr/bin/tar", &root, "/usr/bin/tar");
+        copy_with_libs("/usr/bin/gzip", &root, "/usr/bin/gzip");
+        copy_with_libs("/usr/bin/zip", &root, "/usr/bin/zip");
+        // 7z is a shell wrapper around /usr/lib/p7zip/7z (which dlopens 7z.so).
+        copy_with_libs("/usr/lib/p7zip/7z", &root, "/usr/lib/p7zip/7z");
+        copy_with_libs("/usr/lib/p7zip/7z.so", &root, "/usr/lib/p7zip/7z.so");
+        fs::write(
+            root.join("usr/bin/7z"),
+            "#!/bin/sh\nexec /usr/lib/p7zip/7z \"$@\"\n",
+        )
+        .unwrap();
+        fs::set_permissions(root.join("usr/bin/7z"), fs::Permissions::from_mode(0o755)).unwrap();
+        fs::write(
+            root.join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\n",
+        )
+        .unwrap();
+        fs::write(root.join("etc/group"), "root:x:0:\nalice:x:1000:\n").unwrap();
+        fs::write(root.join("etc/hosts"), "127.0.0.1 localhost\n").unwrap();
+        for (path, content) in SECRETS {
+            let p = root.join(path.trim_start_matches('/'));
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(&p, content).unwrap();
+        }
+        fs::write(root.join("app/src/main.py"), "print('hello')\n").unwrap();
+        fs::write(root.join("app/README"), "an app\n").unwrap();
+        dir
+    })
+}
+
+/// A syslog receiver on a real datagram socket.
+pub struct Syslog {
+    pub path: PathBuf,
+    pub messages: Arc<Mutex<Vec<String>>>,
+}
+
+impl Syslog {
+    fn bind(path: PathBuf) -> Self {
+        let sock = UnixDatagram::bind(&path).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        let m = messages.clone();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            loop {
+                match sock.recv(&mut buf) {
+                    Ok(n) => m
+                        .lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&buf[..n]).into_owned()),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+                    Err(_) => return,
+                }
+            }
+        });
+        Self { path, messages }
+    }
+}
+
+/// A running daemon, killed on drop.
+pub struct Daemon {
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    pub alerts: PathBuf,
+    pub config: PathBuf,
+    pub syslog: Syslog,
+    child: Option<std::process::Child>,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// Start with extra TOML appended to the test's base config.
+    pub fn start(extra: &str) -> Self {
+        let dir = std::env::temp_dir().join(unique("keyward-e2e"));
+        fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("keyward.sock");
+        let alerts = dir.join("alerts.json");
+        let syslog = Syslog::bind(dir.join("log.sock"));
+        let config = dir.join("keyward.toml");
+        let text = format!(
+            "socket = {socket:?}\n{extra}\n[daemon]\nruntime_dir = {:?}\naggregate_ms = 200\n[alerts]\njson = {alerts:?}\n[alerts.syslog]\nsocket = {:?}\n",
+            dir.join("run"),
+            syslog.path
+        );
+        fs::write(&config, text).unwrap();
+        let mut d = Self {
+            dir,
+            socket,
+            alerts,
+            config,
+            syslog,
+            child: None,
+            log: PathBuf::new(),
+        };
+        d.spawn();
+        d
+    }
+
+    /// Start (or restart) the daemon process on the same dir and config.
+    pub fn spawn(&mut self) {
+        let log = self.dir.join(format!(
+            "daemon-{}.log",
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let child = Command::new("timeout")
+            .args([
+                "-s",
+                "KILL",
+                &DAEMON_TIMEOUT_SECS.to_string(),
+                KEYWARD,
+                "daemon",
+                "--config",
+            ])
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(&log).unwrap())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn keyward daemon");
+        self.child = Some(child);
+        self.log = log;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if fs::read_to_string(&self.log)
+                .unwrap_or_default()
+                .contains("serving")
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "daemon did not start: {}",
+            fs::read_to_string(&self.log).unwrap_or_default()
+        );
+    }
+
+    /// The pid of the keyward daemon itself (child of `timeout`).
+    pub fn pid(&self) -> i32 {
+        let tpid = self.child.as_ref().expect("running").id();
+        let children =
+            fs::read_to_string(format!("/proc/{tpid}/task/{tpid}/children")).unwrap_or_default();
+        children
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("daemon pid")
+    }
+
+    /// Stop with SIGTERM (by pid), SIGKILL after 5 s.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if let Some(pid) = self.pid_opt(&child) {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// SIGKILL the daemon itself (a crash).
+    pub fn crash(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if let Some(pid) = self.pid_opt(&child) {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+        }
+        let _ = child.wait();
+    }
+
+    fn pid_opt(&self, child: &std::process::Child) -> Option<i32> {
+        let tpid = child.id();
+        let children = fs::read_to_string(format!("/proc/{tpid}/task/{tpid}/children")).ok()?;
+        children
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse().ok())
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Every alert in the JSON file so far.
+    pub fn alerts(&self) -> Vec<Value> {
+        fs::read_to_string(&self.alerts)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("alert line is not JSON ({e}): {l}"))
+            })
+            .collect()
+    }
+
+    /// Wait until `pred` holds for some alert; returns it.
+    pub fn wait_alert(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(a) = self.alerts().into_iter().find(|a| pred(a)) {
+                return a;
+            }
+            if Instant::now() > deadline {
+                let status = Command::new(KEYWARD)
+                    .args(["status", "--socket"])
+                    .arg(&self.socket)
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default();
+                let cmds: Vec<String> = self
+                    .alerts()
+                    .iter()
+                    .map(|a| a["process"]["command_line"].to_string())
+                    .collect();
+                panic!(
+                    "no alert for {what} within 10 s; alerts for: {cmds:#?}\nstatus: {status}\ndaemon log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Let the aggregation window pass, then return the alerts.
+    pub fn settled_alerts(&self) -> Vec<Value> {
+        std::thread::sleep(Duration::from_millis(1200));
+        self.alerts()
+    }
+
+    pub fn status(&self) -> Value {
+        let out = Command::new(KEYWARD)
+            .args(["status", "--socket"])
+            .arg(&self.socket)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+        if !std::thread::panicking() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// A runc bundle with the hook wired in.
+pub struct Bundle {
+    pub id: String,
+    pub dir: PathBuf,
+    pub rootfs: PathBuf,
+    pub config: Value,
+}
+
+fn runc_spec_template() -> &'static Value {
+    static SPEC: OnceLock<Value> = OnceLock::new();
+    SPEC.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("keyward-e2e-spec-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let out = Command::new("runc")
+            .args(["spec", "--bundle"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "runc spec: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v =
+            serde_json::from_str(&fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+        let _ = fs::remove_dir_all(&dir);
+        v
+    })
+}
+
+impl Bundle {
+    /// A fresh bundle: a copy of the base rootfs, `script` run by `sh -c`,
+    /// the hook in createRuntime and poststop pointing at `socket`.
+    pub fn new(prefix: &str, socket: &Path, script: &str) -> Self {
+        let id = unique(prefix);
+        let dir = std::env::temp_dir().join(&id);
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let rootfs = dir.join("rootfs");
+        let out = sh(&format!(
+            "cp -a {}/rootfs {}",
+            base_rootfs().display(),
+            rootfs.display()
+        ));
+        assert!(
+            out.status.success(),
+            "copy rootfs: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut config = runc_spec_template().clone();
+        config["process"]["terminal"] = Value::Bool(false);
+        config["process"]["args"] = serde_json::json!(["/bin/sh", "-c", script]);
+        config["process"]["env"] = serde_json::json!(["PATH=/usr/bin:/bin", "HOME=/root"]);
+        config["root"]["path"] = Value::String("rootfs".into());
+        config["root"]["readonly"] = Value::Bool(false);
+        let hook = serde_json::json!({"path": KEYWARD, "args": ["keyward", "hook", "--socket", socket], "timeout": 10});
+        config["hooks"] = serde_json::json!({"createRuntime": [hook.clone()], "poststop": [hook]});
+        Self {
+            id,
+            dir,
+            rootfs,
+            config,
+        }
+    }
+
+    pub fn annotate(&mut self, key: &str, value: &str) -> &mut Self {
+        if !self.config["annotations"].is_object() {
+            self.config["annotations"] = serde_json::json!({});
+        }
+        self.config["annotations"][key] = Value::String(value.into());
+        self
+    }
+
+    /// Replace the hook args (e.g. a dead socket, `--fail-open`).
+    pub fn hook_args(&mut self, args: &[&str]) -> &mut Self {
+        let hook = serde_json::json!({"path": KEYWARD, "args": args, "timeout": 10});
+        self.config["hooks"] =
+            serde_json::json!({"createRuntime": [hook.clone()], "poststop": [hook]});
+        self
+    }
+
+    /// `runc run` to completion (under a timeout); stdout+stderr and status.
+    pub fn run(&self) -> Output {
+        let mut f = fs::File::create(self.dir.join("config.json")).unwrap();
+        f.write_all(
+            serde_json::to_string_pretty(&self.config)
+                .unwrap()
+                .as_bytes(),
+        )
+        .unwrap();
+        drop(f);
+        let out = Command::new("timeout")
+            .args([
+                "-s",
+                "KILL",
+                &CONTAINER_TIMEOUT_SECS.to_string(),
+                "runc",
+                "run",
+                "--bundle",
+            ])
+            .arg(&self.dir)
+            .arg(&self.id)
+            .stdin(Stdio::null())
+            .output()
+            .expect("runc run");
+        let _ = Command::new("runc")
+            .args(["delete", "-f", &self.id])
+            .output();
+        out
+    }
+
+    /// A file in the container's rootfs, read from the host.
+    pub fn read(&self, path: &str) -> Option<Vec<u8>> {
+        fs::read(self.rootfs.join(path.trim_start_matches('/'))).ok()
+    }
+}
+
+impl Drop for Bundle {
+    fn drop(&mut self) {
+        let _ = Command::new("runc")
+            .args(["delete", "-f", &self.id])
+            .output();
+        if !std::thread::panicking() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Text of an output, both streams.
+pub fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// The alert's `keyward.files[].path` values.
+pub fn files(a: &Value) -> Vec<String> {
+    a["keyward"]["files"]
+        .as_array()
+        .map(|v| {
+            v.iter()
+                .filter_map(|f| f["path"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether the alert's process args contain `needle` as one arg.
+pub fn has_arg(a: &Value, needle: &str) -> bool {
+    a["process"]["args"]
+        .as_array()
+        .is_some_and(|v| v.iter().any(|x| x.as_str() == Some(needle)))
+}

@@ -1,0 +1,384 @@
+//! End-to-end detection in real runc containers.
+//!
+//! Strategy: a real daemon (real fanotify marks, real syslog socket) and
+//! real runc containers with `keyward hook` in createRuntime/poststop. Each
+//! test runs a shell script inside a container and then reads the ECS JSON
+//! file and the syslog socket. The seed-rule test disables the file rule:
+//! its alerts come from the seed rule, evaluated on argv both at exec
+//! (asynchronously) and at each credential open (with the opener held);
+//! one case names a file that does not exist, which only the exec path can
+//! see. The directory test relies on the file rule alone (no arg matches a
+//! pattern). Benign work must produce nothing at all.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+const SEED: &str = "keyward.seed.sensitive-files-compression";
+const FILE: &str = "keyward.file.archiver-opened-credential";
+
+/// Every case of the seed rule, with GNU tools, busybox applets and `sh -c`
+/// wrappers. Each line is its own process; the marker names the case.
+const SEED_CASES: &[(&str, &str, &str)] = &[
+    // (case, command, credential path the alert must name)
+    (
+        "gnu-tar",
+        "/usr/bin/tar czf /tmp/1.tgz /root/.ssh/id_rsa",
+        "/root/.ssh/id_rsa",
+    ),
+    (
+        "gnu-gzip",
+        "/usr/bin/gzip -c /root/.aws/credentials > /tmp/2.gz",
+        "/root/.aws/credentials",
+    ),
+    (
+        "gnu-zip",
+        "/usr/bin/zip -q /tmp/3.zip /root/.docker/config.json",
+        "/root/.docker/config.json",
+    ),
+    (
+        "7z",
+        "/usr/lib/p7zip/7z a /tmp/4.7z /home/alice/.ssh/id_ed25519 >/dev/null",
+        "/home/alice/.ssh/id_ed25519",
+    ),
+    (
+        "busybox-tar",
+        "busybox tar czf /tmp/5.tgz /etc/shadow",
+        "/etc/shadow",
+    ),
+    (
+        "busybox-gzip",
+        "busybox gzip -c /home/alice/.bash_history > /tmp/7.gz",
+        "/home/alice/.bash_history",
+    ),
+    (
+        "sh-c",
+        "sh -c '/usr/bin/tar cf /tmp/8.tar /etc/gshadow'",
+        "/etc/gshadow",
+    ),
+    (
+        "upper-case",
+        "/usr/bin/tar cf /tmp/9.tar /root/.SSH/ID_RSA",
+        "/root/.SSH/ID_RSA",
+    ),
+    (
+        "wildcard",
+        "/usr/bin/zip -q /tmp/10.zip /home/alice/.aws/credentials",
+        "/home/alice/.aws/credentials",
+    ),
+];
+
+/// Busybox applets that busybox sh runs by forking without a new exec, and
+/// other spellings that only the file rule can see.
+const FILE_CASES: &[(&str, &str, &str)] = &[
+    (
+        "busybox-applet",
+        "/bin/tar cf /tmp/6.tar /root/.bash_history",
+        "/root/.bash_history",
+    ),
+    (
+        "busybox-applet-gzip",
+        "/bin/gzip -c /home/alice/.bash_history > /tmp/7.gz",
+        "/home/alice/.bash_history",
+    ),
+    // busybox sh prefers its own applets: `tar` here never execs.
+    (
+        "sh-c-applet",
+        "sh -c 'tar cf /tmp/8b.tar /root/.aws/config'",
+        "/root/.aws/config",
+    ),
+    (
+        "relative",
+        "cd /root && /usr/bin/tar cf /tmp/11.tar .aws",
+        "/root/.aws/credentials",
+    ),
+    (
+        "dash-C",
+        "/usr/bin/tar -C /root -cf /tmp/12.tar .docker",
+        "/root/.docker/config.json",
+    ),
+    (
+        "dotdot",
+        "cd /tmp && /usr/bin/gzip -c ../root//.ssh/../.ssh/id_ed25519 > /tmp/13.gz",
+        "/root/.ssh/id_ed25519",
+    ),
+];
+
+fn seed_alert<'a>(alerts: &'a [Value], path: &str) -> Option<&'a Value> {
+    alerts.iter().find(|a| {
+        a["rule"]["id"] == SEED
+            && a["keyward"]["exec_match"]["paths"]
+                .as_array()
+                .is_some_and(|p| p.iter().any(|h| h["arg"] == path))
+    })
+}
+
+#[test]
+fn every_seed_case_alerts_with_the_oci_id() {
+    if !privileged() {
+        return;
+    }
+    // File rule off: these alerts can only come from the exec path.
+    let d = Daemon::start("[rules.file]\nenabled = false\n");
+    let cases: Vec<String> = SEED_CASES
+        .iter()
+        .map(|(_, cmd, _)| format!("{cmd}; sleep 0.05;"))
+        .collect();
+    let script = format!("{} echo finished", cases.join(" "));
+
+    let b = Bundle::new("kw-seed", &d.socket, &script);
+    let out = b.run();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("finished"),
+        "{}",
+        text(&out)
+    );
+    for (case, _, path) in SEED_CASES {
+        let a = d.wait_alert(case, |a| {
+            seed_alert(std::slice::from_ref(a), path).is_some()
+        });
+        assert_eq!(
+            a["container"]["id"],
+            b.id.as_str(),
+            "{case}: container.id must be the OCI id"
+        );
+        assert_eq!(a["event"]["kind"], "alert");
+        assert_eq!(
+            a["rule"]["name"],
+            "Sensitive Files Compression Inside A Container"
+        );
+        assert!(a["process"]["pid"].as_i64().unwrap() > 0);
+        assert!(!a["process"]["executable"].as_str().unwrap().is_empty());
+        assert!(
+            a["process"]["parent"]["pid"].as_i64().is_some(),
+            "{case}: parent missing"
+        );
+        assert!(a["host"]["hostname"].as_str().is_some());
+    }
+    // With the file rule off no alert may claim it.
+    assert!(d.alerts().iter().all(|a| a["rule"]["id"] == SEED));
+}
+
+#[test]
+fn applets_and_respelled_paths_alert_through_file_access() {
+    if !privileged() {
+        return;
+    }
+    let d = Daemon::start("");
+    let script: String = FILE_CASES
+        .iter()
+        .map(|(_, cmd, _)| format!("({cmd}); sleep 0.05;"))
+        .collect::<Vec<_>>()
+        .join(" ")
+        + " echo finished";
+    let b = Bundle::new("kw-file", &d.socket, &script);
+    let out = b.run();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("finished"),
+        "{}",
+        text(&out)
+    );
+    for (case, _, path) in FILE_CASES {
+        let a = d.wait_alert(case, |a| files(a).iter().any(|f| f == path));
+        assert_eq!(a["container"]["id"], b.id.as_str(), "{case}");
+        assert_eq!(a["event"]["kind"], "alert", "{case}");
+    }
+}
+
+#[test]
+fn directory_archive_alerts_through_file_access_and_reaches_syslog() {
+    if !privileged() {
+        return;
+    }
+    let d = Daemon::start("");
+    let b = Bundle::new(
+        "kw-dir",
+        &d.socket,
+        "/usr/bin/tar czf /tmp/a.tgz /root/.ssh && echo ok",
+    );
+    let out = b.run();
+    assert!(out.status.success(), "{}", text(&out));
+    let a = d.wait_alert("tar of /root/.ssh", |a| {
+        a["rule"]["id"] == FILE && has_arg(a, "/root/.ssh")
+    });
+    assert_eq!(a["container"]["id"], b.id.as_str());
+    let f = files(&a);
+    for key in [
+        "/root/.ssh/id_rsa",
+        "/root/.ssh/id_ed25519",
+        "/root/.ssh/authorized_keys",
+        "/root/.ssh/known_hosts",
+    ] {
+        assert!(f.contains(&key.to_string()), "alert lacks {key}: {f:?}");
+    }
+    // One alert per archiver run.
+    let runs: Vec<_> = d
+        .settled_alerts()
+        .into_iter()
+        .filter(|x| x["process"]["pid"] == a["process"]["pid"])
+        .collect();
+    assert_eq!(runs.len(), 1, "one run must make one alert: {runs:#?}");
+    // The same alert arrives at the syslog socket, security facility
+    // (authpriv = 10, warning = 4: PRI 84), naming process, file and id.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let msgs = d.syslog.messages.lock().unwrap().clone();
+        if let Some(m) = msgs
+            .iter()
+            .find(|m| m.contains(&b.id) && m.contains("/root/.ssh/"))
+        {
+            assert!(
+                m.starts_with("<84>1 "),
+                "RFC 5424 with authpriv.warning: {m}"
+            );
+            assert!(m.contains("keyward@32473"), "structured data: {m}");
+            assert!(m.contains("tar"), "{m}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no syslog message for {}: {msgs:#?}",
+            b.id
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn benign_work_stays_quiet() {
+    if !privileged() {
+        return;
+    }
+    let d = Daemon::start("");
+    let script = "set -e
+        /usr/bin/tar czf /tmp/app.tgz /app
+        busybox tar czf /tmp/app2.tgz /app
+        cat /etc/passwd > /dev/null
+        ls -l /root/.ssh > /dev/null
+        /usr/bin/tar tzf /tmp/app.tgz > /dev/null
+        mkdir -p /tmp/x && /usr/bin/tar xzf /tmp/app.tgz -C /tmp/x
+        /usr/bin/gzip -c /app/README > /tmp/r.gz
+        /usr/bin/zip -q /tmp/app.zip /app/README
+        grep root /etc/passwd > /dev/null
+        cat /root/.ssh/id_rsa.pub > /dev/null
+        wc -c /etc/shadow > /dev/null
+        echo 'tar czf x /root/.ssh/id_rsa' > /tmp/notes.txt
+        echo quiet-done";
+    let b = Bundle::new("kw-benign", &d.socket, script);
+    let out = b.run();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("quiet-done"),
+        "{}",
+        text(&out)
+    );
+    let alerts = d.settled_alerts();
+    assert!(alerts.is_empty(), "benign work alerted: {alerts:#?}");
+    // The daemon did see the container's credential opens (so silence is a
+    // decision, not blindness).
+    let s = d.status();
+    assert!(s["stats"]["perm_events"].as_u64().unwrap() > 0, "{s:#}");
+}
+
+#[test]
+fn container_does_not_start_when_the_daemon_is_unreachable() {
+    if !privileged() {
+        return;
+    }
+    let dead = std::env::temp_dir()
+        .join(unique("kw-no-daemon"))
+        .join("keyward.sock");
+    let dead_s = dead.to_str().unwrap();
+    let mut b = Bundle::new("kw-closed", &dead, "echo STARTED > /tmp/started");
+    let out = b.run();
+    assert!(
+        !out.status.success(),
+        "container started without keyward: {}",
+        text(&out)
+    );
+    assert!(
+        b.read("/tmp/started").is_none(),
+        "the container's process ran"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("keyward") && err.contains(dead_s),
+        "stderr must name keyward and the socket: {err}"
+    );
+
+    // --fail-open lets it start, with a warning.
+    b.hook_args(&["keyward", "hook", "--fail-open", "--socket", dead_s]);
+    let out = b.run();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(b.read("/tmp/started").is_some());
+}
+
+#[test]
+fn host_files_are_never_marked() {
+    if !privileged() {
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let d = Daemon::start("");
+    // Keep the container alive while we inspect the daemon's marks.
+    let b = Bundle::new("kw-hostmarks", &d.socket, "sleep 3");
+    let bundle_dir = b.dir.clone();
+    let id = b.id.clone();
+    let cfg = b.config.clone();
+    std::fs::write(
+        bundle_dir.join("config.json"),
+        serde_json::to_string(&cfg).unwrap(),
+    )
+    .unwrap();
+    let child = std::process::Command::new("timeout")
+        .args(["-s", "KILL", "30", "runc", "run", "--bundle"])
+        .arg(&bundle_dir)
+        .arg(&id)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while d.status()["containers"].as_u64() != Some(1) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "container never registered: {}",
+            d.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // Read every inode mark from the daemon's fanotify fdinfo.
+    let pid = d.pid();
+    let mut marked = Vec::new();
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .flatten()
+    {
+        let info = std::fs::read_to_string(fd.path()).unwrap_or_default();
+        for line in info.lines().filter(|l| l.starts_with("fanotify ino:")) {
+            let ino = line
+                .split_whitespace()
+                .nth(1)
+                .unwrap()
+                .trim_start_matches("ino:");
+            marked.push(u64::from_str_radix(ino, 16).unwrap());
+        }
+    }
+    let ino = |p: &std::path::Path| std::fs::metadata(p).unwrap().ino();
+    // The container's own shadow is marked (so this test can fail)...
+    assert!(
+        marked.contains(&ino(&b.rootfs.join("etc/shadow"))),
+        "container shadow not marked: {marked:?}"
+    );
+    // ...and the host's credential files are not.
+    for host in ["/etc/shadow", "/etc/passwd", "/etc/group", "/etc/hosts"] {
+        if std::path::Path::new(host).exists() {
+            assert!(
+                !marked.contains(&ino(std::path::Path::new(host))),
+                "host file {host} is marked"
+            );
+        }
+    }
+    let mut child = child;
+    let _ = child.wait();
+}
