@@ -227,7 +227,7 @@ impl Alert {
             "container": container_json(&self.container),
             "process": process_json(&self.process),
             "host": {"hostname": hostname},
-            "user": {"id": self.process.uid.to_string()},
+            "user": {"id": self.process.uid.map(|u| u.to_string())},
             "keyward": {
                 "files": self.files,
                 "files_total": self.files_total,
@@ -247,10 +247,8 @@ impl Alert {
                 "name": first.path.rsplit('/').next().unwrap_or(""),
                 "target_path": first.opened_as,
             });
-        } else if let Some(m) = &self.exec_match {
-            if let Some(p) = m.paths.first() {
-                doc["file"] = json!({"path": p.arg});
-            }
+        } else if let Some(p) = self.exec_match.as_ref().and_then(|m| m.paths.first()) {
+            doc["file"] = json!({"path": p.arg});
         }
         doc
     }
@@ -280,7 +278,7 @@ fn process_json(p: &ProcessInfo) -> Value {
         "command_line": p.args.join(" "),
         "working_directory": p.cwd,
         "start": p.start_time_ticks,
-        "user": {"id": p.uid.to_string()},
+        "user": {"id": p.uid.map(|u| u.to_string())},
     });
     if let Some(parent) = &p.parent {
         v["parent"] = json!({

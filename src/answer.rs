@@ -184,7 +184,7 @@ pub fn exec_loop(src: &dyn EventSource, ctx: &Context, tx: SyncSender<Finding>, 
                 ExecProbe::Done(finding) => {
                     progressed = true;
                     if let Some(f) = finding {
-                        send(&tx, f, &ctx.stats.queue_drops);
+                        send(&tx, *f, &ctx.stats.queue_drops);
                     }
                     false
                 }

@@ -59,7 +59,7 @@ pub struct ProcessInfo {
     pub args_count: usize,
     pub cwd: String,
     pub ppid: i32,
-    pub uid: u32,
+    pub uid: Option<u32>,
     pub parent: Option<ParentInfo>,
 }
 
@@ -164,12 +164,13 @@ pub fn cwd(pid: i32) -> PathBuf {
     fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_else(|_| PathBuf::from("/"))
 }
 
-/// Real uid from `/proc/<pid>/status`.
-fn uid(pid: i32) -> Result<u32, AttributionError> {
-    let meta = fs::metadata(format!("/proc/{pid}")).map_err(|e| io_err(pid, "status", e))?;
-    // The owner of /proc/<pid> is the effective uid of a dumpable process;
-    // cheap, and what an analyst wants for "who ran it".
-    Ok(meta.uid())
+/// Real uid from `/proc/<pid>/status` (via the `procfs` crate; only for
+/// findings, never on the hot path of allowed opens).
+fn uid(pid: i32) -> Option<u32> {
+    procfs::process::Process::new(pid)
+        .and_then(|p| p.status())
+        .ok()
+        .map(|s| s.ruid)
 }
 
 fn lossy(args: &[OsString]) -> Vec<String> {
@@ -242,7 +243,7 @@ impl RawProcess {
             args_count: self.args_count,
             cwd: cwd(pid).to_string_lossy().into_owned(),
             ppid: self.stat.ppid,
-            uid: uid(pid).unwrap_or(u32::MAX),
+            uid: uid(pid),
             parent,
         }
     }

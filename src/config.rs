@@ -383,10 +383,8 @@ impl Config {
                 format!("{} is outside 1..=4096", self.daemon.max_files_per_alert),
             );
         }
-        if let Some(json) = &self.alerts.json {
-            if !json.is_absolute() {
-                return invalid("alerts.json", format!("{json:?} is not an absolute path"));
-            }
+        if let Some(json) = self.alerts.json.as_ref().filter(|j| !j.is_absolute()) {
+            return invalid("alerts.json", format!("{json:?} is not an absolute path"));
         }
         let s = &self.alerts.syslog;
         if syslog::Facility::from_str(&s.facility).is_err() {

@@ -298,7 +298,7 @@ pub fn exec_is_interpreter(fd: BorrowedFd<'_>) -> bool {
 #[derive(Debug)]
 pub enum ExecProbe {
     /// Decided: a finding, or nothing to report.
-    Done(Option<Finding>),
+    Done(Option<Box<Finding>>),
     /// The exec has not completed yet; ask again shortly.
     Wait,
 }
@@ -334,13 +334,13 @@ pub fn probe_exec(ctx: &Context, pid: i32, fid: FileId) -> ExecProbe {
         return ExecProbe::Done(None);
     };
     bump(&ctx.stats.findings);
-    ExecProbe::Done(Some(Finding {
+    ExecProbe::Done(Some(Box::new(Finding {
         at: SystemTime::now(),
         container: container.reference.clone(),
         process: proc.complete(),
         trigger: Trigger::Exec { matched },
         action: container.action,
-    }))
+    })))
 }
 
 /// The process once its exec of `fid` has completed, or `None` if it has

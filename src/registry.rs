@@ -205,8 +205,14 @@ pub fn verify_pid(pid: i32) -> Result<PidFacts, RegistryError> {
         (Ok(a), Ok(b), Ok(c)) => (a, b, c),
         (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return bad(e.to_string()),
     };
+    // The host's mount namespace is pid 1's; the daemon's own may differ
+    // (systemd's ProtectSystem gives it a private one), so check both.
     let me = std::process::id() as i32;
-    if attribution::ns_inode(me, "mnt").ok() == Some(mnt_ns) {
+    let host = [
+        attribution::ns_inode(1, "mnt").ok(),
+        attribution::ns_inode(me, "mnt").ok(),
+    ];
+    if host.contains(&Some(mnt_ns)) {
         return bad("it runs in the host's mount namespace".into());
     }
     Ok(PidFacts {

@@ -352,12 +352,10 @@ impl Rules {
             });
         }
         let argv0 = args.first().map(|a| basename(a.as_ref().as_bytes()));
-        if let Some(argv0) = argv0 {
-            if self.file_archivers.contains(argv0) {
-                return Some(ArchiverHit::Argv0 {
-                    name: String::from_utf8_lossy(argv0).into_owned(),
-                });
-            }
+        if let Some(argv0) = argv0.filter(|a| self.file_archivers.contains(a)) {
+            return Some(ArchiverHit::Argv0 {
+                name: String::from_utf8_lossy(argv0).into_owned(),
+            });
         }
         for (index, arg) in args.iter().enumerate().skip(1) {
             let bytes = arg.as_ref().as_bytes();

@@ -287,7 +287,7 @@ impl Group {
 /// filesystem, whose superblock the host shares) gets a mount mark.
 pub fn exec_scope(root: BorrowedFd<'_>) -> ExecScope {
     match fstatfs(root) {
-        Ok(st) if st.filesystem_type().0 as i64 == OVERLAYFS_SUPER_MAGIC => ExecScope::Filesystem,
+        Ok(st) if st.filesystem_type().0 == OVERLAYFS_SUPER_MAGIC => ExecScope::Filesystem,
         _ => ExecScope::Mount,
     }
 }

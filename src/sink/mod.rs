@@ -57,19 +57,10 @@ pub trait Transport {
 }
 
 /// A bounded retry queue in front of a [`Transport`].
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Backlog {
     queue: VecDeque<Vec<u8>>,
     pub last_error: Option<String>,
-}
-
-impl Default for Backlog {
-    fn default() -> Self {
-        Self {
-            queue: VecDeque::new(),
-            last_error: None,
-        }
-    }
 }
 
 impl Backlog {

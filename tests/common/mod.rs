@@ -43,7 +43,7 @@ pub fn privileged() -> bool {
         .output()
         .is_ok_and(|o| o.status.success());
     let have = |b: &str| Path::new(b).exists();
-    let ok = root && runc && have("/bin/busybox") || root && runc && have("/usr/bin/busybox");
+    let ok = root && runc && (have("/bin/busybox") || have("/usr/bin/busybox"));
     if !ok {
         let why = format!("privileged e2e test needs root ({root}) and runc ({runc}) and busybox");
         if std::env::var("CI").as_deref() == Ok("true") {
