@@ -66,6 +66,15 @@ pub struct Finding {
     pub process: ProcessInfo,
     pub trigger: Trigger,
     pub action: Action,
+    /// A response already carried out on the answering thread (`kill`).
+    pub response: Option<ResponseOutcome>,
+}
+
+impl Finding {
+    /// Whether this finding refused an open.
+    pub fn denied(&self) -> bool {
+        matches!(self.trigger, Trigger::Open { denied: true, .. })
+    }
 }
 
 /// A credential file in an alert.
@@ -332,9 +341,21 @@ impl Aggregator {
         new
     }
 
-    /// Attach the response outcome to a run.
+    /// Change the window and list bound; open runs are kept.
+    pub fn reconfigure(&mut self, quiet: Duration, max_files: usize) {
+        self.quiet = quiet;
+        self.max_files = max_files;
+    }
+
+    /// Attach the response outcome to a run. A run's response can be
+    /// attempted twice (the exec path and the answering thread may both kill
+    /// the same archiver); once one attempt succeeded, a later attempt that
+    /// found the process already gone does not turn it into a failure.
     pub fn set_response(&mut self, container: &str, pid: i32, start: u64, r: ResponseOutcome) {
         if let Some((a, _)) = self.runs.get_mut(&(container.to_string(), pid, start)) {
+            if a.response.as_ref().is_some_and(|old| old.result == "ok") && r.result != "ok" {
+                return;
+            }
             a.response = Some(r);
         }
     }
@@ -399,6 +420,7 @@ mod tests {
                 denied: false,
             },
             action: Action::Alert,
+            response: None,
         }
     }
 

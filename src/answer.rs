@@ -86,6 +86,19 @@ pub fn answer_batch(
             ctx.stats.panics.fetch_add(1, Ordering::Relaxed);
             (FAN_ALLOW, [None, None])
         });
+        let mut findings = findings;
+        // `kill` happens before the deny is written, while the opener is
+        // still held: it dies without ever returning from open(2).
+        if let Some(f) = findings
+            .iter()
+            .flatten()
+            .find(|f| f.action == crate::config::Action::Kill && f.denied())
+        {
+            let outcome = crate::response::kill_outcome(f.process.pid, f.process.start_time_ticks);
+            for f in findings.iter_mut().flatten() {
+                f.response = Some(outcome.clone());
+            }
+        }
         if src.respond(fd.as_raw_fd(), response).is_err() {
             ctx.stats.respond_errors.fetch_add(1, Ordering::Relaxed);
         }
@@ -300,6 +313,7 @@ mod tests {
                 },
             },
             action: Action::Alert,
+            response: None,
         };
         send(&tx, f, &drops);
         assert_eq!(drops.load(Ordering::Relaxed), 1);

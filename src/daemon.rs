@@ -328,9 +328,47 @@ impl Handler for Daemon {
     }
 }
 
+/// Add a finding to its run and carry out the run's response: once per run
+/// for the container-wide actions, and whenever a later finding brings an
+/// outcome (the kill done on the answering thread, a denied open).
+fn ingest(agg: &mut Aggregator, ctx: &Context, f: Finding) {
+    let (id, pid, start) = (
+        f.container.id.clone(),
+        f.process.pid,
+        f.process.start_time_ticks,
+    );
+    let (action, denied, done) = (f.action, f.denied(), f.response.clone());
+    let new = agg.add(f, Instant::now());
+    let outcome = match done {
+        Some(o) => Some(o),
+        None if new || (denied && action == crate::config::Action::Deny) => {
+            let view = ctx
+                .index
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .container(&id)
+                .cloned();
+            Some(match view {
+                Some(v) => crate::response::respond(&v, action, pid, start, denied),
+                None => crate::alert::ResponseOutcome {
+                    action,
+                    result: "failed".into(),
+                    reason: Some(format!("container {id} is no longer registered")),
+                    interfaces: Vec::new(),
+                },
+            })
+        }
+        None => None,
+    };
+    if let Some(o) = outcome {
+        agg.set_response(&id, pid, start, o);
+    }
+}
+
 fn alert_loop(
     findings: Receiver<Finding>,
     reconfig: Receiver<Config>,
+    ctx: &Context,
     cfg: &Config,
     stats: &AlertStats,
     stop: &AtomicBool,
@@ -345,10 +383,10 @@ fn alert_loop(
         let stopping = stop.load(Ordering::Relaxed);
         match findings.recv_timeout(Duration::from_millis(50)) {
             Ok(f) => {
-                agg.add(f, Instant::now());
+                ingest(&mut agg, ctx, f);
                 // Take whatever else is already queued before delivering.
                 while let Ok(f) = findings.try_recv() {
-                    agg.add(f, Instant::now());
+                    ingest(&mut agg, ctx, f);
                 }
             }
             Err(RecvTimeoutError::Timeout) => {}
@@ -362,7 +400,8 @@ fn alert_loop(
         }
         if let Ok(new) = reconfig.try_recv() {
             sinks = Sinks::new(&new.alerts);
-            agg = Aggregator::new(
+            // Runs in flight keep their findings across a reload.
+            agg.reconfigure(
                 Duration::from_millis(new.daemon.aggregate_ms),
                 new.daemon.max_files_per_alert,
             );
@@ -456,8 +495,10 @@ pub fn run(config_path: Option<&Path>) -> Result<(), DaemonError> {
         })?);
     }
     let alert_thread = {
-        let (a, s, c) = (alerts.clone(), stop.clone(), cfg.clone());
-        spawn("keyward-alert", move || alert_loop(rx, cfg_rx, &c, &a, &s))?
+        let (a, s, c, x) = (alerts.clone(), stop.clone(), cfg.clone(), ctx.clone());
+        spawn("keyward-alert", move || {
+            alert_loop(rx, cfg_rx, &x, &c, &a, &s)
+        })?
     };
 
     let (registry, records) = match Registry::load(&cfg.daemon.runtime_dir) {

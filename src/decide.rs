@@ -232,6 +232,7 @@ pub fn decide_open(ctx: &Context, pid: i32, fd: BorrowedFd<'_>) -> (u32, OpenFin
         trigger,
         process: process.clone(),
         action,
+        response: None,
     };
     let exec = exec_match.map(|matched| finding(Trigger::Exec { matched }));
     let file = file_hit.map(|(path, opened_as, pattern, archiver)| {
@@ -340,6 +341,7 @@ pub fn probe_exec(ctx: &Context, pid: i32, fid: FileId) -> ExecProbe {
         process: proc.complete(),
         trigger: Trigger::Exec { matched },
         action: container.action,
+        response: None,
     })))
 }
 

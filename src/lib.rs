@@ -11,6 +11,7 @@
 //! * [`answer`], [`decide`], [`attribution`], [`index`], [`rules`]: each
 //!   event is attributed, decided and answered;
 //! * [`alert`], [`sink`]: aggregated ECS alerts go to JSON and syslog;
+//! * [`response`], [`netlink`]: kill, stop and disconnect;
 //! * [`config`], [`check`], [`daemon`]: configuration, the offline checker
 //!   and the daemon's wiring.
 
@@ -26,10 +27,12 @@ pub mod decide;
 pub mod hook;
 pub mod index;
 pub mod marks;
+pub mod netlink;
 pub mod oci;
 pub mod protocol;
 pub mod registry;
 pub mod resolve;
+pub mod response;
 pub mod rules;
 pub mod sink;
 pub mod watch;
