@@ -300,6 +300,60 @@ fn process_json(p: &ProcessInfo) -> Value {
     v
 }
 
+/// Counters whose growth means keyward may have missed something.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Degradation {
+    /// Permission events the watchdog answered because a decision stalled.
+    pub deadline_releases: u64,
+    /// fanotify queue overflows (events the kernel dropped).
+    pub overflows: u64,
+    /// Findings dropped because the alert queue was full.
+    pub queue_drops: u64,
+    /// Batches of events that could not be parsed.
+    pub parse_errors: u64,
+    /// Decisions that panicked (and were allowed).
+    pub panics: u64,
+}
+
+impl Degradation {
+    /// Whether any counter grew since `before`, and by how much.
+    pub fn since(&self, before: &Degradation) -> Option<Degradation> {
+        let d = Degradation {
+            deadline_releases: self.deadline_releases
+                - before.deadline_releases.min(self.deadline_releases),
+            overflows: self.overflows - before.overflows.min(self.overflows),
+            queue_drops: self.queue_drops - before.queue_drops.min(self.queue_drops),
+            parse_errors: self.parse_errors - before.parse_errors.min(self.parse_errors),
+            panics: self.panics - before.panics.min(self.panics),
+        };
+        (d != Degradation::default()).then_some(d)
+    }
+
+    /// An ECS alert saying coverage was degraded, with the counts.
+    pub fn to_ecs(&self, hostname: &str) -> Value {
+        json!({
+            "@timestamp": rfc3339(SystemTime::now()),
+            "message": format!(
+                "keyward coverage degraded: {} stalled decisions released, {} queue overflows, {} findings dropped, {} unparsable batches, {} decision panics",
+                self.deadline_releases, self.overflows, self.queue_drops, self.parse_errors, self.panics
+            ),
+            "ecs": {"version": "8.11.0"},
+            "event": {
+                "kind": "alert",
+                "module": "keyward",
+                "dataset": "keyward.health",
+                "category": ["host"],
+                "type": ["info"],
+                "action": "coverage-degraded",
+                "severity": 73,
+            },
+            "rule": {"id": "keyward.health.degraded-coverage", "name": "keyward Coverage Degraded"},
+            "host": {"hostname": hostname},
+            "keyward": {"health": self},
+        })
+    }
+}
+
 /// RFC 3339 with milliseconds, UTC.
 pub fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()

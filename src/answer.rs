@@ -6,8 +6,9 @@
 //! drops the finding and counts it (as fapolicyd does). Each decision runs
 //! under `catch_unwind`, so even a bug answers: the event is allowed.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::time::{Duration, Instant};
@@ -63,12 +64,47 @@ fn read_batch_timeout(
     true
 }
 
-/// Answer every permission event in one batch. Returns findings to queue.
+/// The decision function the permission loop calls: the real one is
+/// [`decide::decide_open`]; tests substitute slow or failing ones.
+pub type Decide<'a> = &'a (dyn Fn(i32, BorrowedFd<'_>) -> (u32, decide::OpenFindings) + Sync);
+
+/// The permission event being decided right now, shared with the watchdog.
+#[derive(Debug, Default)]
+pub struct Inflight {
+    slot: Mutex<Option<(RawFd, Instant)>>,
+}
+
+impl Inflight {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(RawFd, Instant)>> {
+        self.slot.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Answer the in-flight event with `FAN_ALLOW` if it has waited longer
+    /// than `deadline`. The answering thread clears the slot (under this
+    /// lock) before it closes the event's fd, so the fd we answer here is
+    /// still that event's, never a reused number. If the answering thread
+    /// answers later too, the kernel refuses the second answer (ENOENT).
+    pub fn release_stale(&self, src: &dyn EventSource, deadline: Duration) -> bool {
+        let mut slot = self.lock();
+        match *slot {
+            Some((fd, since)) if since.elapsed() >= deadline => {
+                let _ = src.respond(fd, FAN_ALLOW);
+                *slot = None;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Answer every permission event in one batch, queueing findings.
 pub fn answer_batch(
     src: &dyn EventSource,
     ctx: &Context,
     events: Vec<RawEvent>,
     tx: &SyncSender<Finding>,
+    inflight: &Inflight,
+    decide: Decide<'_>,
 ) {
     for ev in events {
         if ev.is_overflow() {
@@ -79,14 +115,13 @@ pub fn answer_batch(
             continue;
         }
         let Some(fd) = ev.fd else { continue };
-        let (response, findings) = catch_unwind(AssertUnwindSafe(|| {
-            decide::decide_open(ctx, ev.pid, fd.as_fd())
-        }))
-        .unwrap_or_else(|_| {
-            ctx.stats.panics.fetch_add(1, Ordering::Relaxed);
-            (FAN_ALLOW, [None, None])
-        });
-        let mut findings = findings;
+        let started = Instant::now();
+        *inflight.lock() = Some((fd.as_raw_fd(), started));
+        let (response, mut findings) =
+            catch_unwind(AssertUnwindSafe(|| decide(ev.pid, fd.as_fd()))).unwrap_or_else(|_| {
+                ctx.stats.panics.fetch_add(1, Ordering::Relaxed);
+                (FAN_ALLOW, [None, None])
+            });
         // `kill` happens before the deny is written, while the opener is
         // still held: it dies without ever returning from open(2).
         if let Some(f) = findings
@@ -99,9 +134,16 @@ pub fn answer_batch(
                 f.response = Some(outcome.clone());
             }
         }
-        if src.respond(fd.as_raw_fd(), response).is_err() {
-            ctx.stats.respond_errors.fetch_add(1, Ordering::Relaxed);
+        {
+            // Answer and clear the slot under the lock, so the watchdog
+            // either answered already (and ours is refused) or never will.
+            let mut slot = inflight.lock();
+            if src.respond(fd.as_raw_fd(), response).is_err() {
+                ctx.stats.respond_errors.fetch_add(1, Ordering::Relaxed);
+            }
+            *slot = None;
         }
+        ctx.stats.record_latency(started.elapsed());
         if response == FAN_ALLOW {
             ctx.stats.allowed.fetch_add(1, Ordering::Relaxed);
         } else {
@@ -121,13 +163,42 @@ pub fn permission_loop(
     src: &dyn EventSource,
     ctx: &Context,
     tx: SyncSender<Finding>,
+    inflight: &Inflight,
     stop: &AtomicBool,
 ) {
     let mut buf = vec![0u8; READ_BUF];
     let mut events = Vec::with_capacity(64);
+    let decide = |pid, fd: BorrowedFd<'_>| decide::decide_open(ctx, pid, fd);
     while !stop.load(Ordering::Relaxed) {
         if read_batch(src, &mut buf, ctx, &mut events) {
-            answer_batch(src, ctx, std::mem::take(&mut events), &tx);
+            answer_batch(
+                src,
+                ctx,
+                std::mem::take(&mut events),
+                &tx,
+                inflight,
+                &decide,
+            );
+        }
+    }
+}
+
+/// The deadman switch: while the permission loop is stuck on one event
+/// (a `/proc` read blocked on a process's mm lock, say), answer it with
+/// `FAN_ALLOW` once it is older than `deadline`, and count it as degraded
+/// coverage.
+pub fn watchdog(
+    src: &dyn EventSource,
+    ctx: &Context,
+    inflight: &Inflight,
+    deadline: Duration,
+    stop: &AtomicBool,
+) {
+    let tick = (deadline / 4).max(Duration::from_millis(1));
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(tick);
+        if inflight.release_stale(src, deadline) {
+            ctx.stats.deadline_releases.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -226,7 +297,6 @@ mod tests {
     use std::io;
     use std::os::fd::{IntoRawFd, OwnedFd, RawFd};
     use std::os::unix::net::UnixStream;
-    use std::sync::Mutex;
 
     struct Recorded {
         rx: UnixStream,
@@ -278,7 +348,8 @@ mod tests {
         let mut events = Vec::new();
         assert!(read_batch(&src, &mut buf, &c, &mut events));
         assert_eq!(events.len(), 4);
-        answer_batch(&src, &c, events, &ftx);
+        let decide = |pid, fd: BorrowedFd<'_>| decide::decide_open(&c, pid, fd);
+        answer_batch(&src, &c, events, &ftx, &Inflight::default(), &decide);
         let answers = src.answers.lock().unwrap().clone();
         assert_eq!(answers.len(), 3);
         for (i, (fd, r)) in answers.iter().enumerate() {
@@ -317,5 +388,67 @@ mod tests {
         };
         send(&tx, f, &drops);
         assert_eq!(drops.load(Ordering::Relaxed), 1);
+    }
+
+    struct Timed {
+        t0: std::time::Instant,
+        answers: Mutex<Vec<(RawFd, u32, Duration)>>,
+    }
+
+    impl EventSource for Timed {
+        fn wait(&self, _t: Duration) -> io::Result<bool> {
+            Ok(true)
+        }
+        fn read(&self, _buf: &mut [u8]) -> io::Result<usize> {
+            Ok(0)
+        }
+        fn respond(&self, fd: RawFd, response: u32) -> io::Result<()> {
+            self.answers
+                .lock()
+                .unwrap()
+                .push((fd, response, self.t0.elapsed()));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn watchdog_answers_a_stuck_decision_within_the_deadline() {
+        let src = std::sync::Arc::new(Timed {
+            t0: std::time::Instant::now(),
+            answers: Mutex::new(Vec::new()),
+        });
+        let c = std::sync::Arc::new(ctx());
+        let inflight = std::sync::Arc::new(Inflight::default());
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let deadline = Duration::from_millis(50);
+        let wd = {
+            let (s, c, i, st) = (src.clone(), c.clone(), inflight.clone(), stop.clone());
+            std::thread::spawn(move || watchdog(&*s, &c, &i, deadline, &st))
+        };
+        let fd = std::fs::File::open("/dev/null").unwrap().into_raw_fd();
+        let events = vec![RawEvent {
+            mask: libc::FAN_OPEN_PERM,
+            pid: 4242,
+            // SAFETY: fd is a fresh descriptor we own.
+            fd: Some(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }),
+        }];
+        // A decision stuck for 600 ms, as on a blocked /proc read.
+        let stuck = |_pid, _fd: BorrowedFd<'_>| {
+            std::thread::sleep(Duration::from_millis(600));
+            (crate::watch::FAN_DENY, [None, None])
+        };
+        let (ftx, _frx) = std::sync::mpsc::sync_channel(4);
+        answer_batch(&*src, &c, events, &ftx, &inflight, &stuck);
+        stop.store(true, Ordering::Relaxed);
+        wd.join().unwrap();
+        let answers = src.answers.lock().unwrap().clone();
+        assert_eq!(answers[0].0, fd);
+        assert_eq!(answers[0].1, FAN_ALLOW, "the watchdog releases with allow");
+        assert!(
+            answers[0].2 < Duration::from_millis(300),
+            "released after {:?}",
+            answers[0].2
+        );
+        assert_eq!(c.stats.snapshot().deadline_releases, 1);
     }
 }

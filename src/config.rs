@@ -131,6 +131,9 @@ pub struct DaemonConfig {
     pub aggregate_ms: u64,
     /// How many credential files one alert lists before it only counts.
     pub max_files_per_alert: usize,
+    /// A permission event still undecided after this long is allowed by the
+    /// watchdog and counted as degraded coverage.
+    pub decision_deadline_ms: u64,
 }
 
 impl Default for DaemonConfig {
@@ -140,6 +143,7 @@ impl Default for DaemonConfig {
             queue_capacity: 4096,
             aggregate_ms: 300,
             max_files_per_alert: 64,
+            decision_deadline_ms: 200,
         }
     }
 }
@@ -381,6 +385,12 @@ impl Config {
             return invalid(
                 "daemon.max_files_per_alert",
                 format!("{} is outside 1..=4096", self.daemon.max_files_per_alert),
+            );
+        }
+        if !(10..=10_000).contains(&self.daemon.decision_deadline_ms) {
+            return invalid(
+                "daemon.decision_deadline_ms",
+                format!("{} is outside 10..=10000", self.daemon.decision_deadline_ms),
             );
         }
         if let Some(json) = self.alerts.json.as_ref().filter(|j| !j.is_absolute()) {

@@ -379,6 +379,10 @@ fn alert_loop(
         cfg.daemon.max_files_per_alert,
     );
     let mut last_retry = Instant::now();
+    // Degraded coverage is reported at most every 10 s, with the growth of
+    // the counters since the last report.
+    let mut reported = ctx.stats.degradation();
+    let mut last_health = Instant::now() - Duration::from_secs(10);
     loop {
         let stopping = stop.load(Ordering::Relaxed);
         match findings.recv_timeout(Duration::from_millis(50)) {
@@ -409,6 +413,15 @@ fn alert_loop(
         for a in agg.drain_due(Instant::now(), stopping) {
             sinks.deliver(&a);
             stats.sent.fetch_add(1, Ordering::Relaxed);
+        }
+        if last_health.elapsed() >= Duration::from_secs(10) {
+            let now = ctx.stats.degradation();
+            if let Some(delta) = now.since(&reported) {
+                log(format!("coverage degraded: {delta:?}"));
+                sinks.deliver_health(&delta);
+                reported = now;
+                last_health = Instant::now();
+            }
         }
         if last_retry.elapsed() >= Duration::from_secs(1) {
             sinks.retry();
@@ -482,10 +495,24 @@ pub fn run(config_path: Option<&Path>) -> Result<(), DaemonError> {
 
     // Decision threads first: restored marks may fire immediately.
     let mut threads = Vec::new();
+    let inflight = Arc::new(crate::answer::Inflight::default());
     {
-        let (p, c, t, s) = (perm.clone(), ctx.clone(), tx.clone(), stop.clone());
+        let (p, c, t, s, i) = (
+            perm.clone(),
+            ctx.clone(),
+            tx.clone(),
+            stop.clone(),
+            inflight.clone(),
+        );
         threads.push(spawn("keyward-perm", move || {
-            crate::answer::permission_loop(&*p, &c, t, &s)
+            crate::answer::permission_loop(&*p, &c, t, &i, &s)
+        })?);
+    }
+    {
+        let (p, c, s, i) = (perm.clone(), ctx.clone(), stop.clone(), inflight);
+        let deadline = Duration::from_millis(cfg.daemon.decision_deadline_ms);
+        threads.push(spawn("keyward-watchdog", move || {
+            crate::answer::watchdog(&*p, &c, &i, deadline, &s)
         })?);
     }
     {

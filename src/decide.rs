@@ -56,6 +56,24 @@ pub struct Stats {
     pub parse_errors: AtomicU64,
     pub overflows: AtomicU64,
     pub panics: AtomicU64,
+    pub deadline_releases: AtomicU64,
+    /// Decision latency histogram: bucket i counts decisions that took
+    /// less than 2^i microseconds (the last bucket takes the rest).
+    pub latency_us: [AtomicU64; LATENCY_BUCKETS],
+}
+
+/// Buckets of the latency histogram (up to ~2^23 us = 8 s).
+pub const LATENCY_BUCKETS: usize = 24;
+
+/// Decision latency percentiles, from the histogram (upper bucket bounds).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LatencySnapshot {
+    pub count: u64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub max_bucket_us: u64,
+    /// (upper bound in us, count) for every non-empty bucket.
+    pub buckets: Vec<(u64, u64)>,
 }
 
 /// A snapshot of [`Stats`].
@@ -75,9 +93,63 @@ pub struct StatsSnapshot {
     pub parse_errors: u64,
     pub overflows: u64,
     pub panics: u64,
+    pub deadline_releases: u64,
+    pub latency: LatencySnapshot,
 }
 
 impl Stats {
+    /// The counters whose growth means degraded coverage.
+    pub fn degradation(&self) -> crate::alert::Degradation {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        crate::alert::Degradation {
+            deadline_releases: g(&self.deadline_releases),
+            overflows: g(&self.overflows),
+            queue_drops: g(&self.queue_drops),
+            parse_errors: g(&self.parse_errors),
+            panics: g(&self.panics),
+        }
+    }
+
+    /// Count one decision's latency.
+    pub fn record_latency(&self, d: Duration) {
+        let us = d.as_micros().min(u64::MAX as u128) as u64;
+        let bucket = (u64::BITS - us.leading_zeros()) as usize;
+        self.latency_us[bucket.min(LATENCY_BUCKETS - 1)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn latency(&self) -> LatencySnapshot {
+        let counts: Vec<u64> = self
+            .latency_us
+            .iter()
+            .map(|a| a.load(Ordering::Relaxed))
+            .collect();
+        let count: u64 = counts.iter().sum();
+        let upper = |i: usize| 1u64 << i;
+        let pct = |p: u64| {
+            let want = (count * p).div_ceil(100).max(1);
+            let mut seen = 0;
+            for (i, c) in counts.iter().enumerate() {
+                seen += c;
+                if seen >= want {
+                    return upper(i);
+                }
+            }
+            0
+        };
+        LatencySnapshot {
+            count,
+            p50_us: if count == 0 { 0 } else { pct(50) },
+            p99_us: if count == 0 { 0 } else { pct(99) },
+            max_bucket_us: counts.iter().rposition(|&c| c > 0).map(upper).unwrap_or(0),
+            buckets: counts
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| **c > 0)
+                .map(|(i, &c)| (upper(i), c))
+                .collect(),
+        }
+    }
+
     pub fn snapshot(&self) -> StatsSnapshot {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         StatsSnapshot {
@@ -95,6 +167,8 @@ impl Stats {
             parse_errors: g(&self.parse_errors),
             overflows: g(&self.overflows),
             panics: g(&self.panics),
+            deadline_releases: g(&self.deadline_releases),
+            latency: self.latency(),
         }
     }
 }
@@ -408,6 +482,21 @@ mod tests {
         // A vanished pid is not a container member either.
         let (r, _) = decide_open(&c, i32::MAX, f.as_fd());
         assert_eq!(r, FAN_ALLOW);
+    }
+
+    #[test]
+    fn latency_histogram_percentiles() {
+        let s = Stats::default();
+        for _ in 0..98 {
+            s.record_latency(Duration::from_micros(10));
+        }
+        s.record_latency(Duration::from_micros(100));
+        s.record_latency(Duration::from_millis(5));
+        let l = s.snapshot().latency;
+        assert_eq!(l.count, 100);
+        assert_eq!(l.p50_us, 16);
+        assert_eq!(l.p99_us, 128);
+        assert_eq!(l.max_bucket_us, 8192);
     }
 
     #[test]

@@ -130,6 +130,14 @@ impl Sinks {
         }
     }
 
+    /// Deliver a health alert (degraded coverage) to the JSON sink.
+    pub fn deliver_health(&mut self, d: &crate::alert::Degradation) {
+        let doc = d.to_ecs(&self.hostname);
+        if let Some(j) = &mut self.json {
+            j.deliver(&doc);
+        }
+    }
+
     /// Retry what earlier deliveries could not send.
     pub fn retry(&mut self) {
         if let Some(j) = &mut self.json {
