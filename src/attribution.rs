@@ -16,8 +16,12 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 /// Bytes of `/proc/<pid>/cmdline` we read at most.
-pub const MAX_CMDLINE_BYTES: usize = 128 * 1024;
-/// Arguments we keep at most; `args_count` still counts all we read.
+///
+/// Every argument is matched by the rules, so this is above Linux's usual
+/// ARG_MAX (a quarter of an 8 MiB stack): a credential path placed after
+/// 100k filler arguments is still seen. Past it, `args_truncated` is set.
+pub const MAX_CMDLINE_BYTES: usize = 8 * 1024 * 1024;
+/// Arguments an alert lists at most; `args_count` still counts them all.
 pub const MAX_ARGS: usize = 1024;
 
 /// Errors reading a process.
@@ -57,6 +61,9 @@ pub struct ProcessInfo {
     /// argv, lossily decoded; bounded by [`MAX_ARGS`].
     pub args: Vec<String>,
     pub args_count: usize,
+    /// argv was longer than [`MAX_CMDLINE_BYTES`] and was cut.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub args_truncated: bool,
     pub cwd: String,
     pub ppid: i32,
     pub uid: Option<u32>,
@@ -113,32 +120,29 @@ pub fn stat(pid: i32) -> Result<Stat, AttributionError> {
     parse_stat(pid, &text)
 }
 
-/// Split a NUL-separated cmdline, bounded by [`MAX_ARGS`].
-pub fn parse_cmdline(raw: &[u8]) -> (Vec<OsString>, usize) {
+/// Split a NUL-separated cmdline into every argument.
+pub fn parse_cmdline(raw: &[u8]) -> Vec<OsString> {
     let raw = raw.strip_suffix(b"\0").unwrap_or(raw);
     if raw.is_empty() {
-        return (Vec::new(), 0);
+        return Vec::new();
     }
-    let mut args = Vec::new();
-    let mut count = 0;
-    for part in raw.split(|&b| b == 0) {
-        count += 1;
-        if args.len() < MAX_ARGS {
-            args.push(std::ffi::OsStr::from_bytes(part).to_os_string());
-        }
-    }
-    (args, count)
+    raw.split(|&b| b == 0)
+        .map(|part| std::ffi::OsStr::from_bytes(part).to_os_string())
+        .collect()
 }
 
-/// Read argv as raw bytes, bounded by [`MAX_CMDLINE_BYTES`].
-pub fn cmdline(pid: i32) -> Result<(Vec<OsString>, usize), AttributionError> {
+/// Read argv as raw bytes, bounded by [`MAX_CMDLINE_BYTES`]; the flag
+/// says whether it was cut.
+pub fn cmdline(pid: i32) -> Result<(Vec<OsString>, bool), AttributionError> {
     let f =
         fs::File::open(format!("/proc/{pid}/cmdline")).map_err(|e| io_err(pid, "cmdline", e))?;
     let mut buf = Vec::with_capacity(4096);
-    f.take(MAX_CMDLINE_BYTES as u64)
+    f.take(MAX_CMDLINE_BYTES as u64 + 1)
         .read_to_end(&mut buf)
         .map_err(|e| io_err(pid, "cmdline", e))?;
-    Ok(parse_cmdline(&buf))
+    let truncated = buf.len() > MAX_CMDLINE_BYTES;
+    buf.truncate(MAX_CMDLINE_BYTES);
+    Ok((parse_cmdline(&buf), truncated))
 }
 
 /// `/proc/<pid>/exe` as a path (may end in " (deleted)").
@@ -194,8 +198,9 @@ pub struct RawProcess {
     /// The kernel's `comm`: basename of the path given to execve (so a
     /// busybox applet run as `/bin/tar` is "tar"), at most 15 bytes.
     pub comm: OsString,
+    /// Every argument (up to [`MAX_CMDLINE_BYTES`]).
     pub args: Vec<OsString>,
-    pub args_count: usize,
+    pub args_truncated: bool,
 }
 
 impl RawProcess {
@@ -203,7 +208,7 @@ impl RawProcess {
     pub fn read(pid: i32) -> Result<Self, AttributionError> {
         let stat = stat(pid)?;
         let exe = exe(pid)?;
-        let (args, args_count) = cmdline(pid)?;
+        let (args, args_truncated) = cmdline(pid)?;
         let mut comm = fs::read(format!("/proc/{pid}/comm")).map_err(|e| io_err(pid, "comm", e))?;
         if comm.last() == Some(&b'\n') {
             comm.pop();
@@ -214,7 +219,7 @@ impl RawProcess {
             exe,
             comm: std::ffi::OsStr::from_bytes(&comm).to_os_string(),
             args,
-            args_count,
+            args_truncated,
         })
     }
 
@@ -239,8 +244,9 @@ impl RawProcess {
             start_time_ticks: self.stat.start_time_ticks,
             name: name_of(&self.exe),
             exe: self.exe.to_string_lossy().into_owned(),
-            args: lossy(&self.args),
-            args_count: self.args_count,
+            args: lossy(&self.args[..self.args.len().min(MAX_ARGS)]),
+            args_count: self.args.len(),
+            args_truncated: self.args_truncated,
             cwd: cwd(pid).to_string_lossy().into_owned(),
             ppid: self.stat.ppid,
             uid: uid(pid),
@@ -283,19 +289,19 @@ mod tests {
     }
 
     #[test]
-    fn cmdline_is_bounded_and_keeps_raw_bytes() {
+    fn cmdline_keeps_every_argument_as_raw_bytes() {
         let mut raw = Vec::new();
         for i in 0..100_000 {
             raw.extend_from_slice(format!("a{i}").as_bytes());
             raw.push(0);
         }
-        let (args, count) = parse_cmdline(&raw);
-        assert_eq!(count, 100_000);
-        assert_eq!(args.len(), MAX_ARGS);
-        let (args, count) = parse_cmdline(b"tar\0\xff\xfe\0");
-        assert_eq!(count, 2);
+        let args = parse_cmdline(&raw);
+        assert_eq!(args.len(), 100_000);
+        assert_eq!(args[99_999].as_bytes(), b"a99999");
+        let args = parse_cmdline(b"tar\0\xff\xfe\0");
+        assert_eq!(args.len(), 2);
         assert_eq!(args[1].as_bytes(), b"\xff\xfe");
-        assert_eq!(parse_cmdline(b"").1, 0);
+        assert!(parse_cmdline(b"").is_empty());
     }
 
     #[test]

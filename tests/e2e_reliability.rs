@@ -1,0 +1,525 @@
+//! Reliability and hostile input, end to end.
+//!
+//! Strategy: a real daemon and real runc containers, attacked the way
+//! issue 5 lists: the daemon restarted and SIGKILLed while a container runs
+//! (it must be watched again after the restart), a daemon that never
+//! answers (the hook must give up before the OCI hook timeout), malformed
+//! hook input, bogus registrations and socket clients, non-UTF-8 and very
+//! long file names, a 100k-argument argv, 50 containers at once, and a
+//! broken config on SIGHUP. After each attack the daemon must still serve
+//! and still detect.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use keyward::protocol::{Registration, Reply, Request};
+
+fn wait_registered(d: &Daemon, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while d.status()["containers"].as_u64() != Some(n) {
+        assert!(
+            Instant::now() < deadline,
+            "never {n} containers: {}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn spawn_container(b: &Bundle) -> std::process::Child {
+    std::fs::write(
+        b.dir.join("config.json"),
+        serde_json::to_string(&b.config).unwrap(),
+    )
+    .unwrap();
+    Command::new("timeout")
+        .args(["-s", "KILL", "60", "runc", "run", "--bundle"])
+        .arg(&b.dir)
+        .arg(&b.id)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn touch(b: &Bundle, path: &str) {
+    std::fs::write(b.rootfs.join(path.trim_start_matches('/')), "go").unwrap();
+}
+
+#[test]
+fn restart_and_crash_keep_watching_running_containers() {
+    if !privileged() {
+        return;
+    }
+    let mut d = Daemon::start("");
+    let script = "until [ -e /tmp/go1 ]; do sleep 0.05; done; /usr/bin/tar cf /tmp/1.tar /root/.ssh/id_rsa;
+        until [ -e /tmp/go2 ]; do sleep 0.05; done; /usr/bin/tar cf /tmp/2.tar /root/.aws/credentials; sleep 0.5";
+    let b = Bundle::new("kw-restart", &d.socket, script);
+    let mut child = spawn_container(&b);
+    // A second, short-lived container that exits while the daemon is down.
+    let short = Bundle::new(
+        "kw-short",
+        &d.socket,
+        "until [ -e /tmp/go ]; do sleep 0.05; done",
+    );
+    let mut short_child = spawn_container(&short);
+    wait_registered(&d, 2);
+
+    // Graceful restart: the registry on disk brings the container back.
+    d.stop();
+    d.spawn();
+    assert!(
+        d.log_text()
+            .contains(&format!("restored container {}", b.id)),
+        "{}",
+        d.log_text()
+    );
+    touch(&b, "/tmp/go1");
+    let a = d.wait_alert("after restart", |a| {
+        files(a).contains(&"/root/.ssh/id_rsa".to_string())
+    });
+    assert_eq!(a["container"]["id"], b.id.as_str());
+
+    // Crash: SIGKILL, then the short container exits while nobody watches.
+    d.crash();
+    touch(&short, "/tmp/go");
+    let _ = short_child.wait();
+    d.spawn();
+    let log = d.log_text();
+    assert!(
+        log.contains(&format!("restored container {}", b.id)),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("container {} (pid", short.id)) && log.contains("is gone"),
+        "{log}"
+    );
+    assert_eq!(d.status()["containers"], 1);
+    touch(&b, "/tmp/go2");
+    let a = d.wait_alert("after crash", |a| {
+        files(a).contains(&"/root/.aws/credentials".to_string())
+    });
+    assert_eq!(a["container"]["id"], b.id.as_str());
+    let _ = child.wait();
+}
+
+/// A minimal state JSON for a hook run, with a real bundle dir.
+fn state_json(dir: &std::path::Path) -> String {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"}}"#,
+    )
+    .unwrap();
+    format!(
+        r#"{{"ociVersion":"1.0.2","id":"silent","status":"creating","pid":{},"bundle":"{}"}}"#,
+        std::process::id(),
+        dir.display()
+    )
+}
+
+fn run_hook(args: &[&str], stdin: &[u8]) -> (std::process::Output, Duration) {
+    let t0 = Instant::now();
+    let mut c = Command::new(KEYWARD)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = c.stdin.take().unwrap();
+    let data = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    let out = c.wait_with_output().unwrap();
+    let _ = writer.join();
+    (out, t0.elapsed())
+}
+
+#[test]
+fn hook_gives_up_on_a_silent_daemon_before_the_oci_timeout() {
+    let dir = std::env::temp_dir().join(unique("kw-silent"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("silent.sock");
+    let l = UnixListener::bind(&sock).unwrap();
+    // Accept and never answer.
+    let holder = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in l.incoming().take(2) {
+            held.push(s);
+        }
+        std::thread::sleep(Duration::from_secs(12));
+    });
+    let state = state_json(&dir.join("bundle"));
+    let s = sock.to_str().unwrap();
+    let (out, took) = run_hook(&["hook", "--socket", s], state.as_bytes());
+    assert!(!out.status.success());
+    assert!(
+        took < Duration::from_secs(10),
+        "hook took {took:?}, the hooks.d timeout is 10 s"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("keyward") && err.contains(s), "{err}");
+    let (out, took) = run_hook(&["hook", "--fail-open", "--socket", s], state.as_bytes());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(took < Duration::from_secs(10));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("warning"));
+    drop(holder);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn hook_rejects_malformed_truncated_and_oversized_state() {
+    let cases: [(&str, Vec<u8>); 4] = [
+        ("malformed", b"{not json at all".to_vec()),
+        (
+            "truncated",
+            br#"{"ociVersion":"1.0.2","id":"x","status":"creat"#.to_vec(),
+        ),
+        ("oversized", vec![b' '; 2 * 1024 * 1024]),
+        ("binary", vec![0xff, 0xfe, 0x00, 0x01]),
+    ];
+    for (name, input) in cases {
+        let (out, took) = run_hook(&["hook", "--socket", "/nonexistent/keyward.sock"], &input);
+        assert_eq!(out.status.code(), Some(1), "{name}");
+        assert!(took < Duration::from_secs(5), "{name}: {took:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.starts_with("keyward: ") && err.contains("OCI state"),
+            "{name}: {err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{name}: one line: {err}");
+    }
+}
+
+fn register(d: &Daemon, pid: i32) -> Reply {
+    let req = Request::Register(Registration {
+        id: format!("bogus-{pid}"),
+        pid,
+        bundle: "/nonexistent".into(),
+        rootfs: "/nonexistent/rootfs".into(),
+        annotations: Default::default(),
+    });
+    keyward::client::call(&d.socket, &req, Duration::from_secs(5)).unwrap()
+}
+
+#[test]
+fn bogus_registrations_and_clients_are_refused_and_the_daemon_serves_on() {
+    if !privileged() {
+        return;
+    }
+    let d = Daemon::start("");
+    let me = std::process::id() as i32;
+    for (pid, why) in [
+        (999_999_999, "vanished"),
+        (1, "pid 1"),
+        (d.pid(), "daemon itself"),
+        (me, "host's mount namespace"),
+    ] {
+        match register(&d, pid) {
+            Reply::Error { message } => assert!(message.contains(why), "pid {pid}: {message}"),
+            other => panic!("pid {pid} was accepted: {other:?}"),
+        }
+    }
+    // Garbage, an oversized line, and silent clients.
+    let mut g = UnixStream::connect(&d.socket).unwrap();
+    g.write_all(b"\x00\xff{{{garbage\n").unwrap();
+    let mut reply = String::new();
+    g.read_to_string(&mut reply).unwrap();
+    assert!(reply.contains("bad request"), "{reply}");
+    let mut big = UnixStream::connect(&d.socket).unwrap();
+    let chunk = vec![b'a'; 64 * 1024];
+    for _ in 0..20 {
+        if big.write_all(&chunk).is_err() {
+            break;
+        }
+    }
+    let mut reply = String::new();
+    let _ = big.read_to_string(&mut reply);
+    assert!(reply.contains("longer than"), "{reply}");
+    let silent: Vec<UnixStream> = (0..10)
+        .map(|_| UnixStream::connect(&d.socket).unwrap())
+        .collect();
+    let t0 = Instant::now();
+    assert_eq!(d.status()["reply"], "status");
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "slow clients held up status: {:?}",
+        t0.elapsed()
+    );
+    drop(silent);
+    // A non-root peer is refused by SO_PEERCRED even when the socket mode
+    // would let it connect.
+    std::fs::set_permissions(&d.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    use std::os::unix::process::CommandExt;
+    let out = Command::new(KEYWARD)
+        .args(["status", "--socket"])
+        .arg(&d.socket)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("uid 65534") && err.contains("not root"),
+        "{err}"
+    );
+    // Still detecting.
+    let b = Bundle::new(
+        "kw-after-abuse",
+        &d.socket,
+        "/usr/bin/tar cf /tmp/x.tar /root/.ssh/id_rsa",
+    );
+    let out = b.run();
+    assert!(out.status.success(), "{}", text(&out));
+    d.wait_alert("after abuse", |a| a["container"]["id"] == b.id.as_str());
+}
+
+#[test]
+fn non_utf8_and_very_long_names_and_huge_argv_are_handled() {
+    if !privileged() {
+        return;
+    }
+    let d = Daemon::start("");
+    let long = "u".repeat(200);
+    let script = "/usr/bin/tar cf /tmp/h.tar /home
+         set -- $(seq 1 100000)
+         /usr/bin/tar cf /tmp/big.tar \"$@\" /root/.ssh/id_ed25519 2>/dev/null; echo done";
+    let b = Bundle::new("kw-names", &d.socket, script);
+    // Planted before the container starts, so registration must expand
+    // `/home/*` over a non-UTF-8 and a 200-byte directory name.
+    use std::os::unix::ffi::OsStrExt;
+    let odd = b
+        .rootfs
+        .join("home")
+        .join(std::ffi::OsStr::from_bytes(b"\xff\xfe"));
+    for home in [odd, b.rootfs.join("home").join(&long)] {
+        std::fs::create_dir_all(home.join(".ssh")).unwrap();
+        std::fs::write(home.join(".ssh/id_rsa"), "k").unwrap();
+    }
+    let out = b.run();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("done"),
+        "{}",
+        text(&out)
+    );
+    let a = d.wait_alert("non-UTF-8 home", |a| {
+        files(a)
+            .iter()
+            .any(|f| f.starts_with("/home/\u{fffd}\u{fffd}/.ssh/id_rsa"))
+    });
+    assert!(
+        files(&a)
+            .iter()
+            .any(|f| f == &format!("/home/{long}/.ssh/id_rsa")),
+        "long name missing: {:?}",
+        files(&a)
+    );
+    let big = d.wait_alert("100k argv", |a| {
+        files(a).contains(&"/root/.ssh/id_ed25519".to_string())
+    });
+    assert!(
+        big["process"]["args_count"].as_u64().unwrap() > 100_000,
+        "{}",
+        big["process"]["args_count"]
+    );
+    assert!(big["process"]["args"].as_array().unwrap().len() <= 1024);
+    // The seed rule saw the credential path behind 100k filler arguments.
+    let hit = &big["keyward"]["exec_match"]["paths"][0];
+    assert_eq!(hit["arg"], "/root/.ssh/id_ed25519", "{big:#}");
+    assert!(hit["index"].as_u64().unwrap() > 100_000, "{hit}");
+    assert_eq!(d.status()["stats"]["panics"], 0);
+}
+
+#[test]
+fn fifty_containers_at_once_are_all_watched() {
+    if !privileged() {
+        return;
+    }
+    let d = Daemon::start("");
+    let bundles: Vec<Bundle> = (0..50)
+        .map(|_| {
+            Bundle::new(
+                "kw-many",
+                &d.socket,
+                "/usr/bin/tar cf /tmp/m.tar /root/.ssh/id_rsa",
+            )
+        })
+        .collect();
+    let handles: Vec<_> = bundles
+        .iter()
+        .map(|b| {
+            std::fs::write(
+                b.dir.join("config.json"),
+                serde_json::to_string(&b.config).unwrap(),
+            )
+            .unwrap();
+            Command::new("timeout")
+                .args(["-s", "KILL", "120", "runc", "run", "--bundle"])
+                .arg(&b.dir)
+                .arg(&b.id)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (b, h) in bundles.iter().zip(handles) {
+        let out = h.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            b.id,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let alerts = d.alerts();
+        let missing: Vec<&str> = bundles
+            .iter()
+            .filter(|b| !alerts.iter().any(|a| a["container"]["id"] == b.id.as_str()))
+            .map(|b| b.id.as_str())
+            .collect();
+        if missing.is_empty() {
+            // Every alert names the right container: no cross-attribution.
+            assert_eq!(alerts.len(), 50, "one alert per container");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no alert for {} containers: {missing:?}",
+            missing.len()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Every container deregistered (poststop) or reaped.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while d.status()["containers"] != 0 {
+        assert!(Instant::now() < deadline, "containers left registered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(d.status()["marked_inodes"], 0, "marks leaked");
+}
+
+#[test]
+fn sighup_with_a_broken_config_keeps_the_old_one_and_says_why() {
+    if !privileged() {
+        return;
+    }
+    let d = Daemon::start("");
+    let good = std::fs::read_to_string(&d.config).unwrap();
+    std::fs::write(&d.config, format!("{good}\n[response]\nacton = \"deny\"\n")).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(d.pid()),
+        nix::sys::signal::SIGHUP,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let errors = loop {
+        let s = d.status();
+        let errs = s["config_errors"].as_array().cloned().unwrap_or_default();
+        if !errs.is_empty() {
+            break errs;
+        }
+        assert!(Instant::now() < deadline, "reload error never reported");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let msg = errors[0].as_str().unwrap();
+    assert!(
+        msg.contains("acton") && msg.contains("keeping the previous config"),
+        "{msg}"
+    );
+    assert_eq!(d.status()["default_action"], "alert");
+    // The old config still works.
+    let b = Bundle::new(
+        "kw-hup",
+        &d.socket,
+        "/usr/bin/tar cf /tmp/x.tar /etc/shadow",
+    );
+    assert!(b.run().status.success());
+    let a = d.wait_alert("after bad reload", |a| {
+        a["container"]["id"] == b.id.as_str()
+    });
+    assert_eq!(a["keyward"]["response"]["action"], "alert");
+    // A fixed config reloads and clears the error.
+    std::fs::write(
+        &d.config,
+        format!("{good}\n[response]\naction = \"deny\"\n"),
+    )
+    .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(d.pid()),
+        nix::sys::signal::SIGHUP,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while d.status()["default_action"] != "deny" {
+        assert!(Instant::now() < deadline, "good reload not applied");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(d.status()["config_errors"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn container_symlinks_never_lead_the_daemon_to_host_files() {
+    if !privileged() {
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let d = Daemon::start("");
+    let b = Bundle::new("kw-symlink", &d.socket, "sleep 2");
+    // Symlinks that escape the rootfs if resolved naively from the host:
+    // absolute, and climbing with '..'.
+    let r = &b.rootfs;
+    std::fs::create_dir_all(r.join("home/evil")).unwrap();
+    std::os::unix::fs::symlink("/../../../../../../etc", r.join("home/evil/.ssh")).unwrap();
+    std::fs::remove_dir_all(r.join("root/.aws")).unwrap();
+    std::os::unix::fs::symlink("../../../../../../../../etc", r.join("root/.aws")).unwrap();
+    std::fs::remove_file(r.join("etc/gshadow")).unwrap();
+    std::os::unix::fs::symlink("/proc/1/root/etc/shadow", r.join("etc/gshadow")).unwrap();
+    let mut child = spawn_container(&b);
+    wait_registered(&d, 1);
+    let pid = d.pid();
+    let mut marked = Vec::new();
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .flatten()
+    {
+        let info = std::fs::read_to_string(fd.path()).unwrap_or_default();
+        for line in info.lines().filter(|l| l.starts_with("fanotify ino:")) {
+            let ino = line
+                .split_whitespace()
+                .nth(1)
+                .unwrap()
+                .trim_start_matches("ino:");
+            marked.push(u64::from_str_radix(ino, 16).unwrap());
+        }
+    }
+    let ino = |p: &std::path::Path| std::fs::metadata(p).unwrap().ino();
+    assert!(
+        marked.contains(&ino(&r.join("etc/shadow"))),
+        "the container's own shadow must be marked"
+    );
+    for host in ["/etc", "/etc/shadow", "/etc/passwd", "/etc/group"] {
+        assert!(
+            !marked.contains(&ino(std::path::Path::new(host))),
+            "host {host} is marked"
+        );
+    }
+    let _ = child.wait();
+}
