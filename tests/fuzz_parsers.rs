@@ -1,0 +1,136 @@
+//! Property-based fuzzing of every parser that takes untrusted input.
+//!
+//! Strategy: proptest feeds arbitrary bytes and structured-but-hostile
+//! values to the OCI state reader, the control-socket protocol, the config
+//! loader, the rule compiler and matcher, the cmdline and stat parsers, and
+//! the fanotify record parser. The property is always the same: no panic,
+//! and an error (never a silent success) for input that cannot be valid.
+//! Case counts are set so the suite stays fast; `PROPTEST_CASES=100000
+//! cargo test --test fuzz_parsers --release` runs a longer campaign (see
+//! docs/fuzzing.md for recorded runs).
+
+use std::ffi::OsStr;
+use std::io::BufReader;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use keyward::config::{Config, RulesConfig};
+use keyward::rules::Rules;
+use proptest::prelude::*;
+
+fn cases() -> ProptestConfig {
+    ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(512),
+        ..ProptestConfig::default()
+    }
+}
+
+proptest! {
+    #![proptest_config(cases())]
+
+    #[test]
+    fn oci_state_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
+        if let Ok(state) = keyward::oci::read_state(&bytes[..]) {
+            // A parsed state with an id and a bundle that does not exist
+            // must be an error, not a registration.
+            let _ = keyward::oci::hook_action(&state);
+        }
+    }
+
+    #[test]
+    fn oci_state_json_shapes(id in ".{0,40}", status in "[a-z]{0,10}", pid in any::<i64>(), bundle in ".{0,40}") {
+        let text = serde_json::json!({"ociVersion": "1.0.2", "id": id, "status": status, "pid": pid, "bundle": bundle}).to_string();
+        if let Ok(state) = keyward::oci::read_state(text.as_bytes()) {
+            let _ = keyward::oci::hook_action(&state);
+        }
+    }
+
+    #[test]
+    fn protocol_lines_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
+        let mut r = BufReader::new(&bytes[..]);
+        while let Ok(line) = keyward::protocol::read_line(&mut r) {
+            let _ = keyward::protocol::parse_request(&line);
+        }
+    }
+
+    #[test]
+    fn protocol_register_shapes(id in ".{0,64}", pid in any::<i64>(), rootfs in ".{0,64}", k in ".{0,16}", v in ".{0,16}") {
+        let line = serde_json::json!({"op": "register", "id": id, "pid": pid, "bundle": "/b", "rootfs": rootfs, "annotations": {k: v}}).to_string();
+        let _ = keyward::protocol::parse_request(line.as_bytes());
+        let _ = keyward::registry::check_id(&id);
+    }
+
+    #[test]
+    fn config_text_never_panics(text in ".{0,512}") {
+        let _ = Config::from_toml(&text, Path::new("fuzz.toml"));
+    }
+
+    #[test]
+    fn config_values_are_validated(action in ".{0,12}", facility in ".{0,12}", queue in any::<i64>(), server in ".{0,30}") {
+        let text = format!(
+            "[response]\naction = {action:?}\n[alerts.syslog]\nfacility = {facility:?}\nserver = {server:?}\n[daemon]\nqueue_capacity = {queue}\n"
+        );
+        if let Ok(cfg) = Config::from_toml(&text, Path::new("fuzz.toml")) {
+            prop_assert!((16..=1_048_576).contains(&cfg.daemon.queue_capacity));
+        }
+    }
+
+    #[test]
+    fn rule_patterns_compile_or_quote_the_pattern(patterns in proptest::collection::vec(".{0,24}", 0..8)) {
+        let mut cfg = RulesConfig::default();
+        cfg.file.paths = patterns.clone();
+        match Rules::compile(&cfg) {
+            Ok(rules) => {
+                for p in &patterns {
+                    let _ = rules.credential_pattern(OsStr::new(p));
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                prop_assert!(msg.contains("rules.file.paths"), "{}", msg);
+            }
+        }
+    }
+
+    #[test]
+    fn matcher_handles_any_argv(args in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 0..64)) {
+        let rules = Rules::compile(&RulesConfig::default()).unwrap();
+        let argv: Vec<&OsStr> = args.iter().map(|a| OsStr::from_bytes(a)).collect();
+        let name = argv.first().copied().unwrap_or(OsStr::new(""));
+        let m = rules.match_exec(name, &argv);
+        if let Some(m) = m {
+            // Every reported hit really is an argument.
+            for p in &m.paths {
+                prop_assert!(p.index < argv.len());
+            }
+        }
+        let _ = rules.archiver_of(name, &argv);
+        let _ = rules.is_incidental(OsStr::new("/etc/passwd"), &argv, Path::new("/"));
+    }
+
+    #[test]
+    fn proc_parsers_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..1024)) {
+        let _ = keyward::attribution::parse_stat(1, &bytes);
+        let args = keyward::attribution::parse_cmdline(&bytes);
+        let nuls = bytes.iter().filter(|&&b| b == 0).count();
+        prop_assert!(args.len() <= nuls + 1);
+    }
+
+    #[test]
+    fn fanotify_records_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        // Only records whose fd field is -1 may be fed here: a parsed fd is
+        // owned and closed. Force every fd field to FAN_NOFD.
+        let mut bytes = bytes;
+        let len = keyward::watch::METADATA_LEN;
+        let mut off = 0;
+        while off + len <= bytes.len() {
+            bytes[off + 16..off + 20].copy_from_slice(&(-1i32).to_ne_bytes());
+            let ev = u32::from_ne_bytes(bytes[off..off + 4].try_into().unwrap()) as usize;
+            off += ev.max(len);
+        }
+        let mut out = Vec::new();
+        if let Ok(used) = keyward::watch::parse_events(&bytes, &mut out) {
+            prop_assert!(used <= bytes.len());
+        }
+    }
+}
