@@ -99,6 +99,20 @@ pub struct Alert {
     pub files_total: u64,
     pub action: Action,
     pub response: Option<ResponseOutcome>,
+    /// The rule's severity, risk and MITRE ids, set before delivery.
+    pub meta: Option<crate::rules::RuleMeta>,
+}
+
+/// Names of the MITRE ATT&CK techniques keyward's default rules use.
+fn mitre_name(id: &str) -> &'static str {
+    match id {
+        "T1560.001" => "Archive via Utility",
+        "T1552.001" => "Credentials In Files",
+        "T1560" => "Archive Collected Data",
+        "T1552" => "Unsecured Credentials",
+        "T1005" => "Data from Local System",
+        _ => "",
+    }
 }
 
 impl Alert {
@@ -113,6 +127,7 @@ impl Alert {
             files_total: 0,
             action: f.action,
             response: None,
+            meta: None,
         }
     }
 
@@ -202,6 +217,18 @@ impl Alert {
         } else {
             vec!["access", "allowed"]
         };
+        let meta = self.meta.clone().unwrap_or(crate::rules::RuleMeta {
+            severity: "medium".into(),
+            risk_score: 47,
+            mitre: crate::config::MITRE.iter().map(|s| s.to_string()).collect(),
+        });
+        let sub_ids: Vec<&str> = meta.mitre.iter().map(String::as_str).collect();
+        let sub_names: Vec<&str> = sub_ids.iter().map(|id| mitre_name(id)).collect();
+        let tech_ids: Vec<&str> = sub_ids
+            .iter()
+            .map(|id| id.split('.').next().unwrap_or(id))
+            .collect();
+        let tech_names: Vec<&str> = tech_ids.iter().map(|id| mitre_name(id)).collect();
         let outcome = match &self.response {
             Some(r) if r.result != "ok" => "failure",
             _ => "success",
@@ -218,7 +245,8 @@ impl Alert {
                 "type": event_type,
                 "action": self.action.as_str(),
                 "outcome": outcome,
-                "severity": 47,
+                "severity": meta.risk_score,
+                "risk_score": meta.risk_score,
                 "created": rfc3339(SystemTime::now()),
             },
             "rule": {
@@ -230,14 +258,15 @@ impl Alert {
             "threat": {
                 "framework": "MITRE ATT&CK",
                 "tactic": {"id": ["TA0009", "TA0006"], "name": ["Collection", "Credential Access"]},
-                "technique": {"id": ["T1560", "T1552"], "name": ["Archive Collected Data", "Unsecured Credentials"],
-                    "subtechnique": {"id": ["T1560.001", "T1552.001"], "name": ["Archive via Utility", "Credentials In Files"]}},
+                "technique": {"id": tech_ids, "name": tech_names,
+                    "subtechnique": {"id": sub_ids, "name": sub_names}},
             },
             "container": container_json(&self.container),
             "process": process_json(&self.process),
             "host": {"hostname": hostname},
             "user": {"id": self.process.uid.map(|u| u.to_string())},
             "keyward": {
+                "severity": meta.severity,
                 "files": self.files,
                 "files_total": self.files_total,
                 "exec_match": self.exec_match,
@@ -357,6 +386,79 @@ impl Degradation {
 /// RFC 3339 with milliseconds, UTC.
 pub fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// Per-container alert rate limit, so a container looping over archivers
+/// cannot flood the SIEM. What it holds back is counted and summarised in
+/// one alert when the container's window closes.
+#[derive(Debug)]
+pub struct RateLimiter {
+    per_window: u32,
+    window: Duration,
+    containers: HashMap<String, (Instant, u32, u64)>,
+}
+
+impl RateLimiter {
+    /// `per_window` alerts per container per `window`; 0 means no limit.
+    pub fn new(per_window: u32, window: Duration) -> Self {
+        Self {
+            per_window,
+            window,
+            containers: HashMap::new(),
+        }
+    }
+
+    /// Change the limit; open windows keep their counts.
+    pub fn set_limit(&mut self, per_window: u32) {
+        self.per_window = per_window;
+    }
+
+    /// Whether an alert for `container` may go out now.
+    pub fn admit(&mut self, container: &str, now: Instant) -> bool {
+        if self.per_window == 0 {
+            return true;
+        }
+        let e = self
+            .containers
+            .entry(container.to_string())
+            .or_insert((now, 0, 0));
+        if e.1 < self.per_window {
+            e.1 += 1;
+            true
+        } else {
+            e.2 += 1;
+            false
+        }
+    }
+
+    /// Containers whose window closed with alerts held back: (id, count).
+    pub fn closed_windows(&mut self, now: Instant) -> Vec<(String, u64)> {
+        let mut out = Vec::new();
+        self.containers.retain(|id, (start, _, held)| {
+            if now.duration_since(*start) < self.window {
+                return true;
+            }
+            if *held > 0 {
+                out.push((id.clone(), *held));
+            }
+            false
+        });
+        out
+    }
+}
+
+/// The summary alert for alerts a rate limit held back.
+pub fn rate_limit_doc(hostname: &str, container: &str, held: u64, window: Duration) -> Value {
+    json!({
+        "@timestamp": rfc3339(SystemTime::now()),
+        "message": format!("rate limit: {held} more keyward alerts in container {container} were suppressed in the last {}s", window.as_secs()),
+        "ecs": {"version": "8.11.0"},
+        "event": {"kind": "alert", "module": "keyward", "dataset": "keyward.alerts", "category": ["process"], "type": ["info"], "action": "rate-limited"},
+        "rule": {"id": "keyward.rate-limit", "name": "keyward Alerts Rate Limited"},
+        "container": {"id": container},
+        "host": {"hostname": hostname},
+        "keyward": {"suppressed": held, "window_secs": window.as_secs()},
+    })
 }
 
 type RunKey = (String, i32, u64);
@@ -494,6 +596,20 @@ mod tests {
         assert_eq!(out[0].files.len(), 2);
         assert_eq!(out[0].files_total, 3);
         assert_eq!(agg.pending(), 0);
+    }
+
+    #[test]
+    fn rate_limit_holds_back_and_summarises_per_container() {
+        let mut r = RateLimiter::new(2, Duration::from_secs(60));
+        let t0 = Instant::now();
+        assert!(r.admit("a", t0) && r.admit("a", t0));
+        assert!(!r.admit("a", t0) && !r.admit("a", t0));
+        assert!(r.admit("b", t0), "containers are limited separately");
+        assert!(r.closed_windows(t0 + Duration::from_secs(1)).is_empty());
+        let closed = r.closed_windows(t0 + Duration::from_secs(61));
+        assert_eq!(closed, vec![("a".to_string(), 2)]);
+        assert!(r.admit("a", t0 + Duration::from_secs(61)), "a new window");
+        assert!(RateLimiter::new(0, Duration::ZERO).admit("x", t0));
     }
 
     #[test]

@@ -267,8 +267,8 @@ pub fn exec_loop(src: &dyn EventSource, ctx: &Context, tx: SyncSender<Finding>, 
             match probe {
                 ExecProbe::Done(finding) => {
                     progressed = true;
-                    if let Some(f) = finding {
-                        send(&tx, *f, &ctx.stats.queue_drops);
+                    for f in finding.map(|b| *b).unwrap_or_default() {
+                        send(&tx, f, &ctx.stats.queue_drops);
                     }
                     false
                 }
@@ -318,10 +318,7 @@ mod tests {
     }
 
     fn ctx() -> Context {
-        Context::new(Policy {
-            rules: Rules::compile(&RulesConfig::default()).unwrap(),
-            default_action: Action::Alert,
-        })
+        Context::new(Policy::from_config(&crate::config::Config::default()).unwrap())
     }
 
     #[test]

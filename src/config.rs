@@ -11,6 +11,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::exceptions::{ExceptionConfig, ExceptionError, Exceptions};
 use crate::rules::{RuleError, Rules};
 
 /// Default path of the config file.
@@ -41,6 +42,8 @@ pub enum ConfigError {
     Invalid { key: &'static str, reason: String },
     #[error(transparent)]
     Rule(#[from] RuleError),
+    #[error(transparent)]
+    Exception(#[from] ExceptionError),
 }
 
 /// What keyward does when a rule matches.
@@ -104,6 +107,8 @@ pub struct Config {
     pub alerts: AlertsConfig,
     pub response: ResponseConfig,
     pub rules: RulesConfig,
+    /// Known-good archiving to tune out; see [`crate::exceptions`].
+    pub exceptions: Vec<ExceptionConfig>,
 }
 
 impl Default for Config {
@@ -114,6 +119,7 @@ impl Default for Config {
             alerts: AlertsConfig::default(),
             response: ResponseConfig::default(),
             rules: RulesConfig::default(),
+            exceptions: Vec::new(),
         }
     }
 }
@@ -154,6 +160,9 @@ impl Default for DaemonConfig {
 pub struct AlertsConfig {
     /// ECS JSON lines file; remove the key to disable.
     pub json: Option<PathBuf>,
+    /// Alerts per container per minute; more are counted and summarised in
+    /// one alert when the minute ends. 0 disables the limit.
+    pub rate_limit_per_minute: u32,
     pub syslog: SyslogConfig,
 }
 
@@ -161,6 +170,7 @@ impl Default for AlertsConfig {
     fn default() -> Self {
         Self {
             json: Some(PathBuf::from("/var/log/keyward/alerts.json")),
+            rate_limit_per_minute: 60,
             syslog: SyslogConfig::default(),
         }
     }
@@ -219,6 +229,12 @@ pub struct SeedRuleConfig {
     pub enabled: bool,
     pub archivers: Vec<String>,
     pub paths: Vec<String>,
+    /// `low`, `medium`, `high` or `critical`.
+    pub severity: String,
+    /// 0..=100, as Elastic's risk score.
+    pub risk_score: u8,
+    /// MITRE ATT&CK technique ids.
+    pub mitre: Vec<String>,
 }
 
 impl Default for SeedRuleConfig {
@@ -227,9 +243,65 @@ impl Default for SeedRuleConfig {
             enabled: true,
             archivers: strings(SEED_ARCHIVERS),
             paths: strings(SEED_PATHS),
+            severity: "medium".into(),
+            risk_score: 47,
+            mitre: strings(MITRE),
         }
     }
 }
+
+/// The seed rule's MITRE ATT&CK sub-techniques.
+pub const MITRE: &[&str] = &["T1560.001", "T1552.001"];
+
+/// Credential paths beyond the seed, opted into with
+/// `rules.file.extended = true`.
+pub const EXTENDED_PATHS: &[&str] = &[
+    "/var/run/secrets/kubernetes.io/serviceaccount/token",
+    "/run/secrets/kubernetes.io/serviceaccount/token",
+    "/var/run/secrets/eks.amazonaws.com/serviceaccount/token",
+    "/root/.git-credentials",
+    "/home/*/.git-credentials",
+    "/root/.netrc",
+    "/home/*/.netrc",
+    "/root/.pgpass",
+    "/home/*/.pgpass",
+    "/root/.my.cnf",
+    "/home/*/.my.cnf",
+    "/root/.kube/config",
+    "/home/*/.kube/config",
+    "/root/.config/gcloud/credentials.db",
+    "/home/*/.config/gcloud/credentials.db",
+    "/root/.config/gcloud/application_default_credentials.json",
+    "/home/*/.config/gcloud/application_default_credentials.json",
+    "/root/.azure/accessTokens.json",
+    "/home/*/.azure/accessTokens.json",
+    "/root/.azure/msal_token_cache.json",
+    "/home/*/.azure/msal_token_cache.json",
+    "/root/.gnupg/private-keys-v1.d/*",
+    "/home/*/.gnupg/private-keys-v1.d/*",
+    "/root/.ssh/id_ecdsa",
+    "/home/*/.ssh/id_ecdsa",
+    "/root/.ssh/id_dsa",
+    "/home/*/.ssh/id_dsa",
+    "/root/.vault-token",
+    "/home/*/.vault-token",
+    "/root/.zsh_history",
+    "/home/*/.zsh_history",
+];
+
+/// Directories the extended pack watches for children.
+pub const EXTENDED_WATCH_DIRS: &[&str] = &[
+    "/var/run/secrets/kubernetes.io/serviceaccount",
+    "/run/secrets/kubernetes.io/serviceaccount",
+    "/root/.kube",
+    "/home/*/.kube",
+    "/root/.config/gcloud",
+    "/home/*/.config/gcloud",
+    "/root/.azure",
+    "/home/*/.azure",
+    "/root/.gnupg/private-keys-v1.d",
+    "/home/*/.gnupg/private-keys-v1.d",
+];
 
 /// The file-access rule's data.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -246,6 +318,13 @@ pub struct FileRuleConfig {
     /// resolvers read `/etc/hosts`. An archiver's open of one of these
     /// counts only when an argument names the file or a directory above it.
     pub incidental_paths: Vec<String>,
+    /// Add the extended credential pack: Kubernetes service account
+    /// tokens, `.git-credentials`, `.netrc`, `.pgpass`, gcloud and azure
+    /// credentials, GPG private keys, and the like.
+    pub extended: bool,
+    pub severity: String,
+    pub risk_score: u8,
+    pub mitre: Vec<String>,
 }
 
 impl Default for FileRuleConfig {
@@ -256,6 +335,10 @@ impl Default for FileRuleConfig {
             paths: strings(SEED_PATHS),
             watch_dirs: strings(WATCH_DIRS),
             incidental_paths: strings(INCIDENTAL_PATHS),
+            extended: false,
+            severity: "medium".into(),
+            risk_score: 47,
+            mitre: strings(MITRE),
         }
     }
 }
@@ -432,7 +515,24 @@ impl Config {
                 return invalid(key, format!("{bad:?} is not an absolute container path"));
             }
         }
+        for (key, sev) in [
+            ("rules.exec.severity", &self.rules.exec.severity),
+            ("rules.file.severity", &self.rules.file.severity),
+        ] {
+            if !matches!(sev.as_str(), "low" | "medium" | "high" | "critical") {
+                return invalid(key, format!("{sev:?} is not low, medium, high or critical"));
+            }
+        }
+        for (key, risk) in [
+            ("rules.exec.risk_score", self.rules.exec.risk_score),
+            ("rules.file.risk_score", self.rules.file.risk_score),
+        ] {
+            if risk > 100 {
+                return invalid(key, format!("{risk} is more than 100"));
+            }
+        }
         Rules::compile(&self.rules)?;
+        Exceptions::compile(&self.exceptions)?;
         Ok(())
     }
 }
@@ -525,6 +625,23 @@ action = "deny"
             .unwrap_err()
             .to_string();
         assert!(e.contains("daemon.queue_capacity"), "{e}");
+    }
+
+    #[test]
+    fn exceptions_parse_and_bad_ones_are_named() {
+        let cfg = parse(
+            "[[exceptions]]\nreason = \"backup\"\ncontainer_name = \"backup-*\"\nexecutable = \"/usr/bin/tar\"\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.exceptions.len(), 1);
+        let e = parse("[[exceptions]]\nreason = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("exceptions[0]"), "{e}");
+        let e = parse("[[exceptions]]\nreason = \"x\"\nexe = \"/bin/tar\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("exe"), "{e}");
     }
 
     #[test]

@@ -25,7 +25,6 @@ use crate::decide::{Context, Policy};
 use crate::marks::{self, MarkError};
 use crate::protocol::{ContainerSummary, Registration, Reply, Request, StatusReport};
 use crate::registry::{self, ContainerRecord, Registry, RegistryError};
-use crate::rules::Rules;
 use crate::sink::{SinkStats, Sinks};
 use crate::watch::{Group, WatchError};
 
@@ -64,6 +63,7 @@ pub enum DaemonError {
 struct AlertStats {
     sent: AtomicU64,
     pending: AtomicU64,
+    rate_limited: AtomicU64,
     sinks: Mutex<BTreeMap<String, SinkStats>>,
 }
 
@@ -86,10 +86,7 @@ fn log(msg: impl AsRef<str>) {
 
 impl Daemon {
     fn policy(cfg: &Config) -> Result<Policy, ConfigError> {
-        Ok(Policy {
-            rules: Rules::compile(&cfg.rules)?,
-            default_action: cfg.response.action,
-        })
+        Policy::from_config(cfg)
     }
 
     fn register(&self, r: Registration) -> Result<Reply, String> {
@@ -259,12 +256,14 @@ impl Daemon {
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
             alerts_sent: self.alerts.sent.load(Ordering::Relaxed),
+            alerts_rate_limited: self.alerts.rate_limited.load(Ordering::Relaxed),
             pending_runs: self.alerts.pending.load(Ordering::Relaxed),
             config_errors: self
                 .config_errors
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
+            exceptions: self.ctx.policy().exceptions.counts(),
         }
     }
 
@@ -379,6 +378,8 @@ fn alert_loop(
         cfg.daemon.max_files_per_alert,
     );
     let mut last_retry = Instant::now();
+    let minute = Duration::from_secs(60);
+    let mut limiter = crate::alert::RateLimiter::new(cfg.alerts.rate_limit_per_minute, minute);
     // Degraded coverage is reported at most every 10 s, with the growth of
     // the counters since the last report.
     let mut reported = ctx.stats.degradation();
@@ -404,15 +405,25 @@ fn alert_loop(
         }
         if let Ok(new) = reconfig.try_recv() {
             sinks = Sinks::new(&new.alerts);
+            limiter.set_limit(new.alerts.rate_limit_per_minute);
             // Runs in flight keep their findings across a reload.
             agg.reconfigure(
                 Duration::from_millis(new.daemon.aggregate_ms),
                 new.daemon.max_files_per_alert,
             );
         }
-        for a in agg.drain_due(Instant::now(), stopping) {
+        for mut a in agg.drain_due(Instant::now(), stopping) {
+            if !limiter.admit(&a.container.id, Instant::now()) {
+                stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            a.meta = Some(ctx.policy().rules.meta(a.rule().0).clone());
             sinks.deliver(&a);
             stats.sent.fetch_add(1, Ordering::Relaxed);
+        }
+        for (id, held) in limiter.closed_windows(Instant::now()) {
+            let doc = crate::alert::rate_limit_doc(sinks.hostname(), &id, held, minute);
+            sinks.deliver_summary(&doc);
         }
         if last_health.elapsed() >= Duration::from_secs(10) {
             let now = ctx.stats.degradation();

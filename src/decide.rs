@@ -37,6 +37,48 @@ pub const EXEC_SETTLE: Duration = Duration::from_millis(20);
 pub struct Policy {
     pub rules: Rules,
     pub default_action: Action,
+    pub exceptions: crate::exceptions::Exceptions,
+}
+
+impl Policy {
+    /// Compile a config's rules and exceptions.
+    pub fn from_config(cfg: &crate::config::Config) -> Result<Self, crate::config::ConfigError> {
+        Ok(Self {
+            rules: Rules::compile(&cfg.rules)?,
+            default_action: cfg.response.action,
+            exceptions: crate::exceptions::Exceptions::compile(&cfg.exceptions)?,
+        })
+    }
+
+    /// Whether an exception suppresses `rule_id` for this process in this
+    /// container (counted by the exception when it does).
+    pub fn excepted(&self, rule_id: &str, c: &ContainerView, p: &RawProcess) -> bool {
+        if self.exceptions.is_empty() {
+            return false;
+        }
+        let exe = p.exe.to_string_lossy();
+        let parent = if self.exceptions.need_parent() {
+            attribution::exe(p.stat.ppid)
+                .ok()
+                .map(|e| e.to_string_lossy().into_owned())
+        } else {
+            None
+        };
+        let cmdline: Vec<std::borrow::Cow<'_, str>> =
+            p.args.iter().map(|a| a.to_string_lossy()).collect();
+        let cmdline = cmdline.join(" ");
+        self.exceptions
+            .suppress(&crate::exceptions::Subject {
+                rule_id,
+                container_name: c.reference.name.as_deref(),
+                image: c.reference.image.as_deref(),
+                annotations: &c.annotations,
+                executable: &exe,
+                parent_executable: parent.as_deref(),
+                command_line: &cmdline,
+            })
+            .is_some()
+    }
 }
 
 /// Counters the decision threads bump; read by `keyward status`.
@@ -292,8 +334,10 @@ pub fn decide_open(ctx: &Context, pid: i32, fd: BorrowedFd<'_>) -> (u32, OpenFin
     let policy = ctx.policy();
     let exec_match = policy
         .rules
-        .match_exec_names(&[proc.exe_name(), &proc.comm], &proc.args);
-    let file_hit = file_rule(ctx, &policy, pid, fd, fid, &container, &proc);
+        .match_exec_names(&[proc.exe_name(), &proc.comm], &proc.args)
+        .filter(|_| !policy.excepted(crate::rules::EXEC_RULE_ID, &container, &proc));
+    let file_hit = file_rule(ctx, &policy, pid, fd, fid, &container, &proc)
+        .filter(|_| !policy.excepted(crate::rules::FILE_RULE_ID, &container, &proc));
     if exec_match.is_none() && file_hit.is_none() {
         return (FAN_ALLOW, [None, None]);
     }
@@ -372,8 +416,8 @@ pub fn exec_is_interpreter(fd: BorrowedFd<'_>) -> bool {
 /// Where an exec event stands.
 #[derive(Debug)]
 pub enum ExecProbe {
-    /// Decided: a finding, or nothing to report.
-    Done(Option<Box<Finding>>),
+    /// Decided: findings, or nothing to report.
+    Done(Option<Box<Vec<Finding>>>),
     /// The exec has not completed yet; ask again shortly.
     Wait,
 }
@@ -399,24 +443,89 @@ pub fn probe_exec(ctx: &Context, pid: i32, fid: FileId) -> ExecProbe {
     };
     let policy = ctx.policy();
     // Most execs match nothing: decide that before any container lookup.
-    let Some(matched) = policy
+    let matched = policy
         .rules
-        .match_exec_names(&[proc.exe_name(), &proc.comm], &proc.args)
-    else {
+        .match_exec_names(&[proc.exe_name(), &proc.comm], &proc.args);
+    let archiver = policy
+        .rules
+        .archiver_of(proc.exe_name(), &proc.args)
+        .or_else(|| policy.rules.archiver_of(&proc.comm, &proc.args));
+    if matched.is_none() && archiver.is_none() {
         return ExecProbe::Done(None);
-    };
+    }
     let Some(container) = ctx.container_of(pid) else {
         return ExecProbe::Done(None);
     };
-    bump(&ctx.stats.findings);
-    ExecProbe::Done(Some(Box::new(Finding {
+    let matched =
+        matched.filter(|_| !policy.excepted(crate::rules::EXEC_RULE_ID, &container, &proc));
+    // An archiver may be handed a credential file it never opens itself:
+    // `gzip < ~/.ssh/id_rsa` (the shell opened it), or any fd the parent
+    // passed down. Those fds are checked against the marked inodes now.
+    let inherited = archiver
+        .filter(|_| !policy.excepted(crate::rules::FILE_RULE_ID, &container, &proc))
+        .map(|a| inherited_credentials(ctx, &policy, pid, &container, a))
+        .unwrap_or_default();
+    if matched.is_none() && inherited.is_empty() {
+        return ExecProbe::Done(None);
+    }
+    let process = proc.complete();
+    let finding = |trigger| Finding {
         at: SystemTime::now(),
         container: container.reference.clone(),
-        process: proc.complete(),
-        trigger: Trigger::Exec { matched },
+        process: process.clone(),
+        trigger,
         action: container.action,
         response: None,
-    })))
+    };
+    let mut out: Vec<Finding> = matched
+        .map(|m| finding(Trigger::Exec { matched: m }))
+        .into_iter()
+        .collect();
+    out.extend(inherited.into_iter().map(finding));
+    ctx.stats
+        .findings
+        .fetch_add(out.len() as u64, Ordering::Relaxed);
+    ExecProbe::Done(Some(Box::new(out)))
+}
+
+/// Credential files among the fds a freshly exec'd archiver holds, as
+/// `Open` triggers (not denied: the file is already open).
+fn inherited_credentials(
+    ctx: &Context,
+    policy: &Policy,
+    pid: i32,
+    container: &ContainerView,
+    archiver: crate::rules::ArchiverHit,
+) -> Vec<Trigger> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    let idx = ctx.index.read().unwrap_or_else(|e| e.into_inner());
+    let mut out = Vec::new();
+    for entry in dir.flatten().take(1024) {
+        let Ok(meta) = std::fs::metadata(entry.path()) else {
+            continue;
+        };
+        let fid = FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        };
+        let Some(m) = idx.lookup(fid, Some(&container.reference.id)) else {
+            continue;
+        };
+        let Some(pattern) = policy.rules.credential_pattern(m.path.as_os_str()) else {
+            continue;
+        };
+        out.push(Trigger::Open {
+            path: m.path.to_string_lossy().into_owned(),
+            opened_as: format!("inherited fd {}", entry.file_name().to_string_lossy()),
+            pattern: pattern.to_string(),
+            archiver: archiver.clone(),
+            denied: false,
+        });
+    }
+    out
 }
 
 /// The process once its exec of `fid` has completed, or `None` if it has
@@ -452,10 +561,7 @@ mod tests {
     use crate::config::RulesConfig;
 
     fn ctx() -> Context {
-        Context::new(Policy {
-            rules: Rules::compile(&RulesConfig::default()).unwrap(),
-            default_action: Action::Alert,
-        })
+        Context::new(Policy::from_config(&crate::config::Config::default()).unwrap())
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub struct ContainerView {
     pub pid_ns: u64,
     pub mnt_ns: u64,
     pub net_ns: u64,
+    /// The container's annotations, for exceptions.
+    pub annotations: std::collections::BTreeMap<String, String>,
 }
 
 /// One marked inode as a container sees it.
@@ -149,6 +151,7 @@ mod tests {
             pid_ns: ns,
             mnt_ns: ns + 1000,
             net_ns: 0,
+            annotations: Default::default(),
         }
     }
 

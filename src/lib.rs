@@ -24,6 +24,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod decide;
+pub mod exceptions;
 pub mod hook;
 pub mod index;
 pub mod marks;

@@ -51,6 +51,12 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// List the rule packs in effect: ids, severity, MITRE ids, archivers
+    /// and path patterns.
+    Rules {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Would this command line alert? Why? (No daemon needed.)
     Check {
         #[arg(long)]
@@ -102,6 +108,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             {
                 println!("{}", serde_json::to_string_pretty(&containers)?);
             }
+        }
+        Command::Rules { config } => {
+            let cfg = Config::load(config.as_deref())?;
+            let rules = keyward::rules::Rules::compile(&cfg.rules)?;
+            println!("{}", serde_json::to_string_pretty(&rules.summaries())?);
         }
         Command::Check { config, json, argv } => {
             let cfg = Config::load(config.as_deref())?;

@@ -78,8 +78,11 @@ pub struct StatusReport {
     pub stats: StatsSnapshot,
     pub sinks: BTreeMap<String, SinkStats>,
     pub alerts_sent: u64,
+    pub alerts_rate_limited: u64,
     pub pending_runs: u64,
     pub config_errors: Vec<String>,
+    /// Matches suppressed by each exception, with its reason.
+    pub exceptions: Vec<crate::exceptions::ExceptionCount>,
 }
 
 /// Replies.

@@ -108,6 +108,7 @@ impl ContainerRecord {
             pid_ns: self.pid_ns,
             mnt_ns: self.mnt_ns,
             net_ns: self.net_ns,
+            annotations: self.annotations.clone(),
         }
     }
 

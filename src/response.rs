@@ -196,6 +196,7 @@ mod tests {
             pid_ns: 0,
             mnt_ns: 0,
             net_ns: 0,
+            annotations: Default::default(),
         };
         assert_eq!(
             respond(&c, Action::Deny, 0, 0, false).result,

@@ -247,6 +247,31 @@ pub struct Rules {
     file_paths: PathPatterns,
     watch_dirs: Vec<String>,
     incidental: PathPatterns,
+    exec_meta: RuleMeta,
+    file_meta: RuleMeta,
+}
+
+/// Severity, risk and MITRE ids of a rule, from the config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct RuleMeta {
+    pub severity: String,
+    pub risk_score: u8,
+    pub mitre: Vec<String>,
+}
+
+/// One rule as `keyward rules` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RuleSummary {
+    pub id: &'static str,
+    pub name: &'static str,
+    pub enabled: bool,
+    pub kind: &'static str,
+    #[serde(flatten)]
+    pub meta: RuleMeta,
+    pub archivers: Vec<String>,
+    pub paths: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub watch_dirs: Vec<String>,
 }
 
 impl Rules {
@@ -256,6 +281,9 @@ impl Rules {
             enabled: exec_enabled,
             archivers: exec_arch,
             paths: exec_paths,
+            severity: exec_severity,
+            risk_score: exec_risk,
+            mitre: exec_mitre,
         } = &cfg.exec;
         let FileRuleConfig {
             enabled: file_enabled,
@@ -263,15 +291,36 @@ impl Rules {
             paths: file_paths,
             watch_dirs,
             incidental_paths,
+            extended,
+            severity: file_severity,
+            risk_score: file_risk,
+            mitre: file_mitre,
         } = &cfg.file;
+        let mut file_paths = file_paths.clone();
+        let mut watch_dirs = watch_dirs.clone();
+        if *extended {
+            file_paths.extend(crate::config::EXTENDED_PATHS.iter().map(|s| s.to_string()));
+            watch_dirs.extend(
+                crate::config::EXTENDED_WATCH_DIRS
+                    .iter()
+                    .map(|s| s.to_string()),
+            );
+        }
+        let meta = |severity: &String, risk_score: &u8, mitre: &Vec<String>| RuleMeta {
+            severity: severity.clone(),
+            risk_score: *risk_score,
+            mitre: mitre.clone(),
+        };
         Ok(Self {
             exec_enabled: *exec_enabled,
             exec_archivers: Archivers::new("rules.exec.archivers", exec_arch)?,
             exec_paths: PathPatterns::new("rules.exec.paths", exec_paths)?,
             file_enabled: *file_enabled,
             file_archivers: Archivers::new("rules.file.archivers", file_arch)?,
-            file_paths: PathPatterns::new("rules.file.paths", file_paths)?,
-            watch_dirs: watch_dirs.clone(),
+            file_paths: PathPatterns::new("rules.file.paths", &file_paths)?,
+            watch_dirs,
+            exec_meta: meta(exec_severity, exec_risk, exec_mitre),
+            file_meta: meta(file_severity, file_risk, file_mitre),
             incidental: PathPatterns::new("rules.file.incidental_paths", incidental_paths)?,
         })
     }
@@ -439,6 +488,41 @@ impl Rules {
     /// Directories that get a directory mark with `FAN_EVENT_ON_CHILD`.
     pub fn watch_dirs(&self) -> &[String] {
         &self.watch_dirs
+    }
+
+    /// Severity, risk and MITRE ids of a rule by id.
+    pub fn meta(&self, rule_id: &str) -> &RuleMeta {
+        if rule_id == EXEC_RULE_ID {
+            &self.exec_meta
+        } else {
+            &self.file_meta
+        }
+    }
+
+    /// Both rules, for `keyward rules`.
+    pub fn summaries(&self) -> Vec<RuleSummary> {
+        vec![
+            RuleSummary {
+                id: EXEC_RULE_ID,
+                name: EXEC_RULE_NAME,
+                enabled: self.exec_enabled,
+                kind: "exec: process name or any arg is an archiver, and an arg matches a path pattern (EQL semantics)",
+                meta: self.exec_meta.clone(),
+                archivers: self.exec_archivers.names().to_vec(),
+                paths: self.exec_paths.patterns().to_vec(),
+                watch_dirs: Vec::new(),
+            },
+            RuleSummary {
+                id: FILE_RULE_ID,
+                name: FILE_RULE_NAME,
+                enabled: self.file_enabled,
+                kind: "file access: an archiver opens (or inherits) a file whose container path matches",
+                meta: self.file_meta.clone(),
+                archivers: self.file_archivers.names().to_vec(),
+                paths: self.file_paths.patterns().to_vec(),
+                watch_dirs: self.watch_dirs.clone(),
+            },
+        ]
     }
 
     /// The exec rule's archiver names.

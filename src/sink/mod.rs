@@ -130,6 +130,18 @@ impl Sinks {
         }
     }
 
+    /// Deliver a rate-limit summary to the JSON sink.
+    pub fn deliver_summary(&mut self, doc: &serde_json::Value) {
+        if let Some(j) = &mut self.json {
+            j.deliver(doc);
+        }
+    }
+
+    /// The hostname alerts carry.
+    pub fn hostname(&self) -> &str {
+        &self.hostname
+    }
+
     /// Deliver a health alert (degraded coverage) to the JSON sink.
     pub fn deliver_health(&mut self, d: &crate::alert::Degradation) {
         let doc = d.to_ecs(&self.hostname);
