@@ -290,9 +290,8 @@ mod tests {
     //! Drive the permission loop from a socketpair carrying recorded
     //! fanotify records, and check that every event gets exactly one answer.
     use super::*;
-    use crate::config::{Action, RulesConfig};
+    use crate::config::Action;
     use crate::decide::Policy;
-    use crate::rules::Rules;
     use crate::watch::testing::record;
     use std::io;
     use std::os::fd::{IntoRawFd, OwnedFd, RawFd};

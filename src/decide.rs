@@ -558,7 +558,6 @@ fn settled(pid: i32, fid: FileId) -> Option<RawProcess> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::RulesConfig;
 
     fn ctx() -> Context {
         Context::new(Policy::from_config(&crate::config::Config::default()).unwrap())
