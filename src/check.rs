@@ -39,7 +39,15 @@ pub fn check(rules: &Rules, argv: &[OsString]) -> CheckReport {
             .map(|a| a.to_string_lossy().into_owned())
             .collect(),
         exec: rules.match_exec(&name, argv),
-        file_archiver: rules.archiver_of(&name, argv),
+        file_archiver: {
+            use std::os::unix::ffi::OsStrExt;
+            let b = name.as_bytes();
+            rules.archiver_of(
+                &name,
+                std::ffi::OsStr::from_bytes(&b[..b.len().min(15)]),
+                argv,
+            )
+        },
     }
 }
 
@@ -50,6 +58,9 @@ fn describe(hit: &ArchiverHit) -> String {
         ArchiverHit::Argv0 { name } => format!("argv[0] {name:?} is an archiver"),
         ArchiverHit::Script { index, word } => {
             format!("shell script in process.args[{index}] runs archiver {word:?}")
+        }
+        ArchiverHit::Identity { name, exe } => {
+            format!("executable {exe:?} is archiver {name:?} by content (build-id)")
         }
     }
 }

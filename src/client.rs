@@ -48,8 +48,14 @@ pub fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Reply, Cl
         .and_then(|_| stream.set_write_timeout(Some(timeout)))
         .map_err(|e| xerr(e.into()))?;
     let mut w = &stream;
-    protocol::write_message(&mut w, req).map_err(xerr)?;
-    let line = protocol::read_line(&mut BufReader::new(&stream)).map_err(xerr)?;
+    // A daemon that refuses the peer (not root) replies and closes without
+    // reading the request, so our write can fail with EPIPE while its reply
+    // already waits in our buffer: read it before reporting the write.
+    let sent = protocol::write_message(&mut w, req);
+    let line = match protocol::read_line(&mut BufReader::new(&stream)) {
+        Ok(line) => line,
+        Err(e) => return Err(xerr(sent.err().unwrap_or(e))),
+    };
     serde_json::from_slice(&line).map_err(|source| ClientError::BadReply {
         socket: socket.to_path_buf(),
         source,

@@ -30,6 +30,11 @@ use crate::watch::{Group, WatchError};
 
 /// How often exited containers are reaped.
 const REAP_EVERY: Duration = Duration::from_secs(2);
+/// A burst of creations in one container makes one rescan this long after
+/// the first.
+const RESCAN_DEBOUNCE: Duration = Duration::from_millis(100);
+/// Rescan interval for containers whose filesystem cannot report creations.
+const PERIODIC_RESCAN: Duration = Duration::from_secs(5);
 
 /// Errors that stop the daemon from starting.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +79,13 @@ pub struct Daemon {
     ctx: Arc<Context>,
     perm: Arc<Group>,
     exec: Arc<Group>,
+    /// Directory-creation group; `None` where the kernel lacks it.
+    create: Option<Arc<Group>>,
+    /// Containers due for a rescan (coverage over time), and when.
+    rescans: Mutex<BTreeMap<String, Instant>>,
+    /// Containers whose filesystem cannot report creations: rescanned
+    /// every [`PERIODIC_RESCAN`] instead.
+    periodic: Mutex<std::collections::BTreeSet<String>>,
     registry: Mutex<Registry>,
     started: Instant,
     alerts: Arc<AlertStats>,
@@ -106,7 +118,8 @@ impl Daemon {
             ));
         }
         let facts = registry::verify_pid(r.pid).map_err(|e| e.to_string())?;
-        let (name, image) = registry::name_and_image(&r.annotations);
+        let (name, image) =
+            crate::engine::enrich(&r.id, &r.bundle, registry::name_and_image(&r.annotations));
         let mut rec = ContainerRecord {
             id: r.id.clone(),
             pid: r.pid,
@@ -130,6 +143,7 @@ impl Daemon {
             self.drop_container(&mut reg, &rec.id);
         }
         let report = self.install(&mut rec).map_err(|e| e.to_string())?;
+        self.note_coverage(&rec.id, &report);
         log(format!(
             "watching container {} (pid {}, action {}): {} files, {} dirs, exec mark {:?}",
             rec.id,
@@ -149,7 +163,15 @@ impl Daemon {
 
     fn install(&self, rec: &mut ContainerRecord) -> Result<marks::InstallReport, MarkError> {
         let policy = self.ctx.policy();
-        let r = marks::install(&self.perm, &self.exec, &policy.rules, rec, &self.ctx.index);
+        let r = marks::install(
+            &self.perm,
+            &self.exec,
+            self.create.as_deref(),
+            &policy.rules,
+            rec,
+            &self.ctx.index,
+            &self.ctx.identities,
+        );
         if r.is_err() {
             let orphaned = self
                 .ctx
@@ -160,6 +182,96 @@ impl Daemon {
             marks::remove(&self.perm, &self.exec, rec, &orphaned);
         }
         r
+    }
+
+    fn note_coverage(&self, id: &str, report: &marks::InstallReport) {
+        let mut periodic = self.periodic.lock().unwrap_or_else(|e| e.into_inner());
+        if report.create_watched == 0 {
+            periodic.insert(id.to_string());
+        } else {
+            periodic.remove(id);
+        }
+    }
+
+    /// Ask for a rescan of `id` (or every container) soon.
+    fn schedule_rescan(&self, id: Option<&str>) {
+        let due = Instant::now() + RESCAN_DEBOUNCE;
+        let mut r = self.rescans.lock().unwrap_or_else(|e| e.into_inner());
+        let ids: Vec<String> = match id {
+            Some(id) => vec![id.to_string()],
+            None => self
+                .registry
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .all()
+                .map(|c| c.id.clone())
+                .collect(),
+        };
+        for id in ids {
+            r.entry(id).or_insert(due);
+        }
+    }
+
+    /// Re-expand a container's patterns and mark what is new.
+    fn rescan(&self, id: &str) {
+        let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(mut rec) = reg.get(id).cloned() else {
+            return;
+        };
+        if !rec.alive() {
+            return;
+        }
+        let before = rec.marks.len();
+        match self.install(&mut rec) {
+            Ok(report) => {
+                if rec.marks.len() != before {
+                    log(format!(
+                        "rescanned container {id}: {} marks (was {before})",
+                        rec.marks.len()
+                    ));
+                }
+                self.ctx.stats.rescans.fetch_add(1, Ordering::Relaxed);
+                self.note_coverage(id, &report);
+                reg.insert(rec);
+                if let Err(e) = reg.save() {
+                    log(e.to_string());
+                }
+            }
+            Err(e) => log(format!("rescan of container {id} failed: {e}")),
+        }
+    }
+
+    /// Run the rescans that are due, and the periodic ones.
+    fn run_rescans(&self, last_periodic: &mut Instant) {
+        let now = Instant::now();
+        let due: Vec<String> = {
+            let mut r = self.rescans.lock().unwrap_or_else(|e| e.into_inner());
+            let due: Vec<String> = r
+                .iter()
+                .filter(|(_, t)| **t <= now)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in &due {
+                r.remove(k);
+            }
+            due
+        };
+        for id in due {
+            self.rescan(&id);
+        }
+        if last_periodic.elapsed() >= PERIODIC_RESCAN {
+            *last_periodic = Instant::now();
+            let ids: Vec<String> = self
+                .periodic
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .cloned()
+                .collect();
+            for id in ids {
+                self.rescan(&id);
+            }
+        }
     }
 
     fn drop_container(&self, reg: &mut Registry, id: &str) -> Option<usize> {
@@ -225,6 +337,7 @@ impl Daemon {
             }
             match self.install(&mut rec) {
                 Ok(rep) => {
+                    self.note_coverage(&rec.id, &rep);
                     log(format!(
                         "restored container {}: {} files, {} dirs",
                         rec.id, rep.files, rep.dirs
@@ -450,6 +563,32 @@ fn alert_loop(
     }
 }
 
+/// Read directory-creation events and schedule rescans of the containers
+/// they happened in (every container when the creator is not in one, or the
+/// queue overflowed).
+fn create_loop(group: &Group, d: &Daemon, stop: &AtomicBool) {
+    use crate::watch::EventSource;
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut events = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        if !matches!(group.wait(Duration::from_millis(200)), Ok(true)) {
+            continue;
+        }
+        let Ok(n) = group.read(&mut buf) else {
+            continue;
+        };
+        events.clear();
+        let _ = crate::watch::parse_events(&buf[..n], &mut events);
+        for ev in events.drain(..) {
+            let container = (!ev.is_overflow())
+                .then(|| d.ctx.container_of(ev.pid))
+                .flatten()
+                .map(|c| c.reference.id.clone());
+            d.schedule_rescan(container.as_deref());
+        }
+    }
+}
+
 /// Tell systemd we are ready, natively, if it is listening.
 fn notify_ready() {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
@@ -499,7 +638,18 @@ pub fn run(config_path: Option<&Path>) -> Result<(), DaemonError> {
 
     let perm = Arc::new(Group::permission()?);
     let exec = Arc::new(Group::exec()?);
+    let create = match Group::create() {
+        Ok(g) => Some(Arc::new(g)),
+        Err(e) => {
+            log(format!(
+                "{e}; new credential directories are found by periodic rescans"
+            ));
+            None
+        }
+    };
     let ctx = Arc::new(Context::new(policy));
+    ctx.identities
+        .learn_host(ctx.policy().rules.file_archivers().names());
     let (tx, rx) = mpsc::sync_channel::<Finding>(cfg.daemon.queue_capacity);
     let (cfg_tx, cfg_rx) = mpsc::channel::<Config>();
     let alerts = Arc::new(AlertStats::default());
@@ -552,6 +702,9 @@ pub fn run(config_path: Option<&Path>) -> Result<(), DaemonError> {
         ctx,
         perm,
         exec,
+        create: create.clone(),
+        rescans: Mutex::new(BTreeMap::new()),
+        periodic: Mutex::new(Default::default()),
         registry: Mutex::new(registry),
         started: Instant::now(),
         alerts,
@@ -565,14 +718,22 @@ pub fn run(config_path: Option<&Path>) -> Result<(), DaemonError> {
         let mut last_reap = Instant::now();
         spawn("keyward-control", move || {
             let reaper = d.clone();
+            let mut last_periodic = Instant::now();
             control::serve(listener, d, &s, move || {
                 if last_reap.elapsed() >= REAP_EVERY {
                     reaper.reap();
                     last_reap = Instant::now();
                 }
+                reaper.run_rescans(&mut last_periodic);
             })
         })?
     };
+    if let Some(create) = create {
+        let (d, s) = (daemon.clone(), stop.clone());
+        threads.push(spawn("keyward-create", move || {
+            create_loop(&create, &d, &s)
+        })?);
+    }
     log(format!(
         "daemon {} serving {} (pid {})",
         env!("CARGO_PKG_VERSION"),

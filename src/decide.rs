@@ -99,6 +99,8 @@ pub struct Stats {
     pub overflows: AtomicU64,
     pub panics: AtomicU64,
     pub deadline_releases: AtomicU64,
+    /// Rescans of containers for credential paths created after start.
+    pub rescans: AtomicU64,
     /// Decision latency histogram: bucket i counts decisions that took
     /// less than 2^i microseconds (the last bucket takes the rest).
     pub latency_us: [AtomicU64; LATENCY_BUCKETS],
@@ -136,6 +138,7 @@ pub struct StatsSnapshot {
     pub overflows: u64,
     pub panics: u64,
     pub deadline_releases: u64,
+    pub rescans: u64,
     pub latency: LatencySnapshot,
 }
 
@@ -210,6 +213,7 @@ impl Stats {
             overflows: g(&self.overflows),
             panics: g(&self.panics),
             deadline_releases: g(&self.deadline_releases),
+            rescans: g(&self.rescans),
             latency: self.latency(),
         }
     }
@@ -222,6 +226,8 @@ pub struct Context {
     pub index: RwLock<MarkIndex>,
     pub policy: RwLock<Arc<Policy>>,
     pub stats: Stats,
+    /// Archivers known by content, for copied or renamed binaries.
+    pub identities: crate::identity::Identities,
 }
 
 fn bump(c: &AtomicU64) {
@@ -235,6 +241,7 @@ impl Context {
             index: RwLock::new(MarkIndex::default()),
             policy: RwLock::new(Arc::new(policy)),
             stats: Stats::default(),
+            identities: crate::identity::Identities::default(),
         }
     }
 
@@ -365,6 +372,30 @@ pub fn decide_open(ctx: &Context, pid: i32, fd: BorrowedFd<'_>) -> (u32, OpenFin
     (if denied { FAN_DENY } else { FAN_ALLOW }, [file, exec])
 }
 
+/// Whether the process is an archiver: by name (executable, `comm`,
+/// argv, wrappers), else by the content of its executable.
+fn archiver_of(
+    ctx: &Context,
+    policy: &Policy,
+    pid: i32,
+    proc: &RawProcess,
+) -> Option<crate::rules::ArchiverHit> {
+    if !policy.rules.file_enabled {
+        return None;
+    }
+    policy
+        .rules
+        .archiver_of(proc.exe_name(), &proc.comm, &proc.args)
+        .or_else(|| {
+            ctx.identities
+                .archiver_of(pid)
+                .map(|name| crate::rules::ArchiverHit::Identity {
+                    name,
+                    exe: proc.exe.to_string_lossy().into_owned(),
+                })
+        })
+}
+
 /// The file rule: (canonical path, path as opened, pattern, archiver hit).
 fn file_rule(
     ctx: &Context,
@@ -375,15 +406,12 @@ fn file_rule(
     container: &ContainerView,
     proc: &RawProcess,
 ) -> Option<(String, String, String, crate::rules::ArchiverHit)> {
-    let archiver = policy
-        .rules
-        .archiver_of(proc.exe_name(), &proc.args)
-        .or_else(|| policy.rules.archiver_of(&proc.comm, &proc.args))?;
     let (path, opened_as) = canonical_path(ctx, pid, fd, fid, &container.reference.id);
     let pattern = policy
         .rules
         .credential_pattern(path.as_os_str())
         .or_else(|| policy.rules.credential_pattern(opened_as.as_os_str()))?;
+    let archiver = archiver_of(ctx, policy, pid, proc)?;
     // GNU tar looks up /etc/passwd for every archive it writes; that alone
     // is not collection. The cwd is the opener's, inside its own root.
     if policy
@@ -446,10 +474,7 @@ pub fn probe_exec(ctx: &Context, pid: i32, fid: FileId) -> ExecProbe {
     let matched = policy
         .rules
         .match_exec_names(&[proc.exe_name(), &proc.comm], &proc.args);
-    let archiver = policy
-        .rules
-        .archiver_of(proc.exe_name(), &proc.args)
-        .or_else(|| policy.rules.archiver_of(&proc.comm, &proc.args));
+    let archiver = archiver_of(ctx, &policy, pid, &proc);
     if matched.is_none() && archiver.is_none() {
         return ExecProbe::Done(None);
     }

@@ -32,6 +32,10 @@ pub enum MarkError {
 pub struct InstallReport {
     pub files: usize,
     pub dirs: usize,
+    /// Directories watched for new entries (coverage over time); 0 when
+    /// the filesystem cannot report them and rescans are periodic instead.
+    #[serde(default)]
+    pub create_watched: usize,
     pub exec: Option<watch::ExecScope>,
     /// Whether the container had already pivoted into its rootfs.
     pub pivoted: bool,
@@ -41,11 +45,15 @@ pub struct InstallReport {
 pub fn install(
     perm: &Group,
     exec: &Group,
+    create: Option<&Group>,
     rules: &Rules,
     rec: &mut ContainerRecord,
     index: &RwLock<MarkIndex>,
+    identities: &crate::identity::Identities,
 ) -> Result<InstallReport, MarkError> {
     let (root, pivoted) = resolve::container_root(rec.pid, &rec.rootfs)?;
+    // The image's own archivers, so a copy renamed inside it is still known.
+    identities.learn(root.as_fd(), rules.file_archivers().names());
     let mut found = Vec::new();
     for pattern in rules.mark_patterns() {
         found.extend(resolve::expand(root.as_fd(), &pattern));
@@ -94,6 +102,45 @@ pub fn install(
             report.dirs += 1;
         } else {
             report.files += 1;
+        }
+    }
+    // Coverage over time: every directory on the way to a credential path
+    // (/root, /home, /home/*, /home/*/.ssh, /etc, ...) reports new entries,
+    // so a .ssh made after the start is marked on the next rescan.
+    if let Some(create) = create {
+        let mut seen_dirs = std::collections::HashSet::new();
+        let mut all: Vec<String> = rules.mark_patterns();
+        all.extend(rules.watch_dirs().iter().cloned());
+        'dirs: for pattern in &all {
+            let comps: Vec<&str> = pattern.split('/').filter(|c| !c.is_empty()).collect();
+            for k in 0..comps.len() {
+                let prefix = format!("/{}", comps[..k].join("/"));
+                let dirs = if k == 0 {
+                    resolve::open_in_root(root.as_fd(), Path::new("/"), true)
+                        .ok()
+                        .and_then(|fd| FileId::of(fd.as_fd()).ok().map(|(id, _)| vec![(fd, id)]))
+                        .unwrap_or_default()
+                } else {
+                    resolve::expand(root.as_fd(), &prefix)
+                        .into_iter()
+                        .filter(|f| f.is_dir)
+                        .map(|f| (f.fd, f.id))
+                        .collect()
+                };
+                for (fd, id) in dirs {
+                    if !seen_dirs.insert(id) {
+                        continue;
+                    }
+                    let what = format!("{prefix} in container {}", rec.id);
+                    if create.mark_creates(fd.as_fd(), true, &what).is_err() {
+                        // overlayfs without file handles, say: the daemon
+                        // falls back to periodic rescans for this container.
+                        report.create_watched = 0;
+                        break 'dirs;
+                    }
+                    report.create_watched += 1;
+                }
+            }
         }
     }
     let scope = watch::exec_scope(root.as_fd());

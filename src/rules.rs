@@ -36,7 +36,9 @@ pub const FILE_RULE_ID: &str = "keyward.file.archiver-opened-credential";
 pub const FILE_RULE_NAME: &str = "Archiver Opened A Credential File Inside A Container";
 
 /// Shells whose `-c` script is searched for archiver words by the file rule.
-const SHELLS: &[&str] = &["sh", "bash", "dash", "ash", "zsh", "ksh", "busybox"];
+const SHELLS: &[&str] = &["sh", "bash", "dash", "ash", "zsh", "ksh"];
+/// Multi-call binaries whose forked children run applets without exec.
+const MULTICALL: &[&str] = &["busybox", "toybox"];
 
 /// Errors building the rule set.
 #[derive(Debug, thiserror::Error)]
@@ -219,6 +221,9 @@ pub enum ArchiverHit {
     Argv0 { name: String },
     /// A word of a wrapper shell's `-c` script is an archiver.
     Script { index: usize, word: String },
+    /// The executable is a known archiver's binary by ELF build-id, under
+    /// another name (copied or renamed).
+    Identity { name: String, exe: String },
 }
 
 /// One argument that matched a credential pattern.
@@ -382,26 +387,48 @@ impl Rules {
 
     /// Whether a process is an archiver for the file-access rule, and why.
     ///
-    /// Looks at the executable's name, argv\[0\] (busybox applets and
-    /// symlinks), any exact arg (`busybox tar`, `nice tar`, `env tar`), and
-    /// the words of a shell's `-c` script: busybox sh may run an applet in a
-    /// forked child without a new exec, so the child's argv is still the
-    /// shell's.
+    /// Looks at the executable's name, the kernel's `comm` (busybox applets
+    /// run through a symlink, and the NOEXEC applets busybox sh runs in a
+    /// forked child, carry the applet's name there), argv\[0\], any exact
+    /// arg (`busybox tar`, `nice tar`, `env tar`), and, for a shell itself,
+    /// the words of its `-c` script (the shell opens a redirected file for
+    /// the archiver: `gzip < key`).
+    ///
+    /// A busybox child running a NOEXEC applet still shows its shell's
+    /// argv; when `comm` disagrees with argv\[0\] on a multi-call binary,
+    /// argv is not the process's own and only `comm` counts.
     pub fn archiver_of<A: AsRef<OsStr>>(
         &self,
         exe_name: &OsStr,
+        comm: &OsStr,
         args: &[A],
     ) -> Option<ArchiverHit> {
         if !self.file_enabled {
             return None;
         }
-        if self.file_archivers.contains(exe_name.as_bytes()) {
-            return Some(ArchiverHit::Name {
-                name: exe_name.to_string_lossy().into_owned(),
-            });
+        for name in [exe_name, comm] {
+            if self.file_archivers.contains(name.as_bytes()) {
+                return Some(ArchiverHit::Name {
+                    name: name.to_string_lossy().into_owned(),
+                });
+            }
         }
-        let argv0 = args.first().map(|a| basename(a.as_ref().as_bytes()));
-        if let Some(argv0) = argv0.filter(|a| self.file_archivers.contains(a)) {
+        let argv0 = args
+            .first()
+            .map(|a| basename(a.as_ref().as_bytes()))
+            .unwrap_or_default();
+        let multicall = MULTICALL
+            .iter()
+            .any(|m| exe_name.as_bytes() == m.as_bytes());
+        // comm is the exec'd basename cut to 15 bytes (TASK_COMM_LEN - 1).
+        let comm_is_argv0 = comm.as_bytes() == &argv0[..argv0.len().min(15)];
+        // busybox re-executes itself through /proc/self/exe for applets run
+        // with `exec`; such a process's comm is "exe" and argv is its own.
+        let reexec = comm.as_bytes() == b"exe";
+        if multicall && !comm.is_empty() && !comm_is_argv0 && !reexec {
+            return None;
+        }
+        if self.file_archivers.contains(argv0) {
             return Some(ArchiverHit::Argv0 {
                 name: String::from_utf8_lossy(argv0).into_owned(),
             });
@@ -417,7 +444,7 @@ impl Rules {
         }
         let is_shell = SHELLS
             .iter()
-            .any(|s| exe_name.as_bytes() == s.as_bytes() || argv0 == Some(s.as_bytes()));
+            .any(|s| comm.as_bytes() == s.as_bytes() || argv0 == s.as_bytes());
         if is_shell {
             for (index, arg) in args.iter().enumerate().skip(1) {
                 for word in arg
@@ -709,17 +736,33 @@ mod tests {
     #[test]
     fn file_rule_recognises_archivers_by_name_applet_and_script() {
         let r = rules();
-        let a = |exe: &str, args: &[&str]| r.archiver_of(OsStr::new(exe), args);
+        let a = |exe: &str, args: &[&str]| {
+            let comm = basename(args[0].as_bytes());
+            r.archiver_of(
+                OsStr::new(exe),
+                OsStr::from_bytes(&comm[..comm.len().min(15)]),
+                args,
+            )
+        };
         assert!(matches!(
             a("tar", &["tar", "cf", "x"]),
             Some(ArchiverHit::Name { .. })
         ));
         assert!(matches!(
             a("busybox", &["tar", "cf", "x"]),
-            Some(ArchiverHit::Argv0 { .. })
+            Some(ArchiverHit::Name { .. })
         ));
         assert!(matches!(
             a("busybox", &["/bin/gzip"]),
+            Some(ArchiverHit::Name { .. })
+        ));
+        // busybox `exec gzip` re-executes /proc/self/exe: comm is "exe".
+        assert!(matches!(
+            r.archiver_of(
+                OsStr::new("busybox"),
+                OsStr::new("exe"),
+                &["gzip", "-c", "k"]
+            ),
             Some(ArchiverHit::Argv0 { .. })
         ));
         assert!(matches!(
@@ -740,6 +783,22 @@ mod tests {
             None
         );
         assert_eq!(a("ls", &["ls", "-l", "/root/.ssh"]), None);
+        // A NOEXEC applet child of busybox sh: comm is the applet, argv the
+        // shell's. `head` is not tar, whatever the script says.
+        let script = ["sh", "-c", "head /etc/shadow; tar cf x /app"];
+        assert_eq!(
+            r.archiver_of(OsStr::new("busybox"), OsStr::new("head"), &script),
+            None
+        );
+        assert!(matches!(
+            r.archiver_of(OsStr::new("busybox"), OsStr::new("tar"), &script),
+            Some(ArchiverHit::Name { .. })
+        ));
+        // The shell itself (comm sh) is judged by its script's words.
+        assert!(matches!(
+            r.archiver_of(OsStr::new("busybox"), OsStr::new("sh"), &script),
+            Some(ArchiverHit::Script { .. })
+        ));
     }
 
     #[test]

@@ -215,6 +215,31 @@ impl Group {
         Self::init("exec", InitFlags::FAN_CLASS_NOTIF)
     }
 
+    /// The notification group for directory creations (coverage over
+    /// time): `FAN_CREATE` needs a group that reports directory file ids.
+    pub fn create() -> Result<Self, WatchError> {
+        let class =
+            InitFlags::FAN_CLASS_NOTIF | InitFlags::from_bits_retain(libc::FAN_REPORT_DFID_NAME);
+        Self::init("create", class)
+    }
+
+    /// Add (or remove) a create/rename-into mark on the directory behind
+    /// `fd`.
+    pub fn mark_creates(
+        &self,
+        fd: BorrowedFd<'_>,
+        add: bool,
+        what: &str,
+    ) -> Result<(), WatchError> {
+        let action = if add {
+            MarkFlags::FAN_MARK_ADD
+        } else {
+            MarkFlags::FAN_MARK_REMOVE
+        };
+        let mask = MaskFlags::FAN_CREATE | MaskFlags::FAN_MOVED_TO | MaskFlags::FAN_ONDIR;
+        self.mark(action | MarkFlags::FAN_MARK_ONLYDIR, mask, fd, what)
+    }
+
     /// The group's name, for messages.
     pub fn name(&self) -> &'static str {
         self.name

@@ -107,7 +107,7 @@ proptest! {
                 prop_assert!(p.index < argv.len());
             }
         }
-        let _ = rules.archiver_of(name, &argv);
+        let _ = rules.archiver_of(name, name, &argv);
         let _ = rules.is_incidental(OsStr::new("/etc/passwd"), &argv, Path::new("/"));
     }
 

@@ -7,11 +7,14 @@
 
 use std::io::Write;
 use std::net::{TcpStream, ToSocketAddrs, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use nix::errno::Errno;
+use nix::sys::socket::MsgFlags;
 use serde_json::Value;
 use syslog::{Facility, Formatter3164, Formatter5424, LogFormat, Severity};
 
@@ -98,8 +101,35 @@ impl Socket {
     }
 }
 
+/// Whether a TCP peer has closed (or reset) the connection, without
+/// blocking or consuming anything.
+///
+/// A syslog collector never sends to us, so readable data means a live peer
+/// and EOF or an error means a dead one. A write into a connection the peer
+/// has already closed still succeeds once (the peer answers it with RST), so
+/// without this check the first record after a collector restart would be
+/// counted as delivered and lost.
+fn peer_closed(s: &TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    match nix::sys::socket::recv(
+        s.as_raw_fd(),
+        &mut byte,
+        MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+    ) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(Errno::EAGAIN) | Err(Errno::EINTR) => false,
+        Err(_) => true,
+    }
+}
+
 impl Transport for Socket {
     fn send(&mut self, record: &[u8]) -> std::io::Result<()> {
+        if let Conn::Tcp(s) = &self.conn
+            && peer_closed(s)
+        {
+            self.conn = Conn::None;
+        }
         if matches!(self.conn, Conn::None) {
             self.connect()?;
         }
@@ -255,6 +285,57 @@ mod tests {
                 .contains("port")
         );
         assert!(Target::parse_server("x:1").is_err());
+    }
+
+    #[test]
+    fn tcp_peer_that_closed_is_detected_before_a_record_is_lost() {
+        use std::io::Read;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        // accept(), but fail instead of hanging when no connection comes.
+        let accept = |what: &str| {
+            let deadline = std::time::Instant::now() + IO_TIMEOUT;
+            loop {
+                match listener.accept() {
+                    Ok((c, _)) => {
+                        c.set_nonblocking(false).unwrap();
+                        c.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+                        return c;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        assert!(
+                            std::time::Instant::now() < deadline,
+                            "no new connection for {what}: the record went into the dead one"
+                        );
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    Err(e) => panic!("accept: {e}"),
+                }
+            }
+        };
+        let mut s = Socket {
+            target: Target::Tcp(addr),
+            conn: Conn::None,
+        };
+        s.send(b"one").unwrap();
+        let first = accept("one");
+        // The collector closes the connection (a restart) but keeps listening.
+        let mut got = [0u8; 5];
+        (&first).read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"3 one");
+        drop(first);
+        std::thread::sleep(Duration::from_millis(50));
+        // Without the EOF check this write would "succeed" into the dead
+        // connection and the record would be gone.
+        s.send(b"two").unwrap();
+        let mut second = accept("two");
+        (&second).read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"3 two");
+        // A live connection is reused, not reopened.
+        s.send(b"333").unwrap();
+        second.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"3 333");
     }
 
     #[test]

@@ -54,6 +54,28 @@ pub fn privileged() -> bool {
     ok
 }
 
+/// Whether an extra tool a test needs (podman, rsyslogd, a built .deb) is
+/// here. Like [`privileged`]: under `CI=true` a missing tool fails the run.
+pub fn required(what: &str, ok: bool) -> bool {
+    if !ok {
+        let why = format!("e2e test needs {what}");
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("{why}: under CI=true a skipped test fails the run (bash .ci/deps installs it)");
+        }
+        eprintln!("SKIP: {why}");
+    }
+    ok
+}
+
+/// Whether `cmd --version` runs.
+pub fn have_command(cmd: &str) -> bool {
+    Command::new(cmd)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
 pub fn unique(prefix: &str) -> String {
     format!(
         "{prefix}-{}-{}",
@@ -236,6 +258,34 @@ impl Daemon {
             "socket = {socket:?}\n{extra}\n[daemon]\nruntime_dir = {:?}\naggregate_ms = 200\n[alerts]\njson = {alerts:?}\n[alerts.syslog]\nsocket = {:?}\n",
             dir.join("run"),
             syslog.path
+        );
+        fs::write(&config, text).unwrap();
+        let mut d = Self {
+            dir,
+            socket,
+            alerts,
+            config,
+            syslog,
+            child: None,
+            log: PathBuf::new(),
+        };
+        d.spawn();
+        d
+    }
+
+    /// Like [`Daemon::start`], but the `[alerts.syslog]` table is
+    /// `syslog_table` (e.g. `server = "tcp://127.0.0.1:PORT"`) instead of the
+    /// harness's datagram socket. The harness socket is still bound, unused.
+    pub fn start_with_syslog(extra: &str, syslog_table: &str) -> Self {
+        let dir = std::env::temp_dir().join(unique("keyward-e2e"));
+        fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("keyward.sock");
+        let alerts = dir.join("alerts.json");
+        let syslog = Syslog::bind(dir.join("log.sock"));
+        let config = dir.join("keyward.toml");
+        let text = format!(
+            "socket = {socket:?}\n{extra}\n[daemon]\nruntime_dir = {:?}\naggregate_ms = 200\n[alerts]\njson = {alerts:?}\n[alerts.syslog]\n{syslog_table}\n",
+            dir.join("run"),
         );
         fs::write(&config, text).unwrap();
         let mut d = Self {
@@ -544,6 +594,28 @@ impl Drop for Bundle {
             let _ = fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// The text of the YAML block scalar `key: |` in `yaml` (the first one),
+/// its indentation removed. Enough for the ConfigMap in
+/// `packaging/kubernetes/daemonset.yaml`, without a YAML parser.
+pub fn yaml_block(yaml: &str, key: &str) -> String {
+    let head = format!("{key}: |");
+    let mut lines = yaml.lines().skip_while(|l| l.trim() != head).skip(1);
+    let first = lines
+        .clone()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or_else(|| panic!("no block scalar {key:?}"));
+    let indent = first.len() - first.trim_start().len();
+    let mut out = String::new();
+    for l in lines.by_ref() {
+        if !l.trim().is_empty() && l.len() - l.trim_start().len() < indent {
+            break;
+        }
+        out.push_str(l.get(indent..).unwrap_or(""));
+        out.push('\n');
+    }
+    out
 }
 
 /// Text of an output, both streams.
