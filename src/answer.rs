@@ -207,10 +207,16 @@ pub fn watchdog(
 struct PendingExec {
     pid: i32,
     fid: FileId,
-    interpreter: bool,
     since: Instant,
+    /// When to probe next: at once on arrival, then backing off (the exec
+    /// completes in microseconds; spinning only steals the archiver's CPU).
+    next_try: Instant,
+    tries: u32,
     _fd: OwnedFd,
 }
+
+/// Longest pause between two probes of one pending exec.
+const MAX_PROBE_GAP: Duration = Duration::from_millis(1);
 
 /// The exec loop: notification events, nothing to answer.
 ///
@@ -241,24 +247,28 @@ pub fn exec_loop(src: &dyn EventSource, ctx: &Context, tx: SyncSender<Finding>, 
                 let Ok((fid, _)) = FileId::of(fd.as_fd()) else {
                     continue;
                 };
-                let interpreter = decide::exec_is_interpreter(fd.as_fd());
-                if interpreter {
+                if decide::exec_is_interpreter(fd.as_fd()) {
                     continue;
                 }
                 // A newer exec of the same pid replaces an older pending one.
                 pending.retain(|p| p.pid != ev.pid);
+                let now = Instant::now();
                 pending.push(PendingExec {
                     pid: ev.pid,
                     fid,
-                    interpreter,
-                    since: Instant::now(),
+                    since: now,
+                    next_try: now,
+                    tries: 0,
                     _fd: fd,
                 });
             }
         }
         let mut progressed = false;
-        pending.retain(|p| {
-            debug_assert!(!p.interpreter);
+        let now = Instant::now();
+        pending.retain_mut(|p| {
+            if p.next_try > now {
+                return true;
+            }
             let probe = catch_unwind(AssertUnwindSafe(|| decide::probe_exec(ctx, p.pid, p.fid)))
                 .unwrap_or_else(|_| {
                     ctx.stats.panics.fetch_add(1, Ordering::Relaxed);
@@ -276,11 +286,29 @@ pub fn exec_loop(src: &dyn EventSource, ctx: &Context, tx: SyncSender<Finding>, 
                     ctx.stats.exec_unsettled.fetch_add(1, Ordering::Relaxed);
                     false
                 }
-                ExecProbe::Wait => true,
+                ExecProbe::Wait => {
+                    p.tries += 1;
+                    let gap = if p.tries < 16 {
+                        Duration::from_micros(10)
+                    } else {
+                        (Duration::from_micros(20) * (1 << (p.tries - 16).min(6)))
+                            .min(MAX_PROBE_GAP)
+                    };
+                    p.next_try = Instant::now() + gap;
+                    true
+                }
             }
         });
         if !pending.is_empty() && !progressed {
-            std::thread::yield_now();
+            // Sleep until the next probe is due (at most 1 ms, so a new
+            // event waits no longer than that).
+            let next = pending.iter().map(|p| p.next_try).min().unwrap_or(now);
+            let gap = next
+                .saturating_duration_since(Instant::now())
+                .min(MAX_PROBE_GAP);
+            if !gap.is_zero() {
+                std::thread::sleep(gap);
+            }
         }
     }
 }

@@ -78,6 +78,32 @@ pub struct Stat {
     /// Address of argv in the process's memory. A new image gets a new one
     /// (and a forked child shares its parent's until it execs).
     pub arg_start: u64,
+    /// End of argv, and the bounds of the environment: with `arg_start`,
+    /// they identify one exec of the process.
+    pub arg_end: u64,
+    pub env_start: u64,
+    pub env_end: u64,
+}
+
+impl Stat {
+    /// Identifies one image of one process: pid and start time name the
+    /// process (a reused pid has another start time), and the argv and
+    /// environment addresses change with every exec.
+    pub fn image_key(&self, pid: i32) -> ImageKey {
+        ImageKey {
+            pid,
+            start: self.start_time_ticks,
+            args: (self.arg_start, self.arg_end, self.env_start, self.env_end),
+        }
+    }
+}
+
+/// See [`Stat::image_key`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ImageKey {
+    pub pid: i32,
+    pub start: u64,
+    pub args: (u64, u64, u64, u64),
 }
 
 fn io_err(pid: i32, what: &'static str, source: std::io::Error) -> AttributionError {
@@ -103,12 +129,16 @@ pub fn parse_stat(pid: i32, text: &[u8]) -> Result<Stat, AttributionError> {
     let ppid = fields.get(1).and_then(|s| s.parse().ok());
     let start = fields.get(19).and_then(|s| s.parse().ok());
     // arg_start is field 48 (index 45 here); old kernels lack it.
-    let arg_start = fields.get(45).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let field = |i: usize| fields.get(i).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let arg_start = field(45);
     match (ppid, start) {
         (Some(ppid), Some(start_time_ticks)) => Ok(Stat {
             ppid,
             start_time_ticks,
             arg_start,
+            arg_end: field(46),
+            env_start: field(47),
+            env_end: field(48),
         }),
         _ => Err(AttributionError::BadStat { pid }),
     }

@@ -7,6 +7,7 @@
 //! included: an unattributable event is allowed, because a daemon that
 //! cannot tell what happened must not break the container.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -38,7 +39,14 @@ pub struct Policy {
     pub rules: Rules,
     pub default_action: Action,
     pub exceptions: crate::exceptions::Exceptions,
+    /// Unique per compiled policy, for caches made under it.
+    pub generation: u64,
 }
+
+/// Source of [`Policy::generation`].
+static POLICY_GENERATION: AtomicU64 = AtomicU64::new(1);
+/// Processes remembered as benign before the cache starts over.
+const BENIGN_CACHE_MAX: usize = 16 * 1024;
 
 impl Policy {
     /// Compile a config's rules and exceptions.
@@ -47,6 +55,7 @@ impl Policy {
             rules: Rules::compile(&cfg.rules)?,
             default_action: cfg.response.action,
             exceptions: crate::exceptions::Exceptions::compile(&cfg.exceptions)?,
+            generation: POLICY_GENERATION.fetch_add(1, Ordering::Relaxed),
         })
     }
 
@@ -89,6 +98,8 @@ pub struct Stats {
     pub denied: AtomicU64,
     pub own_pid: AtomicU64,
     pub host_process: AtomicU64,
+    /// Permission events answered from the benign-process cache.
+    pub cache_hits: AtomicU64,
     pub exec_events: AtomicU64,
     pub exec_unsettled: AtomicU64,
     pub findings: AtomicU64,
@@ -128,6 +139,7 @@ pub struct StatsSnapshot {
     pub denied: u64,
     pub own_pid: u64,
     pub host_process: u64,
+    pub cache_hits: u64,
     pub exec_events: u64,
     pub exec_unsettled: u64,
     pub findings: u64,
@@ -203,6 +215,7 @@ impl Stats {
             denied: g(&self.denied),
             own_pid: g(&self.own_pid),
             host_process: g(&self.host_process),
+            cache_hits: g(&self.cache_hits),
             exec_events: g(&self.exec_events),
             exec_unsettled: g(&self.exec_unsettled),
             findings: g(&self.findings),
@@ -228,6 +241,11 @@ pub struct Context {
     pub stats: Stats,
     /// Archivers known by content, for copied or renamed binaries.
     pub identities: crate::identity::Identities,
+    /// Process images already found to match neither rule, with the index
+    /// and policy generations they were judged under. A shell reading a
+    /// credential directory in a loop then costs one `/proc/<pid>/stat`
+    /// read per open instead of a full attribution.
+    benign: std::sync::Mutex<HashMap<attribution::ImageKey, (u64, u64)>>,
 }
 
 fn bump(c: &AtomicU64) {
@@ -242,7 +260,24 @@ impl Context {
             policy: RwLock::new(Arc::new(policy)),
             stats: Stats::default(),
             identities: crate::identity::Identities::default(),
+            benign: std::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    fn is_benign(&self, key: attribution::ImageKey, generation: (u64, u64)) -> bool {
+        self.benign
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            == Some(&generation)
+    }
+
+    fn remember_benign(&self, key: attribution::ImageKey, generation: (u64, u64)) {
+        let mut b = self.benign.lock().unwrap_or_else(|e| e.into_inner());
+        if b.len() >= BENIGN_CACHE_MAX {
+            b.clear();
+        }
+        b.insert(key, generation);
     }
 
     /// The current policy (cheap clone of an Arc).
@@ -260,9 +295,14 @@ impl Context {
         let idx = self.index.read().unwrap_or_else(|e| e.into_inner());
         let mut cur = pid;
         for _ in 0..MAX_ANCESTRY {
+            // The pid namespace decides almost always; the mount namespace
+            // is read only on a miss (containers sharing the host's pids).
             let pid_ns = attribution::ns_inode(cur, "pid").ok()?;
+            if let Some(v) = idx.container_of(pid_ns, 0) {
+                return Some(v.clone());
+            }
             let mnt_ns = attribution::ns_inode(cur, "mnt").unwrap_or(0);
-            if let Some(v) = idx.container_of(pid_ns, mnt_ns) {
+            if let Some(v) = idx.container_of(0, mnt_ns) {
                 return Some(v.clone());
             }
             cur = attribution::stat(cur).ok()?.ppid;
@@ -323,12 +363,28 @@ pub fn decide_open(ctx: &Context, pid: i32, fd: BorrowedFd<'_>) -> (u32, OpenFin
         bump(&ctx.stats.own_pid);
         return (FAN_ALLOW, [None, None]);
     }
-    let Ok((fid, _)) = FileId::of(fd) else {
+    // One read identifies the process image; an image already judged
+    // benign under the current containers and policy is allowed at once.
+    let Ok(stat) = attribution::stat(pid) else {
         bump(&ctx.stats.attribution_errors);
         return (FAN_ALLOW, [None, None]);
     };
+    let key = stat.image_key(pid);
+    let policy = ctx.policy();
+    let generation = (
+        ctx.index
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .generation(),
+        policy.generation,
+    );
+    if ctx.is_benign(key, generation) {
+        bump(&ctx.stats.cache_hits);
+        return (FAN_ALLOW, [None, None]);
+    }
     let Some(container) = ctx.container_of(pid) else {
         bump(&ctx.stats.host_process);
+        ctx.remember_benign(key, generation);
         return (FAN_ALLOW, [None, None]);
     };
     let proc = match RawProcess::read(pid) {
@@ -338,12 +394,19 @@ pub fn decide_open(ctx: &Context, pid: i32, fd: BorrowedFd<'_>) -> (u32, OpenFin
             return (FAN_ALLOW, [None, None]);
         }
     };
-    let policy = ctx.policy();
     let exec_match = policy
         .rules
-        .match_exec_names(&[proc.exe_name(), &proc.comm], &proc.args)
-        .filter(|_| !policy.excepted(crate::rules::EXEC_RULE_ID, &container, &proc));
-    let file_hit = file_rule(ctx, &policy, pid, fd, fid, &container, &proc)
+        .match_exec_names(&[proc.exe_name(), &proc.comm], &proc.args);
+    let archiver = archiver_of(ctx, &policy, pid, &proc);
+    if exec_match.is_none() && archiver.is_none() {
+        // Neither rule can ever hold for this image, whatever it opens.
+        ctx.remember_benign(key, generation);
+        return (FAN_ALLOW, [None, None]);
+    }
+    let exec_match =
+        exec_match.filter(|_| !policy.excepted(crate::rules::EXEC_RULE_ID, &container, &proc));
+    let file_hit = archiver
+        .and_then(|a| file_rule(ctx, &policy, pid, fd, &container, &proc, a))
         .filter(|_| !policy.excepted(crate::rules::FILE_RULE_ID, &container, &proc));
     if exec_match.is_none() && file_hit.is_none() {
         return (FAN_ALLOW, [None, None]);
@@ -402,16 +465,16 @@ fn file_rule(
     policy: &Policy,
     pid: i32,
     fd: BorrowedFd<'_>,
-    fid: FileId,
     container: &ContainerView,
     proc: &RawProcess,
+    archiver: crate::rules::ArchiverHit,
 ) -> Option<(String, String, String, crate::rules::ArchiverHit)> {
+    let fid = FileId::of(fd).ok()?.0;
     let (path, opened_as) = canonical_path(ctx, pid, fd, fid, &container.reference.id);
     let pattern = policy
         .rules
         .credential_pattern(path.as_os_str())
         .or_else(|| policy.rules.credential_pattern(opened_as.as_os_str()))?;
-    let archiver = archiver_of(ctx, policy, pid, proc)?;
     // GNU tar looks up /etc/passwd for every archive it writes; that alone
     // is not collection. The cwd is the opener's, inside its own root.
     if policy

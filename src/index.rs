@@ -39,6 +39,9 @@ pub struct MarkedPath {
 /// The index.
 #[derive(Debug, Default)]
 pub struct MarkIndex {
+    /// Bumped on every change, so caches of "this process is benign" made
+    /// under another set of containers are not trusted.
+    generation: u64,
     files: HashMap<FileId, Vec<MarkedPath>>,
     by_pid_ns: HashMap<u64, Arc<ContainerView>>,
     by_mnt_ns: HashMap<u64, Arc<ContainerView>>,
@@ -54,6 +57,7 @@ impl MarkIndex {
     ) -> Arc<ContainerView> {
         let id = view.reference.id.clone();
         self.remove(&id);
+        self.generation += 1;
         let view = Arc::new(view);
         for (fid, path, is_dir) in marks {
             self.files.entry(*fid).or_default().push(MarkedPath {
@@ -73,6 +77,7 @@ impl MarkIndex {
         let Some(view) = self.by_id.remove(id) else {
             return Vec::new();
         };
+        self.generation += 1;
         if self
             .by_pid_ns
             .get(&view.pid_ns)
@@ -122,6 +127,11 @@ impl MarkIndex {
                 .or_else(|| marks.first()),
             None => marks.first(),
         }
+    }
+
+    /// Changes whenever a container comes or goes.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Number of marked inodes.
