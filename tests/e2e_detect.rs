@@ -322,48 +322,9 @@ fn host_files_are_never_marked() {
     let d = Daemon::start("");
     // Keep the container alive while we inspect the daemon's marks.
     let b = Bundle::new("kw-hostmarks", &d.socket, "sleep 3");
-    let bundle_dir = b.dir.clone();
-    let id = b.id.clone();
-    let cfg = b.config.clone();
-    std::fs::write(
-        bundle_dir.join("config.json"),
-        serde_json::to_string(&cfg).unwrap(),
-    )
-    .unwrap();
-    let child = std::process::Command::new("timeout")
-        .args(["-s", "KILL", "30", "runc", "run", "--bundle"])
-        .arg(&bundle_dir)
-        .arg(&id)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while d.status()["containers"].as_u64() != Some(1) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "container never registered: {}",
-            d.log_text()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    // Read every inode mark from the daemon's fanotify fdinfo.
-    let pid = d.pid();
-    let mut marked = Vec::new();
-    for fd in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
-        .unwrap()
-        .flatten()
-    {
-        let info = std::fs::read_to_string(fd.path()).unwrap_or_default();
-        for line in info.lines().filter(|l| l.starts_with("fanotify ino:")) {
-            let ino = line
-                .split_whitespace()
-                .nth(1)
-                .unwrap()
-                .trim_start_matches("ino:");
-            marked.push(u64::from_str_radix(ino, 16).unwrap());
-        }
-    }
+    let child = b.spawn();
+    d.wait_registered(1);
+    let marked = d.marked_inodes();
     let ino = |p: &std::path::Path| std::fs::metadata(p).unwrap().ino();
     // The container's own shadow is marked (so this test can fail)...
     assert!(

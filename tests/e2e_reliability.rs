@@ -20,35 +20,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use keyward::protocol::{Registration, Reply, Request};
 
-fn wait_registered(d: &Daemon, n: u64) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while d.status()["containers"].as_u64() != Some(n) {
-        assert!(
-            Instant::now() < deadline,
-            "never {n} containers: {}",
-            d.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn spawn_container(b: &Bundle) -> std::process::Child {
-    std::fs::write(
-        b.dir.join("config.json"),
-        serde_json::to_string(&b.config).unwrap(),
-    )
-    .unwrap();
-    Command::new("timeout")
-        .args(["-s", "KILL", "60", "runc", "run", "--bundle"])
-        .arg(&b.dir)
-        .arg(&b.id)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
 fn touch(b: &Bundle, path: &str) {
     std::fs::write(b.rootfs.join(path.trim_start_matches('/')), "go").unwrap();
 }
@@ -62,15 +33,15 @@ fn restart_and_crash_keep_watching_running_containers() {
     let script = "until [ -e /tmp/go1 ]; do sleep 0.05; done; /usr/bin/tar cf /tmp/1.tar /root/.ssh/id_rsa;
         until [ -e /tmp/go2 ]; do sleep 0.05; done; /usr/bin/tar cf /tmp/2.tar /root/.aws/credentials; sleep 0.5";
     let b = Bundle::new("kw-restart", &d.socket, script);
-    let mut child = spawn_container(&b);
+    let mut child = b.spawn();
     // A second, short-lived container that exits while the daemon is down.
     let short = Bundle::new(
         "kw-short",
         &d.socket,
         "until [ -e /tmp/go ]; do sleep 0.05; done",
     );
-    let mut short_child = spawn_container(&short);
-    wait_registered(&d, 2);
+    let mut short_child = short.spawn();
+    d.wait_registered(2);
 
     // Graceful restart: the registry on disk brings the container back.
     d.stop();
@@ -492,24 +463,9 @@ fn container_symlinks_never_lead_the_daemon_to_host_files() {
     std::os::unix::fs::symlink("../../../../../../../../etc", r.join("root/.aws")).unwrap();
     std::fs::remove_file(r.join("etc/gshadow")).unwrap();
     std::os::unix::fs::symlink("/proc/1/root/etc/shadow", r.join("etc/gshadow")).unwrap();
-    let mut child = spawn_container(&b);
-    wait_registered(&d, 1);
-    let pid = d.pid();
-    let mut marked = Vec::new();
-    for fd in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
-        .unwrap()
-        .flatten()
-    {
-        let info = std::fs::read_to_string(fd.path()).unwrap_or_default();
-        for line in info.lines().filter(|l| l.starts_with("fanotify ino:")) {
-            let ino = line
-                .split_whitespace()
-                .nth(1)
-                .unwrap()
-                .trim_start_matches("ino:");
-            marked.push(u64::from_str_radix(ino, 16).unwrap());
-        }
-    }
+    let mut child = b.spawn();
+    d.wait_registered(1);
+    let marked = d.marked_inodes();
     let ino = |p: &std::path::Path| std::fs::metadata(p).unwrap().ino();
     assert!(
         marked.contains(&ino(&r.join("etc/shadow"))),

@@ -248,16 +248,30 @@ pub struct Daemon {
 impl Daemon {
     /// Start with extra TOML appended to the test's base config.
     pub fn start(extra: &str) -> Self {
+        Self::start_inner(extra, None)
+    }
+
+    /// Like [`Daemon::start`], but the `[alerts.syslog]` table is
+    /// `syslog_table` (e.g. `server = "tcp://127.0.0.1:PORT"`) instead of the
+    /// harness's datagram socket. The harness socket is still bound, unused.
+    pub fn start_with_syslog(extra: &str, syslog_table: &str) -> Self {
+        Self::start_inner(extra, Some(syslog_table))
+    }
+
+    fn start_inner(extra: &str, syslog_table: Option<&str>) -> Self {
         let dir = std::env::temp_dir().join(unique("keyward-e2e"));
         fs::create_dir_all(&dir).unwrap();
         let socket = dir.join("keyward.sock");
         let alerts = dir.join("alerts.json");
         let syslog = Syslog::bind(dir.join("log.sock"));
         let config = dir.join("keyward.toml");
+        let table = match syslog_table {
+            Some(t) => t.to_string(),
+            None => format!("socket = {:?}", syslog.path),
+        };
         let text = format!(
-            "socket = {socket:?}\n{extra}\n[daemon]\nruntime_dir = {:?}\naggregate_ms = 200\n[alerts]\njson = {alerts:?}\n[alerts.syslog]\nsocket = {:?}\n",
+            "socket = {socket:?}\n{extra}\n[daemon]\nruntime_dir = {:?}\naggregate_ms = 200\n[alerts]\njson = {alerts:?}\n[alerts.syslog]\n{table}\n",
             dir.join("run"),
-            syslog.path
         );
         fs::write(&config, text).unwrap();
         let mut d = Self {
@@ -273,32 +287,39 @@ impl Daemon {
         d
     }
 
-    /// Like [`Daemon::start`], but the `[alerts.syslog]` table is
-    /// `syslog_table` (e.g. `server = "tcp://127.0.0.1:PORT"`) instead of the
-    /// harness's datagram socket. The harness socket is still bound, unused.
-    pub fn start_with_syslog(extra: &str, syslog_table: &str) -> Self {
-        let dir = std::env::temp_dir().join(unique("keyward-e2e"));
-        fs::create_dir_all(&dir).unwrap();
-        let socket = dir.join("keyward.sock");
-        let alerts = dir.join("alerts.json");
-        let syslog = Syslog::bind(dir.join("log.sock"));
-        let config = dir.join("keyward.toml");
-        let text = format!(
-            "socket = {socket:?}\n{extra}\n[daemon]\nruntime_dir = {:?}\naggregate_ms = 200\n[alerts]\njson = {alerts:?}\n[alerts.syslog]\n{syslog_table}\n",
-            dir.join("run"),
-        );
-        fs::write(&config, text).unwrap();
-        let mut d = Self {
-            dir,
-            socket,
-            alerts,
-            config,
-            syslog,
-            child: None,
-            log: PathBuf::new(),
-        };
-        d.spawn();
-        d
+    /// Wait until the daemon watches exactly `n` containers.
+    pub fn wait_registered(&self, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while self.status()["containers"].as_u64() != Some(n) {
+            assert!(
+                Instant::now() < deadline,
+                "never {n} containers: {}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Inode numbers of every fanotify inode mark the daemon holds, read
+    /// from its `/proc/<pid>/fdinfo`.
+    pub fn marked_inodes(&self) -> Vec<u64> {
+        let pid = self.pid();
+        let mut marked = Vec::new();
+        for fd in fs::read_dir(format!("/proc/{pid}/fdinfo"))
+            .unwrap()
+            .flatten()
+        {
+            let info = fs::read_to_string(fd.path()).unwrap_or_default();
+            for line in info.lines().filter(|l| l.starts_with("fanotify ino:")) {
+                let ino = line
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap()
+                    .trim_start_matches("ino:");
+                marked.push(u64::from_str_radix(ino, 16).unwrap());
+            }
+        }
+        marked
     }
 
     /// Start (or restart) the daemon process on the same dir and config.
@@ -547,6 +568,24 @@ impl Bundle {
         self.config["hooks"] =
             serde_json::json!({"createRuntime": [hook.clone()], "poststop": [hook]});
         self
+    }
+
+    /// `runc run` in the background (under a 60 s timeout), output dropped.
+    pub fn spawn(&self) -> std::process::Child {
+        fs::write(
+            self.dir.join("config.json"),
+            serde_json::to_string(&self.config).unwrap(),
+        )
+        .unwrap();
+        Command::new("timeout")
+            .args(["-s", "KILL", "60", "runc", "run", "--bundle"])
+            .arg(&self.dir)
+            .arg(&self.id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("runc run")
     }
 
     /// `runc run` to completion (under a timeout); stdout+stderr and status.
