@@ -23,6 +23,9 @@ use crate::rules::{ArchiverHit, ExecMatch};
 pub enum Trigger {
     /// The seed rule matched a process start.
     Exec { matched: ExecMatch },
+    /// Any exec in a watched container, for `alerts.process_events`; not an
+    /// alert and never aggregated.
+    Start,
     /// An archiver opened a credential file.
     Open {
         /// Canonical path inside the container.
@@ -133,6 +136,7 @@ impl Alert {
 
     fn add(&mut self, f: Finding, max_files: usize) {
         match f.trigger {
+            Trigger::Start => {}
             Trigger::Exec { matched } => self.exec_match = Some(matched),
             Trigger::Open {
                 path,
@@ -315,7 +319,7 @@ fn process_json(p: &ProcessInfo) -> Value {
         "args_count": p.args_count,
         "command_line": p.args.join(" "),
         "working_directory": p.cwd,
-        "start": p.start_time_ticks,
+        "start": start_time(p.start_time_ticks).map(rfc3339),
         "user": {"id": p.uid.map(|u| u.to_string())},
     });
     if let Some(parent) = &p.parent {
@@ -381,6 +385,45 @@ impl Degradation {
             "keyward": {"health": self},
         })
     }
+}
+
+/// A process start time in clock ticks since boot, as a wall-clock time
+/// (boot time from `/proc/stat` plus ticks / `CLK_TCK`).
+pub fn start_time(ticks: u64) -> Option<SystemTime> {
+    static BOOT: std::sync::OnceLock<Option<(u64, u64)>> = std::sync::OnceLock::new();
+    let (btime, hz) = (*BOOT.get_or_init(|| {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let btime = stat
+            .lines()
+            .find_map(|l| l.strip_prefix("btime "))?
+            .trim()
+            .parse()
+            .ok()?;
+        // SAFETY: sysconf has no memory-safety preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        (hz > 0).then_some((btime, hz as u64))
+    }))?;
+    let ms = ticks.checked_mul(1000)? / hz;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(btime) + Duration::from_millis(ms))
+}
+
+/// An ECS process start event, for `alerts.process_events`: every exec in a
+/// watched container, so Elastic can run the seed EQL itself.
+pub fn process_start_doc(
+    hostname: &str,
+    container: &ContainerRef,
+    p: &ProcessInfo,
+    at: SystemTime,
+) -> Value {
+    json!({
+        "@timestamp": rfc3339(at),
+        "ecs": {"version": "8.11.0"},
+        "event": {"kind": "event", "module": "keyward", "dataset": "keyward.process", "category": ["process"], "type": ["start"], "action": "exec"},
+        "container": container_json(container),
+        "process": process_json(p),
+        "host": {"hostname": hostname},
+        "user": {"id": p.uid.map(|u| u.to_string())},
+    })
 }
 
 /// RFC 3339 with milliseconds, UTC.
@@ -596,6 +639,26 @@ mod tests {
         assert_eq!(out[0].files.len(), 2);
         assert_eq!(out[0].files_total, 3);
         assert_eq!(agg.pending(), 0);
+    }
+
+    #[test]
+    fn start_ticks_become_a_date_near_now_for_this_process() {
+        let me = crate::attribution::stat(std::process::id() as i32).unwrap();
+        let t = start_time(me.start_time_ticks).unwrap();
+        let age = SystemTime::now().duration_since(t).unwrap_or_default();
+        assert!(age < Duration::from_secs(3600), "{age:?}");
+        let doc = process_start_doc(
+            "h",
+            &ContainerRef {
+                id: "c".into(),
+                ..Default::default()
+            },
+            &proc_info(1, me.start_time_ticks),
+            SystemTime::now(),
+        );
+        assert_eq!(doc["event"]["type"][0], "start");
+        assert_eq!(doc["process"]["args"][0], "tar");
+        assert!(doc["process"]["start"].as_str().unwrap().ends_with('Z'));
     }
 
     #[test]

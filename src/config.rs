@@ -160,6 +160,10 @@ impl Default for DaemonConfig {
 pub struct AlertsConfig {
     /// ECS JSON lines file; remove the key to disable.
     pub json: Option<PathBuf>,
+    /// Opt-in: an ECS process start event for every exec in a watched
+    /// container, one JSON object per line, so Elastic can run the seed EQL
+    /// unchanged. Unset by default (volume: one document per exec).
+    pub process_events: Option<PathBuf>,
     /// Alerts per container per minute; more are counted and summarised in
     /// one alert when the minute ends. 0 disables the limit.
     pub rate_limit_per_minute: u32,
@@ -170,6 +174,7 @@ impl Default for AlertsConfig {
     fn default() -> Self {
         Self {
             json: Some(PathBuf::from("/var/log/keyward/alerts.json")),
+            process_events: None,
             rate_limit_per_minute: 60,
             syslog: SyslogConfig::default(),
         }
@@ -474,6 +479,17 @@ impl Config {
             return invalid(
                 "daemon.decision_deadline_ms",
                 format!("{} is outside 10..=10000", self.daemon.decision_deadline_ms),
+            );
+        }
+        if let Some(p) = self
+            .alerts
+            .process_events
+            .as_ref()
+            .filter(|j| !j.is_absolute())
+        {
+            return invalid(
+                "alerts.process_events",
+                format!("{p:?} is not an absolute path"),
             );
         }
         if let Some(json) = self.alerts.json.as_ref().filter(|j| !j.is_absolute()) {

@@ -401,6 +401,9 @@ impl Daemon {
         match Config::load(self.config_path.as_deref()).and_then(|c| Ok((Self::policy(&c)?, c))) {
             Ok((policy, cfg)) => {
                 *self.ctx.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
+                self.ctx
+                    .process_events
+                    .store(cfg.alerts.process_events.is_some(), Ordering::Relaxed);
                 let _ = alert_cfg.send(cfg.clone());
                 *self.config.write().unwrap_or_else(|e| e.into_inner()) = cfg;
                 self.config_errors
@@ -443,7 +446,11 @@ impl Handler for Daemon {
 /// Add a finding to its run and carry out the run's response: once per run
 /// for the container-wide actions, and whenever a later finding brings an
 /// outcome (the kill done on the answering thread, a denied open).
-fn ingest(agg: &mut Aggregator, ctx: &Context, f: Finding) {
+fn ingest(agg: &mut Aggregator, ctx: &Context, f: Finding, sinks: &mut Sinks) {
+    if f.trigger == crate::alert::Trigger::Start {
+        sinks.deliver_process_start(&f);
+        return;
+    }
     let (id, pid, start) = (
         f.container.id.clone(),
         f.process.pid,
@@ -501,10 +508,10 @@ fn alert_loop(
         let stopping = stop.load(Ordering::Relaxed);
         match findings.recv_timeout(Duration::from_millis(50)) {
             Ok(f) => {
-                ingest(&mut agg, ctx, f);
+                ingest(&mut agg, ctx, f, &mut sinks);
                 // Take whatever else is already queued before delivering.
                 while let Ok(f) = findings.try_recv() {
-                    ingest(&mut agg, ctx, f);
+                    ingest(&mut agg, ctx, f, &mut sinks);
                 }
             }
             Err(RecvTimeoutError::Timeout) => {}
@@ -648,6 +655,8 @@ pub fn run(config_path: Option<&Path>) -> Result<(), DaemonError> {
         }
     };
     let ctx = Arc::new(Context::new(policy));
+    ctx.process_events
+        .store(cfg.alerts.process_events.is_some(), Ordering::Relaxed);
     ctx.identities
         .learn_host(ctx.policy().rules.file_archivers().names());
     let (tx, rx) = mpsc::sync_channel::<Finding>(cfg.daemon.queue_capacity);

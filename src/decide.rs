@@ -246,6 +246,9 @@ pub struct Context {
     /// credential directory in a loop then costs one `/proc/<pid>/stat`
     /// read per open instead of a full attribution.
     benign: std::sync::Mutex<HashMap<attribution::ImageKey, (u64, u64)>>,
+    /// Whether every exec in a watched container is reported as a process
+    /// start event (`alerts.process_events`).
+    pub process_events: std::sync::atomic::AtomicBool,
 }
 
 fn bump(c: &AtomicU64) {
@@ -261,6 +264,7 @@ impl Context {
             stats: Stats::default(),
             identities: crate::identity::Identities::default(),
             benign: std::sync::Mutex::new(HashMap::new()),
+            process_events: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -538,7 +542,8 @@ pub fn probe_exec(ctx: &Context, pid: i32, fid: FileId) -> ExecProbe {
         .rules
         .match_exec_names(&[proc.exe_name(), &proc.comm], &proc.args);
     let archiver = archiver_of(ctx, &policy, pid, &proc);
-    if matched.is_none() && archiver.is_none() {
+    let starts = ctx.process_events.load(Ordering::Relaxed);
+    if matched.is_none() && archiver.is_none() && !starts {
         return ExecProbe::Done(None);
     }
     let Some(container) = ctx.container_of(pid) else {
@@ -553,7 +558,7 @@ pub fn probe_exec(ctx: &Context, pid: i32, fid: FileId) -> ExecProbe {
         .filter(|_| !policy.excepted(crate::rules::FILE_RULE_ID, &container, &proc))
         .map(|a| inherited_credentials(ctx, &policy, pid, &container, a))
         .unwrap_or_default();
-    if matched.is_none() && inherited.is_empty() {
+    if matched.is_none() && inherited.is_empty() && !starts {
         return ExecProbe::Done(None);
     }
     let process = proc.complete();
@@ -565,14 +570,16 @@ pub fn probe_exec(ctx: &Context, pid: i32, fid: FileId) -> ExecProbe {
         action: container.action,
         response: None,
     };
-    let mut out: Vec<Finding> = matched
-        .map(|m| finding(Trigger::Exec { matched: m }))
+    let mut out: Vec<Finding> = starts
+        .then(|| finding(Trigger::Start))
         .into_iter()
         .collect();
+    out.extend(matched.map(|m| finding(Trigger::Exec { matched: m })));
     out.extend(inherited.into_iter().map(finding));
+    let alerts = out.iter().filter(|f| f.trigger != Trigger::Start).count();
     ctx.stats
         .findings
-        .fetch_add(out.len() as u64, Ordering::Relaxed);
+        .fetch_add(alerts as u64, Ordering::Relaxed);
     ExecProbe::Done(Some(Box::new(out)))
 }
 

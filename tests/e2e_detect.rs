@@ -343,3 +343,71 @@ fn host_files_are_never_marked() {
     let mut child = child;
     let _ = child.wait();
 }
+
+#[test]
+fn process_start_events_carry_what_the_seed_eql_needs() {
+    if !privileged() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(unique("kw-starts"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let events = dir.join("process.json");
+    let d = Daemon::start("");
+    // The [alerts] table is the harness's: add the key there and reload.
+    let cfg = std::fs::read_to_string(&d.config).unwrap();
+    std::fs::write(
+        &d.config,
+        cfg.replace(
+            "[alerts]\n",
+            &format!("[alerts]\nprocess_events = {events:?}\n"),
+        ),
+    )
+    .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(d.pid()),
+        nix::sys::signal::SIGHUP,
+    )
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let b = Bundle::new(
+        "kw-starts",
+        &d.socket,
+        "ls / > /dev/null; /usr/bin/tar czf /tmp/x.tgz /root/.ssh/id_rsa; sleep 0.2",
+    );
+    assert!(b.run().status.success());
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let docs: Vec<Value> = std::fs::read_to_string(&events)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let ours: Vec<&Value> = docs
+        .iter()
+        .filter(|e| e["container"]["id"] == b.id.as_str())
+        .collect();
+    assert!(
+        ours.iter()
+            .all(|e| e["event"]["type"][0] == "start" && e["event"]["kind"] == "event")
+    );
+    let tar = ours
+        .iter()
+        .find(|e| e["process"]["name"] == "tar")
+        .unwrap_or_else(|| panic!("no start event for tar: {docs:#?}"));
+    // The seed rule, evaluated on the event's fields as Elastic would.
+    let rules = keyward::rules::Rules::compile(&Default::default()).unwrap();
+    let args: Vec<String> = tar["process"]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    let name = tar["process"]["name"].as_str().unwrap();
+    assert!(
+        rules
+            .match_exec(std::ffi::OsStr::new(name), &args)
+            .is_some(),
+        "{tar:#}"
+    );
+    assert!(tar["process"]["start"].as_str().unwrap().ends_with('Z'));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -99,6 +99,8 @@ impl Backlog {
 pub struct Sinks {
     hostname: String,
     json: Option<json::JsonSink>,
+    /// Process start events (`alerts.process_events`), opt-in.
+    starts: Option<json::JsonSink>,
     syslog: Option<syslog::SyslogSink>,
 }
 
@@ -111,6 +113,10 @@ impl Sinks {
             .unwrap_or_else(|_| "localhost".into());
         Self {
             json: cfg.json.as_ref().map(|p| json::JsonSink::new(p.clone())),
+            starts: cfg
+                .process_events
+                .as_ref()
+                .map(|p| json::JsonSink::new(p.clone())),
             syslog: cfg
                 .syslog
                 .enabled
@@ -127,6 +133,18 @@ impl Sinks {
         }
         if let Some(s) = &mut self.syslog {
             s.deliver(alert, &doc);
+        }
+    }
+
+    /// Write a process start event, if they are enabled.
+    pub fn deliver_process_start(&mut self, f: &crate::alert::Finding) {
+        if let Some(s) = &mut self.starts {
+            s.deliver(&crate::alert::process_start_doc(
+                &self.hostname,
+                &f.container,
+                &f.process,
+                f.at,
+            ));
         }
     }
 
@@ -153,6 +171,9 @@ impl Sinks {
     /// Retry what earlier deliveries could not send.
     pub fn retry(&mut self) {
         if let Some(j) = &mut self.json {
+            j.retry();
+        }
+        if let Some(j) = &mut self.starts {
             j.retry();
         }
         if let Some(s) = &mut self.syslog {
