@@ -1,0 +1,82 @@
+//! procfs attribution cost on a live process: what the permission loop pays
+//! per event before any rule runs.
+//!
+//! * [`keyward::attribution::stat`]: one read of `/proc/<pid>/stat` (also
+//!   what `container_of` pays per ancestry step, next to two `ns` stats);
+//! * [`keyward::attribution::RawProcess::read`]: stat, exe, cmdline and
+//!   comm, i.e. what `decide_open` reads for every held opener in a
+//!   container;
+//! * [`keyward::attribution::RawProcess::complete`]: the extra reads made
+//!   only for a finding (parent, cwd, uid via the `procfs` crate).
+//! * `ns_inode_pid_mnt`: the two namespace stats `container_of` makes per
+//!   ancestry step.
+//!
+//! The target is a spawned `sleep 600` (killed by pid at the end), so the
+//! figures are for an ordinary small process, not for the bench itself.
+//!
+//! Run: `cargo bench --bench attribution` (any user; reading another
+//! process's `exe` needs the same uid or root).
+
+use std::hint::black_box;
+use std::process::{Child, Command, Stdio};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use keyward::attribution::{self, RawProcess};
+
+/// A `sleep` child, killed and reaped on drop.
+struct Sleeper(Child);
+
+impl Drop for Sleeper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let child = Command::new("sleep")
+        .arg("600")
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn sleep");
+    let sleeper = Sleeper(child);
+    let pid = sleeper.0.id() as i32;
+    // Wait until the child has exec'ed sleep (argv no longer ours).
+    for _ in 0..1000 {
+        if RawProcess::read(pid).is_ok_and(|p| p.exe_name() == "sleep") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let p = RawProcess::read(pid).expect("read sleep");
+    assert_eq!(p.exe_name(), "sleep");
+
+    let mut g = c.benchmark_group("attribution");
+    g.bench_function("stat", |b| {
+        b.iter(|| black_box(attribution::stat(black_box(pid))))
+    });
+    g.bench_function("ns_inode_pid_mnt", |b| {
+        b.iter(|| {
+            black_box(attribution::ns_inode(black_box(pid), "pid").ok());
+            black_box(attribution::ns_inode(black_box(pid), "mnt").ok());
+        })
+    });
+    g.bench_function("raw_process_read", |b| {
+        b.iter(|| black_box(RawProcess::read(black_box(pid))))
+    });
+    g.bench_function("complete", |b| {
+        b.iter_batched(
+            || p.clone(),
+            |raw| black_box(raw.complete()),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("read_and_complete", |b| {
+        b.iter(|| black_box(RawProcess::read(black_box(pid)).map(RawProcess::complete)))
+    });
+    g.finish();
+    drop(sleeper);
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,564 @@
+#!/usr/bin/env bash
+# keyward overhead, measured side by side: watched (hook + daemon) against
+# unwatched (same container, no hook, no daemon), alternating A B A B.
+#
+#   sudo bash packaging/bench.sh
+#
+# Knobs (environment): ROUNDS=5 (per arm) EXECS=2000 FILES=10000 OPENS=5000
+# STARTS=5 (container starts per round and arm) CONTAINERS=50 (kept alive
+# for the RSS figure) CYCLES=200 (start/stop cycles for the leak check)
+# KEYWARD=/path/to/keyward (skip `cargo build --release`)
+# BENCH_TIMEOUT=3600 (seconds for the whole run).
+#
+# What it does, all under `timeout`, on loopback only, with no fanotify
+# marks of its own (the daemon marks each registered container, nothing
+# else):
+#   1. builds keyward (release) and a busybox-static + GNU tar/gzip/date
+#      rootfs (ldd libraries copied), plus a tiny static C helper
+#      (`kwb`: monotonic clock, open(2) latency percentiles);
+#   2. starts its own daemon with a private socket, runtime dir and alert
+#      file under a temp dir, syslog off; stops it by pid;
+#   3. A rounds: daemon up, hook in config.json; B rounds: daemon down, no
+#      hook. Each round runs one bench container (exec storm, tar over
+#      FILES files, OPENS opens of /etc/passwd by the shell and by cat, open
+#      latency percentiles), a host open loop and STARTS container starts;
+#   4. memory: daemon VmRSS with 0 and CONTAINERS live containers (own
+#      overlay rootfs each when overlayfs works), and before/after CYCLES
+#      start/stop cycles;
+#   5. prints medians and watched/unwatched ratios.
+# Idempotent: everything lives under a fresh mktemp dir that is removed on
+# exit; containers are named kwbench-<pid>-*, and leftovers of an earlier run
+# whose script is gone are deleted first.
+set -euo pipefail
+
+if [ -z "${KWBENCH_TIMED:-}" ]; then
+    export KWBENCH_TIMED=1
+    exec timeout -s TERM -k 30 "${BENCH_TIMEOUT:-3600}" bash "$0" "$@"
+fi
+
+ROUNDS=${ROUNDS:-5}
+EXECS=${EXECS:-2000}
+FILES=${FILES:-10000}
+OPENS=${OPENS:-5000}
+STARTS=${STARTS:-5}
+CONTAINERS=${CONTAINERS:-50}
+CYCLES=${CYCLES:-200}
+RUNC_TIMEOUT=120
+DAEMON_TIMEOUT=$(( ${BENCH_TIMEOUT:-3600} + 60 ))
+
+die() { echo "bench: $*" >&2; exit 1; }
+say() { echo "bench: $*" >&2; }
+
+[ "$(id -u)" = 0 ] || die "must run as root (runc, fanotify)"
+for t in runc busybox tar gzip date ldd timeout cc awk sort mount; do
+    command -v "$t" >/dev/null || die "missing $t (sudo bash .ci/deps; apt-get install gcc libc6-dev)"
+done
+
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+if [ -n "${KEYWARD:-}" ]; then
+    KW=$KEYWARD
+else
+    say "cargo build --release"
+    (cd "$REPO" && timeout 1800 cargo build --release --quiet --bin keyward)
+    KW="${CARGO_TARGET_DIR:-$REPO/target}/release/keyward"
+fi
+[ -x "$KW" ] || die "no keyward binary at $KW"
+KW=$(readlink -f "$KW")
+
+PREFIX="kwbench-$$"
+# Leftovers of an interrupted earlier run (its script pid is gone).
+for id in $(timeout 30 runc list -q 2>/dev/null | grep '^kwbench-' || true); do
+    owner=${id#kwbench-}; owner=${owner%%-*}
+    if ! kill -0 "$owner" 2>/dev/null; then
+        timeout 30 runc delete -f "$id" >/dev/null 2>&1 || true
+    fi
+done
+
+WORK=$(mktemp -d /tmp/keyward-bench.XXXXXX)
+DPID=""
+TPID=""
+IDS="$WORK/ids"
+MOUNTS="$WORK/mounts"
+: >"$IDS"
+: >"$MOUNTS"
+
+stop_daemon() {
+    [ -n "$DPID" ] || return 0
+    kill -TERM "$DPID" 2>/dev/null || true
+    for _ in $(seq 100); do
+        kill -0 "$DPID" 2>/dev/null || break
+        sleep 0.05
+    done
+    kill -0 "$DPID" 2>/dev/null && kill -KILL "$DPID" 2>/dev/null || true
+    wait "$TPID" 2>/dev/null || true
+    DPID=""
+    TPID=""
+}
+
+cleanup() {
+    set +e
+    # Containers first, while the daemon can still take their poststop.
+    while read -r id; do
+        timeout 30 runc delete -f "$id" >/dev/null 2>&1
+    done <"$IDS"
+    stop_daemon
+    tac "$MOUNTS" | while read -r m; do umount "$m" 2>/dev/null || umount -l "$m"; done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---------------------------------------------------------------- rootfs --
+
+copy_with_libs() { # bin root dest
+    local bin=$1 root=$2 dest=$3 lib
+    mkdir -p "$root$(dirname "$dest")"
+    cp -L "$bin" "$root$dest"
+    for lib in $(ldd "$bin" 2>/dev/null | grep -o '/[^ ]*' || true); do
+        [ -e "$root$lib" ] && continue
+        mkdir -p "$root$(dirname "$lib")"
+        cp -L "$lib" "$root$lib"
+    done
+}
+
+build_rootfs() { # dir
+    local root=$1 bb a
+    mkdir -p "$root"/{bin,sbin,usr/bin,tmp,proc,dev,sys,etc,root,app,home/alice}
+    chmod 1777 "$root/tmp"
+    bb=$(command -v busybox)
+    cp -L "$bb" "$root/bin/busybox"
+    for a in $(busybox --list); do
+        [ -e "$root/bin/$a" ] || ln -s busybox "$root/bin/$a"
+    done
+    copy_with_libs "$(command -v tar)" "$root" /usr/bin/tar
+    copy_with_libs "$(command -v gzip)" "$root" /usr/bin/gzip
+    copy_with_libs "$(command -v date)" "$root" /usr/bin/date
+    cp "$WORK/kwb" "$root/usr/bin/kwb"
+    printf 'root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\n' >"$root/etc/passwd"
+    printf 'root:x:0:\nalice:x:1000:\n' >"$root/etc/group"
+    printf '127.0.0.1 localhost\n' >"$root/etc/hosts"
+    printf 'root:$6$BENCH:19000:0:99999:7:::\n' >"$root/etc/shadow"
+    mkdir -p "$root/root/.ssh" "$root/root/.aws" "$root/home/alice/.ssh"
+    echo FAKE-KEY >"$root/root/.ssh/id_rsa"
+    echo FAKE-AWS >"$root/root/.aws/credentials"
+    echo FAKE-KEY >"$root/home/alice/.ssh/id_ed25519"
+    echo "print('hello')" >"$root/app/main.py"
+}
+
+# A static helper: `kwb now` prints CLOCK_MONOTONIC in ns; `kwb open PATH N`
+# opens PATH N times and prints the total and percentiles of open(2) time.
+cat >"$WORK/kwb.c" <<'EOF'
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+static long long now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+static int cmp(const void *a, const void *b) {
+    long long x = *(const long long *)a, y = *(const long long *)b;
+    return x < y ? -1 : x > y;
+}
+int main(int argc, char **argv) {
+    if (argc == 2 && !strcmp(argv[1], "now")) {
+        printf("%lld\n", now());
+        return 0;
+    }
+    if (argc != 4 || strcmp(argv[1], "open")) {
+        fprintf(stderr, "usage: kwb now | kwb open PATH N\n");
+        return 2;
+    }
+    int n = atoi(argv[3]);
+    long long *d = malloc(sizeof *d * (n > 0 ? n : 1));
+    long long t0 = now();
+    for (int i = 0; i < n; i++) {
+        long long a = now();
+        int fd = open(argv[2], O_RDONLY | O_CLOEXEC);
+        long long b = now();
+        if (fd < 0) { perror(argv[2]); return 1; }
+        close(fd);
+        d[i] = b - a;
+    }
+    long long total = now() - t0;
+    qsort(d, n, sizeof *d, cmp);
+    printf("n=%d total_ns=%lld p50_ns=%lld p90_ns=%lld p99_ns=%lld max_ns=%lld\n", n, total,
+           d[n / 2], d[n * 9 / 10], d[n * 99 / 100], d[n - 1]);
+    return 0;
+}
+EOF
+cc -O2 -static -o "$WORK/kwb" "$WORK/kwb.c" 2>/dev/null || die "cannot build the static helper (apt-get install libc6-dev)"
+
+say "building rootfs under $WORK"
+BASE="$WORK/base"
+build_rootfs "$BASE"
+DATA_ROOT="$WORK/data-rootfs"
+cp -a "$BASE" "$DATA_ROOT"
+mkdir -p "$DATA_ROOT/data"
+for ((d = 0; d < (FILES + 99) / 100; d++)); do
+    mkdir -p "$DATA_ROOT/data/d$d"
+    for ((f = 0; f < 100 && d * 100 + f < FILES; f++)); do
+        printf 'file %d %d\n' "$d" "$f" >"$DATA_ROOT/data/d$d/f$f"
+    done
+done
+
+# ---------------------------------------------------------------- config --
+
+SOCK="$WORK/keyward.sock"
+cat >"$WORK/keyward.toml" <<EOF
+socket = "$SOCK"
+[daemon]
+runtime_dir = "$WORK/run"
+[alerts]
+json = "$WORK/alerts.json"
+[alerts.syslog]
+enabled = false
+EOF
+
+json_string() { # stdin -> one JSON string literal (scripts here have no \ or ")
+    awk 'BEGIN {ORS = ""; print "\""} {if (NR > 1) print "\\n"; print} END {print "\""}'
+}
+
+# write_config BUNDLE ROOTFS HOOK(0|1) SCRIPT: an OCI config like `runc
+# spec`'s default (new pid, net, ipc, uts, mount and cgroup namespaces;
+# loopback only), running `sh -c SCRIPT`, with or without the keyward hook.
+write_config() {
+    local bundle=$1 rootfs=$2 hook=$3 script hooks=""
+    case $4 in *'"'* | *\\*) die "container scripts must not contain \" or \\" ;; esac
+    script=$(printf '%s' "$4" | json_string)
+    if [ "$hook" = 1 ]; then
+        local h="{\"path\": \"$KW\", \"args\": [\"keyward\", \"hook\", \"--socket\", \"$SOCK\"], \"timeout\": 10}"
+        hooks="\"hooks\": {\"createRuntime\": [$h], \"poststop\": [$h]},"
+    fi
+    cat >"$bundle/config.json" <<EOF
+{
+  "ociVersion": "1.0.2-dev",
+  "process": {
+    "terminal": false,
+    "user": {"uid": 0, "gid": 0},
+    "args": ["/bin/sh", "-c", $script],
+    "env": ["PATH=/usr/bin:/bin", "HOME=/root"],
+    "cwd": "/",
+    "capabilities": {
+      "bounding": ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"],
+      "effective": ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"],
+      "permitted": ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"],
+      "ambient": ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
+    },
+    "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+    "noNewPrivileges": true
+  },
+  "root": {"path": "$rootfs", "readonly": false},
+  "hostname": "kwbench",
+  $hooks
+  "mounts": [
+    {"destination": "/proc", "type": "proc", "source": "proc"},
+    {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+    {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
+    {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+    {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
+    {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
+    {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}
+  ],
+  "linux": {
+    "resources": {"devices": [{"allow": false, "access": "rwm"}]},
+    "namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "cgroup"}],
+    "maskedPaths": ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi"],
+    "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+  }
+}
+EOF
+}
+
+NEXT=0
+# new_id KIND: sets ID (no subshell, so the counter advances).
+new_id() { NEXT=$((NEXT + 1)); ID="$PREFIX-$1-$NEXT"; }
+
+# run_container BUNDLE ID: foreground `runc run`, stdout to stdout.
+run_container() {
+    local bundle=$1 id=$2 rc=0
+    echo "$id" >>"$IDS"
+    timeout -s KILL "$RUNC_TIMEOUT" runc run --bundle "$bundle" "$id" </dev/null || rc=$?
+    timeout 30 runc delete -f "$id" >/dev/null 2>&1 || true
+    return $rc
+}
+
+start_daemon() {
+    local log="$WORK/daemon.log"
+    : >"$log"
+    timeout -s KILL "$DAEMON_TIMEOUT" "$KW" daemon --config "$WORK/keyward.toml" >"$log" 2>&1 &
+    TPID=$!
+    for _ in $(seq 300); do
+        grep -q serving "$log" && break
+        kill -0 "$TPID" 2>/dev/null || die "daemon died: $(cat "$log")"
+        sleep 0.05
+    done
+    grep -q serving "$log" || die "daemon did not start: $(cat "$log")"
+    DPID=$(awk '{print $1}' "/proc/$TPID/task/$TPID/children")
+    [ -n "$DPID" ] || die "no daemon pid"
+}
+
+# On-CPU ns of every daemon thread (schedstat), for CPU per event.
+daemon_cpu_ns() { cat /proc/"$DPID"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {printf "%d", s}'; }
+rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$DPID/status"; }
+# The daemon's own decision-latency histogram (power-of-two buckets; the
+# percentiles are bucket upper bounds), cumulative since the daemon started.
+status_field() {
+    local v
+    v=$(timeout 10 "$KW" status --socket "$SOCK" | grep -o "\"$1\": *[0-9]*" | sed -n '1s/.*: *//p') || true
+    echo "${v:-0}"
+}
+perm_events() { timeout 10 "$KW" status --socket "$SOCK" | grep -o '"perm_events": *[0-9]*' | grep -o '[0-9]*$'; }
+ncontainers() { timeout 10 "$KW" containers --socket "$SOCK" | grep -c '"id"' || true; }
+
+# ---------------------------------------------------------------- bundles --
+
+# The in-container workload. Times come from the monotonic clock inside
+# the container, so container start is excluded.
+BENCH_SCRIPT="T() { /usr/bin/kwb now; }
+a=\$(T); i=0; while [ \$i -lt $EXECS ]; do /bin/true; i=\$((i+1)); done; b=\$(T); echo exec_storm_ns=\$((b-a))
+a=\$(T); /usr/bin/tar cf - -C / data | cat >/dev/null; b=\$(T); echo tar_files_ns=\$((b-a))
+a=\$(T); i=0; while [ \$i -lt $OPENS ]; do read -r l </etc/passwd; i=\$((i+1)); done; b=\$(T); echo opens_shell_ns=\$((b-a))
+a=\$(T); i=0; while [ \$i -lt $OPENS ]; do cat /etc/passwd >/dev/null; i=\$((i+1)); done; b=\$(T); echo opens_cat_ns=\$((b-a))
+/usr/bin/kwb open /etc/passwd $OPENS"
+
+BENCH_BUNDLE="$WORK/bench"
+START_BUNDLE="$WORK/start"
+SLEEP_BUNDLE="$WORK/sleeper"
+mkdir -p "$BENCH_BUNDLE" "$START_BUNDLE" "$SLEEP_BUNDLE"
+
+# Host loop: the same OPENS opens, by a host shell, of a host file.
+host_opens() {
+    local a b
+    a=$("$WORK/kwb" now)
+    busybox sh -c "i=0; while [ \$i -lt $OPENS ]; do read -r l </etc/passwd; i=\$((i+1)); done"
+    b=$("$WORK/kwb" now)
+    echo "host_opens_ns=$((b - a))"
+    "$WORK/kwb" open /etc/passwd "$OPENS" | sed 's/^/host_/'
+}
+
+RES="$WORK/results"
+: >"$RES"
+# record ARM KEY VALUE
+record() { echo "$1 $2 $3" >>"$RES"; }
+
+one_round() { # arm: A (watched) or B (unwatched)
+    local arm=$1 hook=0 out id k a b line
+    if [ "$arm" = A ]; then hook=1; start_daemon; fi
+    write_config "$BENCH_BUNDLE" "$DATA_ROOT" "$hook" "$BENCH_SCRIPT"
+    local ev0=0 cpu0=0 ev
+    if [ "$arm" = A ]; then ev0=$(perm_events); cpu0=$(daemon_cpu_ns); fi
+    new_id bench
+    out=$(run_container "$BENCH_BUNDLE" "$ID")
+    if [ "$arm" = A ]; then
+        ev=$(( $(perm_events) - ev0 ))
+        record A perm_events_per_round "$ev"
+        record A daemon_cpu_ns_per_round $(( $(daemon_cpu_ns) - cpu0 ))
+        record A hist_p50_us "$(status_field p50_us)"
+        record A hist_p99_us "$(status_field p99_us)"
+    fi
+    for k in exec_storm_ns tar_files_ns opens_shell_ns opens_cat_ns; do
+        line=$(echo "$out" | grep -o "^$k=[0-9]*") || die "no $k in: $out"
+        record "$arm" "$k" "${line#*=}"
+    done
+    line=$(echo "$out" | grep '^n=') || die "no open latency in: $out"
+    for k in p50_ns p99_ns; do
+        record "$arm" "open_$k" "$(echo "$line" | grep -o "$k=[0-9]*" | cut -d= -f2)"
+    done
+    # Host loop: in A a container stays registered while it runs.
+    if [ "$arm" = A ]; then
+        write_config "$SLEEP_BUNDLE" "$BASE" 1 "sleep 600"
+        new_id sleeper
+        id=$ID
+        echo "$id" >>"$IDS"
+        timeout -s KILL "$RUNC_TIMEOUT" runc run -d --bundle "$SLEEP_BUNDLE" "$id" \
+            </dev/null >/dev/null 2>"$WORK/runc.err" || die "detached container failed: $(cat "$WORK/runc.err")"
+        [ "$(ncontainers)" -ge 1 ] || die "sleeper not registered"
+    fi
+    [ "$arm" = A ] && ev0=$(perm_events)
+    out=$(host_opens)
+    [ "$arm" = A ] && record A host_perm_events $(( $(perm_events) - ev0 ))
+    record "$arm" host_opens_ns "$(echo "$out" | grep -o '^host_opens_ns=[0-9]*' | cut -d= -f2)"
+    record "$arm" host_open_p50_ns "$(echo "$out" | grep -o 'p50_ns=[0-9]*' | cut -d= -f2)"
+    if [ "$arm" = A ]; then
+        timeout 30 runc delete -f "$id" >/dev/null 2>&1 || true
+    fi
+    # Container starts: wall time of `runc run` of `true` (create, hooks,
+    # run, delete incl. poststop).
+    write_config "$START_BUNDLE" "$BASE" "$hook" "true"
+    for _ in $(seq "$STARTS"); do
+        a=$("$WORK/kwb" now)
+        new_id start
+        run_container "$START_BUNDLE" "$ID" >/dev/null
+        b=$("$WORK/kwb" now)
+        record "$arm" start_ns $((b - a))
+    done
+    if [ "$arm" = A ]; then stop_daemon; fi
+}
+
+say "A/B rounds: $ROUNDS each (A = watched, B = unwatched)"
+for r in $(seq "$ROUNDS"); do
+    for arm in A B; do
+        one_round "$arm"
+        say "round $r $arm done"
+    done
+done
+
+# ---------------------------------------------------------------- memory --
+
+say "memory: $CONTAINERS live containers, then $CYCLES start/stop cycles"
+start_daemon
+sleep 1
+RSS0=$(rss_kb)
+OVERLAY=1
+declare -a LIVE=()
+for n in $(seq "$CONTAINERS"); do
+    b="$WORK/live/$n"
+    mkdir -p "$b/upper" "$b/work" "$b/rootfs"
+    root="$BASE"
+    if [ "$OVERLAY" = 1 ]; then
+        if mount -t overlay overlay -o "lowerdir=$BASE,upperdir=$b/upper,workdir=$b/work" "$b/rootfs" 2>/dev/null; then
+            echo "$b/rootfs" >>"$MOUNTS"
+            root="$b/rootfs"
+        else
+            OVERLAY=0
+            say "overlayfs unavailable: live containers share one rootfs directory"
+        fi
+    fi
+    write_config "$b" "$root" 1 "sleep 3600"
+    new_id live
+    id=$ID
+    echo "$id" >>"$IDS"
+    timeout -s KILL "$RUNC_TIMEOUT" runc run -d --bundle "$b" "$id" </dev/null >/dev/null 2>"$WORK/runc.err" \
+        || die "live container $n failed: $(cat "$WORK/runc.err"; tail -5 "$WORK/daemon.log")"
+    LIVE+=("$id")
+done
+sleep 1
+REGISTERED=$(ncontainers)
+RSSN=$(rss_kb)
+for id in "${LIVE[@]}"; do
+    timeout 30 runc delete -f "$id" >/dev/null 2>&1 || true
+done
+sleep 3 # the reaper runs every 2 s
+RSS_AFTER_LIVE=$(rss_kb)
+LEFT=$(ncontainers)
+
+write_config "$START_BUNDLE" "$BASE" 1 "true"
+for _ in $(seq 20); do
+    new_id warm
+    run_container "$START_BUNDLE" "$ID" >/dev/null
+done
+RSS_C0=$(rss_kb)
+for c in $(seq "$CYCLES"); do
+    new_id cycle
+    run_container "$START_BUNDLE" "$ID" >/dev/null
+    [ "$c" = $((CYCLES / 2)) ] && RSS_CHALF=$(rss_kb)
+done
+sleep 1
+RSS_C1=$(rss_kb)
+LEFT_CYCLES=$(ncontainers)
+stop_daemon
+
+# --------------------------------------------------------------- profile --
+
+# PROFILE=1: where the daemon's time goes, per workload. strace -c counts
+# the daemon's syscalls per permission/exec event; perf (when installed)
+# samples it. Both attach to the daemon by pid only.
+PROFILE_OUT=""
+if [ "${PROFILE:-0}" = 1 ]; then
+    PROFILE_OUT="$WORK/profile.txt"
+    : >"$PROFILE_OUT"
+    start_daemon
+    for w in opens exec; do
+        case $w in
+            opens) s="i=0; while [ \$i -lt $OPENS ]; do read -r l </etc/passwd; i=\$((i+1)); done" ;;
+            exec) s="i=0; while [ \$i -lt $EXECS ]; do /bin/true; i=\$((i+1)); done" ;;
+        esac
+        write_config "$BENCH_BUNDLE" "$DATA_ROOT" 1 "$s"
+        if command -v strace >/dev/null; then
+            timeout -s INT 300 strace -c -f -q -p "$DPID" -o "$WORK/strace.$w" &
+            spid=$!
+            sleep 1
+            new_id prof
+            run_container "$BENCH_BUNDLE" "$ID" >/dev/null
+            kill -INT "$spid" 2>/dev/null || true
+            wait "$spid" 2>/dev/null || true
+            { echo "== strace -c -f -p <daemon>, workload $w ($([ $w = opens ] && echo "$OPENS opens" || echo "$EXECS execs"))"
+              head -20 "$WORK/strace.$w"; } >>"$PROFILE_OUT"
+        fi
+        if command -v perf >/dev/null; then
+            timeout -s INT 300 perf record -q -g -o "$WORK/perf.$w" -p "$DPID" >/dev/null 2>&1 &
+            ppid=$!
+            sleep 1
+            new_id prof
+            run_container "$BENCH_BUNDLE" "$ID" >/dev/null
+            kill -INT "$ppid" 2>/dev/null || true
+            wait "$ppid" 2>/dev/null || true
+            { echo "== perf report (daemon, self time, top 25), workload $w"
+              timeout 120 perf report -i "$WORK/perf.$w" --no-children --sort sym --stdio 2>/dev/null |
+                  grep -E '^ +[0-9.]+%' | awk 'NR <= 25' || true; } >>"$PROFILE_OUT"
+        fi
+    done
+    stop_daemon
+fi
+
+# ----------------------------------------------------------------- table --
+
+median() { # arm key
+    awk -v a="$1" -v k="$2" '$1 == a && $2 == k {print $3}' "$RES" | sort -n |
+        awk '{v[NR] = $1} END {if (NR == 0) print "nan"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2}'
+}
+
+echo
+echo "keyward bench: $(nproc) cores, $(uname -r), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
+echo "rounds: $ROUNDS x A (watched: hook + daemon) / B (unwatched: no hook, no daemon), alternating; medians"
+printf '%-44s %14s %14s %9s\n' metric watched unwatched ratio
+row() { # label key unit(ms|us)
+    local a b div
+    a=$(median A "$2"); b=$(median B "$2")
+    case $3 in ms) div=1000000 ;; us) div=1000 ;; esac
+    awk -v l="$1" -v a="$a" -v b="$b" -v d="$div" -v u="$3" \
+        'BEGIN {printf "%-44s %11.2f %-2s %11.2f %-2s %9.3f\n", l, a / d, u, b / d, u, (b > 0 ? a / b : 0)}'
+}
+row "exec storm: $EXECS x /bin/true" exec_storm_ns ms
+row "tar cf - over $FILES files" tar_files_ns ms
+row "$OPENS opens of /etc/passwd (shell read <)" opens_shell_ns ms
+row "$OPENS x cat /etc/passwd" opens_cat_ns ms
+row "open(2) of /etc/passwd, p50 (kwb)" open_p50_ns us
+row "open(2) of /etc/passwd, p99 (kwb)" open_p99_ns us
+row "host: $OPENS opens of host /etc/passwd" host_opens_ns ms
+row "host: open(2) p50" host_open_p50_ns us
+row "container start (runc run true)" start_ns ms
+awk -v a="$(median A start_ns)" -v b="$(median B start_ns)" \
+    'BEGIN {printf "%-44s %11.2f ms\n", "hook cost per start (median difference)", (a - b) / 1e6}'
+awk -v a="$(median A opens_shell_ns)" -v b="$(median B opens_shell_ns)" -v n="$OPENS" \
+    'BEGIN {printf "%-44s %11.2f us\n", "cost per permission event ((A-B)/opens)", (a - b) / n / 1e3}'
+awk -v a="$(median A open_p50_ns)" -v b="$(median B open_p50_ns)" \
+    'BEGIN {printf "%-44s %11.2f us\n", "decision latency p50 (open p50 A - B)", (a - b) / 1e3}'
+awk -v a="$(median A open_p99_ns)" -v b="$(median B open_p50_ns)" \
+    'BEGIN {printf "%-44s %11.2f us\n", "decision latency p99 (open p99 A - p50 B)", (a - b) / 1e3}'
+echo "decision latency from keyward status (daemon side, bucket upper bounds): p50 <= $(median A hist_p50_us) us, p99 <= $(median A hist_p99_us) us"
+echo "permission events caused by the host loop while a container was registered: $(median A host_perm_events)"
+awk -v e="$(median A perm_events_per_round)" -v c="$(median A daemon_cpu_ns_per_round)" \
+    'BEGIN {printf "daemon per watched bench container: %d permission events, %.1f ms CPU (all threads, incl. exec loop), %.1f us CPU per permission event\n", e, c / 1e6, (e > 0 ? c / e / 1e3 : 0)}'
+echo
+echo "memory (daemon VmRSS)"
+printf '  %-50s %8d kB\n' "0 containers" "$RSS0"
+printf '  %-50s %8d kB\n' "$REGISTERED registered live containers$([ "$OVERLAY" = 1 ] && echo ' (own overlay each)')" "$RSSN"
+awk -v a="$RSSN" -v b="$RSS0" -v n="$REGISTERED" \
+    'BEGIN {printf "  %-50s %8.1f kB\n", "per container", (n > 0 ? (a - b) / n : 0)}'
+printf '  %-50s %8d kB (%s left registered)\n' "after they stopped" "$RSS_AFTER_LIVE" "$LEFT"
+printf '  %-50s %8d kB\n' "before $CYCLES start/stop cycles" "$RSS_C0"
+printf '  %-50s %8d kB\n' "after $((CYCLES / 2)) cycles" "${RSS_CHALF:-0}"
+printf '  %-50s %8d kB (%s left registered)\n' "after $CYCLES cycles" "$RSS_C1" "$LEFT_CYCLES"
+echo
+if [ -n "$PROFILE_OUT" ]; then
+    echo "profile (PROFILE=1):"
+    cat "$PROFILE_OUT"
+    echo
+fi
+echo "raw samples (arm key value):"
+sort -k2,2 -k1,1 "$RES" | awk '{k = $1 " " $2; s[k] = s[k] " " $3} END {for (k in s) print "  " k ":" s[k]}' | sort
