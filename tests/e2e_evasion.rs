@@ -55,6 +55,11 @@ const CASES: &[(&str, &str, &str)] = &[
         "/etc/shadow",
     ),
     (
+        "nice-wrapper",
+        "/usr/bin/nice -n 5 /usr/bin/gzip -c /home/alice/.ssh/id_ed25519 > /tmp/8b.gz",
+        "/home/alice/.ssh/id_ed25519",
+    ),
+    (
         "timeout-wrapper",
         "timeout 10 /usr/bin/gzip -c /root/.ssh/known_hosts > /tmp/8.gz",
         "/root/.ssh/known_hosts",

@@ -176,6 +176,9 @@ pub fn base_rootfs() -> &'static Path {
         copy_with_libs("/usr/bin/tar", &root, "/usr/bin/tar");
         copy_with_libs("/usr/bin/gzip", &root, "/usr/bin/gzip");
         copy_with_libs("/usr/bin/zip", &root, "/usr/bin/zip");
+        // GNU nice: busybox-static has no nice applet, and it is a wrapper
+        // attackers use.
+        copy_with_libs("/usr/bin/nice", &root, "/usr/bin/nice");
         // 7z is a shell wrapper around /usr/lib/p7zip/7z (which dlopens 7z.so).
         copy_with_libs("/usr/lib/p7zip/7z", &root, "/usr/lib/p7zip/7z");
         copy_with_libs("/usr/lib/p7zip/7z.so", &root, "/usr/lib/p7zip/7z.so");
