@@ -323,6 +323,12 @@ pub struct FileRuleConfig {
     /// resolvers read `/etc/hosts`. An archiver's open of one of these
     /// counts only when an argument names the file or a directory above it.
     pub incidental_paths: Vec<String>,
+    /// `deny` (default): incidental files are marked only in containers
+    /// whose action denies; elsewhere NSS lookups cost nothing and an
+    /// archiver naming one is caught by the exec rule. `always`: marked
+    /// everywhere (race-free attribution of every open, at a permission
+    /// round trip per lookup).
+    pub mark_incidental: String,
     /// Add the extended credential pack: Kubernetes service account
     /// tokens, `.git-credentials`, `.netrc`, `.pgpass`, gcloud and azure
     /// credentials, GPG private keys, and the like.
@@ -340,6 +346,7 @@ impl Default for FileRuleConfig {
             paths: strings(SEED_PATHS),
             watch_dirs: strings(WATCH_DIRS),
             incidental_paths: strings(INCIDENTAL_PATHS),
+            mark_incidental: "deny".into(),
             extended: false,
             severity: "medium".into(),
             risk_score: 47,
@@ -530,6 +537,15 @@ impl Config {
             if let Some(bad) = list.iter().find(|p| !p.starts_with('/')) {
                 return invalid(key, format!("{bad:?} is not an absolute container path"));
             }
+        }
+        if !matches!(self.rules.file.mark_incidental.as_str(), "deny" | "always") {
+            return invalid(
+                "rules.file.mark_incidental",
+                format!(
+                    "{:?} is neither deny nor always",
+                    self.rules.file.mark_incidental
+                ),
+            );
         }
         for (key, sev) in [
             ("rules.exec.severity", &self.rules.exec.severity),

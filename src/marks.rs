@@ -67,6 +67,15 @@ pub fn install(
     }
     let mut seen = std::collections::HashSet::new();
     found.retain(|f| seen.insert(f.id));
+    // Files every user-name and host lookup reads (/etc/passwd, /etc/group,
+    // /etc/hosts) are left unmarked where the container's action does not
+    // deny: an open of them only counts when the command line names them,
+    // which the exec path sees, and an archive of their directory opens
+    // /etc/shadow too. Marking them would put a permission round trip on
+    // every `ls -l` and `id` in the container.
+    if !rec.action.denies_open() && !rules.mark_incidental_always() {
+        found.retain(|f| f.is_dir || !rules.is_incidental_path(f.path.as_os_str()));
+    }
 
     rec.marks = found
         .iter()

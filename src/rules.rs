@@ -252,6 +252,7 @@ pub struct Rules {
     file_paths: PathPatterns,
     watch_dirs: Vec<String>,
     incidental: PathPatterns,
+    mark_incidental_always: bool,
     exec_meta: RuleMeta,
     file_meta: RuleMeta,
 }
@@ -296,6 +297,7 @@ impl Rules {
             paths: file_paths,
             watch_dirs,
             incidental_paths,
+            mark_incidental,
             extended,
             severity: file_severity,
             risk_score: file_risk,
@@ -327,6 +329,7 @@ impl Rules {
             exec_meta: meta(exec_severity, exec_risk, exec_mitre),
             file_meta: meta(file_severity, file_risk, file_mitre),
             incidental: PathPatterns::new("rules.file.incidental_paths", incidental_paths)?,
+            mark_incidental_always: mark_incidental == "always",
         })
     }
 
@@ -476,6 +479,17 @@ impl Rules {
     /// `-C` changes the process's cwd before it opens members) and with `.`,
     /// `..` and repeated slashes folded, it is the file or a directory above
     /// it.
+    /// Whether `path` is one of the incidental files at all.
+    pub fn is_incidental_path(&self, path: &OsStr) -> bool {
+        self.incidental.is_match(path)
+    }
+
+    /// Whether incidental files are marked in every container, not only in
+    /// those whose action denies (`rules.file.mark_incidental`).
+    pub fn mark_incidental_always(&self) -> bool {
+        self.mark_incidental_always
+    }
+
     pub fn is_incidental<A: AsRef<OsStr>>(&self, path: &OsStr, args: &[A], cwd: &Path) -> bool {
         if !self.incidental.is_match(path) {
             return false;

@@ -411,3 +411,51 @@ fn process_start_events_carry_what_the_seed_eql_needs() {
     assert!(tar["process"]["start"].as_str().unwrap().ends_with('Z'));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn lookup_files_cost_nothing_where_nothing_is_denied() {
+    if !privileged() {
+        return;
+    }
+    // Alert mode: /etc/passwd is left unmarked, so 200 `cat`s cause no
+    // permission event, and tar naming it is still caught on the exec path.
+    let d = Daemon::start("");
+    let script = "i=0; while [ $i -lt 200 ]; do cat /etc/passwd > /dev/null; i=$((i+1)); done
+        /usr/bin/tar cf /tmp/p.tar /etc/passwd /app; echo done";
+    let b = Bundle::new("kw-nss", &d.socket, script);
+    let out = b.run();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("done"),
+        "{}",
+        text(&out)
+    );
+    let a = d.wait_alert("tar naming /etc/passwd", |a| {
+        a["keyward"]["exec_match"]["paths"][0]["arg"] == "/etc/passwd"
+    });
+    assert_eq!(a["container"]["id"], b.id.as_str());
+    // (The daemon's own opens, when it removes marks, are the only ones.)
+    let st = d.status();
+    assert_eq!(st["stats"]["perm_events"], st["stats"]["own_pid"], "{st}");
+
+    // Deny mode: it is marked, and the read is refused.
+    let d = Daemon::start("[response]\naction = \"deny\"\n");
+    let b = Bundle::new(
+        "kw-nss-deny",
+        &d.socket,
+        "/usr/bin/tar cf /tmp/p.tar /etc/passwd; echo rc=$? > /tmp/rc",
+    );
+    b.run();
+    assert_eq!(
+        String::from_utf8_lossy(&b.read("/tmp/rc").unwrap_or_default()).trim(),
+        "rc=2"
+    );
+    let tar = std::process::Command::new("tar")
+        .arg("tf")
+        .arg(b.rootfs.join("tmp/p.tar"))
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&tar.stdout).contains("passwd"));
+    d.wait_alert("denied /etc/passwd", |a| {
+        a["container"]["id"] == b.id.as_str() && a["event"]["type"][0] == "denied"
+    });
+}
