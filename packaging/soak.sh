@@ -42,7 +42,9 @@ EOF
 timeout $((SECS + 300)) "$KW" daemon --config "$W/keyward.toml" >"$W/daemon.log" 2>&1 &
 DAEMON=$!
 for _ in $(seq 100); do "$KW" status --socket "$W/keyward.sock" >/dev/null 2>&1 && break; sleep 0.1; done
-rss() { awk '/VmRSS/ {print $2}' "/proc/$DAEMON/status"; }
+# $DAEMON is timeout(1); the daemon is its child.
+KPID=$(cat "/proc/$DAEMON/task/$DAEMON/children" | awk '{print $1}')
+rss() { awk '/VmRSS/ {print $2}' "/proc/$KPID/status"; }
 RSS0=$(rss)
 
 # One rootfs, copied per container: busybox + GNU tar with its libraries.
