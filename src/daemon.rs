@@ -493,6 +493,7 @@ fn alert_loop(
     stop: &AtomicBool,
 ) {
     let mut sinks = Sinks::new(&cfg.alerts);
+    let mut sinks_cfg = cfg.alerts.clone();
     let mut agg = Aggregator::new(
         Duration::from_millis(cfg.daemon.aggregate_ms),
         cfg.daemon.max_files_per_alert,
@@ -524,7 +525,12 @@ fn alert_loop(
             }
         }
         if let Ok(new) = reconfig.try_recv() {
-            sinks = Sinks::new(&new.alerts);
+            // Sinks are rebuilt only when their config changed, so a reload
+            // does not throw away alerts waiting in a backlog for retry.
+            if new.alerts != sinks_cfg {
+                sinks = Sinks::new(&new.alerts);
+                sinks_cfg = new.alerts.clone();
+            }
             limiter.set_limit(new.alerts.rate_limit_per_minute);
             // Runs in flight keep their findings across a reload.
             agg.reconfigure(

@@ -117,16 +117,20 @@ impl Identities {
         let mut busybox = None;
         for dir in BIN_DIRS {
             let rel = Path::new(dir.trim_start_matches('/'));
-            if let Some(id) =
-                open_regular(root, &rel.join("busybox")).and_then(|mut f| build_id(&mut f))
-            {
-                busybox = Some(id);
-            }
-            for name in names {
-                if let Some(id) =
-                    open_regular(root, &rel.join(name)).and_then(|mut f| build_id(&mut f))
-                {
-                    found.push((name.to_ascii_lowercase(), id));
+            // List each directory once and open only the names present:
+            // probing every archiver name in every directory cost ~160
+            // failed opens per container start.
+            let Ok(dirfd) = crate::resolve::open_in_root(root, rel, true) else {
+                continue;
+            };
+            for entry in crate::resolve::list_dir(dirfd.as_fd()) {
+                let entry = entry.to_string_lossy().into_owned();
+                let id =
+                    || open_regular(root, &rel.join(&entry)).and_then(|mut f| build_id(&mut f));
+                if entry == "busybox" {
+                    busybox = id().or(busybox);
+                } else if let Some(name) = names.iter().find(|n| n.eq_ignore_ascii_case(&entry)) {
+                    found.extend(id().map(|id| (name.to_ascii_lowercase(), id)));
                 }
             }
         }

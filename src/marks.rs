@@ -55,15 +55,12 @@ pub fn install(
     // The image's own archivers, so a copy renamed inside it is still known.
     identities.learn(root.as_fd(), rules.file_archivers().names());
     let mut found = Vec::new();
+    let mut expander = resolve::Expander::new(root.as_fd());
     for pattern in rules.mark_patterns() {
-        found.extend(resolve::expand(root.as_fd(), &pattern));
+        found.extend(expander.expand(&pattern));
     }
     for dir in rules.watch_dirs() {
-        found.extend(
-            resolve::expand(root.as_fd(), dir)
-                .into_iter()
-                .filter(|f| f.is_dir),
-        );
+        found.extend(expander.expand(dir).into_iter().filter(|f| f.is_dir));
     }
     let mut seen = std::collections::HashSet::new();
     found.retain(|f| seen.insert(f.id));
@@ -130,7 +127,8 @@ pub fn install(
                         .and_then(|fd| FileId::of(fd.as_fd()).ok().map(|(id, _)| vec![(fd, id)]))
                         .unwrap_or_default()
                 } else {
-                    resolve::expand(root.as_fd(), &prefix)
+                    expander
+                        .expand(&prefix)
                         .into_iter()
                         .filter(|f| f.is_dir)
                         .map(|f| (f.fd, f.id))

@@ -183,7 +183,7 @@ fn component_matches(pattern: &[u8], name: &[u8]) -> bool {
     p == pattern.len()
 }
 
-fn list_dir(dir: BorrowedFd<'_>) -> Vec<OsString> {
+pub(crate) fn list_dir(dir: BorrowedFd<'_>) -> Vec<OsString> {
     // Dir takes ownership, so work on a fresh fd for "." of this directory.
     let Ok(fd) = nix::fcntl::openat(
         dir,
@@ -212,57 +212,87 @@ fn list_dir(dir: BorrowedFd<'_>) -> Vec<OsString> {
 /// EQL's `*` can also cross `/`; for marking we expand it within one
 /// component, which covers every shipped pattern (`/home/*/.ssh/...`).
 pub fn expand(root: BorrowedFd<'_>, pattern: &str) -> Vec<Found> {
-    let comps: Vec<&[u8]> = pattern
-        .as_bytes()
-        .split(|&b| b == b'/')
-        .filter(|c| !c.is_empty())
-        .collect();
-    // Frontier of (canonical path so far, dir fd).
-    let mut frontier: Vec<(PathBuf, Option<OwnedFd>)> = vec![(PathBuf::from("/"), None)];
-    for (i, comp) in comps.iter().enumerate() {
-        let last = i + 1 == comps.len();
-        let mut next = Vec::new();
-        for (prefix, dirfd) in frontier {
-            let dir = match &dirfd {
-                Some(fd) => fd.as_fd(),
-                None => root,
-            };
-            // List the directory so the match is case-insensitive, as
-            // EQL's `:` is: `/ROOT/.SSH/ID_RSA` matches `/root/.ssh/id_rsa`.
-            for name in list_dir(dir) {
-                if !component_matches(comp, name.as_bytes()) {
-                    continue;
-                }
-                let path = prefix.join(&name);
-                // Open from the container's root, not from `dir`, so an
-                // absolute symlink inside the container resolves as the
-                // container sees it (and still never leaves the root).
-                let Ok(fd) = open_in_root(root, Path::new(&path), !last) else {
-                    continue;
-                };
-                if next.len() < MAX_EXPANSION {
-                    next.push((path, Some(fd)));
-                }
-            }
-        }
-        frontier = next;
-        if frontier.is_empty() {
-            break;
+    Expander::new(root).expand(pattern)
+}
+
+/// Expands many patterns under one root, listing each directory once: the
+/// shipped patterns share most of their directories (`/`, `/root`, `/home`,
+/// every home), and a registration expands dozens of them.
+pub struct Expander<'a> {
+    root: BorrowedFd<'a>,
+    listings: std::collections::HashMap<PathBuf, std::rc::Rc<Vec<OsString>>>,
+}
+
+impl<'a> Expander<'a> {
+    pub fn new(root: BorrowedFd<'a>) -> Self {
+        Self {
+            root,
+            listings: std::collections::HashMap::new(),
         }
     }
-    frontier
-        .into_iter()
-        .filter_map(|(path, fd)| {
-            let fd = fd?;
-            let (id, is_dir) = FileId::of(fd.as_fd()).ok()?;
-            Some(Found {
-                path,
-                fd,
-                id,
-                is_dir,
+
+    fn listing(&mut self, path: &Path, dir: BorrowedFd<'_>) -> std::rc::Rc<Vec<OsString>> {
+        self.listings
+            .entry(path.to_path_buf())
+            .or_insert_with(|| std::rc::Rc::new(list_dir(dir)))
+            .clone()
+    }
+
+    /// Every existing match of `pattern`, opened.
+    pub fn expand(&mut self, pattern: &str) -> Vec<Found> {
+        let root = self.root;
+        let comps: Vec<&[u8]> = pattern
+            .as_bytes()
+            .split(|&b| b == b'/')
+            .filter(|c| !c.is_empty())
+            .collect();
+        // Frontier of (canonical path so far, dir fd).
+        let mut frontier: Vec<(PathBuf, Option<OwnedFd>)> = vec![(PathBuf::from("/"), None)];
+        for (i, comp) in comps.iter().enumerate() {
+            let last = i + 1 == comps.len();
+            let mut next = Vec::new();
+            for (prefix, dirfd) in frontier {
+                let dir = match &dirfd {
+                    Some(fd) => fd.as_fd(),
+                    None => root,
+                };
+                // List the directory so the match is case-insensitive, as
+                // EQL's `:` is: `/ROOT/.SSH/ID_RSA` matches `/root/.ssh/id_rsa`.
+                for name in self.listing(&prefix, dir).iter() {
+                    if !component_matches(comp, name.as_bytes()) {
+                        continue;
+                    }
+                    let path = prefix.join(name);
+                    // Open from the container's root, not from `dir`, so an
+                    // absolute symlink inside the container resolves as the
+                    // container sees it (and still never leaves the root).
+                    let Ok(fd) = open_in_root(root, Path::new(&path), !last) else {
+                        continue;
+                    };
+                    if next.len() < MAX_EXPANSION {
+                        next.push((path, Some(fd)));
+                    }
+                }
+            }
+            frontier = next;
+            if frontier.is_empty() {
+                break;
+            }
+        }
+        frontier
+            .into_iter()
+            .filter_map(|(path, fd)| {
+                let fd = fd?;
+                let (id, is_dir) = FileId::of(fd.as_fd()).ok()?;
+                Some(Found {
+                    path,
+                    fd,
+                    id,
+                    is_dir,
+                })
             })
-        })
-        .collect()
+            .collect()
+    }
 }
 
 #[cfg(test)]
