@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Bundle, Daemon, privileged, required, text, unique};
+use common::{Bundle, Daemon, privileged, required, stop_wrapped, text, unique};
 use serde_json::Value;
 
 /// Hard cap on any rsyslogd a test starts.
@@ -124,35 +124,11 @@ action(type="omfile" file="{out}" template="keyward_test")
         }
     }
 
-    /// rsyslogd's own pid (the child of `timeout`).
-    fn pid(child: &Child) -> Option<i32> {
-        let t = child.id();
-        fs::read_to_string(format!("/proc/{t}/task/{t}/children"))
-            .ok()?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()
-    }
-
     /// SIGTERM rsyslogd by pid and wait for it; SIGKILL after 5 s.
     fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        if let Some(pid) = Self::pid(&child) {
-            let _ =
-                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGTERM);
+        if let Some(mut child) = self.child.take() {
+            stop_wrapped(&mut child);
         }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
     }
 
     /// Every record rsyslog wrote so far.

@@ -206,6 +206,34 @@ pub fn base_rootfs() -> &'static Path {
     })
 }
 
+/// The pid of the command a `timeout(1)` child runs.
+pub fn inner_pid(child: &std::process::Child) -> Option<i32> {
+    let t = child.id();
+    fs::read_to_string(format!("/proc/{t}/task/{t}/children"))
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Stop a `timeout(1)`-wrapped child: SIGTERM its command by pid, then
+/// SIGKILL the wrapper after 5 s.
+pub fn stop_wrapped(child: &mut std::process::Child) {
+    if let Some(pid) = inner_pid(child) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// A syslog receiver on a real datagram socket.
 pub struct Syslog {
     pub path: PathBuf,
@@ -366,34 +394,14 @@ impl Daemon {
 
     /// The pid of the keyward daemon itself (child of `timeout`).
     pub fn pid(&self) -> i32 {
-        let tpid = self.child.as_ref().expect("running").id();
-        let children =
-            fs::read_to_string(format!("/proc/{tpid}/task/{tpid}/children")).unwrap_or_default();
-        children
-            .split_whitespace()
-            .next()
-            .and_then(|p| p.parse().ok())
-            .expect("daemon pid")
+        inner_pid(self.child.as_ref().expect("running")).expect("daemon pid")
     }
 
     /// Stop with SIGTERM (by pid), SIGKILL after 5 s.
     pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        if let Some(pid) = self.pid_opt(&child) {
-            let _ =
-                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGTERM);
+        if let Some(mut child) = self.child.take() {
+            stop_wrapped(&mut child);
         }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
     }
 
     /// SIGKILL the daemon itself (a crash).
@@ -401,20 +409,11 @@ impl Daemon {
         let Some(mut child) = self.child.take() else {
             return;
         };
-        if let Some(pid) = self.pid_opt(&child) {
+        if let Some(pid) = inner_pid(&child) {
             let _ =
                 nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
         }
         let _ = child.wait();
-    }
-
-    fn pid_opt(&self, child: &std::process::Child) -> Option<i32> {
-        let tpid = child.id();
-        let children = fs::read_to_string(format!("/proc/{tpid}/task/{tpid}/children")).ok()?;
-        children
-            .split_whitespace()
-            .next()
-            .and_then(|p| p.parse().ok())
     }
 
     pub fn log_text(&self) -> String {
