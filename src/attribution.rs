@@ -236,7 +236,11 @@ pub struct RawProcess {
 impl RawProcess {
     /// Read the facts the rules need.
     pub fn read(pid: i32) -> Result<Self, AttributionError> {
-        let stat = stat(pid)?;
+        Self::read_with(pid, stat(pid)?)
+    }
+
+    /// [`RawProcess::read`] for a caller that has just read the stat.
+    pub fn read_with(pid: i32, stat: Stat) -> Result<Self, AttributionError> {
         let exe = exe(pid)?;
         let (args, args_truncated) = cmdline(pid)?;
         let mut comm = fs::read(format!("/proc/{pid}/comm")).map_err(|e| io_err(pid, "comm", e))?;

@@ -31,7 +31,7 @@ use crate::watch::{FAN_ALLOW, FAN_DENY};
 const MAX_ANCESTRY: usize = 16;
 /// How long an exec event waits for its exec to complete before giving up
 /// on argv.
-pub const EXEC_SETTLE: Duration = Duration::from_millis(20);
+pub const EXEC_SETTLE: Duration = Duration::from_millis(250);
 
 /// The compiled policy, swapped whole on reload.
 #[derive(Debug)]
@@ -102,6 +102,9 @@ pub struct Stats {
     pub cache_hits: AtomicU64,
     pub exec_events: AtomicU64,
     pub exec_unsettled: AtomicU64,
+    /// Execs still not complete after [`EXEC_SETTLE`] (the rest of
+    /// `exec_unsettled` exited before they could be read).
+    pub exec_timeouts: AtomicU64,
     pub findings: AtomicU64,
     pub queue_drops: AtomicU64,
     pub attribution_errors: AtomicU64,
@@ -142,6 +145,7 @@ pub struct StatsSnapshot {
     pub cache_hits: u64,
     pub exec_events: u64,
     pub exec_unsettled: u64,
+    pub exec_timeouts: u64,
     pub findings: u64,
     pub queue_drops: u64,
     pub attribution_errors: u64,
@@ -218,6 +222,7 @@ impl Stats {
             cache_hits: g(&self.cache_hits),
             exec_events: g(&self.exec_events),
             exec_unsettled: g(&self.exec_unsettled),
+            exec_timeouts: g(&self.exec_timeouts),
             findings: g(&self.findings),
             queue_drops: g(&self.queue_drops),
             attribution_errors: g(&self.attribution_errors),
@@ -391,7 +396,7 @@ pub fn decide_open(ctx: &Context, pid: i32, fd: BorrowedFd<'_>) -> (u32, OpenFin
         ctx.remember_benign(key, generation);
         return (FAN_ALLOW, [None, None]);
     };
-    let proc = match RawProcess::read(pid) {
+    let proc = match RawProcess::read_with(pid, stat) {
         Ok(p) => p,
         Err(_) => {
             bump(&ctx.stats.attribution_errors);

@@ -418,9 +418,12 @@ fn lookup_files_cost_nothing_where_nothing_is_denied() {
         return;
     }
     // Alert mode: /etc/passwd is left unmarked, so 200 `cat`s cause no
-    // permission event, and tar naming it is still caught on the exec path.
+    // permission event, and tar naming it is still caught on the exec path
+    // (which reads argv after the exec: tar gets a 2 MB file to archive so
+    // a loaded CI machine cannot let it finish first; docs/design.md).
     let d = Daemon::start("");
     let script = "i=0; while [ $i -lt 200 ]; do cat /etc/passwd > /dev/null; i=$((i+1)); done
+        head -c 2000000 /dev/urandom > /app/blob
         /usr/bin/tar cf /tmp/p.tar /etc/passwd /app; echo done";
     let b = Bundle::new("kw-nss", &d.socket, script);
     let out = b.run();
