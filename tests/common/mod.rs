@@ -136,10 +136,31 @@ pub const SECRETS: &[(&str, &str)] = &[
     ("/etc/gshadow", "root:::"),
 ];
 
+/// Remove base rootfs dirs left by test binaries that have exited (13 MB
+/// each; a binary cannot remove its own at exit).
+fn remove_stale_bases() {
+    let Ok(dir) = fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in dir.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("keyward-e2e-base-")
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 /// Build (once per test binary) the base rootfs.
 pub fn base_rootfs() -> &'static Path {
     static BASE: OnceLock<PathBuf> = OnceLock::new();
     BASE.get_or_init(|| {
+        remove_stale_bases();
         let dir = std::env::temp_dir().join(format!("keyward-e2e-base-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         let root = dir.join("rootfs");
