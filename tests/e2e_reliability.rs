@@ -330,25 +330,7 @@ fn fifty_containers_at_once_are_all_watched() {
             )
         })
         .collect();
-    let handles: Vec<_> = bundles
-        .iter()
-        .map(|b| {
-            std::fs::write(
-                b.dir.join("config.json"),
-                serde_json::to_string(&b.config).unwrap(),
-            )
-            .unwrap();
-            Command::new("timeout")
-                .args(["-s", "KILL", "120", "runc", "run", "--bundle"])
-                .arg(&b.dir)
-                .arg(&b.id)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
+    let handles: Vec<_> = bundles.iter().map(Bundle::spawn).collect();
     for (b, h) in bundles.iter().zip(handles) {
         let out = h.wait_with_output().unwrap();
         assert!(

@@ -593,7 +593,8 @@ impl Bundle {
         self
     }
 
-    /// `runc run` in the background (under a 60 s timeout), output dropped.
+    /// `runc run` in the background (under a 120 s timeout); stdout is
+    /// dropped, stderr piped for `wait_with_output`.
     pub fn spawn(&self) -> std::process::Child {
         fs::write(
             self.dir.join("config.json"),
@@ -601,12 +602,12 @@ impl Bundle {
         )
         .unwrap();
         Command::new("timeout")
-            .args(["-s", "KILL", "60", "runc", "run", "--bundle"])
+            .args(["-s", "KILL", "120", "runc", "run", "--bundle"])
             .arg(&self.dir)
             .arg(&self.id)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("runc run")
     }
