@@ -6,7 +6,7 @@
 //! drops the finding and counts it (as fapolicyd does). Each decision runs
 //! under `catch_unwind`, so even a bug answers: the event is allowed.
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::alert::Finding;
 use crate::decide::{self, Context, ExecProbe};
+use crate::exe::ExeClass;
 use crate::resolve::FileId;
 use crate::watch::{EventSource, FAN_ALLOW, RawEvent, parse_events};
 
@@ -223,16 +224,39 @@ pub fn watchdog(
 struct PendingExec {
     pid: i32,
     fid: FileId,
+    class: ExeClass,
     since: Instant,
-    /// When to probe next: at once on arrival, then backing off (the exec
-    /// completes in microseconds; spinning only steals the archiver's CPU).
-    next_try: Instant,
+    /// The next probe is due between `due` and `latest`: any wakeup in
+    /// that window probes it, and only `latest` sets a timer. Plain
+    /// programs get a wide window so their one probe rides on a wakeup the
+    /// loop makes anyway; watched ones get none.
+    due: Instant,
+    latest: Instant,
     tries: u32,
-    _fd: OwnedFd,
+    /// `/proc/<pid>/stat`, opened by the first probe.
+    stat: Option<std::fs::File>,
+    _file: std::fs::File,
 }
 
+/// First probe of a watched exec: about when a short exec completes. An
+/// immediate probe finds the old image nearly every time, and each wakeup
+/// of this thread costs a two-core machine's workload measurably.
+const FIRST_PROBE: Duration = Duration::from_micros(50);
+/// Gap between the early probes of a watched exec.
+const PROBE_GAP: Duration = Duration::from_micros(25);
+/// Early probes before backing off.
+const EARLY_PROBES: u32 = 16;
 /// Longest pause between two probes of one pending exec.
 const MAX_PROBE_GAP: Duration = Duration::from_millis(1);
+
+/// The pause before probe number `tries + 1` of a pending exec.
+fn probe_gap(tries: u32) -> Duration {
+    if tries < EARLY_PROBES {
+        PROBE_GAP
+    } else {
+        (PROBE_GAP * (1 << (tries - EARLY_PROBES).min(6))).min(MAX_PROBE_GAP)
+    }
+}
 
 /// The exec loop: notification events, nothing to answer.
 ///
@@ -242,58 +266,46 @@ const MAX_PROBE_GAP: Duration = Duration::from_millis(1);
 /// exec of the same pid supersedes it (a shell `exec`ing its command), when
 /// it names an ELF interpreter (the kernel reports `ld.so`'s open with
 /// `FAN_OPEN_EXEC` too), or after [`decide::EXEC_SETTLE`].
+///
+/// Only executables that may be or run an archiver are probed early
+/// ([`ExeClass::Watched`]); plain programs are probed once, after
+/// [`crate::exe::PLAIN_DELAY`] (see [`crate::exe`]). The loop sleeps in
+/// one `ppoll` that ends on a new event or when the next probe is due.
 pub fn exec_loop(src: &dyn EventSource, ctx: &Context, tx: SyncSender<Finding>, stop: &AtomicBool) {
     raise_priority();
     let mut buf = vec![0u8; READ_BUF];
     let mut events = Vec::with_capacity(64);
     let mut pending: Vec<PendingExec> = Vec::new();
+    let mut ignores = Ignores::default();
     while !stop.load(Ordering::Relaxed) {
-        let timeout = if pending.is_empty() {
-            TICK
-        } else {
-            Duration::ZERO
-        };
+        let timeout = pending
+            .iter()
+            .map(|p| p.latest)
+            .min()
+            .map_or(TICK, |t| t.saturating_duration_since(Instant::now()));
         if read_batch_timeout(src, &mut buf, ctx, &mut events, timeout) {
             for ev in events.drain(..) {
-                if ev.is_overflow() {
-                    ctx.stats.overflows.fetch_add(1, Ordering::Relaxed);
-                    continue;
+                if let Some(p) = exec_event(src, ctx, &mut ignores, ev) {
+                    // A newer exec of the same pid replaces an older one.
+                    pending.retain(|q| q.pid != p.pid);
+                    pending.push(p);
                 }
-                let Some(fd) = ev.fd else { continue };
-                ctx.stats.exec_events.fetch_add(1, Ordering::Relaxed);
-                let Ok((fid, _)) = FileId::of(fd.as_fd()) else {
-                    continue;
-                };
-                if decide::exec_is_interpreter(fd.as_fd()) {
-                    continue;
-                }
-                // A newer exec of the same pid replaces an older pending one.
-                pending.retain(|p| p.pid != ev.pid);
-                let now = Instant::now();
-                pending.push(PendingExec {
-                    pid: ev.pid,
-                    fid,
-                    since: now,
-                    next_try: now,
-                    tries: 0,
-                    _fd: fd,
-                });
             }
         }
-        let mut progressed = false;
         let now = Instant::now();
         pending.retain_mut(|p| {
-            if p.next_try > now {
+            if p.due > now {
                 return true;
             }
-            let probe = catch_unwind(AssertUnwindSafe(|| decide::probe_exec(ctx, p.pid, p.fid)))
-                .unwrap_or_else(|_| {
-                    ctx.stats.panics.fetch_add(1, Ordering::Relaxed);
-                    ExecProbe::Done(None)
-                });
+            let probe = catch_unwind(AssertUnwindSafe(|| {
+                decide::probe_exec(ctx, p.pid, p.fid, p.class, &mut p.stat)
+            }))
+            .unwrap_or_else(|_| {
+                ctx.stats.panics.fetch_add(1, Ordering::Relaxed);
+                ExecProbe::Done(None)
+            });
             match probe {
                 ExecProbe::Done(finding) => {
-                    progressed = true;
                     for f in finding.map(|b| *b).unwrap_or_default() {
                         send(&tx, f, &ctx.stats.queue_drops);
                     }
@@ -306,29 +318,108 @@ pub fn exec_loop(src: &dyn EventSource, ctx: &Context, tx: SyncSender<Finding>, 
                 }
                 ExecProbe::Wait => {
                     p.tries += 1;
-                    let gap = if p.tries < 16 {
-                        Duration::from_micros(10)
-                    } else {
-                        (Duration::from_micros(20) * (1 << (p.tries - 16).min(6)))
-                            .min(MAX_PROBE_GAP)
-                    };
-                    p.next_try = Instant::now() + gap;
+                    p.due = Instant::now() + probe_gap(p.tries);
+                    p.latest = p.due;
                     true
                 }
             }
         });
-        if !pending.is_empty() && !progressed {
-            // Sleep until the next probe is due (at most 1 ms, so a new
-            // event waits no longer than that).
-            let next = pending.iter().map(|p| p.next_try).min().unwrap_or(now);
-            let gap = next
-                .saturating_duration_since(Instant::now())
-                .min(MAX_PROBE_GAP);
-            if !gap.is_zero() {
-                std::thread::sleep(gap);
+    }
+}
+
+/// Ignore marks the exec loop has placed, and what their verdicts
+/// depended on.
+#[derive(Debug, Default)]
+struct Ignores {
+    /// (policy generation, identities generation, process start events):
+    /// when any changes, every ignore mark is dropped and files are judged
+    /// again.
+    made_under: (u64, u64, bool),
+    count: usize,
+}
+
+/// Ignore marks placed before new ones stop (each pins an inode and costs
+/// the kernel a mark); they start over when a container goes or the
+/// policy changes.
+const MAX_IGNORES: usize = 16 * 1024;
+
+impl Ignores {
+    /// Drop all ignore marks if the verdicts behind them may have changed.
+    fn refresh(&mut self, src: &dyn EventSource, now: (u64, u64, bool)) {
+        if self.made_under != now {
+            if self.count > 0 {
+                let _ = src.flush_ignores();
             }
+            self.made_under = now;
+            self.count = 0;
         }
     }
+
+    /// Ask the kernel to stop reporting execs of this file.
+    fn add(&mut self, src: &dyn EventSource, ctx: &Context, file: &std::fs::File) -> bool {
+        if self.count >= MAX_IGNORES || src.ignore_exec(file.as_fd()).is_err() {
+            return false;
+        }
+        self.count += 1;
+        ctx.stats.exec_ignored.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+}
+
+/// Turn one exec event into a pending probe, or drop it (overflow, an
+/// interpreter or a plain program, an unreadable fd).
+fn exec_event(
+    src: &dyn EventSource,
+    ctx: &Context,
+    ignores: &mut Ignores,
+    ev: RawEvent,
+) -> Option<PendingExec> {
+    if ev.is_overflow() {
+        ctx.stats.overflows.fetch_add(1, Ordering::Relaxed);
+        return None;
+    }
+    let file = std::fs::File::from(ev.fd?);
+    ctx.stats.exec_events.fetch_add(1, Ordering::Relaxed);
+    let policy = ctx.policy();
+    let starts = ctx.process_events.load(Ordering::Relaxed);
+    ignores.refresh(
+        src,
+        (policy.generation, ctx.identities.generation(), starts),
+    );
+    let (fid, class) =
+        ctx.exe_classes
+            .classify(&file, &policy.rules, policy.generation, &ctx.identities)?;
+    let now = Instant::now();
+    let later = || {
+        ctx.stats.exec_plain.fetch_add(1, Ordering::Relaxed);
+        let due = now + crate::exe::PLAIN_DELAY;
+        (due, due + crate::exe::PLAIN_DELAY)
+    };
+    let (due, latest) = match class {
+        // Every dynamic exec also opens its interpreter with FAN_OPEN_EXEC,
+        // which doubled this thread's wakeups: the kernel can drop those
+        // for us. A failed ignore mark only costs the wakeups.
+        ExeClass::Interpreter => {
+            ignores.add(src, ctx, &file);
+            return None;
+        }
+        // Start events need every exec, however short: probe early.
+        _ if starts => (now + FIRST_PROBE, now + FIRST_PROBE),
+        ExeClass::Plain if ignores.add(src, ctx, &file) => return None,
+        ExeClass::Plain | ExeClass::Launcher => later(),
+        ExeClass::Watched | ExeClass::MultiCall => (now + FIRST_PROBE, now + FIRST_PROBE),
+    };
+    Some(PendingExec {
+        pid: ev.pid,
+        fid,
+        class,
+        since: now,
+        due,
+        latest,
+        tries: 0,
+        stat: None,
+        _file: file,
+    })
 }
 
 #[cfg(test)]

@@ -73,6 +73,8 @@ pub struct ProcessInfo {
 /// Start time and parent pid from `/proc/<pid>/stat`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stat {
+    /// Run state letter: `Z` (zombie) and `X` (dead) have no image left.
+    pub state: u8,
     pub ppid: i32,
     pub start_time_ticks: u64,
     /// Address of argv in the process's memory. A new image gets a new one
@@ -133,6 +135,10 @@ pub fn parse_stat(pid: i32, text: &[u8]) -> Result<Stat, AttributionError> {
     let arg_start = field(45);
     match (ppid, start) {
         (Some(ppid), Some(start_time_ticks)) => Ok(Stat {
+            state: fields
+                .first()
+                .and_then(|s| s.bytes().next())
+                .unwrap_or(b'?'),
             ppid,
             start_time_ticks,
             arg_start,
@@ -148,6 +154,67 @@ pub fn parse_stat(pid: i32, text: &[u8]) -> Result<Stat, AttributionError> {
 pub fn stat(pid: i32) -> Result<Stat, AttributionError> {
     let text = fs::read(format!("/proc/{pid}/stat")).map_err(|e| io_err(pid, "stat", e))?;
     parse_stat(pid, &text)
+}
+
+impl Stat {
+    /// Whether the process has exited (a zombie or dead): its `exe` and
+    /// argv are gone.
+    pub fn exited(&self) -> bool {
+        matches!(self.state, b'Z' | b'X')
+    }
+}
+
+/// Read `/proc/<pid>/stat` through a file opened once, with one `pread`
+/// per call: the exec loop probes the same process many times, and
+/// `fs::read` would cost an open, a `statx`, two reads and a close each
+/// time. seq_file regenerates the text for every read at offset 0.
+pub fn stat_at(pid: i32, file: &mut Option<fs::File>) -> Result<(Stat, Comm), AttributionError> {
+    use std::os::unix::fs::FileExt;
+    if file.is_none() {
+        *file =
+            Some(fs::File::open(format!("/proc/{pid}/stat")).map_err(|e| io_err(pid, "stat", e))?);
+    }
+    let Some(f) = file.as_ref() else {
+        return Err(AttributionError::Vanished { pid });
+    };
+    let mut buf = [0u8; 2048];
+    let n = f.read_at(&mut buf, 0).map_err(|e| io_err(pid, "stat", e))?;
+    if n == 0 {
+        return Err(AttributionError::Vanished { pid });
+    }
+    let text = &buf[..n];
+    Ok((parse_stat(pid, text)?, Comm::of_stat(text)))
+}
+
+/// The `comm` field of a `/proc/<pid>/stat` text, without allocating.
+#[derive(Debug, Clone, Copy)]
+pub struct Comm {
+    buf: [u8; 64],
+    len: usize,
+}
+
+impl Comm {
+    /// Between the first `(` and the last `)`; empty if malformed.
+    pub fn of_stat(text: &[u8]) -> Self {
+        let mut c = Self {
+            buf: [0; 64],
+            len: 0,
+        };
+        let open = text.iter().position(|&b| b == b'(');
+        let close = text.iter().rposition(|&b| b == b')');
+        if let (Some(o), Some(e)) = (open, close)
+            && o < e
+        {
+            let name = &text[o + 1..e];
+            c.len = name.len().min(c.buf.len());
+            c.buf[..c.len].copy_from_slice(&name[..c.len]);
+        }
+        c
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
 }
 
 /// Split a NUL-separated cmdline into every argument.

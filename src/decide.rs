@@ -8,9 +8,7 @@
 //! cannot tell what happened must not break the container.
 
 use std::collections::HashMap;
-use std::ffi::OsStr;
 use std::os::fd::{AsRawFd, BorrowedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -101,6 +99,16 @@ pub struct Stats {
     /// Permission events answered from the benign-process cache.
     pub cache_hits: AtomicU64,
     pub exec_events: AtomicU64,
+    /// Exec events read once, after `exe::PLAIN_DELAY` (launchers, and
+    /// plain programs that could not be ignored).
+    pub exec_plain: AtomicU64,
+    /// Probes of pending execs (reads of their `/proc/<pid>/stat`).
+    pub exec_probes: AtomicU64,
+    /// Settled busybox applets let go by their plain `comm`.
+    pub exec_applets_skipped: AtomicU64,
+    /// Ignore marks placed in the exec group (ELF interpreters and plain
+    /// programs, whose execs the kernel then stops reporting).
+    pub exec_ignored: AtomicU64,
     pub exec_unsettled: AtomicU64,
     /// Execs still not complete after [`EXEC_SETTLE`] (the rest of
     /// `exec_unsettled` exited before they could be read).
@@ -144,6 +152,10 @@ pub struct StatsSnapshot {
     pub host_process: u64,
     pub cache_hits: u64,
     pub exec_events: u64,
+    pub exec_plain: u64,
+    pub exec_probes: u64,
+    pub exec_ignored: u64,
+    pub exec_applets_skipped: u64,
     pub exec_unsettled: u64,
     pub exec_timeouts: u64,
     pub findings: u64,
@@ -221,6 +233,10 @@ impl Stats {
             host_process: g(&self.host_process),
             cache_hits: g(&self.cache_hits),
             exec_events: g(&self.exec_events),
+            exec_plain: g(&self.exec_plain),
+            exec_probes: g(&self.exec_probes),
+            exec_ignored: g(&self.exec_ignored),
+            exec_applets_skipped: g(&self.exec_applets_skipped),
             exec_unsettled: g(&self.exec_unsettled),
             exec_timeouts: g(&self.exec_timeouts),
             findings: g(&self.findings),
@@ -246,6 +262,8 @@ pub struct Context {
     pub stats: Stats,
     /// Archivers known by content, for copied or renamed binaries.
     pub identities: crate::identity::Identities,
+    /// What each exec'd file is, so plain programs are not probed early.
+    pub exe_classes: crate::exe::ExeClasses,
     /// Process images already found to match neither rule, with the index
     /// and policy generations they were judged under. A shell reading a
     /// credential directory in a loop then costs one `/proc/<pid>/stat`
@@ -268,6 +286,7 @@ impl Context {
             policy: RwLock::new(Arc::new(policy)),
             stats: Stats::default(),
             identities: crate::identity::Identities::default(),
+            exe_classes: crate::exe::ExeClasses::default(),
             benign: std::sync::Mutex::new(HashMap::new()),
             process_events: std::sync::atomic::AtomicBool::new(false),
         }
@@ -500,19 +519,6 @@ fn file_rule(
     ))
 }
 
-/// Whether an exec event's file is an ELF interpreter (`ld-linux*.so*`,
-/// `ld-musl*`): the kernel reports the interpreter's open with
-/// `FAN_OPEN_EXEC` too, but the process is running the main binary.
-pub fn is_interpreter(path: &Path) -> bool {
-    let name = path.file_name().map(OsStr::as_bytes).unwrap_or_default();
-    name.starts_with(b"ld-linux") || name.starts_with(b"ld-musl") || name.starts_with(b"ld.so")
-}
-
-/// Whether an exec event names an ELF interpreter rather than a program.
-pub fn exec_is_interpreter(fd: BorrowedFd<'_>) -> bool {
-    crate::watch::fd_path(fd).is_some_and(|p| is_interpreter(&p))
-}
-
 /// Where an exec event stands.
 #[derive(Debug)]
 pub enum ExecProbe {
@@ -530,24 +536,55 @@ pub enum ExecProbe {
 /// once [`settled`] says the exec is complete. The caller retries on
 /// [`ExecProbe::Wait`] without blocking other events, and gives up after a
 /// deadline.
-pub fn probe_exec(ctx: &Context, pid: i32, fid: FileId) -> ExecProbe {
+///
+/// `stat` holds the process's `/proc/<pid>/stat`, opened on the first
+/// probe and read with one `pread` on each later one.
+pub fn probe_exec(
+    ctx: &Context,
+    pid: i32,
+    fid: FileId,
+    class: crate::exe::ExeClass,
+    stat: &mut Option<std::fs::File>,
+) -> ExecProbe {
     if pid == ctx.self_pid {
         return ExecProbe::Done(None);
     }
-    let Some(proc) = settled(pid, fid) else {
-        if attribution::stat(pid).is_err() {
+    bump(&ctx.stats.exec_probes);
+    let (st, comm) = match attribution::stat_at(pid, stat) {
+        Ok((st, comm)) if !st.exited() => (st, comm),
+        _ => {
             bump(&ctx.stats.exec_unsettled);
             return ExecProbe::Done(None);
         }
-        return ExecProbe::Wait;
     };
+    if !settled(pid, fid, &st) {
+        return ExecProbe::Wait;
+    }
     let policy = ctx.policy();
+    let starts = ctx.process_events.load(Ordering::Relaxed);
+    // A busybox applet with a plain name (`true`, `cat`, `sed`) is let go
+    // without reading argv: its comm is the applet's, now that the exec
+    // has settled (see `exe`).
+    if class == crate::exe::ExeClass::MultiCall
+        && !starts
+        && crate::exe::class_of_name(&policy.rules, comm.as_bytes()) == crate::exe::ExeClass::Plain
+    {
+        bump(&ctx.stats.exec_applets_skipped);
+        return ExecProbe::Done(None);
+    }
+    let proc = match RawProcess::read_with(pid, st) {
+        Ok(p) if !p.args.is_empty() => p,
+        Ok(_) => return ExecProbe::Wait,
+        Err(_) => {
+            bump(&ctx.stats.exec_unsettled);
+            return ExecProbe::Done(None);
+        }
+    };
     // Most execs match nothing: decide that before any container lookup.
     let matched = policy
         .rules
         .match_exec_names(&[proc.exe_name(), &proc.comm], &proc.args);
     let archiver = archiver_of(ctx, &policy, pid, &proc);
-    let starts = ctx.process_events.load(Ordering::Relaxed);
     if matched.is_none() && archiver.is_none() && !starts {
         return ExecProbe::Done(None);
     }
@@ -628,31 +665,36 @@ fn inherited_credentials(
     out
 }
 
-/// The process once its exec of `fid` has completed, or `None` if it has
-/// not (yet). Three checks, because each alone is fooled:
+/// Whether the process's exec of `fid` has completed, judged from its
+/// stat `st`. Three checks, because each alone is fooled:
 /// * `/proc/<pid>/exe` is the event's file (it still names the old image
 ///   until the kernel switches the mm);
 /// * argv is non-empty (the new mm has no argv until the ELF loader
-///   writes it, after the exe switch);
+///   writes it, after the exe switch; the caller checks the argv it reads
+///   too);
 /// * when the parent runs the same executable (busybox sh forking busybox
 ///   tar), the child's argv must not be at the parent's address, which a
 ///   forked child keeps until its own exec.
-fn settled(pid: i32, fid: FileId) -> Option<RawProcess> {
-    let (dev, ino) = attribution::exe_id(pid).ok()?;
+///
+/// Once these hold, `comm` is the new image's too (the kernel sets it
+/// before the ELF loader writes argv).
+fn settled(pid: i32, fid: FileId, st: &attribution::Stat) -> bool {
+    if st.arg_end <= st.arg_start {
+        return false;
+    }
+    let Ok((dev, ino)) = attribution::exe_id(pid) else {
+        return false;
+    };
     if (FileId { dev, ino }) != fid {
-        return None;
+        return false;
     }
-    let p = RawProcess::read(pid).ok()?;
-    if p.args.is_empty() {
-        return None;
-    }
-    if p.stat.ppid > 1 && attribution::exe_id(p.stat.ppid).ok() == Some((dev, ino)) {
-        let parent = attribution::stat(p.stat.ppid).ok()?;
-        if parent.arg_start == p.stat.arg_start {
-            return None;
+    if st.ppid > 1 && attribution::exe_id(st.ppid).ok() == Some((dev, ino)) {
+        match attribution::stat(st.ppid) {
+            Ok(parent) if parent.arg_start != st.arg_start => {}
+            _ => return false,
         }
     }
-    Some(p)
+    true
 }
 
 #[cfg(test)]
@@ -702,12 +744,5 @@ mod tests {
         assert_eq!(l.p50_us, 16);
         assert_eq!(l.p99_us, 128);
         assert_eq!(l.max_bucket_us, 8192);
-    }
-
-    #[test]
-    fn interpreters_are_recognised() {
-        assert!(is_interpreter(Path::new("/lib64/ld-linux-x86-64.so.2")));
-        assert!(is_interpreter(Path::new("/lib/ld-musl-x86_64.so.1")));
-        assert!(!is_interpreter(Path::new("/usr/bin/tar")));
     }
 }

@@ -87,9 +87,18 @@ pub fn build_id<R: Read + Seek>(f: &mut R) -> Option<Vec<u8>> {
     None
 }
 
+/// Whether a file starts with the ELF magic.
+pub fn is_elf<R: Read + Seek>(f: &mut R) -> bool {
+    let mut magic = [0u8; 4];
+    f.seek(SeekFrom::Start(0)).is_ok() && f.read_exact(&mut magic).is_ok() && &magic == b"\x7fELF"
+}
+
 /// Known archiver build-ids, and a cache of executables already hashed.
 #[derive(Debug, Default)]
 pub struct Identities {
+    /// Bumped whenever `known` or `multi` change, so verdicts made from
+    /// them (`exe::ExeClasses`) are made again.
+    generation: std::sync::atomic::AtomicU64,
     known: RwLock<HashMap<Vec<u8>, String>>,
     /// Build-ids seen under more than one name: multi-call binaries.
     multi: RwLock<std::collections::HashSet<Vec<u8>>>,
@@ -136,6 +145,9 @@ impl Identities {
         }
         let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
         let mut multi = self.multi.write().unwrap_or_else(|e| e.into_inner());
+        // Entries are only ever added, or moved from `known` to `multi`, so
+        // the sizes tell whether anything changed.
+        let before = (known.len(), multi.len());
         if let Some(b) = busybox {
             known.remove(&b);
             multi.insert(b);
@@ -154,6 +166,37 @@ impl Identities {
                 }
             }
         }
+        if (known.len(), multi.len()) != before {
+            self.generation
+                .fetch_add(1, std::sync::atomic::Ordering::Release);
+        }
+    }
+
+    /// Whether a build-id is a known archiver's or a multi-call binary's.
+    pub fn watches_build_id(&self, id: &[u8]) -> bool {
+        self.known
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(id)
+            || self
+                .multi
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(id)
+    }
+
+    /// Whether a build-id is a multi-call binary's (busybox's, or one seen
+    /// under two archiver names).
+    pub fn is_multicall(&self, id: &[u8]) -> bool {
+        self.multi
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(id)
+    }
+
+    /// Changes whenever the known identities change.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Learn the host's archivers.

@@ -8,7 +8,7 @@
 //!   persists registrations;
 //! * [`resolve`], [`marks`], [`watch`]: fanotify marks on the container's
 //!   credential files and exec;
-//! * [`answer`], [`decide`], [`attribution`], [`index`], [`rules`]: each
+//! * [`answer`], [`exe`], [`decide`], [`attribution`], [`index`], [`rules`]: each
 //!   event is attributed, decided and answered;
 //! * [`alert`], [`sink`]: aggregated ECS alerts go to JSON and syslog;
 //! * [`response`], [`netlink`]: kill, stop and disconnect;
@@ -26,6 +26,7 @@ pub mod daemon;
 pub mod decide;
 pub mod engine;
 pub mod exceptions;
+pub mod exe;
 pub mod hook;
 pub mod identity;
 pub mod index;

@@ -159,7 +159,8 @@ pub fn install(
     Ok(report)
 }
 
-/// Remove `rec`'s marks on the inodes no other container still marks.
+/// Remove `rec`'s marks on the inodes no other container still marks, and
+/// the exec group's ignore marks.
 ///
 /// Returns how many marks were removed. While the container's init lives we
 /// resolve through it; after it exited (the usual case at poststop) we
@@ -167,6 +168,11 @@ pub fn install(
 /// against its recorded (dev, ino) before its mark is removed. Marks on an
 /// unmounted overlay vanish with its superblock and need nothing.
 pub fn remove(perm: &Group, exec: &Group, rec: &ContainerRecord, orphaned: &[FileId]) -> usize {
+    // The exec group's ignore marks (ELF interpreters) may sit on this
+    // container's files; they pin their inodes, so they go too.
+    if rec.exec_scope.is_some() {
+        let _ = crate::watch::EventSource::flush_ignores(exec);
+    }
     let root = if rec.alive() {
         resolve::container_root(rec.pid, &rec.rootfs)
             .ok()

@@ -40,6 +40,13 @@ const SHELLS: &[&str] = &["sh", "bash", "dash", "ash", "zsh", "ksh"];
 /// Multi-call binaries whose forked children run applets without exec.
 const MULTICALL: &[&str] = &["busybox", "toybox"];
 
+/// Whether a program name is a known multi-call binary (busybox, toybox).
+pub fn is_multicall(name: &[u8]) -> bool {
+    MULTICALL
+        .iter()
+        .any(|m| m.as_bytes().eq_ignore_ascii_case(name))
+}
+
 /// Errors building the rule set.
 #[derive(Debug, thiserror::Error)]
 pub enum RuleError {
@@ -386,6 +393,18 @@ impl Rules {
             }
         };
         Some(ExecMatch { archiver, paths })
+    }
+
+    /// Whether an executable's name may belong to an archiver or run one:
+    /// an archiver of either rule, a shell, or a multi-call binary. The
+    /// exec loop probes such executables at once (see `exe`).
+    pub fn watches_name(&self, name: &[u8]) -> bool {
+        self.exec_archivers.contains(name)
+            || self.file_archivers.contains(name)
+            || SHELLS
+                .iter()
+                .chain(MULTICALL)
+                .any(|s| s.as_bytes().eq_ignore_ascii_case(name))
     }
 
     /// Whether a process is an archiver for the file-access rule, and why.

@@ -19,7 +19,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use nix::errno::Errno;
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::poll::{PollFd, PollFlags};
 use nix::sys::fanotify::{EventFFlags, Fanotify, InitFlags, MarkFlags, MaskFlags};
 use nix::sys::statfs::fstatfs;
 
@@ -116,15 +116,24 @@ pub trait EventSource: Send + Sync {
     fn read(&self, buf: &mut [u8]) -> io::Result<usize>;
     /// Answer a permission event.
     fn respond(&self, fd: RawFd, response: u32) -> io::Result<()>;
+    /// Stop reporting execs of the file behind `fd` (an ignore mark), until
+    /// the file is modified or [`EventSource::flush_ignores`]. Sources
+    /// without a kernel behind them cannot ignore.
+    fn ignore_exec(&self, _fd: BorrowedFd<'_>) -> io::Result<()> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+    /// Drop every ignore mark.
+    fn flush_ignores(&self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 fn wait_fd(fd: BorrowedFd<'_>, timeout: Duration) -> io::Result<bool> {
     let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
-    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-    match poll(
-        &mut fds,
-        PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
-    ) {
+    // ppoll, not poll: the exec loop sleeps for tens of microseconds
+    // between probes, below poll's millisecond resolution.
+    let ts = nix::sys::time::TimeSpec::from_duration(timeout);
+    match nix::poll::ppoll(&mut fds, Some(ts), None) {
         Ok(0) => Ok(false),
         Ok(_) => Ok(true),
         Err(Errno::EINTR) => Ok(false),
@@ -178,6 +187,41 @@ impl EventSource for Group {
     }
     fn respond(&self, fd: RawFd, response: u32) -> io::Result<()> {
         write_response(self.fan.as_fd(), fd, response)
+    }
+    fn ignore_exec(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
+        // No FAN_MARK_IGNORED_SURV_MODIFY: a write to the file drops the
+        // ignore mark, so a replaced interpreter is judged again.
+        self.fan
+            .mark::<_, str>(
+                MarkFlags::FAN_MARK_ADD | MarkFlags::FAN_MARK_IGNORED_MASK,
+                MaskFlags::FAN_OPEN_EXEC,
+                fd,
+                None,
+            )
+            .map_err(io::Error::from)
+    }
+    /// Drop every inode mark of the group. In the exec group those are
+    /// only the ignore marks of [`EventSource::ignore_exec`] (its real marks
+    /// are mount and filesystem marks), and an inode mark pins its inode:
+    /// flushing them when a container goes keeps deleted rootfs files from
+    /// living on. Files still in use are ignored again on their next exec.
+    fn flush_ignores(&self) -> io::Result<()> {
+        // SAFETY: fanotify_mark with FAN_MARK_FLUSH takes no path; the
+        // group fd is valid for the call (borrowed from self).
+        let rc = unsafe {
+            libc::fanotify_mark(
+                self.fan.as_fd().as_raw_fd(),
+                libc::FAN_MARK_FLUSH,
+                0,
+                libc::AT_FDCWD,
+                std::ptr::null(),
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
     }
 }
 
