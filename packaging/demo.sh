@@ -51,7 +51,7 @@ done
 echo "root:x:0:0:root:/root:/bin/sh" >"$R/etc/passwd"
 echo "-----BEGIN OPENSSH PRIVATE KEY----- demo" >"$R/root/.ssh/id_rsa"
 
-# 3. A bundle whose config.json runs the hook at createRuntime and poststop.
+# 3. A bundle whose config.json runs the hook at createRuntime.
 (cd "$WORK/bundle" && runc spec)
 python3 - "$WORK/bundle/config.json" "$KW" "$SOCK" <<'PY'
 import json, sys
@@ -62,7 +62,7 @@ c["process"]["args"] = ["sh", "-c", "tar czf /tmp/x.tgz /root/.ssh/id_rsa && ech
 c["process"]["env"] = ["PATH=/usr/bin:/bin"]
 c["root"]["readonly"] = False
 hook = {"path": kw, "args": ["keyward", "hook", "--socket", sock], "timeout": 10}
-c["hooks"] = {"createRuntime": [hook], "poststop": [hook]}
+c["hooks"] = {"createRuntime": [hook]}
 json.dump(c, open(path, "w"), indent=2)
 PY
 

@@ -78,7 +78,7 @@ c["process"]["args"] = ["/bin/sh", "-c", script]
 c["process"]["env"] = ["PATH=/usr/bin:/bin"]
 c["root"] = {"path": "rootfs", "readonly": False}
 hook = {"path": kw, "args": ["keyward", "hook", "--socket", sock], "timeout": 10}
-c["hooks"] = {"createRuntime": [hook], "poststop": [hook]}
+c["hooks"] = {"createRuntime": [hook]}
 json.dump(c, open(dst, "w"))
 PY
     timeout $((SECS + 120)) runc run --bundle "$D" "soak-$$-$i" </dev/null >/dev/null 2>&1 &

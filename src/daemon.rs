@@ -102,6 +102,7 @@ impl Daemon {
     }
 
     fn register(&self, r: Registration) -> Result<Reply, String> {
+        let started = std::time::Instant::now();
         registry::check_id(&r.id).map_err(|e| e.to_string())?;
         let default = self
             .config
@@ -145,13 +146,14 @@ impl Daemon {
         let report = self.install(&mut rec).map_err(|e| e.to_string())?;
         self.note_coverage(&rec.id, &report);
         log(format!(
-            "watching container {} (pid {}, action {}): {} files, {} dirs, exec mark {:?}",
+            "watching container {} (pid {}, action {}): {} files, {} dirs, exec mark {:?}, in {} us",
             rec.id,
             rec.pid,
             rec.action.as_str(),
             report.files,
             report.dirs,
-            report.exec
+            report.exec,
+            started.elapsed().as_micros()
         ));
         let id = rec.id.clone();
         reg.insert(rec);
@@ -286,7 +288,18 @@ impl Daemon {
     }
 
     fn deregister(&self, id: &str) -> Reply {
+        self.deregister_if(id, |_| true)
+    }
+
+    /// [`Daemon::deregister`] if the record passes `check`, all under one
+    /// lock of the registry.
+    fn deregister_if(&self, id: &str, check: impl Fn(&ContainerRecord) -> bool) -> Reply {
         let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        if !reg.get(id).is_some_and(check) {
+            return Reply::Error {
+                message: format!("container {id} is not registered"),
+            };
+        }
         match self.drop_container(&mut reg, id) {
             Some(n) => {
                 if let Err(e) = reg.save() {
@@ -303,6 +316,41 @@ impl Daemon {
             None => Reply::Error {
                 message: format!("container {id} is not registered"),
             },
+        }
+    }
+
+    /// Drop each container the moment its init exits (see `reaper`). A
+    /// container registered again under the same id meanwhile has another
+    /// init and stays.
+    fn follow_exits(&self, stop: &AtomicBool) {
+        let mut exits = crate::reaper::Exits::default();
+        while !stop.load(Ordering::Relaxed) {
+            let live: Vec<crate::reaper::Init> = self
+                .registry
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .all()
+                .map(|c| crate::reaper::Init {
+                    id: c.id.clone(),
+                    pid: c.pid,
+                    start_time_ticks: c.start_time_ticks,
+                })
+                .collect();
+            let mut ended = exits.sync(&live);
+            // Short waits: a container registered meanwhile is followed
+            // from the next round on.
+            ended.extend(exits.wait(Duration::from_millis(100)));
+            for init in ended {
+                let same = |c: &ContainerRecord| {
+                    c.pid == init.pid && c.start_time_ticks == init.start_time_ticks
+                };
+                if let Reply::Deregistered { .. } = self.deregister_if(&init.id, same) {
+                    log(format!(
+                        "container {} exited (init pid {}); dropped it",
+                        init.id, init.pid
+                    ));
+                }
+            }
         }
     }
 
@@ -743,6 +791,10 @@ pub fn run(config_path: Option<&Path>) -> Result<(), DaemonError> {
             })
         })?
     };
+    {
+        let (d, s) = (daemon.clone(), stop.clone());
+        threads.push(spawn("keyward-reaper", move || d.follow_exits(&s))?);
+    }
     if let Some(create) = create {
         let (d, s) = (daemon.clone(), stop.clone());
         threads.push(spawn("keyward-create", move || {

@@ -4,8 +4,9 @@
 //!
 //! * [`oci`], [`hook`], [`client`]: the OCI hook registers each container
 //!   before its first process runs;
-//! * [`control`], [`protocol`], [`registry`]: the daemon verifies and
-//!   persists registrations;
+//! * [`control`], [`protocol`], [`registry`], [`reaper`]: the daemon
+//!   verifies and persists registrations, and drops a container when its
+//!   init exits;
 //! * [`resolve`], [`marks`], [`watch`]: fanotify marks on the container's
 //!   credential files and exec;
 //! * [`answer`], [`exe`], [`decide`], [`attribution`], [`index`], [`rules`]: each
@@ -34,6 +35,7 @@ pub mod marks;
 pub mod netlink;
 pub mod oci;
 pub mod protocol;
+pub mod reaper;
 pub mod registry;
 pub mod resolve;
 pub mod response;

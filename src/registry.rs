@@ -287,8 +287,12 @@ impl Registry {
             .mode(0o600)
             .open(&tmp)
             .map_err(err)?;
+        // No fsync: the file only has to survive the daemon (a crash or
+        // SIGKILL leaves the page cache intact, and the rename is atomic).
+        // After a power loss or kernel crash every container it names is
+        // gone anyway. An fsync here cost each container start and stop
+        // milliseconds on a disk-backed runtime dir.
         f.write_all(&bytes).map_err(err)?;
-        f.sync_all().map_err(err)?;
         fs::rename(&tmp, &self.path).map_err(err)
     }
 

@@ -1,7 +1,7 @@
 //! End-to-end detection in real runc containers.
 //!
 //! Strategy: a real daemon (real fanotify marks, real syslog socket) and
-//! real runc containers with `keyward hook` in createRuntime/poststop. Each
+//! real runc containers with `keyward hook` in createRuntime. Each
 //! test runs a shell script inside a container and then reads the ECS JSON
 //! file and the syslog socket. The seed-rule test disables the file rule:
 //! its alerts come from the seed rule, evaluated on argv both at exec
@@ -461,4 +461,55 @@ fn lookup_files_cost_nothing_where_nothing_is_denied() {
     d.wait_alert("denied /etc/passwd", |a| {
         a["container"]["id"] == b.id.as_str() && a["event"]["type"][0] == "denied"
     });
+}
+
+#[test]
+fn plain_programs_are_ignored_by_the_kernel_until_rewritten() {
+    if !privileged() {
+        return;
+    }
+    // A plain program's execs stop reaching the daemon after the first
+    // (an ignore mark on the file); the dynamic loader's are ignored too.
+    // Rewriting the file in place drops the mark: its execs are reported
+    // again and judged by the new content. Counted with the daemon's own
+    // exec counters, between two containers' runs.
+    let d = Daemon::start("");
+    let exec_events = |d: &Daemon| d.status()["stats"]["exec_events"].as_u64().unwrap();
+    let plain = Bundle::new(
+        "kw-plain",
+        &d.socket,
+        "i=0; while [ $i -lt 40 ]; do /opt/gnu/true; i=$((i+1)); done",
+    );
+    let before = exec_events(&d);
+    let out = plain.run();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen = exec_events(&d) - before;
+    // The shell itself, plus the first /opt/gnu/true and its ld.so: a few,
+    // not 40 (nor 80 with the loader).
+    assert!(
+        seen < 10,
+        "{seen} exec events for 40 runs of a plain program"
+    );
+    assert!(d.status()["stats"]["exec_ignored"].as_u64().unwrap() >= 2);
+
+    // The same program rewritten in place (same inode) as busybox: every
+    // exec is reported again.
+    let rewritten = Bundle::new(
+        "kw-rewritten",
+        &d.socket,
+        "/opt/gnu/true; cat /bin/busybox > /opt/gnu/true; i=0; while [ $i -lt 20 ]; do /opt/gnu/true true; i=$((i+1)); done",
+    );
+    let before = exec_events(&d);
+    let out = rewritten.run();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen = exec_events(&d) - before;
+    assert!(seen >= 20, "only {seen} exec events after the rewrite");
 }

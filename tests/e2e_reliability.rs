@@ -360,7 +360,7 @@ fn fifty_containers_at_once_are_all_watched() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    // Every container deregistered (poststop) or reaped.
+    // Every container dropped when its init exited.
     let deadline = Instant::now() + Duration::from_secs(10);
     while d.status()["containers"] != 0 {
         assert!(Instant::now() < deadline, "containers left registered");
@@ -460,4 +460,56 @@ fn container_symlinks_never_lead_the_daemon_to_host_files() {
         );
     }
     let _ = child.wait();
+}
+
+#[test]
+fn an_exited_container_is_dropped_without_poststop_and_poststop_still_works() {
+    if !privileged() {
+        return;
+    }
+    // The shipped hooks.d file registers at createRuntime only: the
+    // daemon follows each init with a pidfd and drops the container when
+    // it exits. Its log line says which path dropped it ("exited (init pid
+    // N)" is the pidfd path; the 2 s liveness sweep says "dropping it").
+    // A config that still runs the hook at poststop keeps working: the
+    // second deregistration finds nothing and the hook exits 0.
+    let d = Daemon::start("");
+    let b = Bundle::new("kw-noposts", &d.socket, "sleep 0.3");
+    let out = b.run();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !d
+        .log_text()
+        .contains(&format!("container {} exited (init pid", b.id))
+    {
+        assert!(Instant::now() < deadline, "no pidfd drop: {}", d.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(d.status()["containers"], 0);
+    assert_eq!(d.status()["marked_inodes"], 0, "marks leaked");
+
+    let mut b = Bundle::new("kw-posts", &d.socket, "sleep 0.3");
+    b.poststop();
+    let out = b.run();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while d.status()["containers"] != 0 {
+        assert!(Instant::now() < deadline, "container left registered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        d.log_text()
+            .contains(&format!("stopped watching container {}", b.id)),
+        "{}",
+        d.log_text()
+    );
+    assert_eq!(d.status()["marked_inodes"], 0, "marks leaked");
 }

@@ -4,7 +4,7 @@
 //! `timeout`, killed by pid on drop) with a private socket, runtime dir,
 //! alert file and a real syslog datagram socket that the test binds. It
 //! then runs real runc containers whose `config.json` wires `keyward hook`
-//! into createRuntime and poststop. The rootfs is busybox-static plus GNU
+//! into createRuntime. The rootfs is busybox-static plus GNU
 //! tar, gzip, zip and 7z copied in with their `ldd` libraries, and a set of
 //! fake credential files. Nothing is faked between the kernel and the
 //! alert.
@@ -200,6 +200,9 @@ pub fn base_rootfs() -> &'static Path {
         // GNU nice: busybox-static has no nice applet, and it is a wrapper
         // attackers use.
         copy_with_libs("/usr/bin/nice", &root, "/usr/bin/nice");
+        // A plain (non-archiver) dynamic program, off PATH: the exec path
+        // ignores such programs after their first exec.
+        copy_with_libs("/usr/bin/true", &root, "/opt/gnu/true");
         // 7z is a shell wrapper around /usr/lib/p7zip/7z (which dlopens 7z.so).
         copy_with_libs("/usr/lib/p7zip/7z", &root, "/usr/lib/p7zip/7z");
         copy_with_libs("/usr/lib/p7zip/7z.so", &root, "/usr/lib/p7zip/7z.so");
@@ -544,7 +547,9 @@ fn runc_spec_template() -> &'static Value {
 
 impl Bundle {
     /// A fresh bundle: a copy of the base rootfs, `script` run by `sh -c`,
-    /// the hook in createRuntime and poststop pointing at `socket`.
+    /// the hook in createRuntime pointing at `socket`, as the shipped
+    /// hooks.d file has it (the daemon drops the container when its init
+    /// exits; [`Bundle::poststop`] adds the optional poststop stage).
     pub fn new(prefix: &str, socket: &Path, script: &str) -> Self {
         let id = unique(prefix);
         let dir = std::env::temp_dir().join(&id);
@@ -568,7 +573,7 @@ impl Bundle {
         config["root"]["path"] = Value::String("rootfs".into());
         config["root"]["readonly"] = Value::Bool(false);
         let hook = serde_json::json!({"path": KEYWARD, "args": ["keyward", "hook", "--socket", socket], "timeout": 10});
-        config["hooks"] = serde_json::json!({"createRuntime": [hook.clone()], "poststop": [hook]});
+        config["hooks"] = serde_json::json!({"createRuntime": [hook]});
         Self {
             id,
             dir,
@@ -588,8 +593,15 @@ impl Bundle {
     /// Replace the hook args (e.g. a dead socket, `--fail-open`).
     pub fn hook_args(&mut self, args: &[&str]) -> &mut Self {
         let hook = serde_json::json!({"path": KEYWARD, "args": args, "timeout": 10});
-        self.config["hooks"] =
-            serde_json::json!({"createRuntime": [hook.clone()], "poststop": [hook]});
+        self.config["hooks"] = serde_json::json!({"createRuntime": [hook]});
+        self
+    }
+
+    /// Run the hook at poststop too (the stage is optional: the daemon
+    /// notices the init's exit by itself).
+    pub fn poststop(&mut self) -> &mut Self {
+        let hook = self.config["hooks"]["createRuntime"][0].clone();
+        self.config["hooks"]["poststop"] = serde_json::json!([hook]);
         self
     }
 
