@@ -689,7 +689,14 @@ pub fn run(config_path: Option<&Path>) -> Result<(), DaemonError> {
         path: cfg.daemon.runtime_dir.clone(),
         source,
     })?;
+    // Two stop flags, because shutdown has an order: the threads that
+    // open files in containers (control, reaper, create: deregistration
+    // and rescans reopen marked credential files) stop first, and the
+    // decision loops that answer those opens last. The other way round, a
+    // deregistration in flight would wait forever on its own permission
+    // event, and the daemon would never exit.
     let stop = Arc::new(AtomicBool::new(false));
+    let stop_intake = Arc::new(AtomicBool::new(false));
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
@@ -740,7 +747,10 @@ pub fn run(config_path: Option<&Path>) -> Result<(), DaemonError> {
         })?);
     }
     {
-        let (e, c, t, s) = (exec.clone(), ctx.clone(), tx, stop.clone());
+        // The exec loop reads /proc/<pid>/exe and fds, which may be marked
+        // files: it stops with the intake threads, before the permission
+        // loop.
+        let (e, c, t, s) = (exec.clone(), ctx.clone(), tx, stop_intake.clone());
         threads.push(spawn("keyward-exec", move || {
             crate::answer::exec_loop(&*e, &c, t, &s)
         })?);
@@ -776,8 +786,9 @@ pub fn run(config_path: Option<&Path>) -> Result<(), DaemonError> {
     daemon.restore(records);
 
     let listener = control::bind(&cfg.socket)?;
-    let control_thread = {
-        let (d, s) = (daemon.clone(), stop.clone());
+    let mut intake = Vec::new();
+    intake.push({
+        let (d, s) = (daemon.clone(), stop_intake.clone());
         let mut last_reap = Instant::now();
         spawn("keyward-control", move || {
             let reaper = d.clone();
@@ -790,14 +801,14 @@ pub fn run(config_path: Option<&Path>) -> Result<(), DaemonError> {
                 reaper.run_rescans(&mut last_periodic);
             })
         })?
-    };
+    });
     {
-        let (d, s) = (daemon.clone(), stop.clone());
-        threads.push(spawn("keyward-reaper", move || d.follow_exits(&s))?);
+        let (d, s) = (daemon.clone(), stop_intake.clone());
+        intake.push(spawn("keyward-reaper", move || d.follow_exits(&s))?);
     }
     if let Some(create) = create {
-        let (d, s) = (daemon.clone(), stop.clone());
-        threads.push(spawn("keyward-create", move || {
+        let (d, s) = (daemon.clone(), stop_intake.clone());
+        intake.push(spawn("keyward-create", move || {
             create_loop(&create, &d, &s)
         })?);
     }
@@ -817,8 +828,11 @@ pub fn run(config_path: Option<&Path>) -> Result<(), DaemonError> {
         log(format!("signal {sig}: stopping"));
         break;
     }
+    stop_intake.store(true, Ordering::Relaxed);
+    for t in intake {
+        let _ = t.join();
+    }
     stop.store(true, Ordering::Relaxed);
-    let _ = control_thread.join();
     for t in threads {
         let _ = t.join();
     }

@@ -513,3 +513,34 @@ fn an_exited_container_is_dropped_without_poststop_and_poststop_still_works() {
     );
     assert_eq!(d.status()["marked_inodes"], 0, "marks leaked");
 }
+
+#[test]
+fn sigterm_while_containers_exit_stops_cleanly() {
+    if !privileged() {
+        return;
+    }
+    // Shutdown has an order: deregistering a container reopens its marked
+    // credential files, so the threads that do that must stop before the
+    // permission loop that answers those opens. The other order hung the
+    // daemon at exit (found in the bench). Twenty containers end at about
+    // the same moment as the SIGTERM; `stop` fails the test unless the
+    // daemon exits on SIGTERM alone.
+    let mut d = Daemon::start("");
+    let bundles: Vec<Bundle> = (0..20)
+        .map(|_| Bundle::new("kw-termexit", &d.socket, "sleep 3"))
+        .collect();
+    let children: Vec<_> = bundles.iter().map(Bundle::spawn).collect();
+    d.wait_registered(20);
+    // The last one started just now, the first up to a few seconds ago:
+    // their exits spread around this moment.
+    std::thread::sleep(Duration::from_millis(2900));
+    d.stop();
+    assert!(
+        d.log_text().contains("keyward: stopped"),
+        "{}",
+        d.log_text()
+    );
+    for mut c in children {
+        let _ = c.wait();
+    }
+}

@@ -243,19 +243,29 @@ pub fn inner_pid(child: &std::process::Child) -> Option<i32> {
 
 /// Stop a `timeout(1)`-wrapped child: SIGTERM its command by pid, then
 /// SIGKILL the wrapper after 5 s.
-pub fn stop_wrapped(child: &mut std::process::Child) {
-    if let Some(pid) = inner_pid(child) {
+/// SIGTERM the process inside a `timeout` wrapper, by pid; SIGKILL it
+/// (and the wrapper) if it has not exited after 5 s. Returns whether it
+/// stopped on SIGTERM.
+pub fn stop_wrapped(child: &mut std::process::Child) -> bool {
+    let inner = inner_pid(child);
+    if let Some(pid) = inner {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGTERM);
     }
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
         if let Ok(Some(_)) = child.try_wait() {
-            return;
+            return true;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    // Killing only the wrapper would leave a hung daemon behind, holding
+    // its fanotify groups.
+    if let Some(pid) = inner {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+    }
     let _ = child.kill();
     let _ = child.wait();
+    false
 }
 
 /// A syslog receiver on a real datagram socket.
@@ -422,9 +432,18 @@ impl Daemon {
     }
 
     /// Stop with SIGTERM (by pid), SIGKILL after 5 s.
+    /// SIGTERM the daemon by pid. A daemon that does not exit on SIGTERM
+    /// fails the test (it would hold its permission marks): every test
+    /// checks the shutdown path this way, unless it is already failing.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            stop_wrapped(&mut child);
+            let clean = stop_wrapped(&mut child);
+            if !clean && !std::thread::panicking() {
+                panic!(
+                    "the daemon did not stop within 5 s of SIGTERM: {}",
+                    self.log_text()
+                );
+            }
         }
     }
 
