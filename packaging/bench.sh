@@ -5,7 +5,7 @@
 #   sudo bash packaging/bench.sh
 #
 # Knobs (environment): ROUNDS=5 (per arm) EXECS=2000 FILES=10000 OPENS=5000
-# STARTS=5 (container starts per round and arm) CONTAINERS=50 (kept alive
+# STARTS=20 (container starts per round and arm) CONTAINERS=50 (kept alive
 # for the RSS figure) CYCLES=200 (start/stop cycles for the leak check)
 # KEYWARD=/path/to/keyward (skip `cargo build --release`)
 # BENCH_TIMEOUT=3600 (seconds for the whole run).
@@ -40,7 +40,7 @@ ROUNDS=${ROUNDS:-5}
 EXECS=${EXECS:-2000}
 FILES=${FILES:-10000}
 OPENS=${OPENS:-5000}
-STARTS=${STARTS:-5}
+STARTS=${STARTS:-20}
 CONTAINERS=${CONTAINERS:-50}
 CYCLES=${CYCLES:-200}
 RUNC_TIMEOUT=120

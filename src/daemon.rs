@@ -381,6 +381,7 @@ impl Daemon {
                     "container {} (pid {}) is gone; not restoring it",
                     rec.id, rec.pid
                 ));
+                reg.forget(&rec.id);
                 continue;
             }
             match self.install(&mut rec) {
@@ -392,7 +393,10 @@ impl Daemon {
                     ));
                     reg.insert(rec);
                 }
-                Err(e) => log(format!("cannot restore container {}: {e}", rec.id)),
+                Err(e) => {
+                    log(format!("cannot restore container {}: {e}", rec.id));
+                    reg.forget(&rec.id);
+                }
             }
         }
         if let Err(e) = reg.save() {
@@ -762,13 +766,14 @@ pub fn run(config_path: Option<&Path>) -> Result<(), DaemonError> {
         })?
     };
 
-    let (registry, records) = match Registry::load(&cfg.daemon.runtime_dir) {
-        Ok(x) => x,
-        Err(e) => {
-            log(format!("{e}; starting with an empty registry"));
-            (Registry::new(&cfg.daemon.runtime_dir), Vec::new())
-        }
-    };
+    let (registry, mut records, errors) = Registry::load(&cfg.daemon.runtime_dir);
+    for e in errors {
+        log(format!("{e}; that container is not restored"));
+    }
+    // The same container in an earlier version's registry.json and in its
+    // own file: keep one.
+    records.sort_by(|a, b| a.id.cmp(&b.id));
+    records.dedup_by(|a, b| a.id == b.id);
     let daemon = Arc::new(Daemon {
         config: RwLock::new(cfg.clone()),
         config_path: config_path.map(Path::to_path_buf),

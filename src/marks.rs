@@ -117,36 +117,45 @@ pub fn install(
         let mut seen_dirs = std::collections::HashSet::new();
         let mut all: Vec<String> = rules.mark_patterns();
         all.extend(rules.watch_dirs().iter().cloned());
-        'dirs: for pattern in &all {
+        // The patterns share most of their parent directories (/root,
+        // /home/*, /etc): expand each distinct prefix once.
+        let mut prefixes: Vec<(usize, String)> = Vec::new();
+        let mut seen_prefixes = std::collections::HashSet::new();
+        for pattern in &all {
             let comps: Vec<&str> = pattern.split('/').filter(|c| !c.is_empty()).collect();
             for k in 0..comps.len() {
                 let prefix = format!("/{}", comps[..k].join("/"));
-                let dirs = if k == 0 {
-                    resolve::open_in_root(root.as_fd(), Path::new("/"), true)
-                        .ok()
-                        .and_then(|fd| FileId::of(fd.as_fd()).ok().map(|(id, _)| vec![(fd, id)]))
-                        .unwrap_or_default()
-                } else {
-                    expander
-                        .expand(&prefix)
-                        .into_iter()
-                        .filter(|f| f.is_dir)
-                        .map(|f| (f.fd, f.id))
-                        .collect()
-                };
-                for (fd, id) in dirs {
-                    if !seen_dirs.insert(id) {
-                        continue;
-                    }
-                    let what = format!("{prefix} in container {}", rec.id);
-                    if create.mark_creates(fd.as_fd(), true, &what).is_err() {
-                        // overlayfs without file handles, say: the daemon
-                        // falls back to periodic rescans for this container.
-                        report.create_watched = 0;
-                        break 'dirs;
-                    }
-                    report.create_watched += 1;
+                if seen_prefixes.insert(prefix.clone()) {
+                    prefixes.push((k, prefix));
                 }
+            }
+        }
+        'dirs: for (k, prefix) in prefixes {
+            let dirs = if k == 0 {
+                resolve::open_in_root(root.as_fd(), Path::new("/"), true)
+                    .ok()
+                    .and_then(|fd| FileId::of(fd.as_fd()).ok().map(|(id, _)| vec![(fd, id)]))
+                    .unwrap_or_default()
+            } else {
+                expander
+                    .expand(&prefix)
+                    .into_iter()
+                    .filter(|f| f.is_dir)
+                    .map(|f| (f.fd, f.id))
+                    .collect()
+            };
+            for (fd, id) in dirs {
+                if !seen_dirs.insert(id) {
+                    continue;
+                }
+                let what = format!("{prefix} in container {}", rec.id);
+                if create.mark_creates(fd.as_fd(), true, &what).is_err() {
+                    // overlayfs without file handles, say: the daemon
+                    // falls back to periodic rescans for this container.
+                    report.create_watched = 0;
+                    break 'dirs;
+                }
+                report.create_watched += 1;
             }
         }
     }

@@ -61,6 +61,23 @@ pub enum RegistryError {
     },
 }
 
+/// Read one JSON file of at most [`MAX_REGISTRY_BYTES`].
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, RegistryError> {
+    let load = |source| RegistryError::Load {
+        path: path.to_path_buf(),
+        source,
+    };
+    let meta = fs::metadata(path).map_err(load)?;
+    if meta.len() > MAX_REGISTRY_BYTES {
+        return Err(load(std::io::Error::other("file too large")));
+    }
+    let bytes = fs::read(path).map_err(load)?;
+    serde_json::from_slice(&bytes).map_err(|source| RegistryError::Corrupt {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
 /// One marked inode, persisted so it can be found again for removal.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MarkRecord {
@@ -224,84 +241,149 @@ pub fn verify_pid(pid: i32) -> Result<PidFacts, RegistryError> {
     })
 }
 
-/// The persisted set of containers.
+/// The persisted set of containers: one JSON file per container under
+/// `runtime_dir/containers/`, so a registration writes one small file
+/// instead of rewriting every record (500 containers made that half a
+/// megabyte per start), and never renames over an existing file (ext4
+/// flushes data to disk on such a rename, in the hook's critical path).
 #[derive(Debug, Default)]
 pub struct Registry {
-    path: PathBuf,
+    dir: PathBuf,
+    /// `registry.json` of earlier versions, read once and removed at the
+    /// first save.
+    legacy: Option<PathBuf>,
     containers: BTreeMap<String, ContainerRecord>,
+    /// Ids written or removed since the last save.
+    dirty: std::collections::BTreeSet<String>,
 }
 
 impl Registry {
-    /// An empty registry persisted at `runtime_dir/registry.json`.
+    /// An empty registry persisted under `runtime_dir/containers/`.
     pub fn new(runtime_dir: &Path) -> Self {
         Self {
-            path: runtime_dir.join("registry.json"),
+            dir: runtime_dir.join("containers"),
+            legacy: None,
             containers: BTreeMap::new(),
+            dirty: Default::default(),
         }
     }
 
-    /// Read the persisted records; a missing file is an empty registry.
-    pub fn load(runtime_dir: &Path) -> Result<(Self, Vec<ContainerRecord>), RegistryError> {
-        let reg = Self::new(runtime_dir);
-        let meta = match fs::metadata(&reg.path) {
-            Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((reg, Vec::new())),
+    /// The file of container `id`. Ids may be up to 1024 bytes, file
+    /// names only 255: a long id is cut and completed with a hash of the
+    /// whole (FNV-1a, stable across versions; the record inside holds the
+    /// full id).
+    fn file_of(&self, id: &str) -> PathBuf {
+        const KEEP: usize = 200;
+        if id.len() <= KEEP {
+            return self.dir.join(format!("{id}.json"));
+        }
+        let mut cut = 100;
+        while !id.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let hash = id.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
+        });
+        self.dir.join(format!("{}-{hash:016x}.json", &id[..cut]))
+    }
+
+    /// Delete the file of a persisted container that is not coming back
+    /// (it died while the daemon was down), at the next save.
+    pub fn forget(&mut self, id: &str) {
+        if !self.containers.contains_key(id) {
+            self.dirty.insert(id.to_string());
+        }
+    }
+
+    /// Read the persisted records. A missing directory is an empty
+    /// registry; a file that cannot be read or parsed is reported (the
+    /// error names it) and skipped, and the others still load.
+    pub fn load(runtime_dir: &Path) -> (Self, Vec<ContainerRecord>, Vec<RegistryError>) {
+        let mut reg = Self::new(runtime_dir);
+        let mut records = Vec::new();
+        let mut errors = Vec::new();
+        let legacy = runtime_dir.join("registry.json");
+        if legacy.exists() {
+            match read_json::<Vec<ContainerRecord>>(&legacy) {
+                Ok(r) => records.extend(r),
+                Err(e) => errors.push(e),
+            }
+            reg.legacy = Some(legacy);
+        }
+        let entries = match fs::read_dir(&reg.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (reg, records, errors),
             Err(source) => {
-                return Err(RegistryError::Load {
-                    path: reg.path,
+                errors.push(RegistryError::Load {
+                    path: reg.dir.clone(),
                     source,
                 });
+                return (reg, records, errors);
             }
         };
-        if meta.len() > MAX_REGISTRY_BYTES {
-            return Err(RegistryError::Load {
-                path: reg.path,
-                source: std::io::Error::other("file too large"),
-            });
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension() != Some(std::ffi::OsStr::new("json")) {
+                continue; // a temp file of an interrupted write
+            }
+            match read_json::<ContainerRecord>(&path) {
+                Ok(r) => records.push(r),
+                Err(e) => errors.push(e),
+            }
         }
-        let bytes = fs::read(&reg.path).map_err(|source| RegistryError::Load {
-            path: reg.path.clone(),
-            source,
-        })?;
-        let records: Vec<ContainerRecord> =
-            serde_json::from_slice(&bytes).map_err(|source| RegistryError::Corrupt {
-                path: reg.path.clone(),
-                source,
-            })?;
-        Ok((reg, records))
+        (reg, records, errors)
     }
 
-    /// Write atomically (temp file + rename), mode 0600.
-    pub fn save(&self) -> Result<(), RegistryError> {
-        let err = |source| RegistryError::Save {
-            path: self.path.clone(),
+    /// Write the records changed since the last save (temp file + rename,
+    /// mode 0600) and remove the files of removed ones.
+    pub fn save(&mut self) -> Result<(), RegistryError> {
+        let err = |path: &Path, source| RegistryError::Save {
+            path: path.to_path_buf(),
             source,
         };
-        let tmp = self.path.with_extension("json.tmp");
-        let records: Vec<&ContainerRecord> = self.containers.values().collect();
-        let bytes = serde_json::to_vec(&records).map_err(|e| err(std::io::Error::other(e)))?;
-        let mut f = fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(err)?;
-        // No fsync: the file only has to survive the daemon (a crash or
+        fs::create_dir_all(&self.dir).map_err(|e| err(&self.dir, e))?;
+        // No fsync: the files only have to survive the daemon (a crash or
         // SIGKILL leaves the page cache intact, and the rename is atomic).
-        // After a power loss or kernel crash every container it names is
-        // gone anyway. An fsync here cost each container start and stop
-        // milliseconds on a disk-backed runtime dir.
-        f.write_all(&bytes).map_err(err)?;
-        fs::rename(&tmp, &self.path).map_err(err)
+        // After a power loss or kernel crash every container they name is
+        // gone anyway. An fsync cost each start and stop milliseconds.
+        for id in std::mem::take(&mut self.dirty) {
+            let path = self.file_of(&id);
+            let Some(rec) = self.containers.get(&id) else {
+                match fs::remove_file(&path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(err(&path, e));
+                    }
+                    _ => continue,
+                }
+            };
+            let bytes =
+                serde_json::to_vec(rec).map_err(|e| err(&path, std::io::Error::other(e)))?;
+            let tmp = path.with_extension("json.tmp");
+            let mut f = fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(|e| err(&tmp, e))?;
+            f.write_all(&bytes).map_err(|e| err(&tmp, e))?;
+            fs::rename(&tmp, &path).map_err(|e| err(&path, e))?;
+        }
+        if let Some(legacy) = self.legacy.take() {
+            let _ = fs::remove_file(legacy);
+        }
+        Ok(())
     }
 
     pub fn insert(&mut self, rec: ContainerRecord) {
+        self.dirty.insert(rec.id.clone());
         self.containers.insert(rec.id.clone(), rec);
     }
 
     pub fn remove(&mut self, id: &str) -> Option<ContainerRecord> {
-        self.containers.remove(id)
+        let rec = self.containers.remove(id)?;
+        self.dirty.insert(id.to_string());
+        Some(rec)
     }
 
     pub fn get(&self, id: &str) -> Option<&ContainerRecord> {
@@ -400,12 +482,46 @@ mod tests {
             exec_scope: Some(ExecScope::Mount),
         });
         r.save().unwrap();
-        let (_, recs) = Registry::load(&dir).unwrap();
+        let (_, recs, errors) = Registry::load(&dir);
+        assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(recs.len(), 1);
         assert_eq!(recs[0], *r.get("c1").unwrap());
-        fs::write(dir.join("registry.json"), b"{garbage").unwrap();
-        let e = Registry::load(&dir).unwrap_err().to_string();
-        assert!(e.contains("corrupt") && e.contains("registry.json"), "{e}");
+        // A second container, then a corrupt file: the error names that
+        // file, and the good records still load.
+        let mut c2 = recs[0].clone();
+        c2.id = "c2".into();
+        r.insert(c2);
+        r.save().unwrap();
+        fs::write(dir.join("containers/c3.json"), b"{garbage").unwrap();
+        let (_, recs, errors) = Registry::load(&dir);
+        assert_eq!(recs.len(), 2);
+        let e = errors[0].to_string();
+        assert!(e.contains("corrupt") && e.contains("c3.json"), "{e}");
+        // A long id gets a shortened file name, and loads back whole.
+        let mut long = recs[0].clone();
+        long.id = "x".repeat(1000);
+        r.insert(long.clone());
+        r.save().unwrap();
+        let (_, recs2, _) = Registry::load(&dir);
+        assert!(recs2.contains(&long));
+        r.remove(&long.id);
+        r.save().unwrap();
+        // Removal deletes the file.
+        r.remove("c1");
+        r.save().unwrap();
+        assert!(!dir.join("containers/c1.json").exists());
+        // An earlier version's registry.json is read, and gone after a save.
+        fs::write(
+            dir.join("registry.json"),
+            serde_json::to_vec(&[r.get("c2").unwrap()]).unwrap(),
+        )
+        .unwrap();
+        fs::remove_file(dir.join("containers/c3.json")).unwrap();
+        let (mut r2, recs, errors) = Registry::load(&dir);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(recs.len(), 2, "c2 from both places");
+        r2.save().unwrap();
+        assert!(!dir.join("registry.json").exists());
         fs::remove_dir_all(&dir).unwrap();
     }
 }
