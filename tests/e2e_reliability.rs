@@ -475,36 +475,24 @@ fn an_exited_container_is_dropped_without_poststop_and_poststop_still_works() {
     // second deregistration finds nothing and the hook exits 0.
     let d = Daemon::start("");
     let b = Bundle::new("kw-noposts", &d.socket, "sleep 0.3");
-    let out = b.run();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    b.run_ok();
+    let dropped = format!("container {} exited (init pid", b.id);
+    wait_until(
+        Duration::from_secs(10),
+        || format!("no pidfd drop: {}", d.log_text()),
+        || d.log_text().contains(&dropped),
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !d
-        .log_text()
-        .contains(&format!("container {} exited (init pid", b.id))
-    {
-        assert!(Instant::now() < deadline, "no pidfd drop: {}", d.log_text());
-        std::thread::sleep(Duration::from_millis(50));
-    }
     assert_eq!(d.status()["containers"], 0);
     assert_eq!(d.status()["marked_inodes"], 0, "marks leaked");
 
     let mut b = Bundle::new("kw-posts", &d.socket, "sleep 0.3");
     b.poststop();
-    let out = b.run();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    b.run_ok();
+    wait_until(
+        Duration::from_secs(10),
+        || "container left registered".into(),
+        || d.status()["containers"] == 0,
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while d.status()["containers"] != 0 {
-        assert!(Instant::now() < deadline, "container left registered");
-        std::thread::sleep(Duration::from_millis(50));
-    }
     assert!(
         d.log_text()
             .contains(&format!("stopped watching container {}", b.id)),

@@ -243,6 +243,16 @@ pub fn inner_pid(child: &std::process::Child) -> Option<i32> {
 
 /// Stop a `timeout(1)`-wrapped child: SIGTERM its command by pid, then
 /// SIGKILL the wrapper after 5 s.
+/// Poll `cond` every 50 ms until it holds; fail the test with `what()`
+/// after `timeout`.
+pub fn wait_until(timeout: Duration, what: impl Fn() -> String, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out: {}", what());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// SIGTERM the process inside a `timeout` wrapper, by pid; SIGKILL it
 /// (and the wrapper) if it has not exited after 5 s. Returns whether it
 /// stopped on SIGTERM.
@@ -644,6 +654,18 @@ impl Bundle {
     }
 
     /// `runc run` to completion (under a timeout); stdout+stderr and status.
+    /// [`Bundle::run`], failing the test unless the container exits 0.
+    pub fn run_ok(&self) -> Output {
+        let out = self.run();
+        assert!(
+            out.status.success(),
+            "container {} failed: {}",
+            self.id,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
     pub fn run(&self) -> Output {
         let mut f = fs::File::create(self.dir.join("config.json")).unwrap();
         f.write_all(
