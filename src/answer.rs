@@ -166,11 +166,16 @@ pub fn answer_batch(
 /// archiver exits. On a loaded host the container's own work would
 /// otherwise get the CPU first.
 pub fn raise_priority() {
+    set_thread_nice(-10);
+}
+
+/// Set the calling thread's nice value (Linux nice is per thread).
+pub fn set_thread_nice(nice: i32) {
     // SAFETY: gettid and setpriority have no memory-safety preconditions;
-    // a failure (no CAP_SYS_NICE) leaves the priority as it was.
+    // a failure (no CAP_SYS_NICE to raise it) leaves the priority as it was.
     unsafe {
         let tid = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, -10);
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice);
     }
 }
 

@@ -323,6 +323,10 @@ impl Daemon {
     /// container registered again under the same id meanwhile has another
     /// init and stays.
     fn follow_exits(&self, stop: &AtomicBool) {
+        // Dropping a container is cleanup, never urgent: at a low priority
+        // it waits for idle CPU instead of competing with the runtime
+        // tearing the container down and starting the next one.
+        crate::answer::set_thread_nice(10);
         let mut exits = crate::reaper::Exits::default();
         while !stop.load(Ordering::Relaxed) {
             let live: Vec<crate::reaper::Init> = self
