@@ -283,6 +283,9 @@ pub fn exec_loop(src: &dyn EventSource, ctx: &Context, tx: SyncSender<Finding>, 
     let mut pending: Vec<PendingExec> = Vec::new();
     let mut ignores = Ignores::default();
     while !stop.load(Ordering::Relaxed) {
+        // Every round, not only when an event comes: a file ignored under
+        // the old policy sends no event that could trigger the flush.
+        ignores.refresh(src, ctx);
         let timeout = pending
             .iter()
             .map(|p| p.latest)
@@ -350,7 +353,12 @@ const MAX_IGNORES: usize = 16 * 1024;
 
 impl Ignores {
     /// Drop all ignore marks if the verdicts behind them may have changed.
-    fn refresh(&mut self, src: &dyn EventSource, now: (u64, u64, bool)) {
+    fn refresh(&mut self, src: &dyn EventSource, ctx: &Context) {
+        let now = (
+            ctx.policy().generation,
+            ctx.identities.generation(),
+            ctx.process_events.load(Ordering::Relaxed),
+        );
         if self.made_under != now {
             if self.count > 0 {
                 let _ = src.flush_ignores();
@@ -387,10 +395,7 @@ fn exec_event(
     ctx.stats.exec_events.fetch_add(1, Ordering::Relaxed);
     let policy = ctx.policy();
     let starts = ctx.process_events.load(Ordering::Relaxed);
-    ignores.refresh(
-        src,
-        (policy.generation, ctx.identities.generation(), starts),
-    );
+    ignores.refresh(src, ctx);
     let (fid, class) =
         ctx.exe_classes
             .classify(&file, &policy.rules, policy.generation, &ctx.identities)?;

@@ -14,6 +14,8 @@ mod common;
 
 use common::*;
 use serde_json::Value;
+use std::fs;
+use std::time::Duration;
 
 const SEED: &str = "keyward.seed.sensitive-files-compression";
 const FILE: &str = "keyward.file.archiver-opened-credential";
@@ -501,4 +503,51 @@ fn plain_programs_are_ignored_by_the_kernel_until_rewritten() {
         "/opt/gnu/true; cat /bin/busybox > /opt/gnu/true; i=0; while [ $i -lt 20 ]; do /opt/gnu/true true; i=$((i+1)); done",
     );
     assert!(seen >= 20, "only {seen} exec events after the rewrite");
+}
+
+#[test]
+fn a_reload_judges_ignored_programs_again() {
+    if !privileged() {
+        return;
+    }
+    // A plain program is ignored by the kernel after its first exec, so it
+    // sends no event that could tell the daemon to judge it again. A
+    // reload that makes its name an archiver must still reach it: the exec
+    // loop drops every ignore mark when the policy changes, on its own
+    // tick. The container runs only that program (its delay is a shell
+    // loop, not `sleep`), so no other exec event can do the job.
+    let d = Daemon::start("");
+    let b = Bundle::new(
+        "kw-rejudge",
+        &d.socket,
+        "n=0; while [ $n -lt 400 ]; do /opt/gnu/true czf /tmp/x /root/.ssh/id_rsa; i=0; while [ $i -lt 3000 ]; do i=$((i+1)); done; n=$((n+1)); done",
+    );
+    let mut child = b.spawn();
+    wait_until(
+        Duration::from_secs(10),
+        || "the plain program was never ignored".into(),
+        || d.status()["stats"]["exec_ignored"].as_u64().unwrap_or(0) >= 1,
+    );
+    assert!(
+        !d.alerts()
+            .iter()
+            .any(|a| a["container"]["id"] == b.id.as_str()),
+        "`true` is no archiver yet"
+    );
+    let cfg = fs::read_to_string(&d.config).unwrap();
+    fs::write(
+        &d.config,
+        format!("{cfg}\n[rules.exec]\narchivers = [\"true\"]\n"),
+    )
+    .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(d.pid()),
+        nix::sys::signal::SIGHUP,
+    )
+    .unwrap();
+    let a = d.wait_alert("the renamed archiver after the reload", |a| {
+        a["container"]["id"] == b.id.as_str()
+    });
+    assert_eq!(a["process"]["name"], "true", "{a:#}");
+    let _ = child.wait();
 }
