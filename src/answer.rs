@@ -273,7 +273,8 @@ fn probe_gap(tries: u32) -> Duration {
 /// `FAN_OPEN_EXEC` too), or after [`decide::EXEC_SETTLE`].
 ///
 /// Only executables that may be or run an archiver are probed early
-/// ([`ExeClass::Watched`]); plain programs are probed once, after
+/// (watched files and multi-call binaries); interpreters and plain
+/// programs get an ignore mark, and launchers are probed once, after
 /// [`crate::exe::PLAIN_DELAY`] (see [`crate::exe`]). The loop sleeps in
 /// one `ppoll` that ends on a new event or when the next probe is due.
 pub fn exec_loop(src: &dyn EventSource, ctx: &Context, tx: SyncSender<Finding>, stop: &AtomicBool) {
@@ -339,10 +340,11 @@ pub fn exec_loop(src: &dyn EventSource, ctx: &Context, tx: SyncSender<Finding>, 
 /// depended on.
 #[derive(Debug, Default)]
 struct Ignores {
-    /// (policy generation, identities generation, process start events):
-    /// when any changes, every ignore mark is dropped and files are judged
-    /// again.
-    made_under: (u64, u64, bool),
+    /// (policy generation, identities generation, process start events,
+    /// flushes by the daemon): when any changes, every ignore mark is
+    /// dropped (or already was) and files are judged again.
+    made_under: (u64, u64, bool, u64),
+    /// Ignore marks placed since the last flush.
     count: usize,
 }
 
@@ -358,6 +360,7 @@ impl Ignores {
             ctx.policy().generation,
             ctx.identities.generation(),
             ctx.process_events.load(Ordering::Relaxed),
+            ctx.ignores_flushed.load(Ordering::Relaxed),
         );
         if self.made_under != now {
             if self.count > 0 {
@@ -598,5 +601,62 @@ mod tests {
             answers[0].2
         );
         assert_eq!(c.stats.snapshot().deadline_releases, 1);
+    }
+
+    /// Counts ignore marks and flushes instead of making them.
+    #[derive(Default)]
+    struct Ignoring {
+        ignored: AtomicU64,
+        flushes: AtomicU64,
+    }
+
+    impl EventSource for Ignoring {
+        fn wait(&self, _t: Duration) -> io::Result<bool> {
+            Ok(false)
+        }
+        fn read(&self, _buf: &mut [u8]) -> io::Result<usize> {
+            Ok(0)
+        }
+        fn respond(&self, _fd: RawFd, _response: u32) -> io::Result<()> {
+            Ok(())
+        }
+        fn ignore_exec(&self, _fd: BorrowedFd<'_>) -> io::Result<()> {
+            self.ignored.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+        fn flush_ignores(&self) -> io::Result<()> {
+            self.flushes.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn ignore_marks_start_over_after_any_flush_or_policy_change() {
+        let c = ctx();
+        let src = Ignoring::default();
+        let file = std::fs::File::open("/bin/true").unwrap();
+        let mut ign = Ignores::default();
+        ign.refresh(&src, &c);
+        assert!(ign.add(&src, &c, &file));
+        assert!(ign.add(&src, &c, &file));
+        assert_eq!(ign.count, 2);
+        ign.refresh(&src, &c);
+        assert_eq!((ign.count, src.flushes.load(Ordering::Relaxed)), (2, 0));
+        // A container went and the daemon flushed: the count starts over,
+        // so a long-lived daemon never runs into MAX_IGNORES for good.
+        c.ignores_flushed.fetch_add(1, Ordering::Relaxed);
+        ign.refresh(&src, &c);
+        assert_eq!(ign.count, 0);
+        // A new policy (a reload) flushes the marks placed under the old.
+        assert!(ign.add(&src, &c, &file));
+        *c.policy.write().unwrap() =
+            std::sync::Arc::new(Policy::from_config(&crate::config::Config::default()).unwrap());
+        let before = src.flushes.load(Ordering::Relaxed);
+        ign.refresh(&src, &c);
+        assert_eq!(src.flushes.load(Ordering::Relaxed), before + 1);
+        assert_eq!(ign.count, 0);
+        // At the cap, no more marks: those execs are read later instead.
+        ign.count = MAX_IGNORES;
+        assert!(!ign.add(&src, &c, &file));
     }
 }

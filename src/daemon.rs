@@ -284,7 +284,11 @@ impl Daemon {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(id);
-        Some(marks::remove(&self.perm, &self.exec, &rec, &orphaned))
+        let removed = marks::remove(&self.perm, &self.exec, &rec, &orphaned);
+        // marks::remove flushed the exec group's ignore marks: the exec loop
+        // starts counting them afresh.
+        self.ctx.ignores_flushed.fetch_add(1, Ordering::Relaxed);
+        Some(removed)
     }
 
     fn deregister(&self, id: &str) -> Reply {

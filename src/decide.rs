@@ -272,6 +272,10 @@ pub struct Context {
     /// Whether every exec in a watched container is reported as a process
     /// start event (`alerts.process_events`).
     pub process_events: std::sync::atomic::AtomicBool,
+    /// Bumped each time the exec group's ignore marks are flushed outside
+    /// the exec loop (a container went), so the loop's count of them
+    /// starts over.
+    pub ignores_flushed: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -289,6 +293,7 @@ impl Context {
             exe_classes: crate::exe::ExeClasses::default(),
             benign: std::sync::Mutex::new(HashMap::new()),
             process_events: std::sync::atomic::AtomicBool::new(false),
+            ignores_flushed: AtomicU64::new(0),
         }
     }
 
