@@ -357,19 +357,10 @@ fn process_start_events_carry_what_the_seed_eql_needs() {
     let d = Daemon::start("");
     // The [alerts] table is the harness's: add the key there and reload.
     let cfg = std::fs::read_to_string(&d.config).unwrap();
-    std::fs::write(
-        &d.config,
-        cfg.replace(
-            "[alerts]\n",
-            &format!("[alerts]\nprocess_events = {events:?}\n"),
-        ),
-    )
-    .unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(d.pid()),
-        nix::sys::signal::SIGHUP,
-    )
-    .unwrap();
+    d.reload_with(&cfg.replace(
+        "[alerts]\n",
+        &format!("[alerts]\nprocess_events = {events:?}\n"),
+    ));
     std::thread::sleep(std::time::Duration::from_millis(300));
     let b = Bundle::new(
         "kw-starts",
@@ -535,16 +526,7 @@ fn a_reload_judges_ignored_programs_again() {
         "`true` is no archiver yet"
     );
     let cfg = fs::read_to_string(&d.config).unwrap();
-    fs::write(
-        &d.config,
-        format!("{cfg}\n[rules.exec]\narchivers = [\"true\"]\n"),
-    )
-    .unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(d.pid()),
-        nix::sys::signal::SIGHUP,
-    )
-    .unwrap();
+    d.reload_with(&format!("{cfg}\n[rules.exec]\narchivers = [\"true\"]\n"));
     let a = d.wait_alert("the renamed archiver after the reload", |a| {
         a["container"]["id"] == b.id.as_str()
     });

@@ -376,12 +376,7 @@ fn sighup_with_a_broken_config_keeps_the_old_one_and_says_why() {
     }
     let d = Daemon::start("");
     let good = std::fs::read_to_string(&d.config).unwrap();
-    std::fs::write(&d.config, format!("{good}\n[response]\nacton = \"deny\"\n")).unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(d.pid()),
-        nix::sys::signal::SIGHUP,
-    )
-    .unwrap();
+    d.reload_with(&format!("{good}\n[response]\nacton = \"deny\"\n"));
     let deadline = Instant::now() + Duration::from_secs(5);
     let errors = loop {
         let s = d.status();
@@ -410,16 +405,7 @@ fn sighup_with_a_broken_config_keeps_the_old_one_and_says_why() {
     });
     assert_eq!(a["keyward"]["response"]["action"], "alert");
     // A fixed config reloads and clears the error.
-    std::fs::write(
-        &d.config,
-        format!("{good}\n[response]\naction = \"deny\"\n"),
-    )
-    .unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(d.pid()),
-        nix::sys::signal::SIGHUP,
-    )
-    .unwrap();
+    d.reload_with(&format!("{good}\n[response]\naction = \"deny\"\n"));
     let deadline = Instant::now() + Duration::from_secs(5);
     while d.status()["default_action"] != "deny" {
         assert!(Instant::now() < deadline, "good reload not applied");

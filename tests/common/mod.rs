@@ -441,7 +441,16 @@ impl Daemon {
         inner_pid(self.child.as_ref().expect("running")).expect("daemon pid")
     }
 
-    /// Stop with SIGTERM (by pid), SIGKILL after 5 s.
+    /// Replace the config file with `text` and send SIGHUP (by pid).
+    pub fn reload_with(&self, text: &str) {
+        fs::write(&self.config, text).unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid()),
+            nix::sys::signal::SIGHUP,
+        )
+        .unwrap();
+    }
+
     /// SIGTERM the daemon by pid. A daemon that does not exit on SIGTERM
     /// fails the test (it would hold its permission marks): every test
     /// checks the shutdown path this way, unless it is already failing.
