@@ -164,6 +164,20 @@ impl Stat {
     }
 }
 
+/// A pidfd for `pid` (pidfd_open(2)): it pins that one process, so a
+/// caller can check the process's start time and then act on it without
+/// racing pid reuse.
+pub fn pidfd_open(pid: i32) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open(2) takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the syscall returned a fresh descriptor that we now own.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
 /// Read `/proc/<pid>/stat` through a file opened once, with one `pread`
 /// per call: the exec loop probes the same process many times, and
 /// `fs::read` would cost an open, a `statx`, two reads and a close each

@@ -8,7 +8,7 @@
 //! The daemon's periodic liveness check stays as a fallback.
 
 use std::collections::HashMap;
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
 use nix::poll::{PollFd, PollFlags};
@@ -32,13 +32,7 @@ pub struct Exits {
 /// A pidfd for `pid`, if that process is alive and started at `start`
 /// (a pid reused by another process is not ours).
 fn pidfd_for(pid: i32, start: u64) -> Option<OwnedFd> {
-    // SAFETY: pidfd_open(2) takes a pid and flags and returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: the syscall returned a fresh descriptor that we now own.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let fd = attribution::pidfd_open(pid).ok()?;
     // The pidfd pins the process now; its start time says whether it is
     // the one that was registered.
     attribution::stat(pid)

@@ -14,7 +14,7 @@
 //! * `disconnect` takes every non-loopback interface in the container's
 //!   network namespace down over rtnetlink ([`crate::netlink`]).
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use crate::alert::ResponseOutcome;
 use crate::attribution;
@@ -39,18 +39,13 @@ pub enum ResponseError {
 }
 
 fn pidfd_open(pid: i32) -> Result<OwnedFd, ResponseError> {
-    // SAFETY: pidfd_open(2) takes a pid and flags and returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        let source = std::io::Error::last_os_error();
-        return Err(if source.raw_os_error() == Some(libc::ESRCH) {
+    attribution::pidfd_open(pid).map_err(|source| {
+        if source.raw_os_error() == Some(libc::ESRCH) {
             ResponseError::Gone { pid }
         } else {
             ResponseError::Signal { pid, source }
-        });
-    }
-    // SAFETY: the syscall returned a fresh descriptor that we now own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+        }
+    })
 }
 
 /// SIGKILL `pid` if it is still the process that started at `start`.
