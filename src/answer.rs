@@ -396,9 +396,9 @@ fn exec_event(
     }
     let file = std::fs::File::from(ev.fd?);
     ctx.stats.exec_events.fetch_add(1, Ordering::Relaxed);
+    // The loop refreshed `ignores` this round, before reading events.
     let policy = ctx.policy();
     let starts = ctx.process_events.load(Ordering::Relaxed);
-    ignores.refresh(src, ctx);
     let (fid, class) =
         ctx.exe_classes
             .classify(&file, &policy.rules, policy.generation, &ctx.identities)?;
