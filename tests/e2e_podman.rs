@@ -21,11 +21,11 @@ mod common;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{
     Daemon, KEYWARD, base_rootfs, files, have_command, privileged, required, text, unique,
-    yaml_block,
+    wait_until, yaml_block,
 };
 use serde_json::Value;
 
@@ -184,15 +184,11 @@ fn retarget(text: &str, path: &str, socket: &Path) -> String {
 }
 
 fn wait_log(d: &Daemon, needle: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !d.log_text().contains(needle) {
-        assert!(
-            Instant::now() < deadline,
-            "daemon log never said {needle:?}:\n{}",
-            d.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(
+        Duration::from_secs(10),
+        || format!("daemon log never said {needle:?}:\n{}", d.log_text()),
+        || d.log_text().contains(needle),
+    );
 }
 
 #[test]

@@ -361,11 +361,11 @@ fn fifty_containers_at_once_are_all_watched() {
         std::thread::sleep(Duration::from_millis(100));
     }
     // Every container dropped when its init exited.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while d.status()["containers"] != 0 {
-        assert!(Instant::now() < deadline, "containers left registered");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until(
+        Duration::from_secs(10),
+        || "containers left registered".into(),
+        || d.status()["containers"] == 0,
+    );
     assert_eq!(d.status()["marked_inodes"], 0, "marks leaked");
 }
 
@@ -406,11 +406,11 @@ fn sighup_with_a_broken_config_keeps_the_old_one_and_says_why() {
     assert_eq!(a["keyward"]["response"]["action"], "alert");
     // A fixed config reloads and clears the error.
     d.reload_with(&format!("{good}\n[response]\naction = \"deny\"\n"));
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while d.status()["default_action"] != "deny" {
-        assert!(Instant::now() < deadline, "good reload not applied");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(
+        Duration::from_secs(5),
+        || "good reload not applied".into(),
+        || d.status()["default_action"] == "deny",
+    );
     assert_eq!(d.status()["config_errors"].as_array().unwrap().len(), 0);
 }
 

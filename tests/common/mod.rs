@@ -364,15 +364,11 @@ impl Daemon {
 
     /// Wait until the daemon watches exactly `n` containers.
     pub fn wait_registered(&self, n: u64) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while self.status()["containers"].as_u64() != Some(n) {
-            assert!(
-                Instant::now() < deadline,
-                "never {n} containers: {}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_until(
+            Duration::from_secs(15),
+            || format!("never {n} containers: {}", self.log_text()),
+            || self.status()["containers"].as_u64() == Some(n),
+        );
     }
 
     /// Inode numbers of every fanotify inode mark the daemon holds, read
