@@ -474,6 +474,18 @@ stop_daemon
 # the daemon's syscalls per permission/exec event; perf (when installed)
 # samples it. Both attach to the daemon by pid only.
 PROFILE_OUT=""
+# profiled TOOL ARGS...: attach TOOL (under timeout) to the daemon, run the
+# bench container once, then stop TOOL with SIGINT so it writes its report.
+profiled() {
+    local tpid
+    timeout -s INT 300 "$@" >/dev/null 2>&1 &
+    tpid=$!
+    sleep 1
+    new_id prof
+    run_container "$BENCH_BUNDLE" "$ID" >/dev/null
+    kill -INT "$tpid" 2>/dev/null || true
+    wait "$tpid" 2>/dev/null || true
+}
 if [ "${PROFILE:-0}" = 1 ]; then
     PROFILE_OUT="$WORK/profile.txt"
     : >"$PROFILE_OUT"
@@ -485,24 +497,12 @@ if [ "${PROFILE:-0}" = 1 ]; then
         esac
         write_config "$BENCH_BUNDLE" "$DATA_ROOT" 1 "$s"
         if command -v strace >/dev/null; then
-            timeout -s INT 300 strace -c -f -q -p "$DPID" -o "$WORK/strace.$w" &
-            spid=$!
-            sleep 1
-            new_id prof
-            run_container "$BENCH_BUNDLE" "$ID" >/dev/null
-            kill -INT "$spid" 2>/dev/null || true
-            wait "$spid" 2>/dev/null || true
+            profiled strace -c -f -q -p "$DPID" -o "$WORK/strace.$w"
             { echo "== strace -c -f -p <daemon>, workload $w ($([ $w = opens ] && echo "$OPENS opens" || echo "$EXECS execs"))"
               head -20 "$WORK/strace.$w"; } >>"$PROFILE_OUT"
         fi
         if command -v perf >/dev/null; then
-            timeout -s INT 300 perf record -q -g -o "$WORK/perf.$w" -p "$DPID" >/dev/null 2>&1 &
-            ppid=$!
-            sleep 1
-            new_id prof
-            run_container "$BENCH_BUNDLE" "$ID" >/dev/null
-            kill -INT "$ppid" 2>/dev/null || true
-            wait "$ppid" 2>/dev/null || true
+            profiled perf record -q -g -o "$WORK/perf.$w" -p "$DPID"
             { echo "== perf report (daemon, self time, top 25), workload $w"
               timeout 120 perf report -i "$WORK/perf.$w" --no-children --sort sym --stdio 2>/dev/null |
                   grep -E '^ +[0-9.]+%' | awk 'NR <= 25' || true; } >>"$PROFILE_OUT"
