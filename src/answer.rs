@@ -283,6 +283,7 @@ pub fn exec_loop(src: &dyn EventSource, ctx: &Context, tx: SyncSender<Finding>, 
     let mut events = Vec::with_capacity(64);
     let mut pending: Vec<PendingExec> = Vec::new();
     let mut ignores = Ignores::default();
+    let mut storm = Storm::new(Instant::now());
     while !stop.load(Ordering::Relaxed) {
         // Every round, not only when an event comes: a file ignored under
         // the old policy sends no event that could trigger the flush.
@@ -292,9 +293,30 @@ pub fn exec_loop(src: &dyn EventSource, ctx: &Context, tx: SyncSender<Finding>, 
             .map(|p| p.latest)
             .min()
             .map_or(TICK, |t| t.saturating_duration_since(Instant::now()));
-        if read_batch_timeout(src, &mut buf, ctx, &mut events, timeout) {
+        let got = if storm.on {
+            // Let the kernel queue the storm's events and take them a tick
+            // at a time: one wakeup per tick instead of two per exec.
+            std::thread::sleep(timeout.min(STORM_TICK));
+            read_batch_timeout(src, &mut buf, ctx, &mut events, Duration::ZERO)
+        } else {
+            read_batch_timeout(src, &mut buf, ctx, &mut events, timeout)
+        };
+        if got {
             for ev in events.drain(..) {
-                if let Some(p) = exec_event(src, ctx, &mut ignores, ev) {
+                if let Some(mut p) = exec_event(src, ctx, &mut ignores, ev) {
+                    // Start events promise every exec: no batching then.
+                    if p.class == ExeClass::MultiCall && !ctx.process_events.load(Ordering::Relaxed)
+                    {
+                        if storm.note(Instant::now()) {
+                            ctx.stats.exec_storms.fetch_add(1, Ordering::Relaxed);
+                        }
+                        if storm.on {
+                            // Queued for up to a tick: probe it this round.
+                            p.due = p.since;
+                            p.latest = p.since;
+                            ctx.stats.exec_batched.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
                     // A newer exec of the same pid replaces an older one.
                     pending.retain(|q| q.pid != p.pid);
                     pending.push(p);
@@ -333,6 +355,68 @@ pub fn exec_loop(src: &dyn EventSource, ctx: &Context, tx: SyncSender<Finding>, 
                 }
             }
         });
+        storm.roll(Instant::now());
+    }
+}
+
+/// Multi-call execs per [`STORM_WINDOW`] from which the exec loop batches
+/// (640 a second; a busybox loop in a shell runs 2,000 to 3,000).
+const STORM_ENTER: u32 = 32;
+/// Below this many per window the storm is over (hysteresis, so a rate
+/// near the threshold does not flip the mode every window).
+const STORM_LEAVE: u32 = 16;
+const STORM_WINDOW: Duration = Duration::from_millis(50);
+/// In a storm the loop reads and probes once per tick.
+const STORM_TICK: Duration = Duration::from_millis(2);
+
+/// The rate of multi-call (busybox) execs, and whether it is a storm.
+///
+/// Every busybox applet is the same file, so no ignore mark can tell
+/// `true` from `tar`: each exec is read, and probed about 50 µs later,
+/// once its `comm` names the applet. Those two wakeups per exec cost a
+/// tight `busybox` loop on two cores about a fifth of its speed. In a
+/// storm the loop sleeps a tick, then takes every queued event and probes
+/// each pending exec at once. Applets that exit within the tick are gone
+/// by then, so their argv is not read: a storm gives up the seed rule's
+/// argument clause for sub-tick applets only. Opens of credential files
+/// are permission events in the other group and are judged as always.
+#[derive(Debug)]
+struct Storm {
+    since: Instant,
+    count: u32,
+    on: bool,
+}
+
+impl Storm {
+    fn new(now: Instant) -> Self {
+        Storm {
+            since: now,
+            count: 0,
+            on: false,
+        }
+    }
+
+    /// Count one multi-call exec; true when it starts a storm. A storm
+    /// starts as soon as a window holds [`STORM_ENTER`] execs, not when
+    /// the window closes, so a burst is batched from its 32nd exec.
+    fn note(&mut self, now: Instant) -> bool {
+        self.roll(now);
+        self.count += 1;
+        let starts = !self.on && self.count >= STORM_ENTER;
+        self.on |= starts;
+        starts
+    }
+
+    /// Close the window if it is over; a storm ends with a quiet window.
+    fn roll(&mut self, now: Instant) {
+        if now.saturating_duration_since(self.since) < STORM_WINDOW {
+            return;
+        }
+        if self.on && self.count < STORM_LEAVE {
+            self.on = false;
+        }
+        self.count = 0;
+        self.since = now;
     }
 }
 
@@ -658,5 +742,42 @@ mod tests {
         // At the cap, no more marks: those execs are read later instead.
         ign.count = MAX_IGNORES;
         assert!(!ign.add(&src, &c, &file));
+    }
+
+    #[test]
+    fn a_storm_starts_at_its_threshold_and_ends_with_a_quiet_window() {
+        let t0 = Instant::now();
+        let step = STORM_WINDOW / (2 * STORM_ENTER);
+        let mut s = Storm::new(t0);
+        // One short of the threshold inside one window: no storm.
+        let mut t = t0;
+        for _ in 1..STORM_ENTER {
+            assert!(!s.note(t));
+            t += step;
+        }
+        assert!(!s.on);
+        // The threshold exec starts it at once, and only once.
+        assert!(s.note(t));
+        assert!(s.on);
+        assert!(!s.note(t));
+        // A new window at the leave threshold keeps it on (hysteresis)...
+        t = t0 + STORM_WINDOW;
+        for _ in 0..STORM_LEAVE {
+            assert!(!s.note(t));
+        }
+        s.roll(t + STORM_WINDOW);
+        assert!(s.on, "{s:?}");
+        // ...and a window below it ends it.
+        t += STORM_WINDOW;
+        for _ in 1..STORM_LEAVE {
+            s.note(t);
+        }
+        s.roll(t + STORM_WINDOW);
+        assert!(!s.on, "{s:?}");
+        // Slow execs never add up to a storm across windows.
+        let mut s = Storm::new(t0);
+        for i in 0..(10 * STORM_ENTER) {
+            assert!(!s.note(t0 + STORM_WINDOW * i / (STORM_ENTER / 2)));
+        }
     }
 }

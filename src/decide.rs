@@ -106,6 +106,10 @@ pub struct Stats {
     pub exec_probes: AtomicU64,
     /// Settled busybox applets let go by their plain `comm`.
     pub exec_applets_skipped: AtomicU64,
+    /// Exec storms (see `answer::Storm`) and the multi-call execs read in
+    /// one, a tick at a time.
+    pub exec_storms: AtomicU64,
+    pub exec_batched: AtomicU64,
     /// Ignore marks placed in the exec group (ELF interpreters and plain
     /// programs, whose execs the kernel then stops reporting).
     pub exec_ignored: AtomicU64,
@@ -156,6 +160,8 @@ pub struct StatsSnapshot {
     pub exec_probes: u64,
     pub exec_ignored: u64,
     pub exec_applets_skipped: u64,
+    pub exec_storms: u64,
+    pub exec_batched: u64,
     pub exec_unsettled: u64,
     pub exec_timeouts: u64,
     pub findings: u64,
@@ -237,6 +243,8 @@ impl Stats {
             exec_probes: g(&self.exec_probes),
             exec_ignored: g(&self.exec_ignored),
             exec_applets_skipped: g(&self.exec_applets_skipped),
+            exec_storms: g(&self.exec_storms),
+            exec_batched: g(&self.exec_batched),
             exec_unsettled: g(&self.exec_unsettled),
             exec_timeouts: g(&self.exec_timeouts),
             findings: g(&self.findings),

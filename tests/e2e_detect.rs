@@ -533,3 +533,45 @@ fn a_reload_judges_ignored_programs_again() {
     assert_eq!(a["process"]["name"], "true", "{a:#}");
     let _ = child.wait();
 }
+
+#[test]
+fn an_exec_storm_is_read_a_tick_at_a_time_and_still_judged() {
+    if !privileged() {
+        return;
+    }
+    // A tight busybox loop (thousands of execs a second) switches the exec
+    // loop to storm mode: it reads and probes once per tick instead of
+    // twice per exec. An archiver that outlives a tick is still judged on
+    // its argv during the storm. File rule off, so the alert can only come
+    // from the exec path; the archiver reads a large file so that it lives
+    // for many ticks.
+    let d = Daemon::start("[rules.file]\nenabled = false\n");
+    let b = Bundle::new(
+        "kw-storm",
+        &d.socket,
+        "dd if=/dev/zero of=/tmp/big bs=1M count=32 2>/dev/null; \
+         (i=0; while [ $i -lt 6000 ]; do /bin/true; i=$((i+1)); done) & \
+         usleep 300000; \
+         busybox tar cf /tmp/s.tar /root/.ssh/id_rsa /tmp/big; \
+         wait; echo finished",
+    );
+    let out = b.run();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("finished"),
+        "{}",
+        text(&out)
+    );
+    let stats = d.status()["stats"].clone();
+    assert!(
+        stats["exec_storms"].as_u64().unwrap() >= 1,
+        "no storm: {stats:#}"
+    );
+    assert!(
+        stats["exec_batched"].as_u64().unwrap() >= 1000,
+        "few execs read in the storm: {stats:#}"
+    );
+    d.wait_alert("the archiver run during the storm", |a| {
+        a["container"]["id"] == b.id.as_str()
+            && seed_alert(std::slice::from_ref(a), "/root/.ssh/id_rsa").is_some()
+    });
+}
