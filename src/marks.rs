@@ -4,7 +4,7 @@
 //! the first event on a new mark always finds its container and path. All
 //! lookups go through [`crate::resolve`], inside the container's root.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 use std::sync::RwLock;
 
@@ -53,9 +53,32 @@ pub fn install(
 ) -> Result<InstallReport, MarkError> {
     let (root, pivoted) = resolve::container_root(rec.pid, &rec.rootfs)?;
     // The image's own archivers, so a copy renamed inside it is still known.
-    identities.learn(root.as_fd(), rules.file_archivers().names());
+    // Listing the bin directories is a third of a registration (a busybox
+    // /bin holds 400 links), and nothing below needs it: it runs on a
+    // second thread while the marks go in, and is done before the reply.
+    std::thread::scope(|s| {
+        let learner = s.spawn(|| identities.learn(root.as_fd(), rules.file_archivers().names()));
+        let marked = place(perm, exec, create, rules, rec, index, root.as_fd())
+            .map(|report| InstallReport { pivoted, ..report });
+        if let Err(panic) = learner.join() {
+            std::panic::resume_unwind(panic);
+        }
+        marked
+    })
+}
+
+/// The marks of [`install`], under the container's root.
+fn place(
+    perm: &Group,
+    exec: &Group,
+    create: Option<&Group>,
+    rules: &Rules,
+    rec: &mut ContainerRecord,
+    index: &RwLock<MarkIndex>,
+    root: BorrowedFd<'_>,
+) -> Result<InstallReport, MarkError> {
     let mut found = Vec::new();
-    let mut expander = resolve::Expander::new(root.as_fd());
+    let mut expander = resolve::Expander::new(root);
     for pattern in rules.mark_patterns() {
         found.extend(expander.expand(&pattern));
     }
@@ -96,10 +119,7 @@ pub fn install(
         id: rec.id.clone(),
         source,
     };
-    let mut report = InstallReport {
-        pivoted,
-        ..Default::default()
-    };
+    let mut report = InstallReport::default();
     for f in &found {
         let what = format!("{} in container {}", f.path.display(), rec.id);
         perm.mark_credential(f.fd.as_fd(), f.is_dir, true, &what)
@@ -132,7 +152,7 @@ pub fn install(
         }
         'dirs: for (k, prefix) in prefixes {
             let dirs = if k == 0 {
-                resolve::open_in_root(root.as_fd(), Path::new("/"), true)
+                resolve::open_in_root(root, Path::new("/"), true)
                     .ok()
                     .and_then(|fd| FileId::of(fd.as_fd()).ok().map(|(id, _)| vec![(fd, id)]))
                     .unwrap_or_default()
@@ -159,9 +179,9 @@ pub fn install(
             }
         }
     }
-    let scope = watch::exec_scope(root.as_fd());
+    let scope = watch::exec_scope(root);
     let what = format!("root of container {} ({scope:?})", rec.id);
-    exec.mark_exec(root.as_fd(), scope, true, &what)
+    exec.mark_exec(root, scope, true, &what)
         .map_err(watch_err)?;
     rec.exec_scope = Some(scope);
     report.exec = Some(scope);
