@@ -136,8 +136,45 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("keyward: {e:#}");
+            eprintln!("keyward: {}", chain_message(&e));
             ExitCode::from(1)
         }
+    }
+}
+
+/// The error and its causes, joined by ": ". The library's errors already
+/// quote their source in their own message (`cannot reach ... at PATH:
+/// ENOENT`), so a cause whose text is already there is not repeated.
+fn chain_message(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.contains(&c) {
+            msg.push_str(": ");
+            msg.push_str(&c);
+        }
+    }
+    msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn causes_already_quoted_are_not_repeated() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let e = anyhow::Error::new(keyward::client::ClientError::Connect {
+            socket: "/run/x.sock".into(),
+            source: io,
+        })
+        .context("asking the daemon");
+        assert_eq!(
+            chain_message(&e),
+            "asking the daemon: cannot reach keyward daemon at /run/x.sock: no such file"
+        );
+        // A cause the message does not quote is still shown.
+        let e = anyhow::anyhow!("inner detail").context("outer");
+        assert_eq!(chain_message(&e), "outer: inner detail");
     }
 }
