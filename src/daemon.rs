@@ -137,13 +137,14 @@ impl Daemon {
             registered_at: alert::rfc3339(std::time::SystemTime::now()),
             marks: Vec::new(),
             exec_scope: None,
+            create_marks: Vec::new(),
         };
         let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
         // A second hook stage for the same container re-registers it.
         if reg.get(&rec.id).is_some() {
             self.drop_container(&mut reg, &rec.id);
         }
-        let report = self.install(&mut rec).map_err(|e| e.to_string())?;
+        let report = self.install(&reg, &mut rec).map_err(|e| e.to_string())?;
         self.note_coverage(&rec.id, &report);
         log(format!(
             "watching container {} (pid {}, action {}): {} files, {} dirs, exec mark {:?}, in {} us",
@@ -163,7 +164,13 @@ impl Daemon {
         Ok(Reply::Watching { id, report })
     }
 
-    fn install(&self, rec: &mut ContainerRecord) -> Result<marks::InstallReport, MarkError> {
+    /// Mark `rec`'s files; on failure, take out what this attempt marked
+    /// that no other container in `reg` holds.
+    fn install(
+        &self,
+        reg: &Registry,
+        rec: &mut ContainerRecord,
+    ) -> Result<marks::InstallReport, MarkError> {
         let policy = self.ctx.policy();
         let r = marks::install(
             &self.perm,
@@ -175,15 +182,39 @@ impl Daemon {
             &self.ctx.identities,
         );
         if r.is_err() {
-            let orphaned = self
-                .ctx
-                .index
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&rec.id);
-            marks::remove(&self.perm, &self.exec, rec, &orphaned);
+            let orphaned = self.orphaned(reg, rec);
+            marks::remove(
+                &self.perm,
+                &self.exec,
+                self.create.as_deref(),
+                rec,
+                &orphaned,
+            );
         }
         r
+    }
+
+    /// Take `rec` out of the index; the marks it held alone, among the
+    /// containers in `reg` other than itself.
+    fn orphaned(&self, reg: &Registry, rec: &ContainerRecord) -> marks::Orphaned {
+        let files = self
+            .ctx
+            .index
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&rec.id);
+        let shared: std::collections::HashSet<_> = reg
+            .all()
+            .filter(|c| c.id != rec.id)
+            .flat_map(|c| c.create_marks.iter().map(|m| m.id))
+            .collect();
+        let create_dirs = rec
+            .create_marks
+            .iter()
+            .map(|m| m.id)
+            .filter(|id| !shared.contains(id))
+            .collect();
+        marks::Orphaned { files, create_dirs }
     }
 
     fn note_coverage(&self, id: &str, report: &marks::InstallReport) {
@@ -224,7 +255,7 @@ impl Daemon {
             return;
         }
         let before = rec.marks.len();
-        match self.install(&mut rec) {
+        match self.install(&reg, &mut rec) {
             Ok(report) => {
                 if rec.marks.len() != before {
                     log(format!(
@@ -278,13 +309,14 @@ impl Daemon {
 
     fn drop_container(&self, reg: &mut Registry, id: &str) -> Option<usize> {
         let rec = reg.remove(id)?;
-        let orphaned = self
-            .ctx
-            .index
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(id);
-        let removed = marks::remove(&self.perm, &self.exec, &rec, &orphaned);
+        let orphaned = self.orphaned(reg, &rec);
+        let removed = marks::remove(
+            &self.perm,
+            &self.exec,
+            self.create.as_deref(),
+            &rec,
+            &orphaned,
+        );
         // marks::remove flushed the exec group's ignore marks: the exec loop
         // starts counting them afresh.
         self.ctx.ignores_flushed.fetch_add(1, Ordering::Relaxed);
@@ -392,7 +424,7 @@ impl Daemon {
                 reg.forget(&rec.id);
                 continue;
             }
-            match self.install(&mut rec) {
+            match self.install(&reg, &mut rec) {
                 Ok(rep) => {
                     self.note_coverage(&rec.id, &rep);
                     log(format!(

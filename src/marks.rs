@@ -133,6 +133,7 @@ fn place(
     // Coverage over time: every directory on the way to a credential path
     // (/root, /home, /home/*, /home/*/.ssh, /etc, ...) reports new entries,
     // so a .ssh made after the start is marked on the next rescan.
+    rec.create_marks.clear();
     if let Some(create) = create {
         let mut seen_dirs = std::collections::HashSet::new();
         let mut all: Vec<String> = rules.mark_patterns();
@@ -154,17 +155,21 @@ fn place(
             let dirs = if k == 0 {
                 resolve::open_in_root(root, Path::new("/"), true)
                     .ok()
-                    .and_then(|fd| FileId::of(fd.as_fd()).ok().map(|(id, _)| vec![(fd, id)]))
+                    .and_then(|fd| {
+                        FileId::of(fd.as_fd())
+                            .ok()
+                            .map(|(id, _)| vec![(fd, id, "/".into())])
+                    })
                     .unwrap_or_default()
             } else {
                 expander
                     .expand(&prefix)
                     .into_iter()
                     .filter(|f| f.is_dir)
-                    .map(|f| (f.fd, f.id))
+                    .map(|f| (f.fd, f.id, f.path))
                     .collect()
             };
-            for (fd, id) in dirs {
+            for (fd, id, path) in dirs {
                 if !seen_dirs.insert(id) {
                     continue;
                 }
@@ -175,6 +180,11 @@ fn place(
                     report.create_watched = 0;
                     break 'dirs;
                 }
+                rec.create_marks.push(MarkRecord {
+                    path,
+                    id,
+                    is_dir: true,
+                });
                 report.create_watched += 1;
             }
         }
@@ -196,7 +206,24 @@ fn place(
 /// resolve through the rootfs as the host sees it. Each inode is checked
 /// against its recorded (dev, ino) before its mark is removed. Marks on an
 /// unmounted overlay vanish with its superblock and need nothing.
-pub fn remove(perm: &Group, exec: &Group, rec: &ContainerRecord, orphaned: &[FileId]) -> usize {
+/// Which of a container's marks to take out: what the container holds
+/// alone (other containers on the same files keep theirs).
+#[derive(Debug, Default)]
+pub struct Orphaned {
+    /// Permission marks (from the index).
+    pub files: Vec<FileId>,
+    /// Create-group directory marks.
+    pub create_dirs: Vec<FileId>,
+}
+
+/// Remove `rec`'s marks that no other container holds; the number removed.
+pub fn remove(
+    perm: &Group,
+    exec: &Group,
+    create: Option<&Group>,
+    rec: &ContainerRecord,
+    orphaned: &Orphaned,
+) -> usize {
     // The exec group's ignore marks (ELF interpreters) may sit on this
     // container's files; they pin their inodes, so they go too.
     if rec.exec_scope.is_some() {
@@ -222,19 +249,40 @@ pub fn remove(perm: &Group, exec: &Group, rec: &ContainerRecord, orphaned: &[Fil
     let Some(root) = root else {
         return 0;
     };
+    // Each mark by its recorded path, and only if that path still names
+    // the marked inode: a path swapped since then must not unmark (or
+    // trip over) another file.
+    let reopen = |m: &MarkRecord| {
+        resolve::open_in_root(root.as_fd(), Path::new(&m.path), false)
+            .ok()
+            .filter(|fd| FileId::of(fd.as_fd()).map(|(id, _)| id).ok() == Some(m.id))
+    };
     let mut removed = 0;
-    for m in rec.marks.iter().filter(|m| orphaned.contains(&m.id)) {
-        let Ok(fd) = resolve::open_in_root(root.as_fd(), Path::new(&m.path), false) else {
+    for m in rec.marks.iter().filter(|m| orphaned.files.contains(&m.id)) {
+        let Some(fd) = reopen(m) else {
             continue;
         };
-        if FileId::of(fd.as_fd()).map(|(id, _)| id).ok() != Some(m.id) {
-            continue;
-        }
         if perm
             .mark_credential(fd.as_fd(), m.is_dir, false, "")
             .is_ok()
         {
             removed += 1;
+        }
+    }
+    // Left in place, a create mark pins its directory's inode for the
+    // daemon's lifetime (on a rootfs that is a plain directory no unmount
+    // ever frees it), and creations there keep waking the daemon.
+    if let Some(create) = create {
+        for m in rec
+            .create_marks
+            .iter()
+            .filter(|m| orphaned.create_dirs.contains(&m.id))
+        {
+            if let Some(fd) = reopen(m)
+                && create.mark_creates(fd.as_fd(), false, "").is_ok()
+            {
+                removed += 1;
+            }
         }
     }
     if let Some(scope) = rec.exec_scope {

@@ -107,6 +107,10 @@ pub struct ContainerRecord {
     pub marks: Vec<MarkRecord>,
     #[serde(default)]
     pub exec_scope: Option<ExecScope>,
+    /// Directories marked for creations in the create group (coverage
+    /// over time), so they are unmarked when the container goes.
+    #[serde(default)]
+    pub create_marks: Vec<MarkRecord>,
 }
 
 impl ContainerRecord {
@@ -480,6 +484,7 @@ mod tests {
                 is_dir: false,
             }],
             exec_scope: Some(ExecScope::Mount),
+            create_marks: Vec::new(),
         });
         r.save().unwrap();
         let (_, recs, errors) = Registry::load(&dir);

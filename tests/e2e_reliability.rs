@@ -470,6 +470,9 @@ fn an_exited_container_is_dropped_without_poststop_and_poststop_still_works() {
     );
     assert_eq!(d.status()["containers"], 0);
     assert_eq!(d.status()["marked_inodes"], 0, "marks leaked");
+    // In the kernel too: permission marks, the create group's directory
+    // marks and the exec group's ignore marks all went with it.
+    assert_eq!(d.marked_inodes(), Vec::<u64>::new(), "kernel marks leaked");
 
     let mut b = Bundle::new("kw-posts", &d.socket, "sleep 0.3");
     b.poststop();
@@ -486,6 +489,7 @@ fn an_exited_container_is_dropped_without_poststop_and_poststop_still_works() {
         d.log_text()
     );
     assert_eq!(d.status()["marked_inodes"], 0, "marks leaked");
+    assert_eq!(d.marked_inodes(), Vec::<u64>::new(), "kernel marks leaked");
 }
 
 #[test]
@@ -517,4 +521,40 @@ fn sigterm_while_containers_exit_stops_cleanly() {
     for mut c in children {
         let _ = c.wait();
     }
+}
+
+#[test]
+fn marks_on_a_shared_rootfs_stay_until_its_last_container_goes() {
+    if !privileged() {
+        return;
+    }
+    // Two containers on one rootfs directory (plain runc bundles can share
+    // one) hold the same inodes' marks: permission marks on the credential
+    // files and the create group's directory marks. The first to go must
+    // leave the other's marks in the kernel; the last takes them all.
+    let d = Daemon::start("");
+    let long = Bundle::new("kw-share-a", &d.socket, "sleep 5");
+    let mut short = Bundle::new("kw-share-b", &d.socket, "sleep 0.3");
+    short.config["root"]["path"] = serde_json::Value::String(long.rootfs.display().to_string());
+    let mut child = long.spawn();
+    d.wait_registered(1);
+    let mut held = d.marked_inodes();
+    held.sort_unstable();
+    assert!(!held.is_empty());
+    short.run_ok();
+    wait_until(
+        Duration::from_secs(10),
+        || "the short container was not dropped".into(),
+        || d.status()["containers"] == 1,
+    );
+    let mut left = d.marked_inodes();
+    left.sort_unstable();
+    assert_eq!(left, held, "the remaining container lost marks");
+    let _ = child.wait();
+    wait_until(
+        Duration::from_secs(10),
+        || "the long container was not dropped".into(),
+        || d.status()["containers"] == 0,
+    );
+    assert_eq!(d.marked_inodes(), Vec::<u64>::new(), "kernel marks leaked");
 }
