@@ -7,7 +7,8 @@
 # Knobs (environment): ROUNDS=5 (per arm) EXECS=2000 FILES=10000 OPENS=5000
 # STARTS=20 (start pairs per round: ROUNDS x STARTS pairs) CONTAINERS=50 (kept alive
 # for the RSS figure) CYCLES=200 (start/stop cycles for the leak check)
-# HOST_REPS=5 (host open loops per round)
+# HOST_REPS=5 (host open loops per round) REPS=3 (each workload, per bench
+# container)
 # KEYWARD=/path/to/keyward (skip `cargo build --release`)
 # BENCH_TIMEOUT=3600 (seconds for the whole run).
 #
@@ -20,7 +21,7 @@
 #   2. starts its own daemon with a private socket, runtime dir and alert
 #      file under a temp dir, syslog off; stops it by pid;
 #   3. A rounds: daemon up, hook in config.json; B rounds: daemon down, no
-#      hook. Each round runs one bench container (exec storm, tar over
+#      hook. Each round runs one bench container (REPS times: exec storm, tar over
 #      FILES files, OPENS opens of /etc/passwd by the shell and by cat, open
 #      latency percentiles) and HOST_REPS host open loops;
 #   4. container starts: ROUNDS x STARTS pairs, one start with the hook
@@ -45,6 +46,7 @@ FILES=${FILES:-10000}
 OPENS=${OPENS:-5000}
 STARTS=${STARTS:-20}
 HOST_REPS=${HOST_REPS:-5}
+REPS=${REPS:-3}
 CONTAINERS=${CONTAINERS:-50}
 CYCLES=${CYCLES:-200}
 RUNC_TIMEOUT=120
@@ -327,13 +329,18 @@ ncontainers() { timeout 10 "$KW" containers --socket "$SOCK" | grep -c '"id"' ||
 
 # The in-container workload. Times come from the monotonic clock inside
 # the container, so container start is excluded.
+# Each workload runs REPS times a round: with one sample per round and
+# arm, a run with no keyward at all (daemon up, nothing registered, against
+# no daemon) read 0.97 to 1.08 on these rows.
 BENCH_SCRIPT="T() { /usr/bin/kwb now; }
+r=0; while [ \$r -lt $REPS ]; do r=\$((r+1))
 a=\$(T); i=0; while [ \$i -lt $EXECS ]; do /usr/bin/gnu-true; i=\$((i+1)); done; b=\$(T); echo exec_storm_ns=\$((b-a))
 a=\$(T); i=0; while [ \$i -lt $EXECS ]; do /bin/true; i=\$((i+1)); done; b=\$(T); echo exec_storm_bb_ns=\$((b-a))
 a=\$(T); /usr/bin/tar cf - -C / data | cat >/dev/null; b=\$(T); echo tar_files_ns=\$((b-a))
 a=\$(T); i=0; while [ \$i -lt $OPENS ]; do read -r l </etc/passwd; i=\$((i+1)); done; b=\$(T); echo opens_shell_ns=\$((b-a))
 a=\$(T); i=0; while [ \$i -lt $OPENS ]; do cat /etc/passwd >/dev/null; i=\$((i+1)); done; b=\$(T); echo opens_cat_ns=\$((b-a))
-/usr/bin/kwb open /etc/passwd $OPENS"
+/usr/bin/kwb open /etc/passwd $OPENS
+done"
 
 BENCH_BUNDLE="$WORK/bench"
 START_BUNDLE="$WORK/start"
@@ -372,12 +379,16 @@ one_round() { # arm: A (watched) or B (unwatched)
         record A hist_p99_us "$(status_field p99_us)"
     fi
     for k in exec_storm_ns exec_storm_bb_ns tar_files_ns opens_shell_ns opens_cat_ns; do
-        line=$(echo "$out" | grep -o "^$k=[0-9]*") || die "no $k in: $out"
-        record "$arm" "$k" "${line#*=}"
+        [ "$(echo "$out" | grep -c "^$k=[0-9]")" = "$REPS" ] || die "not $REPS x $k in: $out"
+        for line in $(echo "$out" | grep -o "^$k=[0-9]*"); do
+            record "$arm" "$k" "${line#*=}"
+        done
     done
-    line=$(echo "$out" | grep '^n=') || die "no open latency in: $out"
+    [ "$(echo "$out" | grep -c '^n=')" = "$REPS" ] || die "not $REPS open latency lines in: $out"
     for k in p50_ns p99_ns; do
-        record "$arm" "open_$k" "$(echo "$line" | grep -o "$k=[0-9]*" | cut -d= -f2)"
+        for v in $(echo "$out" | grep '^n=' | grep -o "$k=[0-9]*" | cut -d= -f2); do
+            record "$arm" "open_$k" "$v"
+        done
     done
     # Host loop, while a container runs in both arms (registered in A
     # only): with a container in A alone, the host loop measured what any
@@ -548,7 +559,7 @@ median() { # arm key
 
 echo
 echo "keyward bench: $(nproc) cores, $(uname -r), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
-echo "rounds: $ROUNDS x A (watched: hook + daemon) / B (unwatched: no hook, no daemon), alternating; medians"
+echo "rounds: $ROUNDS x A (watched: hook + daemon) / B (unwatched: no hook, no daemon), alternating, each workload $REPS times a round; medians of all samples"
 echo "container starts: $PAIRS pairs, with (A) and without (B) the hook, daemon up, alternating per start"
 printf '%-44s %14s %14s %9s\n' metric watched unwatched ratio
 row() { # label key unit(ms|us)
