@@ -173,9 +173,7 @@ impl Daemon {
     ) -> Result<marks::InstallReport, MarkError> {
         let policy = self.ctx.policy();
         let r = marks::install(
-            &self.perm,
-            &self.exec,
-            self.create.as_deref(),
+            self.groups(),
             &policy.rules,
             rec,
             &self.ctx.index,
@@ -183,15 +181,17 @@ impl Daemon {
         );
         if r.is_err() {
             let orphaned = self.orphaned(reg, rec);
-            marks::remove(
-                &self.perm,
-                &self.exec,
-                self.create.as_deref(),
-                rec,
-                &orphaned,
-            );
+            marks::remove(self.groups(), rec, &orphaned);
         }
         r
+    }
+
+    fn groups(&self) -> marks::Groups<'_> {
+        marks::Groups {
+            perm: &self.perm,
+            exec: &self.exec,
+            create: self.create.as_deref(),
+        }
     }
 
     /// Take `rec` out of the index; the marks it held alone, among the
@@ -310,13 +310,7 @@ impl Daemon {
     fn drop_container(&self, reg: &mut Registry, id: &str) -> Option<usize> {
         let rec = reg.remove(id)?;
         let orphaned = self.orphaned(reg, &rec);
-        let removed = marks::remove(
-            &self.perm,
-            &self.exec,
-            self.create.as_deref(),
-            &rec,
-            &orphaned,
-        );
+        let removed = marks::remove(self.groups(), &rec, &orphaned);
         // marks::remove flushed the exec group's ignore marks: the exec loop
         // starts counting them afresh.
         self.ctx.ignores_flushed.fetch_add(1, Ordering::Relaxed);

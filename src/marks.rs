@@ -41,11 +41,20 @@ pub struct InstallReport {
     pub pivoted: bool,
 }
 
+/// The daemon's three fanotify groups.
+#[derive(Debug, Clone, Copy)]
+pub struct Groups<'a> {
+    /// Permission events on credential files.
+    pub perm: &'a Group,
+    /// Exec notifications (and their ignore marks).
+    pub exec: &'a Group,
+    /// Directory creations, when the kernel can report them.
+    pub create: Option<&'a Group>,
+}
+
 /// Install every mark for `rec`, recording them in `rec.marks` and the index.
 pub fn install(
-    perm: &Group,
-    exec: &Group,
-    create: Option<&Group>,
+    groups: Groups<'_>,
     rules: &Rules,
     rec: &mut ContainerRecord,
     index: &RwLock<MarkIndex>,
@@ -58,7 +67,7 @@ pub fn install(
     // second thread while the marks go in, and is done before the reply.
     std::thread::scope(|s| {
         let learner = s.spawn(|| identities.learn(root.as_fd(), rules.file_archivers().names()));
-        let marked = place(perm, exec, create, rules, rec, index, root.as_fd())
+        let marked = place(groups, rules, rec, index, root.as_fd())
             .map(|report| InstallReport { pivoted, ..report });
         if let Err(panic) = learner.join() {
             std::panic::resume_unwind(panic);
@@ -69,14 +78,13 @@ pub fn install(
 
 /// The marks of [`install`], under the container's root.
 fn place(
-    perm: &Group,
-    exec: &Group,
-    create: Option<&Group>,
+    groups: Groups<'_>,
     rules: &Rules,
     rec: &mut ContainerRecord,
     index: &RwLock<MarkIndex>,
     root: BorrowedFd<'_>,
 ) -> Result<InstallReport, MarkError> {
+    let Groups { perm, exec, create } = groups;
     let mut found = Vec::new();
     let mut expander = resolve::Expander::new(root);
     for pattern in rules.mark_patterns() {
@@ -217,13 +225,8 @@ pub struct Orphaned {
 }
 
 /// Remove `rec`'s marks that no other container holds; the number removed.
-pub fn remove(
-    perm: &Group,
-    exec: &Group,
-    create: Option<&Group>,
-    rec: &ContainerRecord,
-    orphaned: &Orphaned,
-) -> usize {
+pub fn remove(groups: Groups<'_>, rec: &ContainerRecord, orphaned: &Orphaned) -> usize {
+    let Groups { perm, exec, create } = groups;
     // The exec group's ignore marks (ELF interpreters) may sit on this
     // container's files; they pin their inodes, so they go too.
     if rec.exec_scope.is_some() {
