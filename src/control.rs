@@ -232,27 +232,61 @@ mod tests {
         }
     }
 
+    /// A socket under a fresh temp dir, served by `handler` on a thread
+    /// until the returned server is dropped.
+    struct Served {
+        dir: PathBuf,
+        path: PathBuf,
+        stop: Arc<AtomicBool>,
+        thread: Option<std::thread::JoinHandle<()>>,
+    }
+
+    impl Served {
+        fn new<H: Handler>(name: &str, handler: H) -> Self {
+            let dir = std::env::temp_dir().join(format!("keyward-{name}-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&dir);
+            let path = dir.join("s.sock");
+            let l = bind(&path).unwrap();
+            let stop = Arc::new(AtomicBool::new(false));
+            let s2 = stop.clone();
+            let thread = Some(std::thread::spawn(move || {
+                serve(l, Arc::new(handler), &s2, || {})
+            }));
+            Served {
+                dir,
+                path,
+                stop,
+                thread,
+            }
+        }
+    }
+
+    impl Drop for Served {
+        fn drop(&mut self) {
+            self.stop.store(true, Ordering::Relaxed);
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+
     #[test]
     fn serves_requests_and_survives_garbage() {
-        let dir = std::env::temp_dir().join(format!("keyward-ctl-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        let path = dir.join("s.sock");
-        let l = bind(&path).unwrap();
-        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        let served = Served::new("ctl", Echo);
+        let path = &served.path;
+        let mode = fs::metadata(path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        assert!(matches!(bind(&path), Err(ControlError::InUse { .. })));
-        let stop = Arc::new(AtomicBool::new(false));
-        let s2 = stop.clone();
-        let t = std::thread::spawn(move || serve(l, Arc::new(Echo), &s2, || {}));
+        assert!(matches!(bind(path), Err(ControlError::InUse { .. })));
         // Garbage gets an error reply naming the problem.
-        let mut c = UnixStream::connect(&path).unwrap();
+        let mut c = UnixStream::connect(path).unwrap();
         c.write_all(b"\x00\x01garbage\n").unwrap();
         let line = protocol::read_line(&mut BufReader::new(&c)).unwrap();
         assert!(String::from_utf8_lossy(&line).contains("bad request"));
         // A silent client does not block the next one.
-        let _silent = UnixStream::connect(&path).unwrap();
+        let _silent = UnixStream::connect(path).unwrap();
         let r = crate::client::call(
-            &path,
+            path,
             &Request::Deregister { id: "x".into() },
             Duration::from_secs(3),
         )
@@ -264,9 +298,6 @@ mod tests {
                 marks_removed: 0
             }
         );
-        stop.store(true, Ordering::Relaxed);
-        t.join().unwrap();
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     /// Replies with the id of the thread that served the request.
@@ -282,15 +313,9 @@ mod tests {
 
     #[test]
     fn connection_threads_are_kept_for_the_next_client() {
-        let dir = std::env::temp_dir().join(format!("keyward-ctl-pool-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        let path = dir.join("s.sock");
-        let l = bind(&path).unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let s2 = stop.clone();
-        let t = std::thread::spawn(move || serve(l, Arc::new(Tid), &s2, || {}));
+        let served = Served::new("ctl-pool", Tid);
         let served_by = || match crate::client::call(
-            &path,
+            &served.path,
             &Request::Deregister { id: "x".into() },
             Duration::from_secs(3),
         )
@@ -309,8 +334,5 @@ mod tests {
             "{} threads: {tids:?}",
             tids.len()
         );
-        stop.store(true, Ordering::Relaxed);
-        t.join().unwrap();
-        fs::remove_dir_all(&dir).unwrap();
     }
 }
