@@ -8,7 +8,7 @@
 # STARTS=20 (start pairs per round: ROUNDS x STARTS pairs) CONTAINERS=50 (kept alive
 # for the RSS figure) CYCLES=200 (start/stop cycles for the leak check)
 # HOST_REPS=5 (host open loops per round) REPS=3 (each workload, per bench
-# container)
+# container) CATCH=300 (runs per exec-path catch-rate case; 0 skips them)
 # KEYWARD=/path/to/keyward (skip `cargo build --release`)
 # BENCH_TIMEOUT=3600 (seconds for the whole run).
 #
@@ -26,10 +26,11 @@
 #      latency percentiles) and HOST_REPS host open loops;
 #   4. container starts: ROUNDS x STARTS pairs, one start with the hook
 #      and one without, daemon up, the order swapped every pair;
-#   5. memory: daemon VmRSS with 0 and CONTAINERS live containers (own
+#   5. exec-path catch rate (CATCH runs a case, file rule off);
+#   6. memory: daemon VmRSS with 0 and CONTAINERS live containers (own
 #      overlay rootfs each when overlayfs works), and before/after CYCLES
 #      start/stop cycles;
-#   6. prints medians and watched/unwatched ratios.
+#   7. prints medians and watched/unwatched ratios.
 # Idempotent: everything lives under a fresh mktemp dir that is removed on
 # exit; containers are named kwbench-<pid>-*, and leftovers of an earlier run
 # whose script is gone are deleted first.
@@ -47,6 +48,7 @@ OPENS=${OPENS:-5000}
 STARTS=${STARTS:-20}
 HOST_REPS=${HOST_REPS:-5}
 REPS=${REPS:-3}
+CATCH=${CATCH:-300}
 CONTAINERS=${CONTAINERS:-50}
 CYCLES=${CYCLES:-200}
 RUNC_TIMEOUT=120
@@ -316,10 +318,10 @@ run_container() {
     return $rc
 }
 
-start_daemon() {
+start_daemon() { # [config]
     local log="$WORK/daemon.log"
     : >"$log"
-    timeout -s KILL "$DAEMON_TIMEOUT" "$KW" daemon --config "$WORK/keyward.toml" >"$log" 2>&1 &
+    timeout -s KILL "$DAEMON_TIMEOUT" "$KW" daemon --config "${1:-$WORK/keyward.toml}" >"$log" 2>&1 &
     TPID=$!
     for _ in $(seq 300); do
         grep -q serving "$log" && break
@@ -469,6 +471,50 @@ for p in $(seq "$PAIRS"); do
 done
 stop_daemon
 
+# ------------------------------------------------------------ catch rate --
+
+# What the exec path catches of archivers that exit at once: CATCH runs
+# each of busybox gzip and GNU tar naming a credential file that does not
+# exist (nothing is opened, so only the exec path can see them), with the
+# file rule off. In a tight loop (a busybox loop is an exec storm, read a
+# tick at a time) and 20 ms apart. One container per case; its alerts are
+# counted by container id.
+declare -A CAUGHT=()
+CATCH_STORMS=0
+if [ "$CATCH" -gt 0 ]; then
+    say "exec-path catch rate: $CATCH runs a case"
+    cat >"$WORK/keyward-exec.toml" <<EOF
+socket = "$SOCK"
+[daemon]
+runtime_dir = "$WORK/run"
+[alerts]
+json = "$WORK/alerts-catch.json"
+rate_limit_per_minute = 1000000
+[alerts.syslog]
+enabled = false
+[rules.file]
+enabled = false
+EOF
+    : >"$WORK/alerts-catch.json"
+    start_daemon "$WORK/keyward-exec.toml"
+    CATCH_BUNDLE="$WORK/catch"
+    mkdir -p "$CATCH_BUNDLE"
+    for c in gzip-tight tar-tight gzip-spaced tar-spaced; do
+        case $c in
+            gzip-*) cmd="/bin/gzip -c /root/.ssh/id_ed25519 >/dev/null 2>/dev/null" ;;
+            tar-*) cmd="/usr/bin/tar cf /dev/null /root/.aws/config 2>/dev/null" ;;
+        esac
+        case $c in *-spaced) cmd="$cmd; usleep 20000" ;; esac
+        write_config "$CATCH_BUNDLE" "$BASE" 1 "i=0; while [ \$i -lt $CATCH ]; do $cmd; i=\$((i+1)); done"
+        new_id "catch-$c"
+        run_container "$CATCH_BUNDLE" "$ID" >/dev/null
+        sleep 1 # the alert thread writes after the decision
+        CAUGHT[$c]=$(grep -c "\"id\":\"$ID\"" "$WORK/alerts-catch.json" || true)
+    done
+    CATCH_STORMS=$(status_field exec_storms)
+    stop_daemon
+fi
+
 # ---------------------------------------------------------------- memory --
 
 say "memory: $CONTAINERS live containers, then $CYCLES start/stop cycles"
@@ -611,6 +657,12 @@ echo "decision latency from keyward status (daemon side, bucket upper bounds): p
 echo "permission events caused by the host loop while a container was registered: $(median A host_perm_events)"
 awk -v e="$(median A perm_events_per_round)" -v c="$(median A daemon_cpu_ns_per_round)" \
     'BEGIN {printf "daemon per watched bench container: %d permission events, %.1f ms CPU (all threads, incl. exec loop), %.1f us CPU per permission event\n", e, c / 1e6, (e > 0 ? c / e / 1e3 : 0)}'
+if [ "$CATCH" -gt 0 ]; then
+    echo "exec-path catch rate, file rule off, archivers that exit at once on a missing key (alerts of $CATCH):"
+    printf '  %-44s %5s tight loop, %5s 20 ms apart\n' "busybox gzip -c /root/.ssh/id_ed25519" "${CAUGHT[gzip-tight]}" "${CAUGHT[gzip-spaced]}"
+    printf '  %-44s %5s tight loop, %5s 20 ms apart\n' "GNU tar cf /dev/null /root/.aws/config" "${CAUGHT[tar-tight]}" "${CAUGHT[tar-spaced]}"
+    echo "  exec storms the daemon counted: $CATCH_STORMS (a tight busybox loop is one: see docs/design.md)"
+fi
 echo
 echo "memory (daemon VmRSS)"
 printf '  %-50s %8d kB\n' "0 containers" "$RSS0"
