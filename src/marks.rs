@@ -206,14 +206,6 @@ fn place(
     Ok(report)
 }
 
-/// Remove `rec`'s marks on the inodes no other container still marks, and
-/// the exec group's ignore marks.
-///
-/// Returns how many marks were removed. While the container's init lives we
-/// resolve through it; after it exited (the usual case at poststop) we
-/// resolve through the rootfs as the host sees it. Each inode is checked
-/// against its recorded (dev, ino) before its mark is removed. Marks on an
-/// unmounted overlay vanish with its superblock and need nothing.
 /// Which of a container's marks to take out: what the container holds
 /// alone (other containers on the same files keep theirs).
 #[derive(Debug, Default)]
@@ -224,7 +216,15 @@ pub struct Orphaned {
     pub create_dirs: Vec<FileId>,
 }
 
-/// Remove `rec`'s marks that no other container holds; the number removed.
+/// Remove `rec`'s marks on the inodes no other container still marks
+/// (permission marks and create-group directory marks), and the exec
+/// group's ignore marks.
+///
+/// Returns how many marks were removed. While the container's init lives we
+/// resolve through it; after it exited (the usual case at poststop) we
+/// resolve through the rootfs as the host sees it. Each inode is checked
+/// against its recorded (dev, ino) before its mark is removed. Marks on an
+/// unmounted overlay vanish with its superblock and need nothing.
 pub fn remove(groups: Groups<'_>, rec: &ContainerRecord, orphaned: &Orphaned) -> usize {
     let Groups { perm, exec, create } = groups;
     // The exec group's ignore marks (ELF interpreters) may sit on this
