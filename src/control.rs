@@ -235,7 +235,7 @@ mod tests {
     /// A socket under a fresh temp dir, served by `handler` on a thread
     /// until the returned server is dropped.
     struct Served {
-        dir: PathBuf,
+        _dir: crate::testdir::TempDir,
         path: PathBuf,
         stop: Arc<AtomicBool>,
         thread: Option<std::thread::JoinHandle<()>>,
@@ -243,9 +243,8 @@ mod tests {
 
     impl Served {
         fn new<H: Handler>(name: &str, handler: H) -> Self {
-            let dir = std::env::temp_dir().join(format!("keyward-{name}-{}", std::process::id()));
-            let _ = fs::remove_dir_all(&dir);
-            let path = dir.join("s.sock");
+            let dir = crate::testdir::TempDir::new(name);
+            let path = dir.path().join("s.sock");
             let l = bind(&path).unwrap();
             let stop = Arc::new(AtomicBool::new(false));
             let s2 = stop.clone();
@@ -253,7 +252,7 @@ mod tests {
                 serve(l, Arc::new(handler), &s2, || {})
             }));
             Served {
-                dir,
+                _dir: dir,
                 path,
                 stop,
                 thread,
@@ -267,7 +266,6 @@ mod tests {
             if let Some(t) = self.thread.take() {
                 let _ = t.join();
             }
-            let _ = fs::remove_dir_all(&self.dir);
         }
     }
 

@@ -193,29 +193,11 @@ fn judge(file: &File, rules: &Rules, identities: &Identities) -> ExeClass {
 mod tests {
     use super::*;
     use crate::config::Config;
+    use crate::testdir::TempDir;
     use std::io::Write;
 
     fn rules() -> Rules {
         Rules::compile(&Config::default().rules).unwrap()
-    }
-
-    /// A fresh directory for one test, removed when dropped.
-    struct TempDir(std::path::PathBuf);
-    impl TempDir {
-        fn new(tag: &str) -> Self {
-            let p = std::env::temp_dir().join(format!("keyward-exe-{tag}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&p);
-            std::fs::create_dir_all(&p).unwrap();
-            Self(p)
-        }
-        fn path(&self) -> &Path {
-            &self.0
-        }
-    }
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
     }
 
     #[test]
@@ -227,7 +209,7 @@ mod tests {
 
     #[test]
     fn archivers_shells_busybox_and_scripts_are_watched_plain_programs_are_not() {
-        let dir = TempDir::new("classes");
+        let dir = TempDir::new("exe-classes");
         let ids = Identities::default();
         let classes = ExeClasses::default();
         let r = rules();
@@ -266,7 +248,7 @@ mod tests {
 
     #[test]
     fn a_renamed_archiver_is_watched_once_its_identity_is_known() {
-        let dir = TempDir::new("renamed");
+        let dir = TempDir::new("exe-renamed");
         let bin = dir.path().join("usr/bin");
         std::fs::create_dir_all(&bin).unwrap();
         let true_bin = std::fs::canonicalize("/bin/true").unwrap();
@@ -296,7 +278,7 @@ mod tests {
 
     #[test]
     fn a_file_rewritten_in_place_is_judged_again() {
-        let dir = TempDir::new("rewritten");
+        let dir = TempDir::new("exe-rewritten");
         let p = dir.path().join("tool");
         std::fs::copy(std::fs::canonicalize("/bin/true").unwrap(), &p).unwrap();
         let ids = Identities::default();

@@ -41,4 +41,6 @@ pub mod resolve;
 pub mod response;
 pub mod rules;
 pub mod sink;
+#[cfg(test)]
+mod testdir;
 pub mod watch;
