@@ -361,11 +361,7 @@ fn fifty_containers_at_once_are_all_watched() {
         std::thread::sleep(Duration::from_millis(100));
     }
     // Every container dropped when its init exited.
-    wait_until(
-        Duration::from_secs(10),
-        || "containers left registered".into(),
-        || d.status()["containers"] == 0,
-    );
+    d.wait_containers(0, Duration::from_secs(10));
     assert_eq!(d.status()["marked_inodes"], 0, "marks leaked");
 }
 
@@ -477,11 +473,7 @@ fn an_exited_container_is_dropped_without_poststop_and_poststop_still_works() {
     let mut b = Bundle::new("kw-posts", &d.socket, "sleep 0.3");
     b.poststop();
     b.run_ok();
-    wait_until(
-        Duration::from_secs(10),
-        || "container left registered".into(),
-        || d.status()["containers"] == 0,
-    );
+    d.wait_containers(0, Duration::from_secs(10));
     assert!(
         d.log_text()
             .contains(&format!("stopped watching container {}", b.id)),
@@ -542,19 +534,11 @@ fn marks_on_a_shared_rootfs_stay_until_its_last_container_goes() {
     held.sort_unstable();
     assert!(!held.is_empty());
     short.run_ok();
-    wait_until(
-        Duration::from_secs(10),
-        || "the short container was not dropped".into(),
-        || d.status()["containers"] == 1,
-    );
+    d.wait_containers(1, Duration::from_secs(10));
     let mut left = d.marked_inodes();
     left.sort_unstable();
     assert_eq!(left, held, "the remaining container lost marks");
     let _ = child.wait();
-    wait_until(
-        Duration::from_secs(10),
-        || "the long container was not dropped".into(),
-        || d.status()["containers"] == 0,
-    );
+    d.wait_containers(0, Duration::from_secs(10));
     assert_eq!(d.marked_inodes(), Vec::<u64>::new(), "kernel marks leaked");
 }

@@ -364,8 +364,14 @@ impl Daemon {
 
     /// Wait until the daemon watches exactly `n` containers.
     pub fn wait_registered(&self, n: u64) {
+        self.wait_containers(n, Duration::from_secs(15));
+    }
+
+    /// Wait up to `within` until the daemon watches exactly `n` containers
+    /// (after registrations, or after containers went).
+    pub fn wait_containers(&self, n: u64, within: Duration) {
         wait_until(
-            Duration::from_secs(15),
+            within,
             || format!("never {n} containers: {}", self.log_text()),
             || self.status()["containers"].as_u64() == Some(n),
         );
