@@ -401,9 +401,9 @@ impl Rules {
     pub fn watches_name(&self, name: &[u8]) -> bool {
         self.exec_archivers.contains(name)
             || self.file_archivers.contains(name)
+            || is_multicall(name)
             || SHELLS
                 .iter()
-                .chain(MULTICALL)
                 .any(|s| s.as_bytes().eq_ignore_ascii_case(name))
     }
 
