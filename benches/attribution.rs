@@ -1,12 +1,12 @@
 //! procfs attribution cost on a live process: what the permission loop pays
 //! per event before any rule runs.
 //!
-//! * [`keyward::attribution::stat`]: one read of `/proc/<pid>/stat` (also
+//! * [`keyward::attribute::procfs::stat`]: one read of `/proc/<pid>/stat` (also
 //!   what `container_of` pays per ancestry step, next to two `ns` stats);
-//! * [`keyward::attribution::RawProcess::read`]: stat, exe, cmdline and
+//! * [`keyward::attribute::procfs::RawProcess::read`]: stat, exe, cmdline and
 //!   comm, i.e. what `decide_open` reads for every held opener in a
 //!   container;
-//! * [`keyward::attribution::RawProcess::complete`]: the extra reads made
+//! * [`keyward::attribute::procfs::RawProcess::complete`]: the extra reads made
 //!   only for a finding (parent, cwd, uid via the `procfs` crate).
 //! * `ns_inode_pid_mnt`: the two namespace stats `container_of` makes per
 //!   ancestry step.
@@ -21,7 +21,7 @@ use std::hint::black_box;
 use std::process::{Child, Command, Stdio};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use keyward::attribution::{self, RawProcess};
+use keyward::attribute::procfs::{self, RawProcess};
 
 /// A `sleep` child, killed and reaped on drop.
 struct Sleeper(Child);
@@ -53,12 +53,12 @@ fn bench(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("attribution");
     g.bench_function("stat", |b| {
-        b.iter(|| black_box(attribution::stat(black_box(pid))))
+        b.iter(|| black_box(procfs::stat(black_box(pid))))
     });
     g.bench_function("ns_inode_pid_mnt", |b| {
         b.iter(|| {
-            black_box(attribution::ns_inode(black_box(pid), "pid").ok());
-            black_box(attribution::ns_inode(black_box(pid), "mnt").ok());
+            black_box(procfs::ns_inode(black_box(pid), "pid").ok());
+            black_box(procfs::ns_inode(black_box(pid), "mnt").ok());
         })
     });
     g.bench_function("raw_process_read", |b| {

@@ -11,7 +11,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::exceptions::{ExceptionConfig, ExceptionError, Exceptions};
+use crate::rules::exceptions::{ExceptionConfig, ExceptionError, Exceptions};
 use crate::rules::{RuleError, Rules};
 
 /// Default path of the config file.
@@ -107,7 +107,7 @@ pub struct Config {
     pub alerts: AlertsConfig,
     pub response: ResponseConfig,
     pub rules: RulesConfig,
-    /// Known-good archiving to tune out; see [`crate::exceptions`].
+    /// Known-good archiving to tune out; see [`crate::rules::exceptions`].
     pub exceptions: Vec<ExceptionConfig>,
 }
 
@@ -516,7 +516,7 @@ impl Config {
             );
         }
         if let Some(server) = &s.server {
-            if let Err(reason) = crate::sink::syslog::Target::parse_server(server) {
+            if let Err(reason) = crate::alert::sink::syslog::Target::parse_server(server) {
                 return invalid("alerts.syslog.server", reason);
             }
         } else if !s.socket.is_absolute() {

@@ -1,7 +1,7 @@
 //! Daemon wiring: threads, registration, restore, reload and shutdown.
 //!
 //! Threads:
-//! * `keyward-perm` answers permission events ([`crate::answer`]);
+//! * `keyward-perm` answers permission events ([`crate::answer::loops`]);
 //! * `keyward-exec` evaluates the seed rule on exec notifications;
 //! * `keyward-alert` aggregates findings and delivers alerts to the sinks;
 //! * `keyward-control` serves the control socket and reaps containers whose
@@ -18,15 +18,15 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use crate::alert::sink::{SinkStats, Sinks};
 use crate::alert::{self, Aggregator, Finding};
+use crate::answer::decide::{Context, Policy};
 use crate::config::{Config, ConfigError};
-use crate::control::{self, ControlError, Handler};
-use crate::decide::{Context, Policy};
-use crate::marks::{self, MarkError};
-use crate::protocol::{ContainerSummary, Registration, Reply, Request, StatusReport};
-use crate::registry::{self, ContainerRecord, Registry, RegistryError};
-use crate::sink::{SinkStats, Sinks};
-use crate::watch::{Group, WatchError};
+use crate::hook::protocol::{ContainerSummary, Registration, Reply, Request, StatusReport};
+use crate::registry::control::{self, ControlError, Handler};
+use crate::registry::store::{self, ContainerRecord, Registry, RegistryError};
+use crate::watch::fanotify::{Group, WatchError};
+use crate::watch::marks::{self, MarkError};
 
 /// How often exited containers are reaped.
 const REAP_EVERY: Duration = Duration::from_secs(2);
@@ -103,7 +103,7 @@ impl Daemon {
 
     fn register(&self, r: Registration) -> Result<Reply, String> {
         let started = std::time::Instant::now();
-        registry::check_id(&r.id).map_err(|e| e.to_string())?;
+        store::check_id(&r.id).map_err(|e| e.to_string())?;
         let default = self
             .config
             .read()
@@ -111,16 +111,19 @@ impl Daemon {
             .response
             .action;
         let action =
-            registry::action_for(&r.id, &r.annotations, default).map_err(|e| e.to_string())?;
+            store::action_for(&r.id, &r.annotations, default).map_err(|e| e.to_string())?;
         if !r.rootfs.is_absolute() {
             return Err(format!(
                 "rootfs {:?} of container {} is not absolute",
                 r.rootfs, r.id
             ));
         }
-        let facts = registry::verify_pid(r.pid).map_err(|e| e.to_string())?;
-        let (name, image) =
-            crate::engine::enrich(&r.id, &r.bundle, registry::name_and_image(&r.annotations));
+        let facts = store::verify_pid(r.pid).map_err(|e| e.to_string())?;
+        let (name, image) = crate::registry::enrich::enrich(
+            &r.id,
+            &r.bundle,
+            store::name_and_image(&r.annotations),
+        );
         let mut rec = ContainerRecord {
             id: r.id.clone(),
             pid: r.pid,
@@ -356,15 +359,15 @@ impl Daemon {
         // Dropping a container is cleanup, never urgent: at a low priority
         // it waits for idle CPU instead of competing with the runtime
         // tearing the container down and starting the next one.
-        crate::answer::set_thread_nice(10);
-        let mut exits = crate::reaper::Exits::default();
+        crate::answer::loops::set_thread_nice(10);
+        let mut exits = crate::registry::reaper::Exits::default();
         while !stop.load(Ordering::Relaxed) {
-            let live: Vec<crate::reaper::Init> = self
+            let live: Vec<crate::registry::reaper::Init> = self
                 .registry
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .all()
-                .map(|c| crate::reaper::Init {
+                .map(|c| crate::registry::reaper::Init {
                     id: c.id.clone(),
                     pid: c.pid,
                     start_time_ticks: c.start_time_ticks,
@@ -405,7 +408,7 @@ impl Daemon {
     fn restore(&self, records: Vec<ContainerRecord>) {
         let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
         for mut rec in records {
-            let same = registry::verify_pid(rec.pid).is_ok_and(|f| {
+            let same = store::verify_pid(rec.pid).is_ok_and(|f| {
                 f.start_time_ticks == rec.start_time_ticks
                     && f.pid_ns == rec.pid_ns
                     && f.net_ns == rec.net_ns
@@ -666,7 +669,7 @@ fn alert_loop(
 /// they happened in (every container when the creator is not in one, or the
 /// queue overflowed).
 fn create_loop(group: &Group, d: &Daemon, stop: &AtomicBool) {
-    use crate::watch::EventSource;
+    use crate::watch::fanotify::EventSource;
     let mut buf = vec![0u8; 16 * 1024];
     let mut events = Vec::new();
     while !stop.load(Ordering::Relaxed) {
@@ -677,7 +680,7 @@ fn create_loop(group: &Group, d: &Daemon, stop: &AtomicBool) {
             continue;
         };
         events.clear();
-        let _ = crate::watch::parse_events(&buf[..n], &mut events);
+        let _ = crate::watch::fanotify::parse_events(&buf[..n], &mut events);
         for ev in events.drain(..) {
             let container = (!ev.is_overflow())
                 .then(|| d.ctx.container_of(ev.pid))
@@ -764,7 +767,7 @@ pub fn run(config_path: Option<&Path>) -> Result<(), DaemonError> {
 
     // Decision threads first: restored marks may fire immediately.
     let mut threads = Vec::new();
-    let inflight = Arc::new(crate::answer::Inflight::default());
+    let inflight = Arc::new(crate::answer::loops::Inflight::default());
     {
         let (p, c, t, s, i) = (
             perm.clone(),
@@ -774,14 +777,14 @@ pub fn run(config_path: Option<&Path>) -> Result<(), DaemonError> {
             inflight.clone(),
         );
         threads.push(spawn("keyward-perm", move || {
-            crate::answer::permission_loop(&*p, &c, t, &i, &s)
+            crate::answer::loops::permission_loop(&*p, &c, t, &i, &s)
         })?);
     }
     {
         let (p, c, s, i) = (perm.clone(), ctx.clone(), stop.clone(), inflight);
         let deadline = Duration::from_millis(cfg.daemon.decision_deadline_ms);
         threads.push(spawn("keyward-watchdog", move || {
-            crate::answer::watchdog(&*p, &c, &i, deadline, &s)
+            crate::answer::loops::watchdog(&*p, &c, &i, deadline, &s)
         })?);
     }
     {
@@ -790,7 +793,7 @@ pub fn run(config_path: Option<&Path>) -> Result<(), DaemonError> {
         // loop.
         let (e, c, t, s) = (exec.clone(), ctx.clone(), tx, stop_intake.clone());
         threads.push(spawn("keyward-exec", move || {
-            crate::answer::exec_loop(&*e, &c, t, &s)
+            crate::answer::loops::exec_loop(&*e, &c, t, &s)
         })?);
     }
     let alert_thread = {

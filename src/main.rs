@@ -9,7 +9,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
 use keyward::config::{Config, DEFAULT_SOCKET};
-use keyward::protocol::{Reply, Request};
+use keyward::hook::protocol::{Reply, Request};
 
 #[derive(Parser)]
 #[command(
@@ -77,7 +77,7 @@ fn socket_of(socket: Option<PathBuf>, config: Option<PathBuf>) -> Result<PathBuf
 }
 
 fn ask(socket: PathBuf, req: Request) -> Result<Reply> {
-    let reply = keyward::client::call(&socket, &req, std::time::Duration::from_secs(5))?;
+    let reply = keyward::hook::client::call(&socket, &req, std::time::Duration::from_secs(5))?;
     if let Reply::Error { message } = reply {
         bail!("daemon at {} said: {message}", socket.display());
     }
@@ -117,7 +117,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Check { config, json, argv } => {
             let cfg = Config::load(config.as_deref())?;
             let rules = keyward::rules::Rules::compile(&cfg.rules)?;
-            let report = keyward::check::check(&rules, &argv);
+            let report = keyward::rules::check::check(&rules, &argv);
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -164,7 +164,7 @@ mod tests {
     #[test]
     fn causes_already_quoted_are_not_repeated() {
         let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
-        let e = anyhow::Error::new(keyward::client::ClientError::Connect {
+        let e = anyhow::Error::new(keyward::hook::client::ClientError::Connect {
             socket: "/run/x.sock".into(),
             source: io,
         })

@@ -11,7 +11,7 @@
 //! container, and the test reads the alert from the daemon's JSON file: the
 //! full 64-hex id podman printed, the `--name` and the imported image must
 //! be in `container.*` (podman's OCI annotations carry neither name nor
-//! image, so this exercises `keyward::engine`). A second test checks that a
+//! image, so this exercises `keyward::registry::enrich`). A second test checks that a
 //! podman `--annotation` reaches keyward and selects `deny`. Every podman
 //! command runs under `timeout`; containers, images and the store are
 //! removed on drop, the daemon is killed by pid.

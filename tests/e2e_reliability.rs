@@ -18,7 +18,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use keyward::protocol::{Registration, Reply, Request};
+use keyward::hook::protocol::{Registration, Reply, Request};
 
 fn touch(b: &Bundle, path: &str) {
     std::fs::write(b.rootfs.join(path.trim_start_matches('/')), "go").unwrap();
@@ -183,7 +183,7 @@ fn register(d: &Daemon, pid: i32) -> Reply {
         rootfs: "/nonexistent/rootfs".into(),
         annotations: Default::default(),
     });
-    keyward::client::call(&d.socket, &req, Duration::from_secs(5)).unwrap()
+    keyward::hook::client::call(&d.socket, &req, Duration::from_secs(5)).unwrap()
 }
 
 #[test]

@@ -33,34 +33,34 @@ proptest! {
 
     #[test]
     fn oci_state_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
-        if let Ok(state) = keyward::oci::read_state(&bytes[..]) {
+        if let Ok(state) = keyward::hook::oci::read_state(&bytes[..]) {
             // A parsed state with an id and a bundle that does not exist
             // must be an error, not a registration.
-            let _ = keyward::oci::hook_action(&state);
+            let _ = keyward::hook::oci::hook_action(&state);
         }
     }
 
     #[test]
     fn oci_state_json_shapes(id in ".{0,40}", status in "[a-z]{0,10}", pid in any::<i64>(), bundle in ".{0,40}") {
         let text = serde_json::json!({"ociVersion": "1.0.2", "id": id, "status": status, "pid": pid, "bundle": bundle}).to_string();
-        if let Ok(state) = keyward::oci::read_state(text.as_bytes()) {
-            let _ = keyward::oci::hook_action(&state);
+        if let Ok(state) = keyward::hook::oci::read_state(text.as_bytes()) {
+            let _ = keyward::hook::oci::hook_action(&state);
         }
     }
 
     #[test]
     fn protocol_lines_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
         let mut r = BufReader::new(&bytes[..]);
-        while let Ok(line) = keyward::protocol::read_line(&mut r) {
-            let _ = keyward::protocol::parse_request(&line);
+        while let Ok(line) = keyward::hook::protocol::read_line(&mut r) {
+            let _ = keyward::hook::protocol::parse_request(&line);
         }
     }
 
     #[test]
     fn protocol_register_shapes(id in ".{0,64}", pid in any::<i64>(), rootfs in ".{0,64}", k in ".{0,16}", v in ".{0,16}") {
         let line = serde_json::json!({"op": "register", "id": id, "pid": pid, "bundle": "/b", "rootfs": rootfs, "annotations": {k: v}}).to_string();
-        let _ = keyward::protocol::parse_request(line.as_bytes());
-        let _ = keyward::registry::check_id(&id);
+        let _ = keyward::hook::protocol::parse_request(line.as_bytes());
+        let _ = keyward::registry::store::check_id(&id);
     }
 
     #[test]
@@ -113,8 +113,8 @@ proptest! {
 
     #[test]
     fn proc_parsers_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..1024)) {
-        let _ = keyward::attribution::parse_stat(1, &bytes);
-        let args = keyward::attribution::parse_cmdline(&bytes);
+        let _ = keyward::attribute::procfs::parse_stat(1, &bytes);
+        let args = keyward::attribute::procfs::parse_cmdline(&bytes);
         let nuls = bytes.iter().filter(|&&b| b == 0).count();
         prop_assert!(args.len() <= nuls + 1);
     }
@@ -124,7 +124,7 @@ proptest! {
         // Only records whose fd field is -1 may be fed here: a parsed fd is
         // owned and closed. Force every fd field to FAN_NOFD.
         let mut bytes = bytes;
-        let len = keyward::watch::METADATA_LEN;
+        let len = keyward::watch::fanotify::METADATA_LEN;
         let mut off = 0;
         while off + len <= bytes.len() {
             bytes[off + 16..off + 20].copy_from_slice(&(-1i32).to_ne_bytes());
@@ -132,7 +132,7 @@ proptest! {
             off += ev.max(len);
         }
         let mut out = Vec::new();
-        if let Ok(used) = keyward::watch::parse_events(&bytes, &mut out) {
+        if let Ok(used) = keyward::watch::fanotify::parse_events(&bytes, &mut out) {
             prop_assert!(used <= bytes.len());
         }
     }

@@ -46,9 +46,9 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::identity::Identities;
-use crate::resolve::FileId;
+use crate::attribute::identity::Identities;
 use crate::rules::Rules;
+use crate::watch::resolve::FileId;
 
 /// How long after its exec event a plain program's argv is read.
 pub const PLAIN_DELAY: Duration = Duration::from_millis(2);
@@ -162,7 +162,7 @@ impl ExeClasses {
 
 /// Classify one file by its name (as the event's fd shows it) and content.
 fn judge(file: &File, rules: &Rules, identities: &Identities) -> ExeClass {
-    let Some(path) = crate::watch::fd_path(file.as_fd()) else {
+    let Some(path) = crate::watch::fanotify::fd_path(file.as_fd()) else {
         return ExeClass::Watched;
     };
     if is_interpreter(&path) {
@@ -180,11 +180,11 @@ fn judge(file: &File, rules: &Rules, identities: &Identities) -> ExeClass {
     // Not an ELF we can read (a script, a truncated file): watched. Its
     // build-id decides the rest: a renamed archiver or busybox is watched.
     let mut f = file;
-    match crate::identity::build_id(&mut f) {
+    match crate::attribute::identity::build_id(&mut f) {
         Some(id) if identities.is_multicall(&id) => ExeClass::MultiCall,
         Some(id) if identities.watches_build_id(&id) => ExeClass::Watched,
         Some(_) => by_name,
-        None if crate::identity::is_elf(&mut f) => by_name,
+        None if crate::attribute::identity::is_elf(&mut f) => by_name,
         None => ExeClass::Watched,
     }
 }
@@ -260,7 +260,7 @@ mod tests {
         let classes = ExeClasses::default();
         let r = rules();
         let f = File::open(dir.path().join("innocent")).unwrap();
-        if crate::identity::build_id(&mut &f).is_none() {
+        if crate::attribute::identity::build_id(&mut &f).is_none() {
             return; // a host /bin/true without a build-id proves nothing here
         }
         assert_eq!(

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use nix::poll::{PollFd, PollFlags};
 
-use crate::attribution;
+use crate::attribute::procfs;
 
 /// One registered container's init, as the reaper needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,10 +32,10 @@ pub struct Exits {
 /// A pidfd for `pid`, if that process is alive and started at `start`
 /// (a pid reused by another process is not ours).
 fn pidfd_for(pid: i32, start: u64) -> Option<OwnedFd> {
-    let fd = attribution::pidfd_open(pid).ok()?;
+    let fd = procfs::pidfd_open(pid).ok()?;
     // The pidfd pins the process now; its start time says whether it is
     // the one that was registered.
-    attribution::stat(pid)
+    procfs::stat(pid)
         .ok()
         .filter(|s| s.start_time_ticks == start && !s.exited())
         .map(|_| fd)
@@ -114,7 +114,7 @@ mod tests {
         Init {
             id: id.to_string(),
             pid,
-            start_time_ticks: attribution::stat(pid).unwrap().start_time_ticks,
+            start_time_ticks: procfs::stat(pid).unwrap().start_time_ticks,
         }
     }
 

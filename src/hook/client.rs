@@ -8,7 +8,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::protocol::{self, ProtocolError, Reply, Request};
+use crate::hook::protocol::{self, ProtocolError, Reply, Request};
 
 /// Errors talking to the daemon.
 #[derive(Debug, thiserror::Error)]

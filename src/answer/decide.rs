@@ -17,12 +17,12 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use crate::alert::{Finding, Trigger};
-use crate::attribution::{self, RawProcess};
+use crate::attribute::procfs::{self, RawProcess};
 use crate::config::Action;
-use crate::index::{ContainerView, MarkIndex};
-use crate::resolve::FileId;
 use crate::rules::Rules;
-use crate::watch::{FAN_ALLOW, FAN_DENY};
+use crate::watch::fanotify::{FAN_ALLOW, FAN_DENY};
+use crate::watch::index::{ContainerView, MarkIndex};
+use crate::watch::resolve::FileId;
 
 /// How far up the parent chain we look for a container member, for
 /// processes that made their own pid namespace inside the container.
@@ -36,7 +36,7 @@ pub const EXEC_SETTLE: Duration = Duration::from_millis(250);
 pub struct Policy {
     pub rules: Rules,
     pub default_action: Action,
-    pub exceptions: crate::exceptions::Exceptions,
+    pub exceptions: crate::rules::exceptions::Exceptions,
     /// Unique per compiled policy, for caches made under it.
     pub generation: u64,
 }
@@ -52,7 +52,7 @@ impl Policy {
         Ok(Self {
             rules: Rules::compile(&cfg.rules)?,
             default_action: cfg.response.action,
-            exceptions: crate::exceptions::Exceptions::compile(&cfg.exceptions)?,
+            exceptions: crate::rules::exceptions::Exceptions::compile(&cfg.exceptions)?,
             generation: POLICY_GENERATION.fetch_add(1, Ordering::Relaxed),
         })
     }
@@ -65,7 +65,7 @@ impl Policy {
         }
         let exe = p.exe.to_string_lossy();
         let parent = if self.exceptions.need_parent() {
-            attribution::exe(p.stat.ppid)
+            procfs::exe(p.stat.ppid)
                 .ok()
                 .map(|e| e.to_string_lossy().into_owned())
         } else {
@@ -75,7 +75,7 @@ impl Policy {
             p.args.iter().map(|a| a.to_string_lossy()).collect();
         let cmdline = cmdline.join(" ");
         self.exceptions
-            .suppress(&crate::exceptions::Subject {
+            .suppress(&crate::rules::exceptions::Subject {
                 rule_id,
                 container_name: c.reference.name.as_deref(),
                 image: c.reference.image.as_deref(),
@@ -269,14 +269,14 @@ pub struct Context {
     pub policy: RwLock<Arc<Policy>>,
     pub stats: Stats,
     /// Archivers known by content, for copied or renamed binaries.
-    pub identities: crate::identity::Identities,
+    pub identities: crate::attribute::identity::Identities,
     /// What each exec'd file is, so plain programs are not probed early.
-    pub exe_classes: crate::exe::ExeClasses,
+    pub exe_classes: crate::attribute::exe::ExeClasses,
     /// Process images already found to match neither rule, with the index
     /// and policy generations they were judged under. A shell reading a
     /// credential directory in a loop then costs one `/proc/<pid>/stat`
     /// read per open instead of a full attribution.
-    benign: std::sync::Mutex<HashMap<attribution::ImageKey, (u64, u64)>>,
+    benign: std::sync::Mutex<HashMap<procfs::ImageKey, (u64, u64)>>,
     /// Whether every exec in a watched container is reported as a process
     /// start event (`alerts.process_events`).
     pub process_events: std::sync::atomic::AtomicBool,
@@ -297,15 +297,15 @@ impl Context {
             index: RwLock::new(MarkIndex::default()),
             policy: RwLock::new(Arc::new(policy)),
             stats: Stats::default(),
-            identities: crate::identity::Identities::default(),
-            exe_classes: crate::exe::ExeClasses::default(),
+            identities: crate::attribute::identity::Identities::default(),
+            exe_classes: crate::attribute::exe::ExeClasses::default(),
             benign: std::sync::Mutex::new(HashMap::new()),
             process_events: std::sync::atomic::AtomicBool::new(false),
             ignores_flushed: AtomicU64::new(0),
         }
     }
 
-    fn is_benign(&self, key: attribution::ImageKey, generation: (u64, u64)) -> bool {
+    fn is_benign(&self, key: procfs::ImageKey, generation: (u64, u64)) -> bool {
         self.benign
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -313,7 +313,7 @@ impl Context {
             == Some(&generation)
     }
 
-    fn remember_benign(&self, key: attribution::ImageKey, generation: (u64, u64)) {
+    fn remember_benign(&self, key: procfs::ImageKey, generation: (u64, u64)) {
         let mut b = self.benign.lock().unwrap_or_else(|e| e.into_inner());
         if b.len() >= BENIGN_CACHE_MAX {
             b.clear();
@@ -338,15 +338,15 @@ impl Context {
         for _ in 0..MAX_ANCESTRY {
             // The pid namespace decides almost always; the mount namespace
             // is read only on a miss (containers sharing the host's pids).
-            let pid_ns = attribution::ns_inode(cur, "pid").ok()?;
+            let pid_ns = procfs::ns_inode(cur, "pid").ok()?;
             if let Some(v) = idx.container_of(pid_ns, 0) {
                 return Some(v.clone());
             }
-            let mnt_ns = attribution::ns_inode(cur, "mnt").unwrap_or(0);
+            let mnt_ns = procfs::ns_inode(cur, "mnt").unwrap_or(0);
             if let Some(v) = idx.container_of(0, mnt_ns) {
                 return Some(v.clone());
             }
-            cur = attribution::stat(cur).ok()?.ppid;
+            cur = procfs::stat(cur).ok()?.ppid;
             if cur <= 1 {
                 return None;
             }
@@ -364,7 +364,7 @@ fn canonical_path(
     fid: FileId,
     container: &str,
 ) -> (PathBuf, PathBuf) {
-    let opened_as = crate::watch::fd_path(fd)
+    let opened_as = crate::watch::fanotify::fd_path(fd)
         .unwrap_or_else(|| PathBuf::from(format!("fd:{}", fd.as_raw_fd())));
     let idx = ctx.index.read().unwrap_or_else(|e| e.into_inner());
     if let Some(m) = idx.lookup(fid, Some(container)) {
@@ -406,7 +406,7 @@ pub fn decide_open(ctx: &Context, pid: i32, fd: BorrowedFd<'_>) -> (u32, OpenFin
     }
     // One read identifies the process image; an image already judged
     // benign under the current containers and policy is allowed at once.
-    let Ok(stat) = attribution::stat(pid) else {
+    let Ok(stat) = procfs::stat(pid) else {
         bump(&ctx.stats.attribution_errors);
         return (FAN_ALLOW, [None, None]);
     };
@@ -520,7 +520,7 @@ fn file_rule(
     // is not collection. The cwd is the opener's, inside its own root.
     if policy
         .rules
-        .is_incidental(path.as_os_str(), &proc.args, &attribution::cwd(pid))
+        .is_incidental(path.as_os_str(), &proc.args, &procfs::cwd(pid))
     {
         return None;
     }
@@ -556,14 +556,14 @@ pub fn probe_exec(
     ctx: &Context,
     pid: i32,
     fid: FileId,
-    class: crate::exe::ExeClass,
+    class: crate::attribute::exe::ExeClass,
     stat: &mut Option<std::fs::File>,
 ) -> ExecProbe {
     if pid == ctx.self_pid {
         return ExecProbe::Done(None);
     }
     bump(&ctx.stats.exec_probes);
-    let (st, comm) = match attribution::stat_at(pid, stat) {
+    let (st, comm) = match procfs::stat_at(pid, stat) {
         Ok((st, comm)) if !st.exited() => (st, comm),
         _ => {
             bump(&ctx.stats.exec_unsettled);
@@ -578,9 +578,10 @@ pub fn probe_exec(
     // A busybox applet with a plain name (`true`, `cat`, `sed`) is let go
     // without reading argv: its comm is the applet's, now that the exec
     // has settled (see `exe`).
-    if class == crate::exe::ExeClass::MultiCall
+    if class == crate::attribute::exe::ExeClass::MultiCall
         && !starts
-        && crate::exe::class_of_name(&policy.rules, comm.as_bytes()) == crate::exe::ExeClass::Plain
+        && crate::attribute::exe::class_of_name(&policy.rules, comm.as_bytes())
+            == crate::attribute::exe::ExeClass::Plain
     {
         bump(&ctx.stats.exec_applets_skipped);
         return ExecProbe::Done(None);
@@ -691,18 +692,18 @@ fn inherited_credentials(
 ///
 /// Once these hold, `comm` is the new image's too (the kernel sets it
 /// before the ELF loader writes argv).
-fn settled(pid: i32, fid: FileId, st: &attribution::Stat) -> bool {
+fn settled(pid: i32, fid: FileId, st: &procfs::Stat) -> bool {
     if st.arg_end <= st.arg_start {
         return false;
     }
-    let Ok((dev, ino)) = attribution::exe_id(pid) else {
+    let Ok((dev, ino)) = procfs::exe_id(pid) else {
         return false;
     };
     if (FileId { dev, ino }) != fid {
         return false;
     }
-    if st.ppid > 1 && attribution::exe_id(st.ppid).ok() == Some((dev, ino)) {
-        match attribution::stat(st.ppid) {
+    if st.ppid > 1 && procfs::exe_id(st.ppid).ok() == Some((dev, ino)) {
+        match procfs::stat(st.ppid) {
             Ok(parent) if parent.arg_start != st.arg_start => {}
             _ => return false,
         }
@@ -734,7 +735,7 @@ mod tests {
         let c = ctx();
         let f = std::fs::File::open("/dev/null").unwrap();
         use std::os::fd::AsFd;
-        let parent = attribution::stat(c.self_pid).unwrap().ppid;
+        let parent = procfs::stat(c.self_pid).unwrap().ppid;
         let (r, findings) = decide_open(&c, parent, f.as_fd());
         assert_eq!(r, FAN_ALLOW);
         assert!(findings.iter().all(Option::is_none));

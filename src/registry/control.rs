@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 
-use crate::protocol::{self, Reply, Request};
+use crate::hook::protocol::{self, Reply, Request};
 
 /// Concurrent client connections served at most.
 pub const MAX_CLIENTS: usize = 64;
@@ -283,7 +283,7 @@ mod tests {
         assert!(String::from_utf8_lossy(&line).contains("bad request"));
         // A silent client does not block the next one.
         let _silent = UnixStream::connect(path).unwrap();
-        let r = crate::client::call(
+        let r = crate::hook::client::call(
             path,
             &Request::Deregister { id: "x".into() },
             Duration::from_secs(3),
@@ -312,7 +312,7 @@ mod tests {
     #[test]
     fn connection_threads_are_kept_for_the_next_client() {
         let served = Served::new("ctl-pool", Tid);
-        let served_by = || match crate::client::call(
+        let served_by = || match crate::hook::client::call(
             &served.path,
             &Request::Deregister { id: "x".into() },
             Duration::from_secs(3),

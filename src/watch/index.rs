@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use crate::alert::ContainerRef;
 use crate::config::Action;
-use crate::resolve::FileId;
+use crate::watch::resolve::FileId;
 
 /// What the decision threads need to know about a registered container.
 #[derive(Debug, Clone, PartialEq, Eq)]

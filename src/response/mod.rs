@@ -1,6 +1,6 @@
 //! Response actions: kill the archiver, stop the container, cut its network.
 //!
-//! * `deny` is the fanotify answer itself (see [`crate::answer`]).
+//! * `deny` is the fanotify answer itself (see [`crate::answer::loops`]).
 //! * `kill` signals the opener through a pidfd, after checking that the
 //!   pidfd's process has the start time we attributed, so a reused pid is
 //!   never hit. It runs on the answering thread *before* the deny is
@@ -12,14 +12,16 @@
 //!   exit. Processes left in the same pid namespace (a container without its
 //!   own pid namespace has none to lose) are then signalled one by one.
 //! * `disconnect` takes every non-loopback interface in the container's
-//!   network namespace down over rtnetlink ([`crate::netlink`]).
+//!   network namespace down over rtnetlink ([`crate::response::netlink`]).
+
+pub mod netlink;
 
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use crate::alert::ResponseOutcome;
-use crate::attribution;
+use crate::attribute::procfs;
 use crate::config::Action;
-use crate::index::ContainerView;
+use crate::watch::index::ContainerView;
 
 /// Errors carrying out a response.
 #[derive(Debug, thiserror::Error)]
@@ -35,11 +37,11 @@ pub enum ResponseError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Netlink(#[from] crate::netlink::NetlinkError),
+    Netlink(#[from] crate::response::netlink::NetlinkError),
 }
 
 fn pidfd_open(pid: i32) -> Result<OwnedFd, ResponseError> {
-    attribution::pidfd_open(pid).map_err(|source| {
+    procfs::pidfd_open(pid).map_err(|source| {
         if source.raw_os_error() == Some(libc::ESRCH) {
             ResponseError::Gone { pid }
         } else {
@@ -52,7 +54,7 @@ fn pidfd_open(pid: i32) -> Result<OwnedFd, ResponseError> {
 pub fn kill_process(pid: i32, start: u64) -> Result<(), ResponseError> {
     let pidfd = pidfd_open(pid)?;
     // The pidfd now pins one process; check it is ours before signalling.
-    match attribution::stat(pid) {
+    match procfs::stat(pid) {
         Ok(s) if s.start_time_ticks == start => {}
         Ok(_) => return Err(ResponseError::Reused { pid }),
         Err(_) => return Err(ResponseError::Gone { pid }),
@@ -91,11 +93,10 @@ pub fn stop_container(c: &ContainerView) -> Result<usize, ResponseError> {
             if pid == c.init_pid || pid as u32 == std::process::id() {
                 continue;
             }
-            let same_ns = attribution::ns_inode(pid, "pid").ok() == Some(c.pid_ns)
-                && attribution::ns_inode(pid, "mnt").ok() == Some(c.mnt_ns);
+            let same_ns = procfs::ns_inode(pid, "pid").ok() == Some(c.pid_ns)
+                && procfs::ns_inode(pid, "mnt").ok() == Some(c.mnt_ns);
             let killed = same_ns
-                && attribution::stat(pid)
-                    .is_ok_and(|s| kill_process(pid, s.start_time_ticks).is_ok());
+                && procfs::stat(pid).is_ok_and(|s| kill_process(pid, s.start_time_ticks).is_ok());
             if killed {
                 n += 1;
             }
@@ -152,7 +153,7 @@ pub fn respond(
         Action::Stop => outcome(action, stop_container(c).map(|_| Vec::new())),
         Action::Disconnect => outcome(
             action,
-            crate::netlink::disconnect(c.init_pid).map_err(ResponseError::from),
+            crate::response::netlink::disconnect(c.init_pid).map_err(ResponseError::from),
         ),
     }
 }
@@ -168,7 +169,7 @@ mod tests {
             .spawn()
             .unwrap();
         let pid = child.id() as i32;
-        let start = attribution::stat(pid).unwrap().start_time_ticks;
+        let start = procfs::stat(pid).unwrap().start_time_ticks;
         let e = kill_process(pid, start + 1).unwrap_err();
         assert!(matches!(e, ResponseError::Reused { .. }), "{e}");
         kill_process(pid, start).unwrap();

@@ -1,7 +1,7 @@
 //! Container names and images that the engine keeps outside the OCI state.
 //!
 //! CRI-O and containerd put the container's name and image into the OCI
-//! annotations ([`crate::registry::name_and_image`] reads them). podman
+//! annotations ([`crate::registry::store::name_and_image`] reads them). podman
 //! (libpod) does not: its spec carries `io.container.manager=libpod` and a
 //! few `io.podman.annotations.*` flags, but no name and no image. podman
 //! keeps both in containers/storage, whose layout around the bundle is fixed
@@ -207,7 +207,7 @@ pub fn lookup(id: &str, bundle: &Path) -> Result<Option<EngineMeta>, EngineError
 }
 
 /// Fill in what the annotations left out (`known`, as
-/// [`crate::registry::name_and_image`] returns it) from the engine's own
+/// [`crate::registry::store::name_and_image`] returns it) from the engine's own
 /// metadata. Annotations win; a store that cannot be read changes nothing.
 pub fn enrich(
     id: &str,

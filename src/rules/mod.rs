@@ -16,6 +16,9 @@
 //! Patterns are compiled once into a [`globset::GlobSet`] and matched many
 //! times; arguments are matched as raw bytes so non-UTF-8 argv never fails.
 
+pub mod check;
+pub mod exceptions;
+
 use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;

@@ -3,7 +3,7 @@
 //! A permission event holds its opener inside `open(2)`, so `/proc/<pid>`
 //! is stable while we read it. Exec notifications are not held: the caller
 //! checks `/proc/<pid>/exe` against the event's file before trusting argv
-//! (see [`crate::watch`]). Every read is bounded, argv included, so a
+//! (see [`crate::watch::fanotify`]). Every read is bounded, argv included, so a
 //! process with 100k arguments costs a fixed amount.
 
 use std::ffi::OsString;

@@ -7,13 +7,17 @@
 //! given. Its timeouts ([`HOOK_TIMEOUT`]) stay below the 10 s timeout in the
 //! shipped hooks.d file, so it never hangs a container start.
 
+pub mod client;
+pub mod oci;
+pub mod protocol;
+
 use std::io::Read;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::client::{self, ClientError};
-use crate::oci::{self, HookAction, OciError};
-use crate::protocol::{Reply, Request};
+use client::ClientError;
+use oci::{HookAction, OciError};
+use protocol::{Reply, Request};
 
 /// How long the hook waits for the daemon's reply.
 pub const HOOK_TIMEOUT: Duration = Duration::from_secs(8);

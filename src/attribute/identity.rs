@@ -19,7 +19,7 @@ use std::sync::{Mutex, RwLock};
 
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
 
-use crate::resolve::FileId;
+use crate::watch::resolve::FileId;
 
 /// Directories searched for archiver binaries.
 pub const BIN_DIRS: &[&str] = &[
@@ -129,10 +129,10 @@ impl Identities {
             // List each directory once and open only the names present:
             // probing every archiver name in every directory cost ~160
             // failed opens per container start.
-            let Ok(dirfd) = crate::resolve::open_in_root(root, rel, true) else {
+            let Ok(dirfd) = crate::watch::resolve::open_in_root(root, rel, true) else {
                 continue;
             };
-            for entry in crate::resolve::list_dir(dirfd.as_fd()) {
+            for entry in crate::watch::resolve::list_dir(dirfd.as_fd()) {
                 let entry = entry.to_string_lossy().into_owned();
                 let id =
                     || open_regular(root, &rel.join(&entry)).and_then(|mut f| build_id(&mut f));

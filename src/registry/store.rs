@@ -17,11 +17,11 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::alert::ContainerRef;
-use crate::attribution;
+use crate::attribute::procfs;
 use crate::config::Action;
-use crate::index::ContainerView;
-use crate::resolve::FileId;
-use crate::watch::ExecScope;
+use crate::watch::fanotify::ExecScope;
+use crate::watch::index::ContainerView;
+use crate::watch::resolve::FileId;
 
 /// The annotation that overrides the response action per container.
 pub const RESPONSE_ANNOTATION: &str = "io.keyward.response";
@@ -135,7 +135,7 @@ impl ContainerRecord {
 
     /// Whether the container's init is still the process we registered.
     pub fn alive(&self) -> bool {
-        attribution::stat(self.pid).is_ok_and(|s| s.start_time_ticks == self.start_time_ticks)
+        procfs::stat(self.pid).is_ok_and(|s| s.start_time_ticks == self.start_time_ticks)
     }
 }
 
@@ -218,11 +218,11 @@ pub fn verify_pid(pid: i32) -> Result<PidFacts, RegistryError> {
     if pid as u32 == std::process::id() {
         return bad("it is the keyward daemon itself".into());
     }
-    let stat = match attribution::stat(pid) {
+    let stat = match procfs::stat(pid) {
         Ok(s) => s,
         Err(e) => return bad(e.to_string()),
     };
-    let ns = |kind| attribution::ns_inode(pid, kind);
+    let ns = |kind| procfs::ns_inode(pid, kind);
     let (pid_ns, mnt_ns, net_ns) = match (ns("pid"), ns("mnt"), ns("net")) {
         (Ok(a), Ok(b), Ok(c)) => (a, b, c),
         (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return bad(e.to_string()),
@@ -231,8 +231,8 @@ pub fn verify_pid(pid: i32) -> Result<PidFacts, RegistryError> {
     // (systemd's ProtectSystem gives it a private one), so check both.
     let me = std::process::id() as i32;
     let host = [
-        attribution::ns_inode(1, "mnt").ok(),
-        attribution::ns_inode(me, "mnt").ok(),
+        procfs::ns_inode(1, "mnt").ok(),
+        procfs::ns_inode(me, "mnt").ok(),
     ];
     if host.contains(&Some(mnt_ns)) {
         return bad("it runs in the host's mount namespace".into());
@@ -442,7 +442,7 @@ mod tests {
         );
         assert!(verify_pid(i32::MAX).is_err());
         // The test's parent runs in the host's namespaces.
-        let parent = attribution::stat(me).unwrap().ppid;
+        let parent = procfs::stat(me).unwrap().ppid;
         let e = verify_pid(parent).unwrap_err().to_string();
         assert!(e.contains("host's mount namespace"), "{e}");
     }

@@ -14,10 +14,10 @@ use std::sync::mpsc::{SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 
 use crate::alert::Finding;
-use crate::decide::{self, Context, ExecProbe};
-use crate::exe::ExeClass;
-use crate::resolve::FileId;
-use crate::watch::{EventSource, FAN_ALLOW, RawEvent, parse_events};
+use crate::answer::decide::{self, Context, ExecProbe};
+use crate::attribute::exe::ExeClass;
+use crate::watch::fanotify::{EventSource, FAN_ALLOW, RawEvent, parse_events};
+use crate::watch::resolve::FileId;
 
 /// Read buffer: many records per read(2) syscall.
 const READ_BUF: usize = 64 * 1024;
@@ -275,7 +275,7 @@ fn probe_gap(tries: u32) -> Duration {
 /// Only executables that may be or run an archiver are probed early
 /// (watched files and multi-call binaries); interpreters and plain
 /// programs get an ignore mark, and launchers are probed once, after
-/// [`crate::exe::PLAIN_DELAY`] (see [`crate::exe`]). The loop sleeps in
+/// [`crate::attribute::exe::PLAIN_DELAY`] (see [`crate::attribute::exe`]). The loop sleeps in
 /// one `ppoll` that ends on a new event or when the next probe is due.
 pub fn exec_loop(src: &dyn EventSource, ctx: &Context, tx: SyncSender<Finding>, stop: &AtomicBool) {
     raise_priority();
@@ -489,8 +489,8 @@ fn exec_event(
     let now = Instant::now();
     let later = || {
         ctx.stats.exec_plain.fetch_add(1, Ordering::Relaxed);
-        let due = now + crate::exe::PLAIN_DELAY;
-        (due, due + crate::exe::PLAIN_DELAY)
+        let due = now + crate::attribute::exe::PLAIN_DELAY;
+        (due, due + crate::attribute::exe::PLAIN_DELAY)
     };
     let (due, latest) = match class {
         // Every dynamic exec also opens its interpreter with FAN_OPEN_EXEC,
@@ -524,9 +524,9 @@ mod tests {
     //! Drive the permission loop from a socketpair carrying recorded
     //! fanotify records, and check that every event gets exactly one answer.
     use super::*;
+    use crate::answer::decide::Policy;
     use crate::config::Action;
-    use crate::decide::Policy;
-    use crate::watch::testing::record;
+    use crate::watch::fanotify::testing::record;
     use std::io;
     use std::os::fd::{IntoRawFd, OwnedFd, RawFd};
     use std::os::unix::net::UnixStream;
@@ -670,7 +670,7 @@ mod tests {
         // A decision stuck for 600 ms, as on a blocked /proc read.
         let stuck = |_pid, _fd: BorrowedFd<'_>| {
             std::thread::sleep(Duration::from_millis(600));
-            (crate::watch::FAN_DENY, [None, None])
+            (crate::watch::fanotify::FAN_DENY, [None, None])
         };
         let (ftx, _frx) = std::sync::mpsc::sync_channel(4);
         answer_batch(&*src, &c, events, &ftx, &inflight, &stuck);

@@ -7,13 +7,15 @@
 //! per `tar czf x /root/.ssh` listing every key it read, instead of one per
 //! file.
 
+pub mod sink;
+
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::attribution::ProcessInfo;
+use crate::attribute::procfs::ProcessInfo;
 use crate::config::Action;
 use crate::rules::{ArchiverHit, ExecMatch};
 
@@ -643,7 +645,7 @@ mod tests {
 
     #[test]
     fn start_ticks_become_a_date_near_now_for_this_process() {
-        let me = crate::attribution::stat(std::process::id() as i32).unwrap();
+        let me = crate::attribute::procfs::stat(std::process::id() as i32).unwrap();
         let t = start_time(me.start_time_ticks).unwrap();
         let age = SystemTime::now().duration_since(t).unwrap_or_default();
         assert!(age < Duration::from_secs(3600), "{age:?}");

@@ -10,9 +10,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::decide::StatsSnapshot;
-use crate::marks::InstallReport;
-use crate::sink::SinkStats;
+use crate::alert::sink::SinkStats;
+use crate::answer::decide::StatsSnapshot;
+use crate::watch::marks::InstallReport;
 
 /// Largest request or reply line.
 pub const MAX_MESSAGE: usize = 1024 * 1024;
@@ -82,7 +82,7 @@ pub struct StatusReport {
     pub pending_runs: u64,
     pub config_errors: Vec<String>,
     /// Matches suppressed by each exception, with its reason.
-    pub exceptions: Vec<crate::exceptions::ExceptionCount>,
+    pub exceptions: Vec<crate::rules::exceptions::ExceptionCount>,
 }
 
 /// Replies.

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{ContainerState, Spec, State};
 
-use crate::protocol::Registration;
+use crate::hook::protocol::Registration;
 
 /// Largest state JSON accepted on stdin.
 pub const MAX_STATE_BYTES: usize = 1024 * 1024;

@@ -2,17 +2,17 @@
 //!
 //! Order matters: the index learns an inode *before* the kernel marks it, so
 //! the first event on a new mark always finds its container and path. All
-//! lookups go through [`crate::resolve`], inside the container's root.
+//! lookups go through [`crate::watch::resolve`], inside the container's root.
 
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 use std::sync::RwLock;
 
-use crate::index::MarkIndex;
-use crate::registry::{ContainerRecord, MarkRecord};
-use crate::resolve::{self, FileId, ResolveError};
+use crate::registry::store::{ContainerRecord, MarkRecord};
 use crate::rules::Rules;
-use crate::watch::{self, Group, WatchError};
+use crate::watch::fanotify::{self, Group, WatchError};
+use crate::watch::index::MarkIndex;
+use crate::watch::resolve::{self, FileId, ResolveError};
 
 /// Errors installing marks.
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +36,7 @@ pub struct InstallReport {
     /// the filesystem cannot report them and rescans are periodic instead.
     #[serde(default)]
     pub create_watched: usize,
-    pub exec: Option<watch::ExecScope>,
+    pub exec: Option<fanotify::ExecScope>,
     /// Whether the container had already pivoted into its rootfs.
     pub pivoted: bool,
 }
@@ -58,7 +58,7 @@ pub fn install(
     rules: &Rules,
     rec: &mut ContainerRecord,
     index: &RwLock<MarkIndex>,
-    identities: &crate::identity::Identities,
+    identities: &crate::attribute::identity::Identities,
 ) -> Result<InstallReport, MarkError> {
     let (root, pivoted) = resolve::container_root(rec.pid, &rec.rootfs)?;
     // The image's own archivers, so a copy renamed inside it is still known.
@@ -197,7 +197,7 @@ fn place(
             }
         }
     }
-    let scope = watch::exec_scope(root);
+    let scope = fanotify::exec_scope(root);
     let what = format!("root of container {} ({scope:?})", rec.id);
     exec.mark_exec(root, scope, true, &what)
         .map_err(watch_err)?;
@@ -230,7 +230,7 @@ pub fn remove(groups: Groups<'_>, rec: &ContainerRecord, orphaned: &Orphaned) ->
     // The exec group's ignore marks (ELF interpreters) may sit on this
     // container's files; they pin their inodes, so they go too.
     if rec.exec_scope.is_some() {
-        let _ = crate::watch::EventSource::flush_ignores(exec);
+        let _ = crate::watch::fanotify::EventSource::flush_ignores(exec);
     }
     let root = if rec.alive() {
         resolve::container_root(rec.pid, &rec.rootfs)

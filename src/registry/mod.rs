@@ -1,0 +1,22 @@
+//! Registry: which containers are watched.
+//!
+//! Takes a [`crate::hook::protocol::Registration`] from the control socket
+//! and hands on a verified, persisted [`store::ContainerRecord`] whose
+//! marks are in place, plus the [`crate::watch::index::ContainerView`] the
+//! decision threads read.
+//!
+//! * [`control`]: the root-only unix socket, one JSON line each way;
+//! * [`register`]: the steps of a registration (verify, enrich, mark,
+//!   persist), deregistration, rescans and restore after a restart;
+//! * [`verify`]: the id, the pid (its start time and namespaces) and the
+//!   response annotation;
+//! * [`enrich`]: the name and image an engine keeps in its own metadata;
+//! * [`store`]: the records and their persistence under the runtime
+//!   directory;
+//! * [`reaper`]: a pidfd per container init, so a container is dropped the
+//!   moment it exits.
+
+pub mod control;
+pub mod enrich;
+pub mod reaper;
+pub mod store;
