@@ -5,14 +5,17 @@
 //! `acton = "deny"` is an error naming the key instead of a silently ignored
 //! setting. `packaging/keyward.toml` lists every key with its default; a test
 //! keeps it in step with [`Config::default`].
+//!
+//! This module imports nothing from the pipeline's stages: values that have
+//! a closed set of spellings are enums here, parsed once by serde, and the
+//! stages compile what they need (rules, exceptions) from these structs
+//! where the policy is built.
 
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
-
-use crate::rules::exceptions::{ExceptionConfig, ExceptionError, Exceptions};
-use crate::rules::{RuleError, Rules};
 
 /// Default path of the config file.
 pub const DEFAULT_CONFIG: &str = "/etc/keyward/keyward.toml";
@@ -32,18 +35,16 @@ pub enum ConfigError {
     },
     #[error("config {path} is larger than {MAX_CONFIG_BYTES} bytes")]
     TooLarge { path: PathBuf },
-    #[error("bad config {path}: {source}")]
+    #[error("bad config {path}{}: {source}", key_part(.key))]
     Parse {
         path: PathBuf,
+        /// The dotted key the error is at, where the text shows it.
+        key: Option<String>,
         #[source]
         source: Box<toml::de::Error>,
     },
     #[error("bad config value for `{key}`: {reason}")]
-    Invalid { key: &'static str, reason: String },
-    #[error(transparent)]
-    Rule(#[from] RuleError),
-    #[error(transparent)]
-    Exception(#[from] ExceptionError),
+    Invalid { key: String, reason: String },
 }
 
 /// What keyward does when a rule matches.
@@ -81,20 +82,169 @@ impl Action {
     }
 }
 
+/// A spelling that names none of an enum's values.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} {value:?}, expected one of {expected}")]
+pub struct UnknownValue {
+    pub what: &'static str,
+    pub value: String,
+    pub expected: &'static str,
+}
+
 impl FromStr for Action {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownValue;
+    fn from_str(s: &str) -> Result<Self, UnknownValue> {
         match s {
             "alert" => Ok(Action::Alert),
             "deny" => Ok(Action::Deny),
             "kill" => Ok(Action::Kill),
             "stop" => Ok(Action::Stop),
             "disconnect" => Ok(Action::Disconnect),
-            other => Err(format!(
-                "unknown action {other:?}, expected one of alert, deny, kill, stop, disconnect"
-            )),
+            other => Err(UnknownValue {
+                what: "action",
+                value: other.to_string(),
+                expected: "alert, deny, kill, stop, disconnect",
+            }),
         }
     }
+}
+
+/// Syslog facilities keyward may log under. Security facilities first:
+/// `authpriv` is the default, so alerts land beside sshd's and sudo's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Facility {
+    #[default]
+    Authpriv,
+    Auth,
+    Kern,
+    User,
+    Mail,
+    Daemon,
+    Syslog,
+    Lpr,
+    News,
+    Uucp,
+    Cron,
+    Ftp,
+    Local0,
+    Local1,
+    Local2,
+    Local3,
+    Local4,
+    Local5,
+    Local6,
+    Local7,
+}
+
+/// The syslog wire format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyslogFormat {
+    /// RFC 5424 with structured data.
+    #[default]
+    Rfc5424,
+    /// RFC 3164 (BSD), the ECS JSON after the message.
+    Rfc3164,
+}
+
+/// A remote syslog collector, parsed from `udp://host:port` or
+/// `tcp://host:port` (RFC 6587 octet counting).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum SyslogServer {
+    Udp(String),
+    Tcp(String),
+}
+
+/// Why a syslog server address was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ServerError {
+    #[error("{0:?} is not udp://host:port or tcp://host:port")]
+    NoScheme(String),
+    #[error("{0:?} has no valid port")]
+    NoPort(String),
+    #[error("{url:?} has unknown scheme {scheme:?}, expected udp or tcp")]
+    Scheme { url: String, scheme: String },
+}
+
+impl FromStr for SyslogServer {
+    type Err = ServerError;
+    fn from_str(s: &str) -> Result<Self, ServerError> {
+        let (scheme, rest) = s
+            .split_once("://")
+            .ok_or_else(|| ServerError::NoScheme(s.to_string()))?;
+        if rest
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .is_none()
+        {
+            return Err(ServerError::NoPort(s.to_string()));
+        }
+        match scheme {
+            "udp" => Ok(SyslogServer::Udp(rest.to_string())),
+            "tcp" => Ok(SyslogServer::Tcp(rest.to_string())),
+            other => Err(ServerError::Scheme {
+                url: s.to_string(),
+                scheme: other.to_string(),
+            }),
+        }
+    }
+}
+
+impl TryFrom<String> for SyslogServer {
+    type Error = ServerError;
+    fn try_from(s: String) -> Result<Self, ServerError> {
+        s.parse()
+    }
+}
+
+impl From<SyslogServer> for String {
+    fn from(s: SyslogServer) -> String {
+        s.to_string()
+    }
+}
+
+impl fmt::Display for SyslogServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SyslogServer::Udp(a) => write!(f, "udp://{a}"),
+            SyslogServer::Tcp(a) => write!(f, "tcp://{a}"),
+        }
+    }
+}
+
+/// A rule's severity, as Elastic grades it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Low,
+    #[default]
+    Medium,
+    High,
+    Critical,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+/// Where the name-service files (`incidental_paths`) are marked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MarkIncidental {
+    /// Only in containers whose action denies the open.
+    #[default]
+    Deny,
+    /// In every container.
+    Always,
 }
 
 /// The whole config file.
@@ -190,11 +340,11 @@ pub struct SyslogConfig {
     pub socket: PathBuf,
     /// Remote collector: `udp://host:port` or `tcp://host:port` (RFC 6587
     /// octet-counting framing).
-    pub server: Option<String>,
+    pub server: Option<SyslogServer>,
     /// Facility name: a security facility (`authpriv`, `auth`) by default.
-    pub facility: String,
+    pub facility: Facility,
     /// `rfc5424` (structured data) or `rfc3164`.
-    pub format: String,
+    pub format: SyslogFormat,
 }
 
 impl Default for SyslogConfig {
@@ -203,8 +353,8 @@ impl Default for SyslogConfig {
             enabled: true,
             socket: PathBuf::from("/dev/log"),
             server: None,
-            facility: "authpriv".into(),
-            format: "rfc5424".into(),
+            facility: Facility::Authpriv,
+            format: SyslogFormat::Rfc5424,
         }
     }
 }
@@ -235,7 +385,7 @@ pub struct SeedRuleConfig {
     pub archivers: Vec<String>,
     pub paths: Vec<String>,
     /// `low`, `medium`, `high` or `critical`.
-    pub severity: String,
+    pub severity: Severity,
     /// 0..=100, as Elastic's risk score.
     pub risk_score: u8,
     /// MITRE ATT&CK technique ids.
@@ -248,7 +398,7 @@ impl Default for SeedRuleConfig {
             enabled: true,
             archivers: strings(SEED_ARCHIVERS),
             paths: strings(SEED_PATHS),
-            severity: "medium".into(),
+            severity: Severity::Medium,
             risk_score: 47,
             mitre: strings(MITRE),
         }
@@ -328,12 +478,12 @@ pub struct FileRuleConfig {
     /// archiver naming one is caught by the exec rule. `always`: marked
     /// everywhere (race-free attribution of every open, at a permission
     /// round trip per lookup).
-    pub mark_incidental: String,
+    pub mark_incidental: MarkIncidental,
     /// Add the extended credential pack: Kubernetes service account
     /// tokens, `.git-credentials`, `.netrc`, `.pgpass`, gcloud and azure
     /// credentials, GPG private keys, and the like.
     pub extended: bool,
-    pub severity: String,
+    pub severity: Severity,
     pub risk_score: u8,
     pub mitre: Vec<String>,
 }
@@ -346,9 +496,9 @@ impl Default for FileRuleConfig {
             paths: strings(SEED_PATHS),
             watch_dirs: strings(WATCH_DIRS),
             incidental_paths: strings(INCIDENTAL_PATHS),
-            mark_incidental: "deny".into(),
+            mark_incidental: MarkIncidental::Deny,
             extended: false,
-            severity: "medium".into(),
+            severity: Severity::Medium,
             risk_score: 47,
             mitre: strings(MITRE),
         }
@@ -418,6 +568,7 @@ impl Config {
     pub fn from_toml(text: &str, origin: &Path) -> Result<Self, ConfigError> {
         let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: origin.to_path_buf(),
+            key: e.span().and_then(|span| key_at(text, span.start)),
             source: Box::new(e),
         })?;
         cfg.validate()?;
@@ -450,123 +601,204 @@ impl Config {
     }
 
     /// Check values that the types alone do not, naming the bad key.
+    ///
+    /// Rules and exceptions are compiled where the policy is built
+    /// (`answer::policy`); a pattern that does not compile is an error
+    /// there, quoting the pattern.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key, reason: String| Err(ConfigError::Invalid { key, reason });
-        if !self.socket.is_absolute() {
-            return invalid(
-                "socket",
-                format!("{:?} is not an absolute path", self.socket),
-            );
+        self.validate_paths()?;
+        self.daemon.validate()?;
+        self.alerts.validate()?;
+        self.rules.validate()?;
+        for (index, e) in self.exceptions.iter().enumerate() {
+            e.validate(index)?;
         }
-        if !self.daemon.runtime_dir.is_absolute() {
-            return invalid(
-                "daemon.runtime_dir",
-                format!("{:?} is not an absolute path", self.daemon.runtime_dir),
-            );
+        Ok(())
+    }
+
+    fn validate_paths(&self) -> Result<(), ConfigError> {
+        absolute("socket", &self.socket)?;
+        absolute("daemon.runtime_dir", &self.daemon.runtime_dir)
+    }
+}
+
+fn key_part(key: &Option<String>) -> String {
+    key.as_ref()
+        .map(|k| format!(" at `{k}`"))
+        .unwrap_or_default()
+}
+
+/// The dotted key (`alerts.syslog.facility`) of the line holding byte
+/// `offset` of a TOML text: the last table header above it and the key on
+/// that line. serde's errors name the value, not where it sits, and a
+/// `facility = "nope"` means nothing without its table.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let mut table = String::new();
+    let mut at = 0;
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim();
+        let end = at + line.len();
+        if trimmed.starts_with('[') {
+            table = trimmed
+                .trim_matches(|c| c == '[' || c == ']')
+                .trim()
+                .to_string();
         }
-        if !(16..=1_048_576).contains(&self.daemon.queue_capacity) {
-            return invalid(
-                "daemon.queue_capacity",
-                format!("{} is outside 16..=1048576", self.daemon.queue_capacity),
-            );
+        if offset < end {
+            let key = trimmed.split_once('=').map(|(k, _)| k.trim())?;
+            return Some(if table.is_empty() {
+                key.to_string()
+            } else {
+                format!("{table}.{key}")
+            });
         }
-        if self.daemon.aggregate_ms > 60_000 {
+        at = end;
+    }
+    None
+}
+
+fn invalid(key: impl Into<String>, reason: String) -> Result<(), ConfigError> {
+    Err(ConfigError::Invalid {
+        key: key.into(),
+        reason,
+    })
+}
+
+fn absolute(key: &str, p: &Path) -> Result<(), ConfigError> {
+    if p.is_absolute() {
+        return Ok(());
+    }
+    invalid(key, format!("{p:?} is not an absolute path"))
+}
+
+fn within<T: PartialOrd + fmt::Display>(
+    key: &str,
+    v: T,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<(), ConfigError> {
+    if range.contains(&v) {
+        return Ok(());
+    }
+    invalid(
+        key,
+        format!("{v} is outside {}..={}", range.start(), range.end()),
+    )
+}
+
+impl DaemonConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        within("daemon.queue_capacity", self.queue_capacity, 16..=1_048_576)?;
+        if self.aggregate_ms > 60_000 {
             return invalid(
                 "daemon.aggregate_ms",
-                format!("{} is more than 60000", self.daemon.aggregate_ms),
+                format!("{} is more than 60000", self.aggregate_ms),
             );
         }
-        if !(1..=4096).contains(&self.daemon.max_files_per_alert) {
-            return invalid(
-                "daemon.max_files_per_alert",
-                format!("{} is outside 1..=4096", self.daemon.max_files_per_alert),
-            );
+        within(
+            "daemon.max_files_per_alert",
+            self.max_files_per_alert,
+            1..=4096,
+        )?;
+        within(
+            "daemon.decision_deadline_ms",
+            self.decision_deadline_ms,
+            10..=10_000,
+        )
+    }
+}
+
+impl AlertsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(p) = &self.process_events {
+            absolute("alerts.process_events", p)?;
         }
-        if !(10..=10_000).contains(&self.daemon.decision_deadline_ms) {
-            return invalid(
-                "daemon.decision_deadline_ms",
-                format!("{} is outside 10..=10000", self.daemon.decision_deadline_ms),
-            );
+        if let Some(p) = &self.json {
+            absolute("alerts.json", p)?;
         }
-        if let Some(p) = self
-            .alerts
-            .process_events
-            .as_ref()
-            .filter(|j| !j.is_absolute())
-        {
-            return invalid(
-                "alerts.process_events",
-                format!("{p:?} is not an absolute path"),
-            );
+        // A server, when set, was parsed by serde; the local socket is used
+        // only without one.
+        if self.syslog.server.is_none() {
+            absolute("alerts.syslog.socket", &self.syslog.socket)?;
         }
-        if let Some(json) = self.alerts.json.as_ref().filter(|j| !j.is_absolute()) {
-            return invalid("alerts.json", format!("{json:?} is not an absolute path"));
-        }
-        let s = &self.alerts.syslog;
-        if syslog::Facility::from_str(&s.facility).is_err() {
-            return invalid(
-                "alerts.syslog.facility",
-                format!("unknown facility {:?}", s.facility),
-            );
-        }
-        if !matches!(s.format.as_str(), "rfc5424" | "rfc3164") {
-            return invalid(
-                "alerts.syslog.format",
-                format!("{:?} is neither rfc5424 nor rfc3164", s.format),
-            );
-        }
-        if let Some(server) = &s.server {
-            if let Err(reason) = crate::alert::sink::syslog::Target::parse_server(server) {
-                return invalid("alerts.syslog.server", reason);
-            }
-        } else if !s.socket.is_absolute() {
-            return invalid(
-                "alerts.syslog.socket",
-                format!("{:?} is not an absolute path", s.socket),
-            );
-        }
+        Ok(())
+    }
+}
+
+impl RulesConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
         for (key, list) in [
-            ("rules.file.watch_dirs", &self.rules.file.watch_dirs),
-            (
-                "rules.file.incidental_paths",
-                &self.rules.file.incidental_paths,
-            ),
-            ("rules.file.paths", &self.rules.file.paths),
-            ("rules.exec.paths", &self.rules.exec.paths),
+            ("rules.file.watch_dirs", &self.file.watch_dirs),
+            ("rules.file.incidental_paths", &self.file.incidental_paths),
+            ("rules.file.paths", &self.file.paths),
+            ("rules.exec.paths", &self.exec.paths),
         ] {
             if let Some(bad) = list.iter().find(|p| !p.starts_with('/')) {
                 return invalid(key, format!("{bad:?} is not an absolute container path"));
             }
         }
-        if !matches!(self.rules.file.mark_incidental.as_str(), "deny" | "always") {
-            return invalid(
-                "rules.file.mark_incidental",
-                format!(
-                    "{:?} is neither deny nor always",
-                    self.rules.file.mark_incidental
-                ),
-            );
-        }
-        for (key, sev) in [
-            ("rules.exec.severity", &self.rules.exec.severity),
-            ("rules.file.severity", &self.rules.file.severity),
-        ] {
-            if !matches!(sev.as_str(), "low" | "medium" | "high" | "critical") {
-                return invalid(key, format!("{sev:?} is not low, medium, high or critical"));
-            }
-        }
         for (key, risk) in [
-            ("rules.exec.risk_score", self.rules.exec.risk_score),
-            ("rules.file.risk_score", self.rules.file.risk_score),
+            ("rules.exec.risk_score", self.exec.risk_score),
+            ("rules.file.risk_score", self.file.risk_score),
         ] {
             if risk > 100 {
                 return invalid(key, format!("{risk} is more than 100"));
             }
         }
-        Rules::compile(&self.rules)?;
-        Exceptions::compile(&self.exceptions)?;
         Ok(())
     }
+}
+
+impl ExceptionConfig {
+    /// The checks that need no compiling: a reason, at least one
+    /// condition, `key=value` annotations. Errors name `exceptions[i]`.
+    pub fn validate(&self, index: usize) -> Result<(), ConfigError> {
+        let key = |k: &str| format!("exceptions[{index}].{k}");
+        if self.reason.trim().is_empty() {
+            return invalid(key("reason"), "is missing: say why it exists".into());
+        }
+        let has_condition = self.container_name.is_some()
+            || self.image.is_some()
+            || self.annotation.is_some()
+            || self.executable.is_some()
+            || self.parent_executable.is_some()
+            || self.args.is_some();
+        if !has_condition {
+            return invalid(
+                format!("exceptions[{index}]"),
+                format!(
+                    "({}) has no condition: it would suppress everything",
+                    self.reason
+                ),
+            );
+        }
+        if let Some(a) = &self.annotation
+            && !a.contains('=')
+        {
+            return invalid(key("annotation"), format!("{a:?} is not key=value"));
+        }
+        Ok(())
+    }
+}
+
+/// One `[[exceptions]]` entry: known-good archiving to tune out, as the
+/// seed's false-positive analysis advises (backups, configuration
+/// management, CI, scanners). Every condition given must hold.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ExceptionConfig {
+    /// Why this exception exists; required, shown in `keyward status`.
+    pub reason: String,
+    pub container_name: Option<String>,
+    pub image: Option<String>,
+    /// `key=value-glob`: the container has this annotation.
+    pub annotation: Option<String>,
+    pub executable: Option<String>,
+    pub parent_executable: Option<String>,
+    /// Glob over the command line, arguments joined by single spaces.
+    pub args: Option<String>,
+    /// Rule ids this applies to; empty means every rule.
+    #[serde(default)]
+    pub rules: Vec<String>,
 }
 
 #[cfg(test)]
@@ -674,6 +906,35 @@ action = "deny"
             .unwrap_err()
             .to_string();
         assert!(e.contains("exe"), "{e}");
+    }
+
+    #[test]
+    fn server_urls_parse_or_say_why() {
+        // Moved here from the syslog sink: the server is parsed once, in
+        // the config.
+        assert_eq!(
+            "udp://127.0.0.1:514".parse::<SyslogServer>().unwrap(),
+            SyslogServer::Udp("127.0.0.1:514".into())
+        );
+        assert_eq!(
+            "tcp://localhost:601".parse::<SyslogServer>().unwrap(),
+            SyslogServer::Tcp("localhost:601".into())
+        );
+        assert!(
+            "ftp://x:1"
+                .parse::<SyslogServer>()
+                .unwrap_err()
+                .to_string()
+                .contains("ftp")
+        );
+        assert!(
+            "udp://x"
+                .parse::<SyslogServer>()
+                .unwrap_err()
+                .to_string()
+                .contains("port")
+        );
+        assert!("x:1".parse::<SyslogServer>().is_err());
     }
 
     #[test]

@@ -60,7 +60,7 @@ proptest! {
     fn protocol_register_shapes(id in ".{0,64}", pid in any::<i64>(), rootfs in ".{0,64}", k in ".{0,16}", v in ".{0,16}") {
         let line = serde_json::json!({"op": "register", "id": id, "pid": pid, "bundle": "/b", "rootfs": rootfs, "annotations": {k: v}}).to_string();
         let _ = keyward::hook::protocol::parse_request(line.as_bytes());
-        let _ = keyward::registry::store::check_id(&id);
+        let _ = keyward::registry::verify::check_id(&id);
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! Rule decision for one event: attribute the process, find its container
-//! and the canonical path, evaluate the rules, and say allow or deny.
+//! Decision for one event: attribute the process, build one candidate
+//! (process, file, container), ask the rules once, and say allow or deny.
 //!
 //! These functions do procfs reads (attribution) but never write, log or
 //! block on anything but the kernel's own `/proc`; the alert work they
@@ -7,352 +7,125 @@
 //! included: an unattributable event is allowed, because a daemon that
 //! cannot tell what happened must not break the container.
 
-use std::collections::HashMap;
+use std::cell::OnceCell;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
-use serde::{Deserialize, Serialize};
-
+use super::policy::{Context, Policy};
 use crate::alert::{Finding, Trigger};
-use crate::attribute::procfs::{self, RawProcess};
-use crate::config::Action;
-use crate::rules::Rules;
-use crate::watch::fanotify::{FAN_ALLOW, FAN_DENY};
-use crate::watch::index::{ContainerView, MarkIndex};
+use crate::attribute::exe::{self, ExeClass};
+use crate::attribute::procfs::{self, ProcessInfo, RawProcess};
+use crate::rules::{
+    ArchiverHit, Candidate, ContainerFacts, Evidence, Matches, Touch, TouchedFile, Verdict,
+};
+use crate::watch::fanotify::{FAN_ALLOW, FAN_DENY, fd_path};
+use crate::watch::index::ContainerView;
 use crate::watch::resolve::FileId;
 
-/// How far up the parent chain we look for a container member, for
-/// processes that made their own pid namespace inside the container.
-const MAX_ANCESTRY: usize = 16;
 /// How long an exec event waits for its exec to complete before giving up
 /// on argv.
 pub const EXEC_SETTLE: Duration = Duration::from_millis(250);
-
-/// The compiled policy, swapped whole on reload.
-#[derive(Debug)]
-pub struct Policy {
-    pub rules: Rules,
-    pub default_action: Action,
-    pub exceptions: crate::rules::exceptions::Exceptions,
-    /// Unique per compiled policy, for caches made under it.
-    pub generation: u64,
-}
-
-/// Source of [`Policy::generation`].
-static POLICY_GENERATION: AtomicU64 = AtomicU64::new(1);
-/// Processes remembered as benign before the cache starts over.
-const BENIGN_CACHE_MAX: usize = 16 * 1024;
-
-impl Policy {
-    /// Compile a config's rules and exceptions.
-    pub fn from_config(cfg: &crate::config::Config) -> Result<Self, crate::config::ConfigError> {
-        Ok(Self {
-            rules: Rules::compile(&cfg.rules)?,
-            default_action: cfg.response.action,
-            exceptions: crate::rules::exceptions::Exceptions::compile(&cfg.exceptions)?,
-            generation: POLICY_GENERATION.fetch_add(1, Ordering::Relaxed),
-        })
-    }
-
-    /// Whether an exception suppresses `rule_id` for this process in this
-    /// container (counted by the exception when it does).
-    pub fn excepted(&self, rule_id: &str, c: &ContainerView, p: &RawProcess) -> bool {
-        if self.exceptions.is_empty() {
-            return false;
-        }
-        let exe = p.exe.to_string_lossy();
-        let parent = if self.exceptions.need_parent() {
-            procfs::exe(p.stat.ppid)
-                .ok()
-                .map(|e| e.to_string_lossy().into_owned())
-        } else {
-            None
-        };
-        let cmdline: Vec<std::borrow::Cow<'_, str>> =
-            p.args.iter().map(|a| a.to_string_lossy()).collect();
-        let cmdline = cmdline.join(" ");
-        self.exceptions
-            .suppress(&crate::rules::exceptions::Subject {
-                rule_id,
-                container_name: c.reference.name.as_deref(),
-                image: c.reference.image.as_deref(),
-                annotations: &c.annotations,
-                executable: &exe,
-                parent_executable: parent.as_deref(),
-                command_line: &cmdline,
-            })
-            .is_some()
-    }
-}
-
-/// Counters the decision threads bump; read by `keyward status`.
-#[derive(Debug, Default)]
-pub struct Stats {
-    pub perm_events: AtomicU64,
-    pub allowed: AtomicU64,
-    pub denied: AtomicU64,
-    pub own_pid: AtomicU64,
-    pub host_process: AtomicU64,
-    /// Permission events answered from the benign-process cache.
-    pub cache_hits: AtomicU64,
-    pub exec_events: AtomicU64,
-    /// Exec events read once, after `exe::PLAIN_DELAY` (launchers, and
-    /// plain programs that could not be ignored).
-    pub exec_plain: AtomicU64,
-    /// Probes of pending execs (reads of their `/proc/<pid>/stat`).
-    pub exec_probes: AtomicU64,
-    /// Settled busybox applets let go by their plain `comm`.
-    pub exec_applets_skipped: AtomicU64,
-    /// Exec storms (see `answer::Storm`) and the multi-call execs read in
-    /// one, a tick at a time.
-    pub exec_storms: AtomicU64,
-    pub exec_batched: AtomicU64,
-    /// Ignore marks placed in the exec group (ELF interpreters and plain
-    /// programs, whose execs the kernel then stops reporting).
-    pub exec_ignored: AtomicU64,
-    pub exec_unsettled: AtomicU64,
-    /// Execs still not complete after [`EXEC_SETTLE`] (the rest of
-    /// `exec_unsettled` exited before they could be read).
-    pub exec_timeouts: AtomicU64,
-    pub findings: AtomicU64,
-    pub queue_drops: AtomicU64,
-    pub attribution_errors: AtomicU64,
-    pub respond_errors: AtomicU64,
-    pub parse_errors: AtomicU64,
-    pub overflows: AtomicU64,
-    pub panics: AtomicU64,
-    pub deadline_releases: AtomicU64,
-    /// Rescans of containers for credential paths created after start.
-    pub rescans: AtomicU64,
-    /// Decision latency histogram: bucket i counts decisions that took
-    /// less than 2^i microseconds (the last bucket takes the rest).
-    pub latency_us: [AtomicU64; LATENCY_BUCKETS],
-}
-
-/// Buckets of the latency histogram (up to ~2^23 us = 8 s).
-pub const LATENCY_BUCKETS: usize = 24;
-
-/// Decision latency percentiles, from the histogram (upper bucket bounds).
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct LatencySnapshot {
-    pub count: u64,
-    pub p50_us: u64,
-    pub p99_us: u64,
-    pub max_bucket_us: u64,
-    /// (upper bound in us, count) for every non-empty bucket.
-    pub buckets: Vec<(u64, u64)>,
-}
-
-/// A snapshot of [`Stats`].
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct StatsSnapshot {
-    pub perm_events: u64,
-    pub allowed: u64,
-    pub denied: u64,
-    pub own_pid: u64,
-    pub host_process: u64,
-    pub cache_hits: u64,
-    pub exec_events: u64,
-    pub exec_plain: u64,
-    pub exec_probes: u64,
-    pub exec_ignored: u64,
-    pub exec_applets_skipped: u64,
-    pub exec_storms: u64,
-    pub exec_batched: u64,
-    pub exec_unsettled: u64,
-    pub exec_timeouts: u64,
-    pub findings: u64,
-    pub queue_drops: u64,
-    pub attribution_errors: u64,
-    pub respond_errors: u64,
-    pub parse_errors: u64,
-    pub overflows: u64,
-    pub panics: u64,
-    pub deadline_releases: u64,
-    pub rescans: u64,
-    pub latency: LatencySnapshot,
-}
-
-impl Stats {
-    /// The counters whose growth means degraded coverage.
-    pub fn degradation(&self) -> crate::alert::Degradation {
-        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        crate::alert::Degradation {
-            deadline_releases: g(&self.deadline_releases),
-            overflows: g(&self.overflows),
-            queue_drops: g(&self.queue_drops),
-            parse_errors: g(&self.parse_errors),
-            panics: g(&self.panics),
-        }
-    }
-
-    /// Count one decision's latency.
-    pub fn record_latency(&self, d: Duration) {
-        let us = d.as_micros().min(u64::MAX as u128) as u64;
-        let bucket = (u64::BITS - us.leading_zeros()) as usize;
-        self.latency_us[bucket.min(LATENCY_BUCKETS - 1)].fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn latency(&self) -> LatencySnapshot {
-        let counts: Vec<u64> = self
-            .latency_us
-            .iter()
-            .map(|a| a.load(Ordering::Relaxed))
-            .collect();
-        let count: u64 = counts.iter().sum();
-        let upper = |i: usize| 1u64 << i;
-        let pct = |p: u64| {
-            let want = (count * p).div_ceil(100).max(1);
-            let mut seen = 0;
-            for (i, c) in counts.iter().enumerate() {
-                seen += c;
-                if seen >= want {
-                    return upper(i);
-                }
-            }
-            0
-        };
-        LatencySnapshot {
-            count,
-            p50_us: if count == 0 { 0 } else { pct(50) },
-            p99_us: if count == 0 { 0 } else { pct(99) },
-            max_bucket_us: counts.iter().rposition(|&c| c > 0).map(upper).unwrap_or(0),
-            buckets: counts
-                .iter()
-                .enumerate()
-                .filter(|(_, c)| **c > 0)
-                .map(|(i, &c)| (upper(i), c))
-                .collect(),
-        }
-    }
-
-    pub fn snapshot(&self) -> StatsSnapshot {
-        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        StatsSnapshot {
-            perm_events: g(&self.perm_events),
-            allowed: g(&self.allowed),
-            denied: g(&self.denied),
-            own_pid: g(&self.own_pid),
-            host_process: g(&self.host_process),
-            cache_hits: g(&self.cache_hits),
-            exec_events: g(&self.exec_events),
-            exec_plain: g(&self.exec_plain),
-            exec_probes: g(&self.exec_probes),
-            exec_ignored: g(&self.exec_ignored),
-            exec_applets_skipped: g(&self.exec_applets_skipped),
-            exec_storms: g(&self.exec_storms),
-            exec_batched: g(&self.exec_batched),
-            exec_unsettled: g(&self.exec_unsettled),
-            exec_timeouts: g(&self.exec_timeouts),
-            findings: g(&self.findings),
-            queue_drops: g(&self.queue_drops),
-            attribution_errors: g(&self.attribution_errors),
-            respond_errors: g(&self.respond_errors),
-            parse_errors: g(&self.parse_errors),
-            overflows: g(&self.overflows),
-            panics: g(&self.panics),
-            deadline_releases: g(&self.deadline_releases),
-            rescans: g(&self.rescans),
-            latency: self.latency(),
-        }
-    }
-}
-
-/// Everything a decision reads.
-#[derive(Debug)]
-pub struct Context {
-    pub self_pid: i32,
-    pub index: RwLock<MarkIndex>,
-    pub policy: RwLock<Arc<Policy>>,
-    pub stats: Stats,
-    /// Archivers known by content, for copied or renamed binaries.
-    pub identities: crate::attribute::identity::Identities,
-    /// What each exec'd file is, so plain programs are not probed early.
-    pub exe_classes: crate::attribute::exe::ExeClasses,
-    /// Process images already found to match neither rule, with the index
-    /// and policy generations they were judged under. A shell reading a
-    /// credential directory in a loop then costs one `/proc/<pid>/stat`
-    /// read per open instead of a full attribution.
-    benign: std::sync::Mutex<HashMap<procfs::ImageKey, (u64, u64)>>,
-    /// Whether every exec in a watched container is reported as a process
-    /// start event (`alerts.process_events`).
-    pub process_events: std::sync::atomic::AtomicBool,
-    /// Bumped each time the exec group's ignore marks are flushed outside
-    /// the exec loop (a container went), so the loop's count of them
-    /// starts over.
-    pub ignores_flushed: AtomicU64,
-}
 
 fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
-impl Context {
-    pub fn new(policy: Policy) -> Self {
-        Self {
-            self_pid: std::process::id() as i32,
-            index: RwLock::new(MarkIndex::default()),
-            policy: RwLock::new(Arc::new(policy)),
-            stats: Stats::default(),
-            identities: crate::attribute::identity::Identities::default(),
-            exe_classes: crate::attribute::exe::ExeClasses::default(),
-            benign: std::sync::Mutex::new(HashMap::new()),
-            process_events: std::sync::atomic::AtomicBool::new(false),
-            ignores_flushed: AtomicU64::new(0),
+fn facts(c: &ContainerView) -> ContainerFacts<'_> {
+    ContainerFacts {
+        name: c.reference.name.as_deref(),
+        image: c.reference.image.as_deref(),
+        annotations: &c.annotations,
+    }
+}
+
+/// What the rules may ask about a held opener or a settled exec. The
+/// container is looked up once, on first use: an exec whose names match
+/// no rule never needs it.
+struct ProcessEvidence<'a> {
+    ctx: &'a Context,
+    pid: i32,
+    proc: &'a RawProcess,
+    container: OnceCell<Option<Arc<ContainerView>>>,
+    /// The fd of a permission event; `None` for an exec, whose inherited
+    /// fds are the files it touched.
+    opened: Option<BorrowedFd<'a>>,
+}
+
+impl ProcessEvidence<'_> {
+    fn view(&self) -> Option<&Arc<ContainerView>> {
+        self.container
+            .get_or_init(|| self.ctx.container_of(self.pid))
+            .as_ref()
+    }
+}
+
+impl Evidence for ProcessEvidence<'_> {
+    fn identity(&self) -> Option<ArchiverHit> {
+        self.ctx
+            .identities
+            .archiver_of(self.pid)
+            .map(|name| ArchiverHit::Identity {
+                name,
+                exe: self.proc.exe.to_string_lossy().into_owned(),
+            })
+    }
+
+    fn container(&self) -> Option<ContainerFacts<'_>> {
+        self.view().map(|v| facts(v))
+    }
+
+    fn files(&self) -> Vec<TouchedFile> {
+        let Some(view) = self.view() else {
+            return Vec::new();
+        };
+        match self.opened {
+            Some(fd) => opened_file(self.ctx, self.pid, fd, &view.reference.id)
+                .into_iter()
+                .collect(),
+            None => inherited_files(self.ctx, self.pid, &view.reference.id),
         }
     }
 
-    fn is_benign(&self, key: procfs::ImageKey, generation: (u64, u64)) -> bool {
-        self.benign
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-            == Some(&generation)
+    fn cwd(&self) -> PathBuf {
+        procfs::cwd(self.pid)
     }
 
-    fn remember_benign(&self, key: procfs::ImageKey, generation: (u64, u64)) {
-        let mut b = self.benign.lock().unwrap_or_else(|e| e.into_inner());
-        if b.len() >= BENIGN_CACHE_MAX {
-            b.clear();
-        }
-        b.insert(key, generation);
+    fn parent_executable(&self) -> Option<String> {
+        procfs::exe(self.proc.stat.ppid)
+            .ok()
+            .map(|e| e.to_string_lossy().into_owned())
     }
+}
 
-    /// The current policy (cheap clone of an Arc).
-    pub fn policy(&self) -> Arc<Policy> {
-        self.policy
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+/// The candidate the rules judge for a read process.
+fn candidate<'a>(proc: &'a RawProcess, evidence: &'a dyn Evidence) -> Candidate<'a> {
+    Candidate {
+        exe: proc.exe.as_os_str(),
+        exe_name: proc.exe_name(),
+        comm: &proc.comm,
+        args: &proc.args,
+        evidence,
     }
+}
 
-    /// The container `pid` belongs to: by its pid or mount namespace, or by
-    /// an ancestor's (a process that unshared its own namespaces inside the
-    /// container still descends from it).
-    pub fn container_of(&self, pid: i32) -> Option<Arc<ContainerView>> {
-        let idx = self.index.read().unwrap_or_else(|e| e.into_inner());
-        let mut cur = pid;
-        for _ in 0..MAX_ANCESTRY {
-            // The pid namespace decides almost always; the mount namespace
-            // is read only on a miss (containers sharing the host's pids).
-            let pid_ns = procfs::ns_inode(cur, "pid").ok()?;
-            if let Some(v) = idx.container_of(pid_ns, 0) {
-                return Some(v.clone());
-            }
-            let mnt_ns = procfs::ns_inode(cur, "mnt").unwrap_or(0);
-            if let Some(v) = idx.container_of(0, mnt_ns) {
-                return Some(v.clone());
-            }
-            cur = procfs::stat(cur).ok()?.ppid;
-            if cur <= 1 {
-                return None;
-            }
-        }
-        None
-    }
+/// The opened file: its canonical container path, and the path as the
+/// opener reached it.
+fn opened_file(
+    ctx: &Context,
+    pid: i32,
+    fd: BorrowedFd<'_>,
+    container: &str,
+) -> Option<TouchedFile> {
+    let fid = FileId::of(fd).ok()?.0;
+    let (path, opened_as) = canonical_path(ctx, pid, fd, fid, container);
+    Some(TouchedFile {
+        path,
+        opened_as: opened_as.to_string_lossy().into_owned(),
+        touch: Touch::Opened,
+    })
 }
 
 /// The canonical container path of an opened credential inode, and the path
@@ -364,8 +137,7 @@ fn canonical_path(
     fid: FileId,
     container: &str,
 ) -> (PathBuf, PathBuf) {
-    let opened_as = crate::watch::fanotify::fd_path(fd)
-        .unwrap_or_else(|| PathBuf::from(format!("fd:{}", fd.as_raw_fd())));
+    let opened_as = fd_path(fd).unwrap_or_else(|| PathBuf::from(format!("fd:{}", fd.as_raw_fd())));
     let idx = ctx.index.read().unwrap_or_else(|e| e.into_inner());
     if let Some(m) = idx.lookup(fid, Some(container)) {
         return (m.path.clone(), opened_as);
@@ -388,12 +160,72 @@ fn canonical_path(
     (opened_as.clone(), opened_as)
 }
 
+/// Marked files among the fds a freshly exec'd process holds.
+///
+/// An archiver may be handed a credential file it never opens itself:
+/// `gzip < ~/.ssh/id_rsa` (the shell opened it), or any fd the parent
+/// passed down.
+fn inherited_files(ctx: &Context, pid: i32, container: &str) -> Vec<TouchedFile> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    let idx = ctx.index.read().unwrap_or_else(|e| e.into_inner());
+    let mut out = Vec::new();
+    for entry in dir.flatten().take(1024) {
+        let Ok(meta) = std::fs::metadata(entry.path()) else {
+            continue;
+        };
+        let fid = FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        };
+        let Some(m) = idx.lookup(fid, Some(container)) else {
+            continue;
+        };
+        out.push(TouchedFile {
+            path: m.path.clone(),
+            opened_as: format!("inherited fd {}", entry.file_name().to_string_lossy()),
+            touch: Touch::Inherited,
+        });
+    }
+    out
+}
+
 /// What a permission event produced: up to one finding per rule.
 pub type OpenFindings = [Option<Finding>; 2];
 
+/// The findings of a verdict's matches for one process in one container.
+fn findings(
+    container: &ContainerView,
+    process: ProcessInfo,
+    m: Matches,
+    denied: bool,
+) -> impl Iterator<Item = Finding> {
+    let action = container.action;
+    let reference = container.reference.clone();
+    let finding = move |trigger| Finding {
+        at: SystemTime::now(),
+        container: reference.clone(),
+        trigger,
+        process: process.clone(),
+        action,
+        response: None,
+    };
+    let exec = m.exec.map(|matched| Trigger::Exec { matched });
+    let files = m.files.into_iter().map(move |f| Trigger::Open {
+        path: f.file.path.to_string_lossy().into_owned(),
+        opened_as: f.file.opened_as,
+        pattern: f.pattern,
+        archiver: f.archiver,
+        denied: denied && f.file.touch == Touch::Opened,
+    });
+    files.chain(exec).map(finding)
+}
+
 /// Decide a permission event: `(response, findings)`.
 ///
-/// Two rules are evaluated on the held process:
+/// Two rules are evaluated on the held process, in one call:
 /// * the file rule, when an archiver opens a credential path;
 /// * the seed rule on its argv. The exec path evaluates the seed rule too,
 ///   but asynchronously; here the opener is held inside `open(2)`, so its
@@ -412,13 +244,7 @@ pub fn decide_open(ctx: &Context, pid: i32, fd: BorrowedFd<'_>) -> (u32, OpenFin
     };
     let key = stat.image_key(pid);
     let policy = ctx.policy();
-    let generation = (
-        ctx.index
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .generation(),
-        policy.generation,
-    );
+    let generation = ctx.generation(&policy);
     if ctx.is_benign(key, generation) {
         bump(&ctx.stats.cache_hits);
         return (FAN_ALLOW, [None, None]);
@@ -428,108 +254,37 @@ pub fn decide_open(ctx: &Context, pid: i32, fd: BorrowedFd<'_>) -> (u32, OpenFin
         ctx.remember_benign(key, generation);
         return (FAN_ALLOW, [None, None]);
     };
-    let proc = match RawProcess::read_with(pid, stat) {
-        Ok(p) => p,
-        Err(_) => {
-            bump(&ctx.stats.attribution_errors);
+    let Ok(proc) = RawProcess::read_with(pid, stat) else {
+        bump(&ctx.stats.attribution_errors);
+        return (FAN_ALLOW, [None, None]);
+    };
+    let evidence = ProcessEvidence {
+        ctx,
+        pid,
+        proc: &proc,
+        container: OnceCell::from(Some(container.clone())),
+        opened: Some(fd),
+    };
+    let m = match judge(&policy, &proc, &evidence) {
+        Verdict::Matched(m) => m,
+        Verdict::Benign => {
+            // Neither rule can ever hold for this image, whatever it opens.
+            ctx.remember_benign(key, generation);
             return (FAN_ALLOW, [None, None]);
         }
+        Verdict::Outside | Verdict::Quiet => return (FAN_ALLOW, [None, None]),
     };
-    let exec_match = policy
-        .rules
-        .match_exec_names(&[proc.exe_name(), &proc.comm], &proc.args);
-    let archiver = archiver_of(ctx, &policy, pid, &proc);
-    if exec_match.is_none() && archiver.is_none() {
-        // Neither rule can ever hold for this image, whatever it opens.
-        ctx.remember_benign(key, generation);
-        return (FAN_ALLOW, [None, None]);
-    }
-    let exec_match =
-        exec_match.filter(|_| !policy.excepted(crate::rules::EXEC_RULE_ID, &container, &proc));
-    let file_hit = archiver
-        .and_then(|a| file_rule(ctx, &policy, pid, fd, &container, &proc, a))
-        .filter(|_| !policy.excepted(crate::rules::FILE_RULE_ID, &container, &proc));
-    if exec_match.is_none() && file_hit.is_none() {
-        return (FAN_ALLOW, [None, None]);
-    }
-    let action = container.action;
-    let denied = action.denies_open();
-    let process = proc.complete();
-    let finding = |trigger| Finding {
-        at: SystemTime::now(),
-        container: container.reference.clone(),
-        trigger,
-        process: process.clone(),
-        action,
-        response: None,
-    };
-    let exec = exec_match.map(|matched| finding(Trigger::Exec { matched }));
-    let file = file_hit.map(|(path, opened_as, pattern, archiver)| {
-        finding(Trigger::Open {
-            path,
-            opened_as,
-            pattern,
-            archiver,
-            denied,
-        })
-    });
-    (if denied { FAN_DENY } else { FAN_ALLOW }, [file, exec])
+    drop(evidence);
+    let denied = container.action.denies_open();
+    let mut out = findings(&container, proc.complete(), m, denied);
+    let found = [out.next(), out.next()];
+    (if denied { FAN_DENY } else { FAN_ALLOW }, found)
 }
 
-/// Whether the process is an archiver: by name (executable, `comm`,
-/// argv, wrappers), else by the content of its executable.
-fn archiver_of(
-    ctx: &Context,
-    policy: &Policy,
-    pid: i32,
-    proc: &RawProcess,
-) -> Option<crate::rules::ArchiverHit> {
-    if !policy.rules.file_enabled {
-        return None;
-    }
+fn judge(policy: &Policy, proc: &RawProcess, evidence: &dyn Evidence) -> Verdict {
     policy
         .rules
-        .archiver_of(proc.exe_name(), &proc.comm, &proc.args)
-        .or_else(|| {
-            ctx.identities
-                .archiver_of(pid)
-                .map(|name| crate::rules::ArchiverHit::Identity {
-                    name,
-                    exe: proc.exe.to_string_lossy().into_owned(),
-                })
-        })
-}
-
-/// The file rule: (canonical path, path as opened, pattern, archiver hit).
-fn file_rule(
-    ctx: &Context,
-    policy: &Policy,
-    pid: i32,
-    fd: BorrowedFd<'_>,
-    container: &ContainerView,
-    proc: &RawProcess,
-    archiver: crate::rules::ArchiverHit,
-) -> Option<(String, String, String, crate::rules::ArchiverHit)> {
-    let fid = FileId::of(fd).ok()?.0;
-    let (path, opened_as) = canonical_path(ctx, pid, fd, fid, &container.reference.id);
-    let pattern = policy
-        .rules
-        .credential_pattern(path.as_os_str())
-        .or_else(|| policy.rules.credential_pattern(opened_as.as_os_str()))?;
-    // GNU tar looks up /etc/passwd for every archive it writes; that alone
-    // is not collection. The cwd is the opener's, inside its own root.
-    if policy
-        .rules
-        .is_incidental(path.as_os_str(), &proc.args, &procfs::cwd(pid))
-    {
-        return None;
-    }
-    Some((
-        path.to_string_lossy().into_owned(),
-        opened_as.to_string_lossy().into_owned(),
-        pattern.to_string(),
-        archiver,
-    ))
+        .judge(&policy.exceptions, &candidate(proc, evidence))
 }
 
 /// Where an exec event stands.
@@ -541,8 +296,8 @@ pub enum ExecProbe {
     Wait,
 }
 
-/// Probe an exec notification once: evaluate the seed rule on the new
-/// image if the exec has completed.
+/// Probe an exec notification once: evaluate the rules on the new image
+/// if the exec has completed.
 ///
 /// The event is not a permission event, so the process runs on: its
 /// `/proc/<pid>/cmdline` may still be the old image's. argv is trusted only
@@ -556,7 +311,7 @@ pub fn probe_exec(
     ctx: &Context,
     pid: i32,
     fid: FileId,
-    class: crate::attribute::exe::ExeClass,
+    class: ExeClass,
     stat: &mut Option<std::fs::File>,
 ) -> ExecProbe {
     if pid == ctx.self_pid {
@@ -578,10 +333,9 @@ pub fn probe_exec(
     // A busybox applet with a plain name (`true`, `cat`, `sed`) is let go
     // without reading argv: its comm is the applet's, now that the exec
     // has settled (see `exe`).
-    if class == crate::attribute::exe::ExeClass::MultiCall
+    if class == ExeClass::MultiCall
         && !starts
-        && crate::attribute::exe::class_of_name(&policy.rules, comm.as_bytes())
-            == crate::attribute::exe::ExeClass::Plain
+        && exe::class_of_name(&policy.rules, comm.as_bytes()) == ExeClass::Plain
     {
         bump(&ctx.stats.exec_applets_skipped);
         return ExecProbe::Done(None);
@@ -594,89 +348,43 @@ pub fn probe_exec(
             return ExecProbe::Done(None);
         }
     };
-    // Most execs match nothing: decide that before any container lookup.
-    let matched = policy
-        .rules
-        .match_exec_names(&[proc.exe_name(), &proc.comm], &proc.args);
-    let archiver = archiver_of(ctx, &policy, pid, &proc);
-    if matched.is_none() && archiver.is_none() && !starts {
-        return ExecProbe::Done(None);
-    }
-    let Some(container) = ctx.container_of(pid) else {
+    let evidence = ProcessEvidence {
+        ctx,
+        pid,
+        proc: &proc,
+        container: OnceCell::new(),
+        opened: None,
+    };
+    // Most execs match nothing, and the rules decide that before any
+    // container lookup.
+    let verdict = judge(&policy, &proc, &evidence);
+    let matched = match verdict {
+        Verdict::Matched(m) => Some(m),
+        _ if !starts => return ExecProbe::Done(None),
+        _ => None,
+    };
+    let Some(container) = evidence.view().cloned() else {
         return ExecProbe::Done(None);
     };
-    let matched =
-        matched.filter(|_| !policy.excepted(crate::rules::EXEC_RULE_ID, &container, &proc));
-    // An archiver may be handed a credential file it never opens itself:
-    // `gzip < ~/.ssh/id_rsa` (the shell opened it), or any fd the parent
-    // passed down. Those fds are checked against the marked inodes now.
-    let inherited = archiver
-        .filter(|_| !policy.excepted(crate::rules::FILE_RULE_ID, &container, &proc))
-        .map(|a| inherited_credentials(ctx, &policy, pid, &container, a))
-        .unwrap_or_default();
-    if matched.is_none() && inherited.is_empty() && !starts {
-        return ExecProbe::Done(None);
-    }
+    drop(evidence);
     let process = proc.complete();
-    let finding = |trigger| Finding {
+    let start = starts.then(|| Finding {
         at: SystemTime::now(),
         container: container.reference.clone(),
         process: process.clone(),
-        trigger,
+        trigger: Trigger::Start,
         action: container.action,
         response: None,
-    };
-    let mut out: Vec<Finding> = starts
-        .then(|| finding(Trigger::Start))
-        .into_iter()
-        .collect();
-    out.extend(matched.map(|m| finding(Trigger::Exec { matched: m })));
-    out.extend(inherited.into_iter().map(finding));
-    let alerts = out.iter().filter(|f| f.trigger != Trigger::Start).count();
-    ctx.stats
-        .findings
-        .fetch_add(alerts as u64, Ordering::Relaxed);
-    ExecProbe::Done(Some(Box::new(out)))
-}
-
-/// Credential files among the fds a freshly exec'd archiver holds, as
-/// `Open` triggers (not denied: the file is already open).
-fn inherited_credentials(
-    ctx: &Context,
-    policy: &Policy,
-    pid: i32,
-    container: &ContainerView,
-    archiver: crate::rules::ArchiverHit,
-) -> Vec<Trigger> {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return Vec::new();
-    };
-    let idx = ctx.index.read().unwrap_or_else(|e| e.into_inner());
-    let mut out = Vec::new();
-    for entry in dir.flatten().take(1024) {
-        let Ok(meta) = std::fs::metadata(entry.path()) else {
-            continue;
-        };
-        let fid = FileId {
-            dev: meta.dev(),
-            ino: meta.ino(),
-        };
-        let Some(m) = idx.lookup(fid, Some(&container.reference.id)) else {
-            continue;
-        };
-        let Some(pattern) = policy.rules.credential_pattern(m.path.as_os_str()) else {
-            continue;
-        };
-        out.push(Trigger::Open {
-            path: m.path.to_string_lossy().into_owned(),
-            opened_as: format!("inherited fd {}", entry.file_name().to_string_lossy()),
-            pattern: pattern.to_string(),
-            archiver: archiver.clone(),
-            denied: false,
-        });
+    });
+    let mut out: Vec<Finding> = start.into_iter().collect();
+    if let Some(m) = matched {
+        let before = out.len();
+        out.extend(findings(&container, process, m, false));
+        ctx.stats
+            .findings
+            .fetch_add((out.len() - before) as u64, Ordering::Relaxed);
     }
-    out
+    ExecProbe::Done(Some(Box::new(out)))
 }
 
 /// Whether the process's exec of `fid` has completed, judged from its
@@ -743,20 +451,5 @@ mod tests {
         // A vanished pid is not a container member either.
         let (r, _) = decide_open(&c, i32::MAX, f.as_fd());
         assert_eq!(r, FAN_ALLOW);
-    }
-
-    #[test]
-    fn latency_histogram_percentiles() {
-        let s = Stats::default();
-        for _ in 0..98 {
-            s.record_latency(Duration::from_micros(10));
-        }
-        s.record_latency(Duration::from_micros(100));
-        s.record_latency(Duration::from_millis(5));
-        let l = s.snapshot().latency;
-        assert_eq!(l.count, 100);
-        assert_eq!(l.p50_us, 16);
-        assert_eq!(l.p99_us, 128);
-        assert_eq!(l.max_bucket_us, 8192);
     }
 }

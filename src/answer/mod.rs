@@ -6,10 +6,16 @@
 //! hands [`crate::alert::Finding`]s to the alert thread through a bounded
 //! queue, counting what a full queue drops.
 //!
-//! * [`loops`]: the permission loop, its watchdog, and the exec loop;
+//! * [`permission`]: the permission loop and its watchdog;
+//! * [`exec`]: the exec loop, its probes, ignore marks and storms;
+//! * [`events`]: reading batches of events and queueing findings;
 //! * [`decide`]: one permission or exec event → verdict and findings;
 //! * [`policy`]: the compiled policy and the shared decision context;
 //! * [`stats`]: counters and the latency histogram.
 
 pub mod decide;
-pub mod loops;
+pub mod events;
+pub mod exec;
+pub mod permission;
+pub mod policy;
+pub mod stats;

@@ -11,6 +11,7 @@
 //! * [`identity`]: archivers known by ELF build-id, learned from the host
 //!   and images.
 
+pub mod container;
 pub mod exe;
 pub mod identity;
 pub mod procfs;

@@ -178,6 +178,50 @@ pub fn pidfd_open(pid: i32) -> std::io::Result<std::os::fd::OwnedFd> {
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
 }
 
+/// Why [`pidfd_of`] found no pidfd.
+#[derive(Debug, thiserror::Error)]
+pub enum PidfdError {
+    #[error("process {pid} is gone")]
+    Gone { pid: i32 },
+    #[error("pid {pid} now belongs to another process (start time changed)")]
+    Reused { pid: i32 },
+    #[error("cannot open a pidfd for process {pid}: {source}")]
+    Open {
+        pid: i32,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A pidfd for `pid` if that pid is still the process that started at
+/// `start`: the pidfd pins one process first, then its start time says
+/// whether it is ours, so a reused pid is never acted on. The one check
+/// behind `kill`, `stop` and the reaper.
+pub fn pidfd_of(pid: i32, start: u64) -> Result<(std::os::fd::OwnedFd, Stat), PidfdError> {
+    let fd = pidfd_open(pid).map_err(|source| {
+        if source.raw_os_error() == Some(libc::ESRCH) {
+            PidfdError::Gone { pid }
+        } else {
+            PidfdError::Open { pid, source }
+        }
+    })?;
+    match stat(pid) {
+        Ok(s) if s.start_time_ticks == start => Ok((fd, s)),
+        Ok(_) => Err(PidfdError::Reused { pid }),
+        Err(_) => Err(PidfdError::Gone { pid }),
+    }
+}
+
+/// Set the calling thread's nice value (Linux nice is per thread).
+pub fn set_thread_nice(nice: i32) {
+    // SAFETY: gettid and setpriority have no memory-safety preconditions;
+    // a failure (no CAP_SYS_NICE to raise it) leaves the priority as it was.
+    unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice);
+    }
+}
+
 /// Read `/proc/<pid>/stat` through a file opened once, with one `pread`
 /// per call: the exec loop probes the same process many times, and
 /// `fs::read` would cost an open, a `statx`, two reads and a close each

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::alert::sink::SinkStats;
-use crate::answer::decide::StatsSnapshot;
+use crate::answer::stats::StatsSnapshot;
 use crate::watch::marks::InstallReport;
 
 /// Largest request or reply line.

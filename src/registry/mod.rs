@@ -19,4 +19,6 @@
 pub mod control;
 pub mod enrich;
 pub mod reaper;
+pub mod register;
 pub mod store;
+pub mod verify;

@@ -32,13 +32,11 @@ pub struct Exits {
 /// A pidfd for `pid`, if that process is alive and started at `start`
 /// (a pid reused by another process is not ours).
 fn pidfd_for(pid: i32, start: u64) -> Option<OwnedFd> {
-    let fd = procfs::pidfd_open(pid).ok()?;
-    // The pidfd pins the process now; its start time says whether it is
-    // the one that was registered.
-    procfs::stat(pid)
+    // A zombie init has exited already: nothing to wait for.
+    procfs::pidfd_of(pid, start)
         .ok()
-        .filter(|s| s.start_time_ticks == start && !s.exited())
-        .map(|_| fd)
+        .filter(|(_, s)| !s.exited())
+        .map(|(fd, _)| fd)
 }
 
 impl Exits {

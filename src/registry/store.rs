@@ -16,31 +16,17 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::alert::ContainerRef;
 use crate::attribute::procfs;
 use crate::config::Action;
-use crate::watch::fanotify::ExecScope;
-use crate::watch::index::ContainerView;
-use crate::watch::resolve::FileId;
+use crate::watch::index::{ContainerRef, ContainerView};
+use crate::watch::marks::Placed;
 
-/// The annotation that overrides the response action per container.
-pub const RESPONSE_ANNOTATION: &str = "io.keyward.response";
 /// Largest registry file we read back.
 const MAX_REGISTRY_BYTES: u64 = 64 * 1024 * 1024;
 
-/// Errors verifying or persisting registrations.
+/// Errors persisting registrations.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    #[error("container id {id:?} is invalid: {reason}")]
-    BadId { id: String, reason: &'static str },
-    #[error("pid {pid} is not a container init: {reason}")]
-    BadPid { pid: i32, reason: String },
-    #[error("annotation {RESPONSE_ANNOTATION}={value:?} of container {id} is invalid: {reason}")]
-    BadAnnotation {
-        id: String,
-        value: String,
-        reason: String,
-    },
     #[error("cannot write registry {path}: {source}")]
     Save {
         path: PathBuf,
@@ -78,14 +64,6 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, RegistryE
     })
 }
 
-/// One marked inode, persisted so it can be found again for removal.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MarkRecord {
-    pub path: PathBuf,
-    pub id: FileId,
-    pub is_dir: bool,
-}
-
 /// A registered container.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerRecord {
@@ -103,14 +81,11 @@ pub struct ContainerRecord {
     pub image: Option<String>,
     pub action: Action,
     pub registered_at: String,
-    #[serde(default)]
-    pub marks: Vec<MarkRecord>,
-    #[serde(default)]
-    pub exec_scope: Option<ExecScope>,
-    /// Directories marked for creations in the create group (coverage
-    /// over time), so they are unmarked when the container goes.
-    #[serde(default)]
-    pub create_marks: Vec<MarkRecord>,
+    /// The marks in place, persisted so they can be found again for
+    /// removal (same keys as before: `marks`, `exec_scope`,
+    /// `create_marks`).
+    #[serde(flatten)]
+    pub placed: Placed,
 }
 
 impl ContainerRecord {
@@ -137,112 +112,6 @@ impl ContainerRecord {
     pub fn alive(&self) -> bool {
         procfs::stat(self.pid).is_ok_and(|s| s.start_time_ticks == self.start_time_ticks)
     }
-}
-
-/// Check an OCI container id: non-empty, bounded, no control characters or
-/// path separators (ids end up in file names and log lines).
-pub fn check_id(id: &str) -> Result<(), RegistryError> {
-    let bad = |reason| {
-        Err(RegistryError::BadId {
-            id: id.chars().take(80).collect(),
-            reason,
-        })
-    };
-    if id.is_empty() {
-        return bad("empty");
-    }
-    if id.len() > 1024 {
-        return bad("longer than 1024 bytes");
-    }
-    if id.chars().any(|c| c.is_control() || c == '/') {
-        return bad("contains '/' or a control character");
-    }
-    Ok(())
-}
-
-/// The response action for a container: its annotation, else the default.
-pub fn action_for(
-    id: &str,
-    annotations: &BTreeMap<String, String>,
-    default: Action,
-) -> Result<Action, RegistryError> {
-    match annotations.get(RESPONSE_ANNOTATION) {
-        None => Ok(default),
-        Some(v) => v.parse().map_err(|reason| RegistryError::BadAnnotation {
-            id: id.to_string(),
-            value: v.clone(),
-            reason,
-        }),
-    }
-}
-
-/// Name and image from the annotations the engines set.
-pub fn name_and_image(a: &BTreeMap<String, String>) -> (Option<String>, Option<String>) {
-    const NAMES: &[&str] = &[
-        "io.keyward.name",
-        "io.kubernetes.cri-o.ContainerName",
-        "io.kubernetes.cri.container-name",
-        "io.kubernetes.container.name",
-        "nerdctl/name",
-        "io.podman.annotations.name",
-    ];
-    const IMAGES: &[&str] = &[
-        "io.keyward.image",
-        "io.kubernetes.cri-o.ImageName",
-        "io.kubernetes.cri.image-name",
-        "org.opencontainers.image.ref.name",
-        "io.podman.annotations.image",
-    ];
-    let first = |keys: &[&str]| {
-        keys.iter()
-            .find_map(|k| a.get(*k).filter(|v| !v.is_empty()).cloned())
-    };
-    (first(NAMES), first(IMAGES))
-}
-
-/// Facts about a pid that registration verifies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PidFacts {
-    pub start_time_ticks: u64,
-    pub pid_ns: u64,
-    pub mnt_ns: u64,
-    pub net_ns: u64,
-}
-
-/// Verify that `pid` can be a container's init.
-pub fn verify_pid(pid: i32) -> Result<PidFacts, RegistryError> {
-    let bad = |reason: String| Err(RegistryError::BadPid { pid, reason });
-    if pid <= 1 {
-        return bad("pid 1 and below belong to the host".into());
-    }
-    if pid as u32 == std::process::id() {
-        return bad("it is the keyward daemon itself".into());
-    }
-    let stat = match procfs::stat(pid) {
-        Ok(s) => s,
-        Err(e) => return bad(e.to_string()),
-    };
-    let ns = |kind| procfs::ns_inode(pid, kind);
-    let (pid_ns, mnt_ns, net_ns) = match (ns("pid"), ns("mnt"), ns("net")) {
-        (Ok(a), Ok(b), Ok(c)) => (a, b, c),
-        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return bad(e.to_string()),
-    };
-    // The host's mount namespace is pid 1's; the daemon's own may differ
-    // (systemd's ProtectSystem gives it a private one), so check both.
-    let me = std::process::id() as i32;
-    let host = [
-        procfs::ns_inode(1, "mnt").ok(),
-        procfs::ns_inode(me, "mnt").ok(),
-    ];
-    if host.contains(&Some(mnt_ns)) {
-        return bad("it runs in the host's mount namespace".into());
-    }
-    Ok(PidFacts {
-        start_time_ticks: stat.start_time_ticks,
-        pid_ns,
-        mnt_ns,
-        net_ns,
-    })
 }
 
 /// The persisted set of containers: one JSON file per container under
@@ -419,44 +288,9 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ids_are_checked() {
-        assert!(check_id("abc-123_x.y").is_ok());
-        assert!(check_id("").is_err());
-        assert!(check_id("a/b").unwrap_err().to_string().contains("a/b"));
-        assert!(check_id("a\nb").is_err());
-        assert!(check_id(&"x".repeat(2000)).is_err());
-    }
-
-    #[test]
-    fn bad_pids_are_refused_with_the_reason() {
-        let e = verify_pid(1).unwrap_err().to_string();
-        assert!(e.contains("pid 1"), "{e}");
-        let me = std::process::id() as i32;
-        assert!(
-            verify_pid(me)
-                .unwrap_err()
-                .to_string()
-                .contains("daemon itself")
-        );
-        assert!(verify_pid(i32::MAX).is_err());
-        // The test's parent runs in the host's namespaces.
-        let parent = procfs::stat(me).unwrap().ppid;
-        let e = verify_pid(parent).unwrap_err().to_string();
-        assert!(e.contains("host's mount namespace"), "{e}");
-    }
-
-    #[test]
-    fn annotation_overrides_and_is_validated() {
-        let mut a = BTreeMap::new();
-        assert_eq!(action_for("c", &a, Action::Deny).unwrap(), Action::Deny);
-        a.insert(RESPONSE_ANNOTATION.to_string(), "kill".to_string());
-        assert_eq!(action_for("c", &a, Action::Alert).unwrap(), Action::Kill);
-        a.insert(RESPONSE_ANNOTATION.to_string(), "nuke".to_string());
-        let e = action_for("c", &a, Action::Alert).unwrap_err().to_string();
-        assert!(e.contains("nuke") && e.contains(RESPONSE_ANNOTATION), "{e}");
-    }
+    use crate::watch::fanotify::ExecScope;
+    use crate::watch::marks::MarkRecord;
+    use crate::watch::resolve::FileId;
 
     #[test]
     fn persists_and_reloads() {
@@ -478,13 +312,15 @@ mod tests {
             image: None,
             action: Action::Deny,
             registered_at: "now".into(),
-            marks: vec![MarkRecord {
-                path: "/etc/shadow".into(),
-                id: FileId { dev: 1, ino: 2 },
-                is_dir: false,
-            }],
-            exec_scope: Some(ExecScope::Mount),
-            create_marks: Vec::new(),
+            placed: Placed {
+                marks: vec![MarkRecord {
+                    path: "/etc/shadow".into(),
+                    id: FileId { dev: 1, ino: 2 },
+                    is_dir: false,
+                }],
+                exec_scope: Some(ExecScope::Mount),
+                create_marks: Vec::new(),
+            },
         });
         r.save().unwrap();
         let (_, recs, errors) = Registry::load(&dir);

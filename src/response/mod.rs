@@ -1,6 +1,6 @@
 //! Response actions: kill the archiver, stop the container, cut its network.
 //!
-//! * `deny` is the fanotify answer itself (see [`crate::answer::loops`]).
+//! * `deny` is the fanotify answer itself (see [`crate::answer::permission`]).
 //! * `kill` signals the opener through a pidfd, after checking that the
 //!   pidfd's process has the start time we attributed, so a reused pid is
 //!   never hit. It runs on the answering thread *before* the deny is
@@ -16,20 +16,64 @@
 
 pub mod netlink;
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 
-use crate::alert::ResponseOutcome;
-use crate::attribute::procfs;
+use serde::{Deserialize, Serialize};
+
+use crate::attribute::procfs::{self, PidfdError};
 use crate::config::Action;
 use crate::watch::index::ContainerView;
+
+/// How a response went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResponseResult {
+    Ok,
+    Failed,
+    /// The action had nothing to act on (`deny` of a match made on exec
+    /// arguments alone: there was no open to refuse).
+    NotApplicable,
+}
+
+/// The response taken for a finding and its result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResponseOutcome {
+    pub action: Action,
+    pub result: ResponseResult,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Interfaces taken down by `disconnect`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub interfaces: Vec<String>,
+}
+
+impl ResponseOutcome {
+    /// A response that failed for `reason`.
+    pub fn failed(action: Action, reason: String) -> Self {
+        Self {
+            action,
+            result: ResponseResult::Failed,
+            reason: Some(reason),
+            interfaces: Vec::new(),
+        }
+    }
+
+    /// A response that succeeded, or had nothing to do (`alert`).
+    pub fn ok(action: Action) -> Self {
+        Self {
+            action,
+            result: ResponseResult::Ok,
+            reason: None,
+            interfaces: Vec::new(),
+        }
+    }
+}
 
 /// Errors carrying out a response.
 #[derive(Debug, thiserror::Error)]
 pub enum ResponseError {
-    #[error("process {pid} is gone")]
-    Gone { pid: i32 },
-    #[error("pid {pid} now belongs to another process (start time changed)")]
-    Reused { pid: i32 },
+    #[error(transparent)]
+    Process(#[from] PidfdError),
     #[error("cannot signal process {pid}: {source}")]
     Signal {
         pid: i32,
@@ -40,25 +84,9 @@ pub enum ResponseError {
     Netlink(#[from] crate::response::netlink::NetlinkError),
 }
 
-fn pidfd_open(pid: i32) -> Result<OwnedFd, ResponseError> {
-    procfs::pidfd_open(pid).map_err(|source| {
-        if source.raw_os_error() == Some(libc::ESRCH) {
-            ResponseError::Gone { pid }
-        } else {
-            ResponseError::Signal { pid, source }
-        }
-    })
-}
-
 /// SIGKILL `pid` if it is still the process that started at `start`.
 pub fn kill_process(pid: i32, start: u64) -> Result<(), ResponseError> {
-    let pidfd = pidfd_open(pid)?;
-    // The pidfd now pins one process; check it is ours before signalling.
-    match procfs::stat(pid) {
-        Ok(s) if s.start_time_ticks == start => {}
-        Ok(_) => return Err(ResponseError::Reused { pid }),
-        Err(_) => return Err(ResponseError::Gone { pid }),
-    }
+    let (pidfd, _) = procfs::pidfd_of(pid, start)?;
     // SAFETY: pidfd_send_signal(2) with a valid pidfd, a signal number, no
     // siginfo and no flags.
     let r = unsafe {
@@ -108,17 +136,10 @@ pub fn stop_container(c: &ContainerView) -> Result<usize, ResponseError> {
 fn outcome(action: Action, r: Result<Vec<String>, ResponseError>) -> ResponseOutcome {
     match r {
         Ok(interfaces) => ResponseOutcome {
-            action,
-            result: "ok".into(),
-            reason: None,
             interfaces,
+            ..ResponseOutcome::ok(action)
         },
-        Err(e) => ResponseOutcome {
-            action,
-            result: "failed".into(),
-            reason: Some(e.to_string()),
-            interfaces: Vec::new(),
-        },
+        Err(e) => ResponseOutcome::failed(action, e.to_string()),
     }
 }
 
@@ -145,7 +166,7 @@ pub fn respond(
         Action::Deny if denied => outcome(action, Ok(Vec::new())),
         Action::Deny => ResponseOutcome {
             action,
-            result: "not_applicable".into(),
+            result: ResponseResult::NotApplicable,
             reason: Some("matched on exec arguments; there was no open to deny".into()),
             interfaces: Vec::new(),
         },
@@ -171,14 +192,17 @@ mod tests {
         let pid = child.id() as i32;
         let start = procfs::stat(pid).unwrap().start_time_ticks;
         let e = kill_process(pid, start + 1).unwrap_err();
-        assert!(matches!(e, ResponseError::Reused { .. }), "{e}");
+        assert!(
+            matches!(e, ResponseError::Process(PidfdError::Reused { .. })),
+            "{e}"
+        );
         kill_process(pid, start).unwrap();
         let status = child.wait().unwrap();
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(status.signal(), Some(libc::SIGKILL));
         assert!(matches!(
             kill_process(pid, start),
-            Err(ResponseError::Gone { .. })
+            Err(ResponseError::Process(PidfdError::Gone { .. }))
         ));
     }
 
@@ -196,12 +220,15 @@ mod tests {
         };
         assert_eq!(
             respond(&c, Action::Deny, 0, 0, false).result,
-            "not_applicable"
+            ResponseResult::NotApplicable
         );
-        assert_eq!(respond(&c, Action::Deny, 0, 0, true).result, "ok");
+        assert_eq!(
+            respond(&c, Action::Deny, 0, 0, true).result,
+            ResponseResult::Ok
+        );
         assert_eq!(
             respond(&c, Action::Kill, i32::MAX, 0, true).result,
-            "failed"
+            ResponseResult::Failed
         );
     }
 }

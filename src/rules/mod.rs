@@ -16,18 +16,26 @@
 //! Patterns are compiled once into a [`globset::GlobSet`] and matched many
 //! times; arguments are matched as raw bytes so non-UTF-8 argv never fails.
 
+pub mod archivers;
 pub mod check;
 pub mod exceptions;
+pub mod judge;
+pub mod patterns;
 
-use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::Serialize;
 
-use crate::config::{FileRuleConfig, RulesConfig, SeedRuleConfig};
+use crate::config::{FileRuleConfig, MarkIncidental, RulesConfig, SeedRuleConfig, Severity};
+
+pub use archivers::{ArchiverHit, Archivers, basename, is_multicall};
+use archivers::{MULTICALL, SHELLS};
+pub use judge::{
+    Candidate, ContainerFacts, Evidence, FileMatch, Matches, Touch, TouchedFile, Verdict,
+};
+pub use patterns::{PathPatterns, RuleError, normalize};
 
 /// Stable id of the seed rule (Elastic's rule, implemented exactly).
 pub const EXEC_RULE_ID: &str = "keyward.seed.sensitive-files-compression";
@@ -37,204 +45,6 @@ pub const EXEC_RULE_NAME: &str = "Sensitive Files Compression Inside A Container
 pub const FILE_RULE_ID: &str = "keyward.file.archiver-opened-credential";
 /// Name of the file-access rule.
 pub const FILE_RULE_NAME: &str = "Archiver Opened A Credential File Inside A Container";
-
-/// Shells whose `-c` script is searched for archiver words by the file rule.
-const SHELLS: &[&str] = &["sh", "bash", "dash", "ash", "zsh", "ksh"];
-/// Multi-call binaries whose forked children run applets without exec.
-const MULTICALL: &[&str] = &["busybox", "toybox"];
-
-/// Whether a program name is a known multi-call binary (busybox, toybox).
-pub fn is_multicall(name: &[u8]) -> bool {
-    MULTICALL
-        .iter()
-        .any(|m| m.as_bytes().eq_ignore_ascii_case(name))
-}
-
-/// Errors building the rule set.
-#[derive(Debug, thiserror::Error)]
-pub enum RuleError {
-    #[error("bad credential path pattern {pattern:?} in {key}: {source}")]
-    Pattern {
-        key: &'static str,
-        pattern: String,
-        #[source]
-        source: globset::Error,
-    },
-    #[error("empty pattern in {key}")]
-    Empty { key: &'static str },
-    #[error("bad archiver name {name:?} in {key}: names are single words without '/'")]
-    Archiver { key: &'static str, name: String },
-    #[error("credential path set in {key} failed to build: {source}")]
-    Build {
-        key: &'static str,
-        #[source]
-        source: globset::Error,
-    },
-}
-
-/// A set of credential path patterns with EQL wildcard semantics.
-#[derive(Debug, Clone)]
-pub struct PathPatterns {
-    patterns: Vec<String>,
-    set: GlobSet,
-}
-
-impl PathPatterns {
-    /// Compile EQL-style wildcard patterns (`*`, `?`, case-insensitive).
-    pub fn new(key: &'static str, patterns: &[String]) -> Result<Self, RuleError> {
-        let mut builder = GlobSetBuilder::new();
-        for pattern in patterns {
-            if pattern.is_empty() {
-                return Err(RuleError::Empty { key });
-            }
-            let glob = GlobBuilder::new(&eql_to_glob(pattern))
-                .case_insensitive(true)
-                // EQL's `*` crosses `/`, unlike a shell glob.
-                .literal_separator(false)
-                .backslash_escape(true)
-                .build()
-                .map_err(|source| RuleError::Pattern {
-                    key,
-                    pattern: pattern.clone(),
-                    source,
-                })?;
-            builder.add(glob);
-        }
-        let set = builder
-            .build()
-            .map_err(|source| RuleError::Build { key, source })?;
-        Ok(Self {
-            patterns: patterns.to_vec(),
-            set,
-        })
-    }
-
-    /// The first pattern that matches `candidate`, if any.
-    pub fn first_match(&self, candidate: &OsStr) -> Option<&str> {
-        let path = Path::new(candidate);
-        if !self.set.is_match(path) {
-            return None;
-        }
-        self.set
-            .matches(path)
-            .first()
-            .map(|&i| self.patterns[i].as_str())
-    }
-
-    /// Whether any pattern matches.
-    pub fn is_match(&self, candidate: &OsStr) -> bool {
-        self.set.is_match(Path::new(candidate))
-    }
-
-    /// The source patterns, in order.
-    pub fn patterns(&self) -> &[String] {
-        &self.patterns
-    }
-}
-
-/// Translate an EQL wildcard into a globset glob: only `*` and `?` stay
-/// special; every other glob metacharacter is escaped so a pattern such as
-/// `/etc/[x]` means exactly those bytes, as it does in EQL.
-fn eql_to_glob(pattern: &str) -> String {
-    let mut out = String::with_capacity(pattern.len() + 8);
-    for c in pattern.chars() {
-        match c {
-            '*' => out.push('*'),
-            '?' => out.push('?'),
-            '[' | ']' | '{' | '}' | '\\' | '!' => {
-                out.push('\\');
-                out.push(c);
-            }
-            _ => out.push(c),
-        }
-    }
-    out
-}
-
-/// A case-insensitive set of archiver names.
-#[derive(Debug, Clone)]
-pub struct Archivers {
-    names: HashSet<Vec<u8>>,
-    ordered: Vec<String>,
-}
-
-impl Archivers {
-    /// Build from names; names are compared ASCII-case-insensitively.
-    pub fn new(key: &'static str, names: &[String]) -> Result<Self, RuleError> {
-        let mut set = HashSet::new();
-        for name in names {
-            if name.is_empty() || name.contains('/') || name.contains(char::is_whitespace) {
-                return Err(RuleError::Archiver {
-                    key,
-                    name: name.clone(),
-                });
-            }
-            set.insert(name.to_ascii_lowercase().into_bytes());
-        }
-        Ok(Self {
-            names: set,
-            ordered: names.to_vec(),
-        })
-    }
-
-    /// Whether `word` is exactly one of the names (case-insensitive).
-    pub fn contains(&self, word: &[u8]) -> bool {
-        if word.len() > 64 {
-            return false;
-        }
-        let mut lower = [0u8; 64];
-        for (dst, src) in lower.iter_mut().zip(word) {
-            *dst = src.to_ascii_lowercase();
-        }
-        self.names.contains(&lower[..word.len()])
-    }
-
-    /// The configured names, in order.
-    pub fn names(&self) -> &[String] {
-        &self.ordered
-    }
-}
-
-/// Fold `.`, `..` and repeated slashes lexically (no filesystem access).
-pub fn normalize(p: &Path) -> std::path::PathBuf {
-    use std::path::Component;
-    let mut out = std::path::PathBuf::from("/");
-    for c in p.components() {
-        match c {
-            Component::ParentDir => {
-                out.pop();
-            }
-            Component::Normal(n) => out.push(n),
-            _ => {}
-        }
-    }
-    out
-}
-
-/// Last path component of a byte string.
-pub fn basename(bytes: &[u8]) -> &[u8] {
-    match bytes.iter().rposition(|&b| b == b'/') {
-        Some(i) => &bytes[i + 1..],
-        None => bytes,
-    }
-}
-
-/// Why the archiver half of a rule held.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "via", rename_all = "snake_case")]
-pub enum ArchiverHit {
-    /// `process.name` is an archiver.
-    Name { name: String },
-    /// `process.args[index]` is exactly an archiver name.
-    Arg { index: usize, arg: String },
-    /// argv\[0\]'s basename is an archiver (busybox applet, symlink).
-    Argv0 { name: String },
-    /// A word of a wrapper shell's `-c` script is an archiver.
-    Script { index: usize, word: String },
-    /// The executable is a known archiver's binary by ELF build-id, under
-    /// another name (copied or renamed).
-    Identity { name: String, exe: String },
-}
 
 /// One argument that matched a credential pattern.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -270,7 +80,7 @@ pub struct Rules {
 /// Severity, risk and MITRE ids of a rule, from the config.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct RuleMeta {
-    pub severity: String,
+    pub severity: Severity,
     pub risk_score: u8,
     pub mitre: Vec<String>,
 }
@@ -323,8 +133,8 @@ impl Rules {
                     .map(|s| s.to_string()),
             );
         }
-        let meta = |severity: &String, risk_score: &u8, mitre: &Vec<String>| RuleMeta {
-            severity: severity.clone(),
+        let meta = |severity: &Severity, risk_score: &u8, mitre: &Vec<String>| RuleMeta {
+            severity: *severity,
             risk_score: *risk_score,
             mitre: mitre.clone(),
         };
@@ -339,7 +149,7 @@ impl Rules {
             exec_meta: meta(exec_severity, exec_risk, exec_mitre),
             file_meta: meta(file_severity, file_risk, file_mitre),
             incidental: PathPatterns::new("rules.file.incidental_paths", incidental_paths)?,
-            mark_incidental_always: mark_incidental == "always",
+            mark_incidental_always: *mark_incidental == MarkIncidental::Always,
         })
     }
 

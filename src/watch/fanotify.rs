@@ -369,8 +369,13 @@ pub fn fd_path(fd: BorrowedFd<'_>) -> Option<std::path::PathBuf> {
 
 #[cfg(test)]
 pub(crate) mod testing {
-    //! Build recorded fanotify records for driving loops without a kernel.
+    //! Recorded fanotify records and one recording event source, for
+    //! driving the loops without a kernel.
     use super::*;
+    use std::os::unix::net::UnixStream;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Instant;
 
     /// One record as the kernel lays it out.
     pub fn record(mask: u64, fd: RawFd, pid: i32) -> Vec<u8> {
@@ -383,6 +388,77 @@ pub(crate) mod testing {
         v.extend_from_slice(&fd.to_ne_bytes());
         v.extend_from_slice(&pid.to_ne_bytes());
         v
+    }
+
+    /// The fake [`EventSource`]: serves the bytes written into its feed
+    /// (a socketpair), records every answer with when it came, and counts
+    /// ignore marks and flushes instead of making them.
+    pub struct Recording {
+        feed: Option<UnixStream>,
+        t0: Instant,
+        /// (fd, response, time since the source was made).
+        pub answers: Mutex<Vec<(RawFd, u32, Duration)>>,
+        pub ignored: AtomicU64,
+        pub flushes: AtomicU64,
+    }
+
+    impl Recording {
+        /// A source with a feed; write records into the returned end.
+        pub fn fed() -> (Self, UnixStream) {
+            let (tx, rx) = UnixStream::pair().expect("socketpair");
+            (Self::with(Some(rx)), tx)
+        }
+
+        /// A source that never has events.
+        pub fn idle() -> Self {
+            Self::with(None)
+        }
+
+        fn with(feed: Option<UnixStream>) -> Self {
+            Self {
+                feed,
+                t0: Instant::now(),
+                answers: Mutex::new(Vec::new()),
+                ignored: AtomicU64::new(0),
+                flushes: AtomicU64::new(0),
+            }
+        }
+
+        /// The answers so far.
+        pub fn answers(&self) -> Vec<(RawFd, u32, Duration)> {
+            self.answers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+        }
+    }
+
+    impl EventSource for Recording {
+        fn wait(&self, _t: Duration) -> io::Result<bool> {
+            Ok(self.feed.is_some())
+        }
+        fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+            use std::io::Read;
+            match &self.feed {
+                Some(f) => (&mut &*f).read(buf),
+                None => Ok(0),
+            }
+        }
+        fn respond(&self, fd: RawFd, response: u32) -> io::Result<()> {
+            self.answers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((fd, response, self.t0.elapsed()));
+            Ok(())
+        }
+        fn ignore_exec(&self, _fd: BorrowedFd<'_>) -> io::Result<()> {
+            self.ignored.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+        fn flush_ignores(&self) -> io::Result<()> {
+            self.flushes.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
     }
 }
 

@@ -10,9 +10,18 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::alert::ContainerRef;
 use crate::config::Action;
 use crate::watch::resolve::FileId;
+
+/// What the container is, as the registry knows it: the reference every
+/// finding and alert carries.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ContainerRef {
+    pub id: String,
+    pub name: Option<String>,
+    pub image: Option<String>,
+    pub runtime: Option<String>,
+}
 
 /// What the decision threads need to know about a registered container.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,15 +4,37 @@
 //! the first event on a new mark always finds its container and path. All
 //! lookups go through [`crate::watch::resolve`], inside the container's root.
 
-use std::os::fd::{AsFd, BorrowedFd};
-use std::path::Path;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
-use crate::registry::store::{ContainerRecord, MarkRecord};
+use serde::{Deserialize, Serialize};
+
+use super::fanotify::{self, ExecScope, Group, WatchError};
+use super::index::{ContainerView, MarkIndex};
+use super::resolve::{self, FileId, ResolveError};
 use crate::rules::Rules;
-use crate::watch::fanotify::{self, Group, WatchError};
-use crate::watch::index::MarkIndex;
-use crate::watch::resolve::{self, FileId, ResolveError};
+
+/// One marked inode, persisted so it can be found again for removal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MarkRecord {
+    pub path: PathBuf,
+    pub id: FileId,
+    pub is_dir: bool,
+}
+
+/// The marks one container holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placed {
+    #[serde(default)]
+    pub marks: Vec<MarkRecord>,
+    #[serde(default)]
+    pub exec_scope: Option<ExecScope>,
+    /// Directories marked for creations in the create group (coverage
+    /// over time), so they are unmarked when the container goes.
+    #[serde(default)]
+    pub create_marks: Vec<MarkRecord>,
+}
 
 /// Errors installing marks.
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +58,7 @@ pub struct InstallReport {
     /// the filesystem cannot report them and rescans are periodic instead.
     #[serde(default)]
     pub create_watched: usize,
-    pub exec: Option<fanotify::ExecScope>,
+    pub exec: Option<ExecScope>,
     /// Whether the container had already pivoted into its rootfs.
     pub pivoted: bool,
 }
@@ -52,41 +74,76 @@ pub struct Groups<'a> {
     pub create: Option<&'a Group>,
 }
 
-/// Install every mark for `rec`, recording them in `rec.marks` and the index.
-pub fn install(
+/// Install every mark of the container `view` under its root (see
+/// [`resolve::container_root`]), recording them in `placed` and the index.
+pub fn place(
     groups: Groups<'_>,
     rules: &Rules,
-    rec: &mut ContainerRecord,
-    index: &RwLock<MarkIndex>,
-    identities: &crate::attribute::identity::Identities,
-) -> Result<InstallReport, MarkError> {
-    let (root, pivoted) = resolve::container_root(rec.pid, &rec.rootfs)?;
-    // The image's own archivers, so a copy renamed inside it is still known.
-    // Listing the bin directories is a third of a registration (a busybox
-    // /bin holds 400 links), and nothing below needs it: it runs on a
-    // second thread while the marks go in, and is done before the reply.
-    std::thread::scope(|s| {
-        let learner = s.spawn(|| identities.learn(root.as_fd(), rules.file_archivers().names()));
-        let marked = place(groups, rules, rec, index, root.as_fd())
-            .map(|report| InstallReport { pivoted, ..report });
-        if let Err(panic) = learner.join() {
-            std::panic::resume_unwind(panic);
-        }
-        marked
-    })
-}
-
-/// The marks of [`install`], under the container's root.
-fn place(
-    groups: Groups<'_>,
-    rules: &Rules,
-    rec: &mut ContainerRecord,
+    view: ContainerView,
     index: &RwLock<MarkIndex>,
     root: BorrowedFd<'_>,
+    placed: &mut Placed,
 ) -> Result<InstallReport, MarkError> {
-    let Groups { perm, exec, create } = groups;
-    let mut found = Vec::new();
+    let id = view.reference.id.clone();
     let mut expander = resolve::Expander::new(root);
+    let found = credential_files(rules, &view, &mut expander);
+    placed.marks = found
+        .iter()
+        .map(|f| MarkRecord {
+            path: f.path.clone(),
+            id: f.id,
+            is_dir: f.is_dir,
+        })
+        .collect();
+    let entries: Vec<(FileId, PathBuf, bool)> = placed
+        .marks
+        .iter()
+        .map(|m| (m.id, m.path.clone(), m.is_dir))
+        .collect();
+    index
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(view, &entries);
+    let watch_err = |source| MarkError::Watch {
+        id: id.clone(),
+        source,
+    };
+    let mut report = InstallReport::default();
+    for f in &found {
+        let what = format!("{} in container {id}", f.path.display());
+        groups
+            .perm
+            .mark_credential(f.fd.as_fd(), f.is_dir, true, &what)
+            .map_err(watch_err)?;
+        if f.is_dir {
+            report.dirs += 1;
+        } else {
+            report.files += 1;
+        }
+    }
+    placed.create_marks.clear();
+    if let Some(create) = groups.create {
+        report.create_watched = mark_creates(create, rules, &id, root, &mut expander, placed);
+    }
+    let scope = fanotify::exec_scope(root);
+    let what = format!("root of container {id} ({scope:?})");
+    groups
+        .exec
+        .mark_exec(root, scope, true, &what)
+        .map_err(watch_err)?;
+    placed.exec_scope = Some(scope);
+    report.exec = Some(scope);
+    Ok(report)
+}
+
+/// The credential files and directories of the rules that exist under the
+/// root, each once.
+fn credential_files(
+    rules: &Rules,
+    view: &ContainerView,
+    expander: &mut resolve::Expander<'_>,
+) -> Vec<resolve::Found> {
+    let mut found = Vec::new();
     for pattern in rules.mark_patterns() {
         found.extend(expander.expand(&pattern));
     }
@@ -101,109 +158,110 @@ fn place(
     // which the exec path sees, and an archive of their directory opens
     // /etc/shadow too. Marking them would put a permission round trip on
     // every `ls -l` and `id` in the container.
-    if !rec.action.denies_open() && !rules.mark_incidental_always() {
+    if !view.action.denies_open() && !rules.mark_incidental_always() {
         found.retain(|f| f.is_dir || !rules.is_incidental_path(f.path.as_os_str()));
     }
+    found
+}
 
-    rec.marks = found
-        .iter()
-        .map(|f| MarkRecord {
-            path: f.path.clone(),
-            id: f.id,
-            is_dir: f.is_dir,
-        })
-        .collect();
-    let entries: Vec<(FileId, std::path::PathBuf, bool)> = rec
-        .marks
-        .iter()
-        .map(|m| (m.id, m.path.clone(), m.is_dir))
-        .collect();
-    index
-        .write()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(rec.view(), &entries);
-
-    let watch_err = |source| MarkError::Watch {
-        id: rec.id.clone(),
-        source,
-    };
-    let mut report = InstallReport::default();
-    for f in &found {
-        let what = format!("{} in container {}", f.path.display(), rec.id);
-        perm.mark_credential(f.fd.as_fd(), f.is_dir, true, &what)
-            .map_err(watch_err)?;
-        if f.is_dir {
-            report.dirs += 1;
+/// Coverage over time: every directory on the way to a credential path
+/// (/root, /home, /home/*, /home/*/.ssh, /etc, ...) reports new entries,
+/// so a .ssh made after the start is marked on the next rescan. Returns
+/// how many directories report; 0 when the filesystem cannot (overlayfs
+/// without file handles, say), and the daemon then rescans periodically.
+fn mark_creates(
+    create: &Group,
+    rules: &Rules,
+    id: &str,
+    root: BorrowedFd<'_>,
+    expander: &mut resolve::Expander<'_>,
+    placed: &mut Placed,
+) -> usize {
+    let mut watched = 0;
+    let mut seen_dirs = std::collections::HashSet::new();
+    for (k, prefix) in create_prefixes(rules) {
+        let dirs = if k == 0 {
+            resolve::open_in_root(root, Path::new("/"), true)
+                .ok()
+                .and_then(|fd| {
+                    FileId::of(fd.as_fd())
+                        .ok()
+                        .map(|(id, _)| vec![(fd, id, "/".into())])
+                })
+                .unwrap_or_default()
         } else {
-            report.files += 1;
+            expander
+                .expand(&prefix)
+                .into_iter()
+                .filter(|f| f.is_dir)
+                .map(|f| (f.fd, f.id, f.path))
+                .collect()
+        };
+        for (fd, fid, path) in dirs {
+            if !seen_dirs.insert(fid) {
+                continue;
+            }
+            let what = format!("{prefix} in container {id}");
+            if create.mark_creates(fd.as_fd(), true, &what).is_err() {
+                return 0;
+            }
+            placed.create_marks.push(MarkRecord {
+                path,
+                id: fid,
+                is_dir: true,
+            });
+            watched += 1;
         }
     }
-    // Coverage over time: every directory on the way to a credential path
-    // (/root, /home, /home/*, /home/*/.ssh, /etc, ...) reports new entries,
-    // so a .ssh made after the start is marked on the next rescan.
-    rec.create_marks.clear();
-    if let Some(create) = create {
-        let mut seen_dirs = std::collections::HashSet::new();
-        let mut all: Vec<String> = rules.mark_patterns();
-        all.extend(rules.watch_dirs().iter().cloned());
-        // The patterns share most of their parent directories (/root,
-        // /home/*, /etc): expand each distinct prefix once.
-        let mut prefixes: Vec<(usize, String)> = Vec::new();
-        let mut seen_prefixes = std::collections::HashSet::new();
-        for pattern in &all {
-            let comps: Vec<&str> = pattern.split('/').filter(|c| !c.is_empty()).collect();
-            for k in 0..comps.len() {
-                let prefix = format!("/{}", comps[..k].join("/"));
-                if seen_prefixes.insert(prefix.clone()) {
-                    prefixes.push((k, prefix));
-                }
-            }
-        }
-        'dirs: for (k, prefix) in prefixes {
-            let dirs = if k == 0 {
-                resolve::open_in_root(root, Path::new("/"), true)
-                    .ok()
-                    .and_then(|fd| {
-                        FileId::of(fd.as_fd())
-                            .ok()
-                            .map(|(id, _)| vec![(fd, id, "/".into())])
-                    })
-                    .unwrap_or_default()
-            } else {
-                expander
-                    .expand(&prefix)
-                    .into_iter()
-                    .filter(|f| f.is_dir)
-                    .map(|f| (f.fd, f.id, f.path))
-                    .collect()
-            };
-            for (fd, id, path) in dirs {
-                if !seen_dirs.insert(id) {
-                    continue;
-                }
-                let what = format!("{prefix} in container {}", rec.id);
-                if create.mark_creates(fd.as_fd(), true, &what).is_err() {
-                    // overlayfs without file handles, say: the daemon
-                    // falls back to periodic rescans for this container.
-                    report.create_watched = 0;
-                    break 'dirs;
-                }
-                rec.create_marks.push(MarkRecord {
-                    path,
-                    id,
-                    is_dir: true,
-                });
-                report.create_watched += 1;
+    watched
+}
+
+/// Every directory prefix of the rules' patterns, with its depth. The
+/// patterns share most of their parent directories (/root, /home/*,
+/// /etc): each distinct prefix is expanded once.
+fn create_prefixes(rules: &Rules) -> Vec<(usize, String)> {
+    let mut all: Vec<String> = rules.mark_patterns();
+    all.extend(rules.watch_dirs().iter().cloned());
+    let mut prefixes = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for pattern in &all {
+        let comps: Vec<&str> = pattern.split('/').filter(|c| !c.is_empty()).collect();
+        for k in 0..comps.len() {
+            let prefix = format!("/{}", comps[..k].join("/"));
+            if seen.insert(prefix.clone()) {
+                prefixes.push((k, prefix));
             }
         }
     }
-    let scope = fanotify::exec_scope(root);
-    let what = format!("root of container {} ({scope:?})", rec.id);
-    exec.mark_exec(root, scope, true, &what)
-        .map_err(watch_err)?;
-    rec.exec_scope = Some(scope);
-    report.exec = Some(scope);
-    Ok(report)
+    prefixes
+}
+
+/// Where a container's files are found again for removal.
+#[derive(Debug, Clone, Copy)]
+pub struct Root<'a> {
+    /// The init, while it lives: resolve through it.
+    pub live_pid: Option<i32>,
+    /// Absolute rootfs path as the host sees it, after the init exited.
+    pub rootfs: &'a Path,
+}
+
+impl Root<'_> {
+    fn open(self) -> Option<OwnedFd> {
+        let live = self
+            .live_pid
+            .and_then(|pid| resolve::container_root(pid, self.rootfs).ok())
+            .map(|(fd, _)| fd);
+        live.or_else(|| {
+            nix::fcntl::open(
+                self.rootfs,
+                nix::fcntl::OFlag::O_RDONLY
+                    | nix::fcntl::OFlag::O_DIRECTORY
+                    | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+            .ok()
+        })
+    }
 }
 
 /// Which of a container's marks to take out: what the container holds
@@ -225,31 +283,14 @@ pub struct Orphaned {
 /// resolve through the rootfs as the host sees it. Each inode is checked
 /// against its recorded (dev, ino) before its mark is removed. Marks on an
 /// unmounted overlay vanish with its superblock and need nothing.
-pub fn remove(groups: Groups<'_>, rec: &ContainerRecord, orphaned: &Orphaned) -> usize {
+pub fn remove(groups: Groups<'_>, placed: &Placed, at: Root<'_>, orphaned: &Orphaned) -> usize {
     let Groups { perm, exec, create } = groups;
     // The exec group's ignore marks (ELF interpreters) may sit on this
     // container's files; they pin their inodes, so they go too.
-    if rec.exec_scope.is_some() {
-        let _ = crate::watch::fanotify::EventSource::flush_ignores(exec);
+    if placed.exec_scope.is_some() {
+        let _ = fanotify::EventSource::flush_ignores(exec);
     }
-    let root = if rec.alive() {
-        resolve::container_root(rec.pid, &rec.rootfs)
-            .ok()
-            .map(|(fd, _)| fd)
-    } else {
-        None
-    };
-    let root = root.or_else(|| {
-        nix::fcntl::open(
-            &rec.rootfs,
-            nix::fcntl::OFlag::O_RDONLY
-                | nix::fcntl::OFlag::O_DIRECTORY
-                | nix::fcntl::OFlag::O_CLOEXEC,
-            nix::sys::stat::Mode::empty(),
-        )
-        .ok()
-    });
-    let Some(root) = root else {
+    let Some(root) = at.open() else {
         return 0;
     };
     // Each mark by its recorded path, and only if that path still names
@@ -261,7 +302,11 @@ pub fn remove(groups: Groups<'_>, rec: &ContainerRecord, orphaned: &Orphaned) ->
             .filter(|fd| FileId::of(fd.as_fd()).map(|(id, _)| id).ok() == Some(m.id))
     };
     let mut removed = 0;
-    for m in rec.marks.iter().filter(|m| orphaned.files.contains(&m.id)) {
+    for m in placed
+        .marks
+        .iter()
+        .filter(|m| orphaned.files.contains(&m.id))
+    {
         let Some(fd) = reopen(m) else {
             continue;
         };
@@ -276,7 +321,7 @@ pub fn remove(groups: Groups<'_>, rec: &ContainerRecord, orphaned: &Orphaned) ->
     // daemon's lifetime (on a rootfs that is a plain directory no unmount
     // ever frees it), and creations there keep waking the daemon.
     if let Some(create) = create {
-        for m in rec
+        for m in placed
             .create_marks
             .iter()
             .filter(|m| orphaned.create_dirs.contains(&m.id))
@@ -288,7 +333,7 @@ pub fn remove(groups: Groups<'_>, rec: &ContainerRecord, orphaned: &Orphaned) ->
             }
         }
     }
-    if let Some(scope) = rec.exec_scope {
+    if let Some(scope) = placed.exec_scope {
         // The mount mark goes with the container's mount namespace; the
         // filesystem mark stays while the superblock does.
         if exec.mark_exec(root.as_fd(), scope, false, "").is_ok() {

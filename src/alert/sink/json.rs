@@ -13,8 +13,9 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
-use super::{Backlog, SinkCounters, SinkStats, Transport};
+use super::{Buffered, SinkStats, Transport};
 
+#[derive(Debug)]
 struct AppendFile {
     path: PathBuf,
     file: Option<File>,
@@ -55,34 +56,28 @@ impl Transport for AppendFile {
 
 /// The JSON lines sink.
 pub struct JsonSink {
-    out: AppendFile,
-    backlog: Backlog,
-    counters: SinkCounters,
+    out: Buffered<AppendFile>,
 }
 
 impl JsonSink {
     pub fn new(path: PathBuf) -> Self {
         Self {
-            out: AppendFile { path, file: None },
-            backlog: Backlog::default(),
-            counters: SinkCounters::default(),
+            out: Buffered::new(AppendFile { path, file: None }),
         }
     }
 
     pub fn deliver(&mut self, doc: &Value) {
         let mut line = serde_json::to_vec(doc).unwrap_or_default();
         line.push(b'\n');
-        self.backlog
-            .push_and_flush(&mut self.out, Some(line), &self.counters);
+        self.out.deliver(line);
     }
 
     pub fn retry(&mut self) {
-        self.backlog
-            .push_and_flush(&mut self.out, None, &self.counters);
+        self.out.retry();
     }
 
     pub fn stats(&self) -> SinkStats {
-        self.counters.snapshot(self.backlog.last_error.clone())
+        self.out.stats()
     }
 }
 

@@ -95,6 +95,42 @@ impl Backlog {
     }
 }
 
+/// The one delivery mechanism of every sink: a transport behind a bounded
+/// backlog, with its counters. A sink renders records; this sends them,
+/// keeps what failed in order, and retries it.
+#[derive(Debug)]
+pub struct Buffered<T: Transport> {
+    transport: T,
+    backlog: Backlog,
+    counters: SinkCounters,
+}
+
+impl<T: Transport> Buffered<T> {
+    pub fn new(transport: T) -> Self {
+        Self {
+            transport,
+            backlog: Backlog::default(),
+            counters: SinkCounters::default(),
+        }
+    }
+
+    /// Send `record` after whatever is still waiting.
+    pub fn deliver(&mut self, record: Vec<u8>) {
+        self.backlog
+            .push_and_flush(&mut self.transport, Some(record), &self.counters);
+    }
+
+    /// Retry what earlier deliveries could not send.
+    pub fn retry(&mut self) {
+        self.backlog
+            .push_and_flush(&mut self.transport, None, &self.counters);
+    }
+
+    pub fn stats(&self) -> SinkStats {
+        self.counters.snapshot(self.backlog.last_error.clone())
+    }
+}
+
 /// All configured sinks.
 pub struct Sinks {
     hostname: String,

@@ -10,7 +10,6 @@ use std::net::{TcpStream, ToSocketAddrs, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -22,46 +21,23 @@ use syslog::{Facility, Formatter3164, Formatter5424, LogFormat, Severity};
 type StructuredData =
     std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>;
 
-use super::{Backlog, SinkCounters, SinkStats, Transport};
+use super::{Buffered, SinkStats, Transport};
 use crate::alert::Alert;
-use crate::config::SyslogConfig;
+use crate::config::{self, SyslogConfig, SyslogFormat, SyslogServer};
 
 /// Private enterprise number used for our SD-ID (the "example" PEN, as
 /// RFC 5424 suggests for private use).
 const SD_ID: &str = "keyward@32473";
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Where records go.
+/// Where records go: the local socket, or the configured server.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
+enum Target {
     Unix(PathBuf),
-    Udp(String),
-    Tcp(String),
+    Server(SyslogServer),
 }
 
-impl Target {
-    /// Parse `udp://host:port` or `tcp://host:port`.
-    pub fn parse_server(s: &str) -> Result<Self, String> {
-        let (scheme, rest) = s
-            .split_once("://")
-            .ok_or_else(|| format!("{s:?} is not udp://host:port or tcp://host:port"))?;
-        if rest
-            .rsplit_once(':')
-            .and_then(|(_, p)| p.parse::<u16>().ok())
-            .is_none()
-        {
-            return Err(format!("{s:?} has no valid port"));
-        }
-        match scheme {
-            "udp" => Ok(Target::Udp(rest.to_string())),
-            "tcp" => Ok(Target::Tcp(rest.to_string())),
-            other => Err(format!(
-                "{s:?} has unknown scheme {other:?}, expected udp or tcp"
-            )),
-        }
-    }
-}
-
+#[derive(Debug)]
 enum Conn {
     None,
     Unix(UnixDatagram),
@@ -69,6 +45,7 @@ enum Conn {
     Tcp(TcpStream),
 }
 
+#[derive(Debug)]
 struct Socket {
     target: Target,
     conn: Conn,
@@ -82,12 +59,12 @@ impl Socket {
                 s.set_write_timeout(Some(IO_TIMEOUT))?;
                 Conn::Unix(s)
             }
-            Target::Udp(addr) => {
+            Target::Server(SyslogServer::Udp(addr)) => {
                 let s = UdpSocket::bind("0.0.0.0:0")?;
                 s.connect(addr)?;
                 Conn::Udp(s)
             }
-            Target::Tcp(addr) => {
+            Target::Server(SyslogServer::Tcp(addr)) => {
                 let sa = addr
                     .to_socket_addrs()?
                     .next()
@@ -156,45 +133,67 @@ enum Format {
     R3164(Formatter3164),
 }
 
+/// The syslog facility the formatter takes for the configured one.
+fn facility(f: config::Facility) -> Facility {
+    use config::Facility as F;
+    match f {
+        F::Authpriv => Facility::LOG_AUTHPRIV,
+        F::Auth => Facility::LOG_AUTH,
+        F::Kern => Facility::LOG_KERN,
+        F::User => Facility::LOG_USER,
+        F::Mail => Facility::LOG_MAIL,
+        F::Daemon => Facility::LOG_DAEMON,
+        F::Syslog => Facility::LOG_SYSLOG,
+        F::Lpr => Facility::LOG_LPR,
+        F::News => Facility::LOG_NEWS,
+        F::Uucp => Facility::LOG_UUCP,
+        F::Cron => Facility::LOG_CRON,
+        F::Ftp => Facility::LOG_FTP,
+        F::Local0 => Facility::LOG_LOCAL0,
+        F::Local1 => Facility::LOG_LOCAL1,
+        F::Local2 => Facility::LOG_LOCAL2,
+        F::Local3 => Facility::LOG_LOCAL3,
+        F::Local4 => Facility::LOG_LOCAL4,
+        F::Local5 => Facility::LOG_LOCAL5,
+        F::Local6 => Facility::LOG_LOCAL6,
+        F::Local7 => Facility::LOG_LOCAL7,
+    }
+}
+
 /// The syslog sink.
 pub struct SyslogSink {
-    socket: Socket,
+    out: Buffered<Socket>,
     format: Format,
-    backlog: Backlog,
-    counters: SinkCounters,
 }
 
 impl SyslogSink {
     pub fn new(cfg: &SyslogConfig, hostname: String) -> Self {
         let target = match &cfg.server {
-            Some(s) => Target::parse_server(s).unwrap_or(Target::Unix(cfg.socket.clone())),
+            Some(s) => Target::Server(s.clone()),
             None => Target::Unix(cfg.socket.clone()),
         };
-        let facility = Facility::from_str(&cfg.facility).unwrap_or(Facility::LOG_AUTHPRIV);
+        let facility = facility(cfg.facility);
         let pid = std::process::id();
-        let format = if cfg.format == "rfc3164" {
-            Format::R3164(Formatter3164 {
+        let format = match cfg.format {
+            SyslogFormat::Rfc3164 => Format::R3164(Formatter3164 {
                 facility,
                 hostname: Some(hostname),
                 process: "keyward".into(),
                 pid,
-            })
-        } else {
-            Format::R5424(Formatter5424 {
+            }),
+            SyslogFormat::Rfc5424 => Format::R5424(Formatter5424 {
                 facility,
                 hostname: Some(hostname),
                 process: "keyward".into(),
                 pid,
-            })
+            }),
         };
         Self {
-            socket: Socket {
+            out: Buffered::new(Socket {
                 target,
                 conn: Conn::None,
-            },
+            }),
             format,
-            backlog: Backlog::default(),
-            counters: SinkCounters::default(),
         }
     }
 
@@ -246,46 +245,21 @@ impl SyslogSink {
 
     pub fn deliver(&mut self, alert: &Alert, doc: &Value) {
         let record = self.render(alert, doc);
-        self.backlog
-            .push_and_flush(&mut self.socket, Some(record), &self.counters);
+        self.out.deliver(record);
     }
 
     pub fn retry(&mut self) {
-        self.backlog
-            .push_and_flush(&mut self.socket, None, &self.counters);
+        self.out.retry();
     }
 
     pub fn stats(&self) -> SinkStats {
-        self.counters.snapshot(self.backlog.last_error.clone())
+        self.out.stats()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn server_urls_parse_or_say_why() {
-        assert_eq!(
-            Target::parse_server("udp://127.0.0.1:514").unwrap(),
-            Target::Udp("127.0.0.1:514".into())
-        );
-        assert_eq!(
-            Target::parse_server("tcp://localhost:601").unwrap(),
-            Target::Tcp("localhost:601".into())
-        );
-        assert!(
-            Target::parse_server("ftp://x:1")
-                .unwrap_err()
-                .contains("ftp")
-        );
-        assert!(
-            Target::parse_server("udp://x")
-                .unwrap_err()
-                .contains("port")
-        );
-        assert!(Target::parse_server("x:1").is_err());
-    }
 
     #[test]
     fn tcp_peer_that_closed_is_detected_before_a_record_is_lost() {
@@ -315,7 +289,7 @@ mod tests {
             }
         };
         let mut s = Socket {
-            target: Target::Tcp(addr),
+            target: Target::Server(SyslogServer::Tcp(addr)),
             conn: Conn::None,
         };
         s.send(b"one").unwrap();

@@ -1,0 +1,388 @@
+//! The exec loop: exec notifications, judged once each exec has
+//! completed, with nothing to answer.
+
+use std::os::fd::AsFd;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::SyncSender;
+use std::time::{Duration, Instant};
+
+use super::decide::{self, ExecProbe};
+use super::events::{READ_BUF, TICK, raise_priority, read_batch_timeout, send};
+use super::policy::Context;
+use crate::alert::Finding;
+use crate::attribute::exe::{self, ExeClass};
+use crate::watch::fanotify::{EventSource, RawEvent};
+use crate::watch::resolve::FileId;
+
+/// An exec event waiting for its exec to complete.
+struct PendingExec {
+    pid: i32,
+    fid: FileId,
+    class: ExeClass,
+    since: Instant,
+    /// The next probe is due between `due` and `latest`: any wakeup in
+    /// that window probes it, and only `latest` sets a timer. Plain
+    /// programs get a wide window so their one probe rides on a wakeup the
+    /// loop makes anyway; watched ones get none.
+    due: Instant,
+    latest: Instant,
+    tries: u32,
+    /// `/proc/<pid>/stat`, opened by the first probe.
+    stat: Option<std::fs::File>,
+    _file: std::fs::File,
+}
+
+/// First probe of a watched exec: about when a short exec completes. An
+/// immediate probe finds the old image nearly every time, and each wakeup
+/// of this thread costs a two-core machine's workload measurably.
+const FIRST_PROBE: Duration = Duration::from_micros(50);
+/// Gap between the early probes of a watched exec.
+const PROBE_GAP: Duration = Duration::from_micros(25);
+/// Early probes before backing off.
+const EARLY_PROBES: u32 = 16;
+/// Longest pause between two probes of one pending exec.
+const MAX_PROBE_GAP: Duration = Duration::from_millis(1);
+
+/// The pause before probe number `tries + 1` of a pending exec.
+fn probe_gap(tries: u32) -> Duration {
+    if tries < EARLY_PROBES {
+        PROBE_GAP
+    } else {
+        (PROBE_GAP * (1 << (tries - EARLY_PROBES).min(6))).min(MAX_PROBE_GAP)
+    }
+}
+
+/// The exec loop: notification events, nothing to answer.
+///
+/// Events wait in a pending list until their exec completes, so one slow
+/// exec never holds up the next (head-of-line blocking would let a short
+/// process exit before we read its argv). An event is dropped when a later
+/// exec of the same pid supersedes it (a shell `exec`ing its command), when
+/// it names an ELF interpreter (the kernel reports `ld.so`'s open with
+/// `FAN_OPEN_EXEC` too), or after [`decide::EXEC_SETTLE`].
+///
+/// Only executables that may be or run an archiver are probed early
+/// (watched files and multi-call binaries); interpreters and plain
+/// programs get an ignore mark, and launchers are probed once, after
+/// [`exe::PLAIN_DELAY`] (see [`crate::attribute::exe`]). The loop sleeps in
+/// one `ppoll` that ends on a new event or when the next probe is due.
+pub fn exec_loop(src: &dyn EventSource, ctx: &Context, tx: SyncSender<Finding>, stop: &AtomicBool) {
+    raise_priority();
+    let mut buf = vec![0u8; READ_BUF];
+    let mut events = Vec::with_capacity(64);
+    let mut pending: Vec<PendingExec> = Vec::new();
+    let mut ignores = Ignores::default();
+    let mut storm = Storm::new(Instant::now());
+    while !stop.load(Ordering::Relaxed) {
+        // Every round, not only when an event comes: a file ignored under
+        // the old policy sends no event that could trigger the flush.
+        ignores.refresh(src, ctx);
+        let timeout = pending
+            .iter()
+            .map(|p| p.latest)
+            .min()
+            .map_or(TICK, |t| t.saturating_duration_since(Instant::now()));
+        let got = if storm.on {
+            // Let the kernel queue the storm's events and take them a tick
+            // at a time: one wakeup per tick instead of two per exec.
+            std::thread::sleep(timeout.min(STORM_TICK));
+            read_batch_timeout(src, &mut buf, ctx, &mut events, Duration::ZERO)
+        } else {
+            read_batch_timeout(src, &mut buf, ctx, &mut events, timeout)
+        };
+        if got {
+            for ev in events.drain(..) {
+                if let Some(mut p) = exec_event(src, ctx, &mut ignores, ev) {
+                    // Start events promise every exec: no batching then.
+                    if p.class == ExeClass::MultiCall && !ctx.process_events.load(Ordering::Relaxed)
+                    {
+                        if storm.note(Instant::now()) {
+                            ctx.stats.exec_storms.fetch_add(1, Ordering::Relaxed);
+                        }
+                        if storm.on {
+                            // Queued for up to a tick: probe it this round.
+                            p.due = p.since;
+                            p.latest = p.since;
+                            ctx.stats.exec_batched.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    // A newer exec of the same pid replaces an older one.
+                    pending.retain(|q| q.pid != p.pid);
+                    pending.push(p);
+                }
+            }
+        }
+        let now = Instant::now();
+        pending.retain_mut(|p| {
+            if p.due > now {
+                return true;
+            }
+            let probe = catch_unwind(AssertUnwindSafe(|| {
+                decide::probe_exec(ctx, p.pid, p.fid, p.class, &mut p.stat)
+            }))
+            .unwrap_or_else(|_| {
+                ctx.stats.panics.fetch_add(1, Ordering::Relaxed);
+                ExecProbe::Done(None)
+            });
+            match probe {
+                ExecProbe::Done(finding) => {
+                    for f in finding.map(|b| *b).unwrap_or_default() {
+                        send(&tx, f, &ctx.stats.queue_drops);
+                    }
+                    false
+                }
+                ExecProbe::Wait if p.since.elapsed() >= decide::EXEC_SETTLE => {
+                    ctx.stats.exec_unsettled.fetch_add(1, Ordering::Relaxed);
+                    ctx.stats.exec_timeouts.fetch_add(1, Ordering::Relaxed);
+                    false
+                }
+                ExecProbe::Wait => {
+                    p.tries += 1;
+                    p.due = Instant::now() + probe_gap(p.tries);
+                    p.latest = p.due;
+                    true
+                }
+            }
+        });
+        storm.roll(Instant::now());
+    }
+}
+
+/// Multi-call execs per [`STORM_WINDOW`] from which the exec loop batches
+/// (640 a second; a busybox loop in a shell runs 2,000 to 3,000).
+const STORM_ENTER: u32 = 32;
+/// Below this many per window the storm is over (hysteresis, so a rate
+/// near the threshold does not flip the mode every window).
+const STORM_LEAVE: u32 = 16;
+const STORM_WINDOW: Duration = Duration::from_millis(50);
+/// In a storm the loop reads and probes once per tick.
+const STORM_TICK: Duration = Duration::from_millis(2);
+
+/// The rate of multi-call (busybox) execs, and whether it is a storm.
+///
+/// Every busybox applet is the same file, so no ignore mark can tell
+/// `true` from `tar`: each exec is read, and probed about 50 µs later,
+/// once its `comm` names the applet. Those two wakeups per exec cost a
+/// tight `busybox` loop on two cores about a fifth of its speed. In a
+/// storm the loop sleeps a tick, then takes every queued event and probes
+/// each pending exec at once. Applets that exit within the tick are gone
+/// by then, so their argv is not read: a storm gives up the seed rule's
+/// argument clause for sub-tick applets only. Opens of credential files
+/// are permission events in the other group and are judged as always.
+#[derive(Debug)]
+struct Storm {
+    since: Instant,
+    count: u32,
+    on: bool,
+}
+
+impl Storm {
+    fn new(now: Instant) -> Self {
+        Storm {
+            since: now,
+            count: 0,
+            on: false,
+        }
+    }
+
+    /// Count one multi-call exec; true when it starts a storm. A storm
+    /// starts as soon as a window holds [`STORM_ENTER`] execs, not when
+    /// the window closes, so a burst is batched from its 32nd exec.
+    fn note(&mut self, now: Instant) -> bool {
+        self.roll(now);
+        self.count += 1;
+        let starts = !self.on && self.count >= STORM_ENTER;
+        self.on |= starts;
+        starts
+    }
+
+    /// Close the window if it is over; a storm ends with a quiet window.
+    fn roll(&mut self, now: Instant) {
+        if now.saturating_duration_since(self.since) < STORM_WINDOW {
+            return;
+        }
+        if self.on && self.count < STORM_LEAVE {
+            self.on = false;
+        }
+        self.count = 0;
+        self.since = now;
+    }
+}
+
+/// Ignore marks the exec loop has placed, and what their verdicts
+/// depended on.
+#[derive(Debug, Default)]
+struct Ignores {
+    /// (policy generation, identities generation, process start events,
+    /// flushes by the daemon): when any changes, every ignore mark is
+    /// dropped (or already was) and files are judged again.
+    made_under: (u64, u64, bool, u64),
+    /// Ignore marks placed since the last flush.
+    count: usize,
+}
+
+/// Ignore marks placed before new ones stop (each pins an inode and costs
+/// the kernel a mark); they start over when a container goes or the
+/// policy changes.
+const MAX_IGNORES: usize = 16 * 1024;
+
+impl Ignores {
+    /// Drop all ignore marks if the verdicts behind them may have changed.
+    fn refresh(&mut self, src: &dyn EventSource, ctx: &Context) {
+        let now = (
+            ctx.policy().generation,
+            ctx.identities.generation(),
+            ctx.process_events.load(Ordering::Relaxed),
+            ctx.ignores_flushed.load(Ordering::Relaxed),
+        );
+        if self.made_under != now {
+            if self.count > 0 {
+                let _ = src.flush_ignores();
+            }
+            self.made_under = now;
+            self.count = 0;
+        }
+    }
+
+    /// Ask the kernel to stop reporting execs of this file.
+    fn add(&mut self, src: &dyn EventSource, ctx: &Context, file: &std::fs::File) -> bool {
+        if self.count >= MAX_IGNORES || src.ignore_exec(file.as_fd()).is_err() {
+            return false;
+        }
+        self.count += 1;
+        ctx.stats.exec_ignored.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+}
+
+/// Turn one exec event into a pending probe, or drop it (overflow, an
+/// interpreter or a plain program, an unreadable fd).
+fn exec_event(
+    src: &dyn EventSource,
+    ctx: &Context,
+    ignores: &mut Ignores,
+    ev: RawEvent,
+) -> Option<PendingExec> {
+    if ev.is_overflow() {
+        ctx.stats.overflows.fetch_add(1, Ordering::Relaxed);
+        return None;
+    }
+    let file = std::fs::File::from(ev.fd?);
+    ctx.stats.exec_events.fetch_add(1, Ordering::Relaxed);
+    // The loop refreshed `ignores` this round, before reading events.
+    let policy = ctx.policy();
+    let starts = ctx.process_events.load(Ordering::Relaxed);
+    let (fid, class) =
+        ctx.exe_classes
+            .classify(&file, &policy.rules, policy.generation, &ctx.identities)?;
+    let now = Instant::now();
+    let later = || {
+        ctx.stats.exec_plain.fetch_add(1, Ordering::Relaxed);
+        let due = now + exe::PLAIN_DELAY;
+        (due, due + exe::PLAIN_DELAY)
+    };
+    let (due, latest) = match class {
+        // Every dynamic exec also opens its interpreter with FAN_OPEN_EXEC,
+        // which doubled this thread's wakeups: the kernel can drop those
+        // for us. A failed ignore mark only costs the wakeups.
+        ExeClass::Interpreter => {
+            ignores.add(src, ctx, &file);
+            return None;
+        }
+        // Start events need every exec, however short: probe early.
+        _ if starts => (now + FIRST_PROBE, now + FIRST_PROBE),
+        ExeClass::Plain if ignores.add(src, ctx, &file) => return None,
+        ExeClass::Plain | ExeClass::Launcher => later(),
+        ExeClass::Watched | ExeClass::MultiCall => (now + FIRST_PROBE, now + FIRST_PROBE),
+    };
+    Some(PendingExec {
+        pid: ev.pid,
+        fid,
+        class,
+        since: now,
+        due,
+        latest,
+        tries: 0,
+        stat: None,
+        _file: file,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::answer::policy::Policy;
+    use crate::watch::fanotify::testing::Recording;
+
+    fn ctx() -> Context {
+        Context::new(Policy::from_config(&crate::config::Config::default()).unwrap())
+    }
+
+    #[test]
+    fn ignore_marks_start_over_after_any_flush_or_policy_change() {
+        let c = ctx();
+        let src = Recording::idle();
+        let file = std::fs::File::open("/bin/true").unwrap();
+        let mut ign = Ignores::default();
+        ign.refresh(&src, &c);
+        assert!(ign.add(&src, &c, &file));
+        assert!(ign.add(&src, &c, &file));
+        assert_eq!(ign.count, 2);
+        ign.refresh(&src, &c);
+        assert_eq!((ign.count, src.flushes.load(Ordering::Relaxed)), (2, 0));
+        // A container went and the daemon flushed: the count starts over,
+        // so a long-lived daemon never runs into MAX_IGNORES for good.
+        c.ignores_flushed.fetch_add(1, Ordering::Relaxed);
+        ign.refresh(&src, &c);
+        assert_eq!(ign.count, 0);
+        // A new policy (a reload) flushes the marks placed under the old.
+        assert!(ign.add(&src, &c, &file));
+        *c.policy.write().unwrap() =
+            std::sync::Arc::new(Policy::from_config(&crate::config::Config::default()).unwrap());
+        let before = src.flushes.load(Ordering::Relaxed);
+        ign.refresh(&src, &c);
+        assert_eq!(src.flushes.load(Ordering::Relaxed), before + 1);
+        assert_eq!(ign.count, 0);
+        // At the cap, no more marks: those execs are read later instead.
+        ign.count = MAX_IGNORES;
+        assert!(!ign.add(&src, &c, &file));
+    }
+
+    #[test]
+    fn a_storm_starts_at_its_threshold_and_ends_with_a_quiet_window() {
+        let t0 = Instant::now();
+        let step = STORM_WINDOW / (2 * STORM_ENTER);
+        let mut s = Storm::new(t0);
+        // One short of the threshold inside one window: no storm.
+        let mut t = t0;
+        for _ in 1..STORM_ENTER {
+            assert!(!s.note(t));
+            t += step;
+        }
+        assert!(!s.on);
+        // The threshold exec starts it at once, and only once.
+        assert!(s.note(t));
+        assert!(s.on);
+        assert!(!s.note(t));
+        // A new window at the leave threshold keeps it on (hysteresis)...
+        t = t0 + STORM_WINDOW;
+        for _ in 0..STORM_LEAVE {
+            assert!(!s.note(t));
+        }
+        s.roll(t + STORM_WINDOW);
+        assert!(s.on, "{s:?}");
+        // ...and a window below it ends it.
+        t += STORM_WINDOW;
+        for _ in 1..STORM_LEAVE {
+            s.note(t);
+        }
+        s.roll(t + STORM_WINDOW);
+        assert!(!s.on, "{s:?}");
+        // Slow execs never add up to a storm across windows.
+        let mut s = Storm::new(t0);
+        for i in 0..(10 * STORM_ENTER) {
+            assert!(!s.note(t0 + STORM_WINDOW * i / (STORM_ENTER / 2)));
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! Counters the decision threads bump, and the decision-latency
+//! histogram; `keyward status` reads a [`StatsSnapshot`].
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::alert::Degradation;
+
+/// Counters the decision threads bump; read by `keyward status`.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub perm_events: AtomicU64,
+    pub allowed: AtomicU64,
+    pub denied: AtomicU64,
+    pub own_pid: AtomicU64,
+    pub host_process: AtomicU64,
+    /// Permission events answered from the benign-process cache.
+    pub cache_hits: AtomicU64,
+    pub exec_events: AtomicU64,
+    /// Exec events read once, after `exe::PLAIN_DELAY` (launchers, and
+    /// plain programs that could not be ignored).
+    pub exec_plain: AtomicU64,
+    /// Probes of pending execs (reads of their `/proc/<pid>/stat`).
+    pub exec_probes: AtomicU64,
+    /// Settled busybox applets let go by their plain `comm`.
+    pub exec_applets_skipped: AtomicU64,
+    /// Exec storms (see `answer::Storm`) and the multi-call execs read in
+    /// one, a tick at a time.
+    pub exec_storms: AtomicU64,
+    pub exec_batched: AtomicU64,
+    /// Ignore marks placed in the exec group (ELF interpreters and plain
+    /// programs, whose execs the kernel then stops reporting).
+    pub exec_ignored: AtomicU64,
+    pub exec_unsettled: AtomicU64,
+    /// Execs still not complete after [`EXEC_SETTLE`] (the rest of
+    /// `exec_unsettled` exited before they could be read).
+    pub exec_timeouts: AtomicU64,
+    pub findings: AtomicU64,
+    pub queue_drops: AtomicU64,
+    pub attribution_errors: AtomicU64,
+    pub respond_errors: AtomicU64,
+    pub parse_errors: AtomicU64,
+    pub overflows: AtomicU64,
+    pub panics: AtomicU64,
+    pub deadline_releases: AtomicU64,
+    /// Rescans of containers for credential paths created after start.
+    pub rescans: AtomicU64,
+    /// Decision latency histogram: bucket i counts decisions that took
+    /// less than 2^i microseconds (the last bucket takes the rest).
+    pub latency_us: [AtomicU64; LATENCY_BUCKETS],
+}
+
+/// Buckets of the latency histogram (up to ~2^23 us = 8 s).
+pub const LATENCY_BUCKETS: usize = 24;
+
+/// Decision latency percentiles, from the histogram (upper bucket bounds).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LatencySnapshot {
+    pub count: u64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub max_bucket_us: u64,
+    /// (upper bound in us, count) for every non-empty bucket.
+    pub buckets: Vec<(u64, u64)>,
+}
+
+/// A snapshot of [`Stats`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub perm_events: u64,
+    pub allowed: u64,
+    pub denied: u64,
+    pub own_pid: u64,
+    pub host_process: u64,
+    pub cache_hits: u64,
+    pub exec_events: u64,
+    pub exec_plain: u64,
+    pub exec_probes: u64,
+    pub exec_ignored: u64,
+    pub exec_applets_skipped: u64,
+    pub exec_storms: u64,
+    pub exec_batched: u64,
+    pub exec_unsettled: u64,
+    pub exec_timeouts: u64,
+    pub findings: u64,
+    pub queue_drops: u64,
+    pub attribution_errors: u64,
+    pub respond_errors: u64,
+    pub parse_errors: u64,
+    pub overflows: u64,
+    pub panics: u64,
+    pub deadline_releases: u64,
+    pub rescans: u64,
+    pub latency: LatencySnapshot,
+}
+
+impl Stats {
+    /// The counters whose growth means degraded coverage.
+    pub fn degradation(&self) -> Degradation {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Degradation {
+            deadline_releases: g(&self.deadline_releases),
+            overflows: g(&self.overflows),
+            queue_drops: g(&self.queue_drops),
+            parse_errors: g(&self.parse_errors),
+            panics: g(&self.panics),
+        }
+    }
+
+    /// Count one decision's latency.
+    pub fn record_latency(&self, d: Duration) {
+        let us = d.as_micros().min(u64::MAX as u128) as u64;
+        let bucket = (u64::BITS - us.leading_zeros()) as usize;
+        self.latency_us[bucket.min(LATENCY_BUCKETS - 1)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn latency(&self) -> LatencySnapshot {
+        let counts: Vec<u64> = self
+            .latency_us
+            .iter()
+            .map(|a| a.load(Ordering::Relaxed))
+            .collect();
+        let count: u64 = counts.iter().sum();
+        let upper = |i: usize| 1u64 << i;
+        let pct = |p: u64| {
+            let want = (count * p).div_ceil(100).max(1);
+            let mut seen = 0;
+            for (i, c) in counts.iter().enumerate() {
+                seen += c;
+                if seen >= want {
+                    return upper(i);
+                }
+            }
+            0
+        };
+        LatencySnapshot {
+            count,
+            p50_us: if count == 0 { 0 } else { pct(50) },
+            p99_us: if count == 0 { 0 } else { pct(99) },
+            max_bucket_us: counts.iter().rposition(|&c| c > 0).map(upper).unwrap_or(0),
+            buckets: counts
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| **c > 0)
+                .map(|(i, &c)| (upper(i), c))
+                .collect(),
+        }
+    }
+
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        StatsSnapshot {
+            perm_events: g(&self.perm_events),
+            allowed: g(&self.allowed),
+            denied: g(&self.denied),
+            own_pid: g(&self.own_pid),
+            host_process: g(&self.host_process),
+            cache_hits: g(&self.cache_hits),
+            exec_events: g(&self.exec_events),
+            exec_plain: g(&self.exec_plain),
+            exec_probes: g(&self.exec_probes),
+            exec_ignored: g(&self.exec_ignored),
+            exec_applets_skipped: g(&self.exec_applets_skipped),
+            exec_storms: g(&self.exec_storms),
+            exec_batched: g(&self.exec_batched),
+            exec_unsettled: g(&self.exec_unsettled),
+            exec_timeouts: g(&self.exec_timeouts),
+            findings: g(&self.findings),
+            queue_drops: g(&self.queue_drops),
+            attribution_errors: g(&self.attribution_errors),
+            respond_errors: g(&self.respond_errors),
+            parse_errors: g(&self.parse_errors),
+            overflows: g(&self.overflows),
+            panics: g(&self.panics),
+            deadline_releases: g(&self.deadline_releases),
+            rescans: g(&self.rescans),
+            latency: self.latency(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_histogram_percentiles() {
+        let s = Stats::default();
+        for _ in 0..98 {
+            s.record_latency(Duration::from_micros(10));
+        }
+        s.record_latency(Duration::from_micros(100));
+        s.record_latency(Duration::from_millis(5));
+        let l = s.snapshot().latency;
+        assert_eq!(l.count, 100);
+        assert_eq!(l.p50_us, 16);
+        assert_eq!(l.p99_us, 128);
+        assert_eq!(l.max_bucket_us, 8192);
+    }
+}

@@ -1,0 +1,478 @@
+//! The steps of a registration, and everything else that changes which
+//! containers are watched: deregistration, exits, rescans for credential
+//! paths created later, and restore after a restart.
+//!
+//! A registration is verified ([`super::verify`]), enriched from the
+//! engine's metadata ([`super::enrich`]), marked ([`crate::watch::marks`],
+//! while the image's archivers are learned beside it), and persisted
+//! ([`super::store`]), all before the hook is answered: nothing in the
+//! container runs unwatched.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::reaper::{Exits, Init};
+use super::store::{ContainerRecord, Registry};
+use super::verify::{self, VerifyError};
+use crate::answer::policy::Context;
+use crate::attribute::procfs;
+use crate::config::Action;
+use crate::hook::protocol::{ContainerSummary, Registration, Reply};
+use crate::watch::fanotify::{EventSource, Group, parse_events};
+use crate::watch::marks::{self, Groups, InstallReport, MarkError, Orphaned, Root};
+use crate::watch::resolve;
+
+/// A burst of creations in one container makes one rescan this long after
+/// the first.
+const RESCAN_DEBOUNCE: Duration = Duration::from_millis(100);
+/// Rescan interval for containers whose filesystem cannot report creations.
+const PERIODIC_RESCAN: Duration = Duration::from_secs(5);
+
+/// Why a registration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    #[error(transparent)]
+    Verify(#[from] VerifyError),
+    #[error("rootfs {rootfs:?} of container {id} is not absolute")]
+    RelativeRootfs { id: String, rootfs: PathBuf },
+    #[error(transparent)]
+    Mark(#[from] MarkError),
+}
+
+fn log(msg: impl AsRef<str>) {
+    eprintln!("keyward: {}", msg.as_ref());
+}
+
+/// The daemon's fanotify groups, owned.
+#[derive(Debug, Clone)]
+pub struct OwnedGroups {
+    pub perm: Arc<Group>,
+    pub exec: Arc<Group>,
+    /// Directory-creation group; `None` where the kernel lacks it.
+    pub create: Option<Arc<Group>>,
+}
+
+impl OwnedGroups {
+    fn borrow(&self) -> Groups<'_> {
+        Groups {
+            perm: &self.perm,
+            exec: &self.exec,
+            create: self.create.as_deref(),
+        }
+    }
+}
+
+/// The watched containers, and the work that changes them.
+pub struct Registrar {
+    ctx: Arc<Context>,
+    groups: OwnedGroups,
+    registry: Mutex<Registry>,
+    /// Containers due for a rescan (coverage over time), and when.
+    rescans: Mutex<BTreeMap<String, Instant>>,
+    /// Containers whose filesystem cannot report creations: rescanned
+    /// every [`PERIODIC_RESCAN`] instead.
+    periodic: Mutex<BTreeSet<String>>,
+}
+
+impl Registrar {
+    pub fn new(ctx: Arc<Context>, groups: OwnedGroups, registry: Registry) -> Self {
+        Self {
+            ctx,
+            groups,
+            registry: Mutex::new(registry),
+            rescans: Mutex::new(BTreeMap::new()),
+            periodic: Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Register a container: verify, enrich, mark, persist. `default` is
+    /// the host's configured action.
+    pub fn register(&self, r: Registration, default: Action) -> Result<Reply, RegisterError> {
+        let started = Instant::now();
+        verify::check_id(&r.id)?;
+        let action = verify::action_for(&r.id, &r.annotations, default)?;
+        if !r.rootfs.is_absolute() {
+            return Err(RegisterError::RelativeRootfs {
+                id: r.id,
+                rootfs: r.rootfs,
+            });
+        }
+        let facts = verify::verify_pid(r.pid)?;
+        let (name, image) =
+            super::enrich::enrich(&r.id, &r.bundle, verify::name_and_image(&r.annotations));
+        let mut rec = ContainerRecord {
+            id: r.id.clone(),
+            pid: r.pid,
+            start_time_ticks: facts.start_time_ticks,
+            pid_ns: facts.pid_ns,
+            mnt_ns: facts.mnt_ns,
+            net_ns: facts.net_ns,
+            bundle: r.bundle,
+            rootfs: r.rootfs,
+            annotations: r.annotations,
+            name,
+            image,
+            action,
+            registered_at: crate::alert::rfc3339(std::time::SystemTime::now()),
+            placed: Default::default(),
+        };
+        let mut reg = self.registry();
+        // A second hook stage for the same container re-registers it.
+        if reg.get(&rec.id).is_some() {
+            self.drop_container(&mut reg, &rec.id);
+        }
+        let report = self.install(&reg, &mut rec)?;
+        self.note_coverage(&rec.id, &report);
+        log(format!(
+            "watching container {} (pid {}, action {}): {} files, {} dirs, exec mark {:?}, in {} us",
+            rec.id,
+            rec.pid,
+            rec.action.as_str(),
+            report.files,
+            report.dirs,
+            report.exec,
+            started.elapsed().as_micros()
+        ));
+        let id = rec.id.clone();
+        reg.insert(rec);
+        if let Err(e) = reg.save() {
+            log(e.to_string());
+        }
+        Ok(Reply::Watching { id, report })
+    }
+
+    /// Mark `rec`'s files; on failure, take out what this attempt marked
+    /// that no other container in `reg` holds.
+    fn install(
+        &self,
+        reg: &Registry,
+        rec: &mut ContainerRecord,
+    ) -> Result<InstallReport, MarkError> {
+        let r = self.place(rec);
+        if r.is_err() {
+            let orphaned = self.orphaned(reg, rec);
+            marks::remove(self.groups.borrow(), &rec.placed, root_of(rec), &orphaned);
+        }
+        r
+    }
+
+    /// The marks, and the image's own archivers beside them, so a copy
+    /// renamed inside it is still known. Listing the bin directories is a
+    /// third of a registration (a busybox /bin holds 400 links), and the
+    /// marks do not need it: it runs on a second thread while the marks go
+    /// in, and is done before the reply.
+    fn place(&self, rec: &mut ContainerRecord) -> Result<InstallReport, MarkError> {
+        let policy = self.ctx.policy();
+        let (root, pivoted) = resolve::container_root(rec.pid, &rec.rootfs)?;
+        let view = rec.view();
+        std::thread::scope(|s| {
+            let learner = s.spawn(|| {
+                self.ctx
+                    .identities
+                    .learn(root.as_fd(), policy.rules.file_archivers().names())
+            });
+            let marked = marks::place(
+                self.groups.borrow(),
+                &policy.rules,
+                view,
+                &self.ctx.index,
+                root.as_fd(),
+                &mut rec.placed,
+            )
+            .map(|report| InstallReport { pivoted, ..report });
+            if let Err(panic) = learner.join() {
+                std::panic::resume_unwind(panic);
+            }
+            marked
+        })
+    }
+
+    /// Take `rec` out of the index; the marks it held alone, among the
+    /// containers in `reg` other than itself.
+    fn orphaned(&self, reg: &Registry, rec: &ContainerRecord) -> Orphaned {
+        let files = self
+            .ctx
+            .index
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&rec.id);
+        let shared: HashSet<_> = reg
+            .all()
+            .filter(|c| c.id != rec.id)
+            .flat_map(|c| c.placed.create_marks.iter().map(|m| m.id))
+            .collect();
+        let create_dirs = rec
+            .placed
+            .create_marks
+            .iter()
+            .map(|m| m.id)
+            .filter(|id| !shared.contains(id))
+            .collect();
+        Orphaned { files, create_dirs }
+    }
+
+    fn note_coverage(&self, id: &str, report: &InstallReport) {
+        let mut periodic = self.periodic.lock().unwrap_or_else(|e| e.into_inner());
+        if report.create_watched == 0 {
+            periodic.insert(id.to_string());
+        } else {
+            periodic.remove(id);
+        }
+    }
+
+    /// Ask for a rescan of `id` (or every container) soon.
+    pub fn schedule_rescan(&self, id: Option<&str>) {
+        let due = Instant::now() + RESCAN_DEBOUNCE;
+        let ids: Vec<String> = match id {
+            Some(id) => vec![id.to_string()],
+            None => self.registry().all().map(|c| c.id.clone()).collect(),
+        };
+        let mut r = self.rescans.lock().unwrap_or_else(|e| e.into_inner());
+        for id in ids {
+            r.entry(id).or_insert(due);
+        }
+    }
+
+    /// Re-expand a container's patterns and mark what is new.
+    fn rescan(&self, id: &str) {
+        let mut reg = self.registry();
+        let Some(mut rec) = reg.get(id).cloned() else {
+            return;
+        };
+        if !rec.alive() {
+            return;
+        }
+        let before = rec.placed.marks.len();
+        match self.install(&reg, &mut rec) {
+            Ok(report) => {
+                if rec.placed.marks.len() != before {
+                    log(format!(
+                        "rescanned container {id}: {} marks (was {before})",
+                        rec.placed.marks.len()
+                    ));
+                }
+                self.ctx.stats.rescans.fetch_add(1, Ordering::Relaxed);
+                self.note_coverage(id, &report);
+                reg.insert(rec);
+                if let Err(e) = reg.save() {
+                    log(e.to_string());
+                }
+            }
+            Err(e) => log(format!("rescan of container {id} failed: {e}")),
+        }
+    }
+
+    /// Run the rescans that are due, and the periodic ones.
+    pub fn run_rescans(&self, last_periodic: &mut Instant) {
+        let now = Instant::now();
+        let due: Vec<String> = {
+            let mut r = self.rescans.lock().unwrap_or_else(|e| e.into_inner());
+            let due: Vec<String> = r
+                .iter()
+                .filter(|(_, t)| **t <= now)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in &due {
+                r.remove(k);
+            }
+            due
+        };
+        for id in due {
+            self.rescan(&id);
+        }
+        if last_periodic.elapsed() >= PERIODIC_RESCAN {
+            *last_periodic = Instant::now();
+            let ids: Vec<String> = self
+                .periodic
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .cloned()
+                .collect();
+            for id in ids {
+                self.rescan(&id);
+            }
+        }
+    }
+
+    fn drop_container(&self, reg: &mut Registry, id: &str) -> Option<usize> {
+        let rec = reg.remove(id)?;
+        let orphaned = self.orphaned(reg, &rec);
+        let removed = marks::remove(self.groups.borrow(), &rec.placed, root_of(&rec), &orphaned);
+        // marks::remove flushed the exec group's ignore marks: the exec loop
+        // starts counting them afresh.
+        self.ctx.ignores_flushed.fetch_add(1, Ordering::Relaxed);
+        Some(removed)
+    }
+
+    pub fn deregister(&self, id: &str) -> Reply {
+        self.deregister_if(id, |_| true)
+    }
+
+    /// [`Registrar::deregister`] if the record passes `check`, all under
+    /// one lock of the registry.
+    fn deregister_if(&self, id: &str, check: impl Fn(&ContainerRecord) -> bool) -> Reply {
+        let mut reg = self.registry();
+        let not_registered = || Reply::Error {
+            message: format!("container {id} is not registered"),
+        };
+        if !reg.get(id).is_some_and(check) {
+            return not_registered();
+        }
+        let Some(n) = self.drop_container(&mut reg, id) else {
+            return not_registered();
+        };
+        if let Err(e) = reg.save() {
+            log(e.to_string());
+        }
+        log(format!(
+            "stopped watching container {id} ({n} marks removed)"
+        ));
+        Reply::Deregistered {
+            id: id.to_string(),
+            marks_removed: n,
+        }
+    }
+
+    /// Drop each container the moment its init exits (see `reaper`). A
+    /// container registered again under the same id meanwhile has another
+    /// init and stays.
+    pub fn follow_exits(&self, stop: &AtomicBool) {
+        // Dropping a container is cleanup, never urgent: at a low priority
+        // it waits for idle CPU instead of competing with the runtime
+        // tearing the container down and starting the next one.
+        procfs::set_thread_nice(10);
+        let mut exits = Exits::default();
+        while !stop.load(Ordering::Relaxed) {
+            let live: Vec<Init> = self
+                .registry()
+                .all()
+                .map(|c| Init {
+                    id: c.id.clone(),
+                    pid: c.pid,
+                    start_time_ticks: c.start_time_ticks,
+                })
+                .collect();
+            let mut ended = exits.sync(&live);
+            // Short waits: a container registered meanwhile is followed
+            // from the next round on.
+            ended.extend(exits.wait(Duration::from_millis(100)));
+            for init in ended {
+                let same = |c: &ContainerRecord| {
+                    c.pid == init.pid && c.start_time_ticks == init.start_time_ticks
+                };
+                if let Reply::Deregistered { .. } = self.deregister_if(&init.id, same) {
+                    log(format!(
+                        "container {} exited (init pid {}); dropped it",
+                        init.id, init.pid
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Deregister containers whose init has exited without a poststop hook.
+    pub fn reap(&self) {
+        let dead = self.registry().dead();
+        for id in dead {
+            log(format!("container {id} exited; dropping it"));
+            self.deregister(&id);
+        }
+    }
+
+    /// Re-validate persisted containers and re-install their marks.
+    pub fn restore(&self, records: Vec<ContainerRecord>) {
+        let mut reg = self.registry();
+        for mut rec in records {
+            let same = verify::verify_pid(rec.pid).is_ok_and(|f| {
+                f.start_time_ticks == rec.start_time_ticks
+                    && f.pid_ns == rec.pid_ns
+                    && f.net_ns == rec.net_ns
+            });
+            if !same {
+                log(format!(
+                    "container {} (pid {}) is gone; not restoring it",
+                    rec.id, rec.pid
+                ));
+                reg.forget(&rec.id);
+                continue;
+            }
+            match self.install(&reg, &mut rec) {
+                Ok(rep) => {
+                    self.note_coverage(&rec.id, &rep);
+                    log(format!(
+                        "restored container {}: {} files, {} dirs",
+                        rec.id, rep.files, rep.dirs
+                    ));
+                    reg.insert(rec);
+                }
+                Err(e) => {
+                    log(format!("cannot restore container {}: {e}", rec.id));
+                    reg.forget(&rec.id);
+                }
+            }
+        }
+        if let Err(e) = reg.save() {
+            log(e.to_string());
+        }
+    }
+
+    /// One row per watched container, for `keyward containers`.
+    pub fn containers(&self) -> Vec<ContainerSummary> {
+        self.registry()
+            .all()
+            .map(|c| ContainerSummary {
+                id: c.id.clone(),
+                pid: c.pid,
+                name: c.name.clone(),
+                image: c.image.clone(),
+                action: c.action.as_str().to_string(),
+                marks: c.placed.marks.len(),
+                exec_scope: c.placed.exec_scope.map(|s| format!("{s:?}").to_lowercase()),
+                registered_at: c.registered_at.clone(),
+            })
+            .collect()
+    }
+
+    /// Read directory-creation events and schedule rescans of the
+    /// containers they happened in (every container when the creator is
+    /// not in one, or the queue overflowed).
+    pub fn follow_creates(&self, group: &Group, stop: &AtomicBool) {
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut events = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            if !matches!(group.wait(Duration::from_millis(200)), Ok(true)) {
+                continue;
+            }
+            let Ok(n) = group.read(&mut buf) else {
+                continue;
+            };
+            events.clear();
+            let _ = parse_events(&buf[..n], &mut events);
+            for ev in events.drain(..) {
+                let container = (!ev.is_overflow())
+                    .then(|| self.ctx.container_of(ev.pid))
+                    .flatten()
+                    .map(|c| c.reference.id.clone());
+                self.schedule_rescan(container.as_deref());
+            }
+        }
+    }
+}
+
+/// Where `rec`'s files are found again: through its init while it lives,
+/// else through the rootfs as the host sees it.
+fn root_of(rec: &ContainerRecord) -> Root<'_> {
+    Root {
+        live_pid: rec.alive().then_some(rec.pid),
+        rootfs: &rec.rootfs,
+    }
+}

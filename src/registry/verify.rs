@@ -1,0 +1,196 @@
+//! Verification of a registration: the container id, the init pid (its
+//! start time and namespaces), and the response annotation.
+//!
+//! A registration names a pid; the daemon checks that the pid exists, is
+//! not pid 1 or the daemon itself, and does not run in the host's mount
+//! namespace, then records its start time and namespace inodes. On restart
+//! each record is re-validated against those, so a reused pid is never
+//! taken for the container it replaced.
+
+use std::collections::BTreeMap;
+
+use crate::attribute::procfs::{self, AttributionError};
+use crate::config::{Action, UnknownValue};
+
+/// The annotation that overrides the response action per container.
+pub const RESPONSE_ANNOTATION: &str = "io.keyward.response";
+
+/// Why a pid cannot be a container's init.
+#[derive(Debug, thiserror::Error)]
+pub enum PidRefusal {
+    #[error("pid 1 and below belong to the host")]
+    Host,
+    #[error("it is the keyward daemon itself")]
+    Daemon,
+    #[error(transparent)]
+    Unreadable(AttributionError),
+    #[error("it runs in the host's mount namespace")]
+    HostMountNamespace,
+}
+
+/// Errors verifying a registration.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("container id {id:?} is invalid: {reason}")]
+    BadId { id: String, reason: &'static str },
+    #[error("pid {pid} is not a container init: {reason}")]
+    BadPid {
+        pid: i32,
+        #[source]
+        reason: PidRefusal,
+    },
+    #[error("annotation {RESPONSE_ANNOTATION}={value:?} of container {id} is invalid: {reason}")]
+    BadAnnotation {
+        id: String,
+        value: String,
+        #[source]
+        reason: UnknownValue,
+    },
+}
+
+/// Check an OCI container id: non-empty, bounded, no control characters or
+/// path separators (ids end up in file names and log lines).
+pub fn check_id(id: &str) -> Result<(), VerifyError> {
+    let bad = |reason| {
+        Err(VerifyError::BadId {
+            id: id.chars().take(80).collect(),
+            reason,
+        })
+    };
+    if id.is_empty() {
+        return bad("empty");
+    }
+    if id.len() > 1024 {
+        return bad("longer than 1024 bytes");
+    }
+    if id.chars().any(|c| c.is_control() || c == '/') {
+        return bad("contains '/' or a control character");
+    }
+    Ok(())
+}
+
+/// The response action for a container: its annotation, else the default.
+pub fn action_for(
+    id: &str,
+    annotations: &BTreeMap<String, String>,
+    default: Action,
+) -> Result<Action, VerifyError> {
+    match annotations.get(RESPONSE_ANNOTATION) {
+        None => Ok(default),
+        Some(v) => v.parse().map_err(|reason| VerifyError::BadAnnotation {
+            id: id.to_string(),
+            value: v.clone(),
+            reason,
+        }),
+    }
+}
+
+/// Name and image from the annotations the engines set.
+pub fn name_and_image(a: &BTreeMap<String, String>) -> (Option<String>, Option<String>) {
+    const NAMES: &[&str] = &[
+        "io.keyward.name",
+        "io.kubernetes.cri-o.ContainerName",
+        "io.kubernetes.cri.container-name",
+        "io.kubernetes.container.name",
+        "nerdctl/name",
+        "io.podman.annotations.name",
+    ];
+    const IMAGES: &[&str] = &[
+        "io.keyward.image",
+        "io.kubernetes.cri-o.ImageName",
+        "io.kubernetes.cri.image-name",
+        "org.opencontainers.image.ref.name",
+        "io.podman.annotations.image",
+    ];
+    let first = |keys: &[&str]| {
+        keys.iter()
+            .find_map(|k| a.get(*k).filter(|v| !v.is_empty()).cloned())
+    };
+    (first(NAMES), first(IMAGES))
+}
+
+/// Facts about a pid that registration verifies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PidFacts {
+    pub start_time_ticks: u64,
+    pub pid_ns: u64,
+    pub mnt_ns: u64,
+    pub net_ns: u64,
+}
+
+/// Verify that `pid` can be a container's init.
+pub fn verify_pid(pid: i32) -> Result<PidFacts, VerifyError> {
+    let bad = |reason| Err(VerifyError::BadPid { pid, reason });
+    if pid <= 1 {
+        return bad(PidRefusal::Host);
+    }
+    if pid as u32 == std::process::id() {
+        return bad(PidRefusal::Daemon);
+    }
+    let unreadable = |e| VerifyError::BadPid {
+        pid,
+        reason: PidRefusal::Unreadable(e),
+    };
+    let stat = procfs::stat(pid).map_err(unreadable)?;
+    let ns = |kind| procfs::ns_inode(pid, kind).map_err(unreadable);
+    let (pid_ns, mnt_ns, net_ns) = (ns("pid")?, ns("mnt")?, ns("net")?);
+    // The host's mount namespace is pid 1's; the daemon's own may differ
+    // (systemd's ProtectSystem gives it a private one), so check both.
+    let me = std::process::id() as i32;
+    let host = [
+        procfs::ns_inode(1, "mnt").ok(),
+        procfs::ns_inode(me, "mnt").ok(),
+    ];
+    if host.contains(&Some(mnt_ns)) {
+        return bad(PidRefusal::HostMountNamespace);
+    }
+    Ok(PidFacts {
+        start_time_ticks: stat.start_time_ticks,
+        pid_ns,
+        mnt_ns,
+        net_ns,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_checked() {
+        assert!(check_id("abc-123_x.y").is_ok());
+        assert!(check_id("").is_err());
+        assert!(check_id("a/b").unwrap_err().to_string().contains("a/b"));
+        assert!(check_id("a\nb").is_err());
+        assert!(check_id(&"x".repeat(2000)).is_err());
+    }
+
+    #[test]
+    fn bad_pids_are_refused_with_the_reason() {
+        let e = verify_pid(1).unwrap_err().to_string();
+        assert!(e.contains("pid 1"), "{e}");
+        let me = std::process::id() as i32;
+        assert!(
+            verify_pid(me)
+                .unwrap_err()
+                .to_string()
+                .contains("daemon itself")
+        );
+        assert!(verify_pid(i32::MAX).is_err());
+        // The test's parent runs in the host's namespaces.
+        let parent = procfs::stat(me).unwrap().ppid;
+        let e = verify_pid(parent).unwrap_err().to_string();
+        assert!(e.contains("host's mount namespace"), "{e}");
+    }
+
+    #[test]
+    fn annotation_overrides_and_is_validated() {
+        let mut a = BTreeMap::new();
+        assert_eq!(action_for("c", &a, Action::Deny).unwrap(), Action::Deny);
+        a.insert(RESPONSE_ANNOTATION.to_string(), "kill".to_string());
+        assert_eq!(action_for("c", &a, Action::Alert).unwrap(), Action::Kill);
+        a.insert(RESPONSE_ANNOTATION.to_string(), "nuke".to_string());
+        let e = action_for("c", &a, Action::Alert).unwrap_err().to_string();
+        assert!(e.contains("nuke") && e.contains(RESPONSE_ANNOTATION), "{e}");
+    }
+}

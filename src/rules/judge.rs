@@ -1,0 +1,340 @@
+//! One call per event: a [`Candidate`] in, a [`Verdict`] with its evidence
+//! out.
+//!
+//! The answer stage builds one candidate per event (the process, what it
+//! touched, its container) and asks [`Rules::judge`] once. The rules ask
+//! the cheap questions first (names and arguments, already read) and only
+//! then the ones that cost a procfs read or an index lookup, through the
+//! [`Evidence`] the caller supplies: an exec of `ls` never resolves a path
+//! or reads a parent's executable.
+//!
+//! New behaviour and data-flow rules plug in here: they see the same
+//! candidate and add to the same verdict.
+
+use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use super::exceptions::{Exceptions, Subject};
+use super::{ArchiverHit, EXEC_RULE_ID, ExecMatch, FILE_RULE_ID, Rules};
+
+/// A watched container as exceptions see it.
+#[derive(Debug, Clone, Copy)]
+pub struct ContainerFacts<'a> {
+    pub name: Option<&'a str>,
+    pub image: Option<&'a str>,
+    pub annotations: &'a BTreeMap<String, String>,
+}
+
+/// How a file reached the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Touch {
+    /// The process is opening it now (a permission event).
+    Opened,
+    /// The process holds it from before its exec (`gzip < key`).
+    Inherited,
+}
+
+/// A marked file the event touched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TouchedFile {
+    /// Canonical path inside the container.
+    pub path: PathBuf,
+    /// The path as the opener reached it (its own spelling), or how it
+    /// holds it (`inherited fd 0`).
+    pub opened_as: String,
+    pub touch: Touch,
+}
+
+/// What the rules may ask about an event beyond the process's names and
+/// arguments. Each answer may cost a read; the rules ask only when the
+/// answer can change the verdict.
+pub trait Evidence {
+    /// The archiver this process's executable is by content, if any.
+    fn identity(&self) -> Option<ArchiverHit>;
+    /// The container the process belongs to; `None` outside any.
+    fn container(&self) -> Option<ContainerFacts<'_>>;
+    /// The marked files this event touched.
+    fn files(&self) -> Vec<TouchedFile>;
+    /// The process's working directory, inside its own root.
+    fn cwd(&self) -> PathBuf;
+    /// The parent's executable, for exceptions.
+    fn parent_executable(&self) -> Option<String>;
+}
+
+/// One event's process, as the kernel showed it.
+#[derive(Clone, Copy)]
+pub struct Candidate<'a> {
+    /// `/proc/<pid>/exe`.
+    pub exe: &'a OsStr,
+    /// Its basename.
+    pub exe_name: &'a OsStr,
+    /// The kernel's `comm`.
+    pub comm: &'a OsStr,
+    /// argv, argv\[0\] included.
+    pub args: &'a [OsString],
+    pub evidence: &'a dyn Evidence,
+}
+
+/// A credential file match of the file-access rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileMatch {
+    pub file: TouchedFile,
+    pub pattern: String,
+    pub archiver: ArchiverHit,
+}
+
+/// What matched, with the evidence.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Matches {
+    /// The seed rule on the command line.
+    pub exec: Option<ExecMatch>,
+    /// The file-access rule, one per credential file touched.
+    pub files: Vec<FileMatch>,
+}
+
+/// The rules' answer for one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// No rule can hold for this process image, whatever it touches: the
+    /// caller may remember it.
+    Benign,
+    /// The process is in no watched container.
+    Outside,
+    /// A rule could hold, but not for this event: the file is no
+    /// credential, the read is incidental, or an exception covers it.
+    Quiet,
+    Matched(Matches),
+}
+
+impl Rules {
+    /// Judge one event. Exceptions are applied here, so a verdict is
+    /// final: `Matched` is what the caller alerts on.
+    pub fn judge(&self, exceptions: &Exceptions, c: &Candidate<'_>) -> Verdict {
+        let exec = self.match_exec_names(&[c.exe_name, c.comm], c.args);
+        let archiver = self.file_enabled.then(|| self.archiver_hit(c)).flatten();
+        if exec.is_none() && archiver.is_none() {
+            return Verdict::Benign;
+        }
+        let Some(container) = c.evidence.container() else {
+            return Verdict::Outside;
+        };
+        let excepted = |rule_id| excepted(exceptions, rule_id, &container, c);
+        let exec = exec.filter(|_| !excepted(EXEC_RULE_ID));
+        let files = match archiver {
+            Some(a) if !excepted(FILE_RULE_ID) => self.credential_files(c, a),
+            _ => Vec::new(),
+        };
+        if exec.is_none() && files.is_empty() {
+            return Verdict::Quiet;
+        }
+        Verdict::Matched(Matches { exec, files })
+    }
+
+    /// Whether the process is an archiver: by name (executable, `comm`,
+    /// argv, wrappers), else by the content of its executable.
+    fn archiver_hit(&self, c: &Candidate<'_>) -> Option<ArchiverHit> {
+        self.archiver_of(c.exe_name, c.comm, c.args)
+            .or_else(|| c.evidence.identity())
+    }
+
+    /// The touched files that are credentials: by canonical path, else by
+    /// the opener's spelling. An open of a name-service file counts only
+    /// when an argument names it (GNU tar looks up `/etc/passwd` for every
+    /// archive it writes; that alone is not collection).
+    fn credential_files(&self, c: &Candidate<'_>, archiver: ArchiverHit) -> Vec<FileMatch> {
+        let mut out = Vec::new();
+        for file in c.evidence.files() {
+            let pattern = match file.touch {
+                Touch::Opened => self
+                    .credential_pattern(file.path.as_os_str())
+                    .or_else(|| self.credential_pattern(OsStr::new(&file.opened_as))),
+                Touch::Inherited => self.credential_pattern(file.path.as_os_str()),
+            };
+            let Some(pattern) = pattern else { continue };
+            if file.touch == Touch::Opened
+                && self.is_incidental_path(file.path.as_os_str())
+                && self.is_incidental(file.path.as_os_str(), c.args, &c.evidence.cwd())
+            {
+                continue;
+            }
+            out.push(FileMatch {
+                pattern: pattern.to_string(),
+                archiver: archiver.clone(),
+                file,
+            });
+        }
+        out
+    }
+}
+
+/// Whether an exception suppresses `rule_id` for this process in this
+/// container (counted by the exception when it does).
+fn excepted(
+    exceptions: &Exceptions,
+    rule_id: &str,
+    container: &ContainerFacts<'_>,
+    c: &Candidate<'_>,
+) -> bool {
+    if exceptions.is_empty() {
+        return false;
+    }
+    let exe = c.exe.to_string_lossy();
+    let parent = exceptions
+        .need_parent()
+        .then(|| c.evidence.parent_executable())
+        .flatten();
+    let cmdline: Vec<std::borrow::Cow<'_, str>> =
+        c.args.iter().map(|a| a.to_string_lossy()).collect();
+    let cmdline = cmdline.join(" ");
+    exceptions
+        .suppress(&Subject {
+            rule_id,
+            container_name: container.name,
+            image: container.image,
+            annotations: container.annotations,
+            executable: &exe,
+            parent_executable: parent.as_deref(),
+            command_line: &cmdline,
+        })
+        .is_some()
+}
+
+/// An [`Evidence`] with fixed answers, for `keyward check` and tests: a
+/// command line judged on its own, in a container with no name.
+#[derive(Debug, Default)]
+pub struct Fixed {
+    pub files: Vec<TouchedFile>,
+    pub cwd: PathBuf,
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl Evidence for Fixed {
+    fn identity(&self) -> Option<ArchiverHit> {
+        None
+    }
+    fn container(&self) -> Option<ContainerFacts<'_>> {
+        Some(ContainerFacts {
+            name: None,
+            image: None,
+            annotations: &self.annotations,
+        })
+    }
+    fn files(&self) -> Vec<TouchedFile> {
+        self.files.clone()
+    }
+    fn cwd(&self) -> PathBuf {
+        self.cwd.clone()
+    }
+    fn parent_executable(&self) -> Option<String> {
+        None
+    }
+}
+
+/// The basename of an executable path, as a candidate's `exe_name`.
+pub fn exe_name(exe: &OsStr) -> &OsStr {
+    Path::new(exe).file_name().unwrap_or(OsStr::from_bytes(b""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ExceptionConfig, RulesConfig};
+
+    fn rules() -> Rules {
+        Rules::compile(&RulesConfig::default()).unwrap()
+    }
+
+    fn args(a: &[&str]) -> Vec<OsString> {
+        a.iter().map(OsString::from).collect()
+    }
+
+    fn opened(path: &str) -> TouchedFile {
+        TouchedFile {
+            path: path.into(),
+            opened_as: path.into(),
+            touch: Touch::Opened,
+        }
+    }
+
+    fn judge(ex: &Exceptions, argv: &[&str], ev: &Fixed) -> Verdict {
+        let a = args(argv);
+        let exe = OsString::from(format!("/usr/bin/{}", argv[0]));
+        rules().judge(
+            ex,
+            &Candidate {
+                exe: &exe,
+                exe_name: OsStr::new(argv[0]),
+                comm: OsStr::new(argv[0]),
+                args: &a,
+                evidence: ev,
+            },
+        )
+    }
+
+    #[test]
+    fn one_call_gives_both_rules_their_evidence() {
+        let ev = Fixed {
+            files: vec![opened("/root/.ssh/id_rsa")],
+            cwd: "/".into(),
+            ..Default::default()
+        };
+        let none = Exceptions::default();
+        let Verdict::Matched(m) = judge(&none, &["tar", "czf", "/x", "/root/.ssh/id_rsa"], &ev)
+        else {
+            panic!("no match");
+        };
+        assert!(m.exec.is_some());
+        assert_eq!(m.files.len(), 1);
+        assert_eq!(m.files[0].pattern, "/root/.ssh/id_rsa");
+        // A non-archiver never asks for its files: benign whatever it opens.
+        assert_eq!(
+            judge(&none, &["cat", "/root/.ssh/id_rsa"], &ev),
+            Verdict::Benign
+        );
+        // An archiver opening a file that is no credential is quiet.
+        let other = Fixed {
+            files: vec![opened("/srv/data")],
+            ..Default::default()
+        };
+        assert_eq!(
+            judge(&none, &["tar", "czf", "/x", "/srv"], &other),
+            Verdict::Quiet
+        );
+        // GNU tar's own NSS lookup of /etc/passwd is incidental...
+        let nss = Fixed {
+            files: vec![opened("/etc/passwd")],
+            cwd: "/srv".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            judge(&none, &["tar", "czf", "/x", "."], &nss),
+            Verdict::Quiet
+        );
+        // ...unless an argument names it.
+        assert!(matches!(
+            judge(&none, &["tar", "czf", "/x", "/etc"], &nss),
+            Verdict::Matched(_)
+        ));
+    }
+
+    #[test]
+    fn exceptions_are_applied_inside_the_verdict() {
+        let ex = Exceptions::compile(&[ExceptionConfig {
+            reason: "backup".into(),
+            executable: Some("/usr/bin/tar".into()),
+            ..Default::default()
+        }])
+        .unwrap();
+        let ev = Fixed {
+            files: vec![opened("/root/.ssh/id_rsa")],
+            ..Default::default()
+        };
+        assert_eq!(
+            judge(&ex, &["tar", "czf", "/x", "/root/.ssh/id_rsa"], &ev),
+            Verdict::Quiet
+        );
+        assert_eq!(ex.counts()[0].suppressed, 2, "both rules were suppressed");
+    }
+}
