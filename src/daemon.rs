@@ -166,27 +166,6 @@ impl Handler for Daemon {
     }
 }
 
-/// Tell systemd we are ready, natively, if it is listening.
-fn notify_ready() {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let Ok(s) = std::os::unix::net::UnixDatagram::unbound() else {
-        return;
-    };
-    let bytes = path.as_encoded_bytes();
-    let r = if let Some(abs) = bytes.strip_prefix(b"@") {
-        use std::os::linux::net::SocketAddrExt;
-        std::os::unix::net::SocketAddr::from_abstract_name(abs)
-            .and_then(|a| s.send_to_addr(b"READY=1", &a))
-    } else {
-        s.send_to(b"READY=1", Path::new(&path))
-    };
-    if let Err(e) = r {
-        log(format!("cannot notify systemd: {e}"));
-    }
-}
-
 fn spawn<F: FnOnce() + Send + 'static>(
     name: &'static str,
     f: F,
@@ -195,24 +174,6 @@ fn spawn<F: FnOnce() + Send + 'static>(
         .name(name.into())
         .spawn(f)
         .map_err(|source| DaemonError::Thread { name, source })
-}
-
-/// The three fanotify groups; the create group is optional.
-fn open_groups() -> Result<OwnedGroups, DaemonError> {
-    let create = match Group::create() {
-        Ok(g) => Some(Arc::new(g)),
-        Err(e) => {
-            log(format!(
-                "{e}; new credential directories are found by periodic rescans"
-            ));
-            None
-        }
-    };
-    Ok(OwnedGroups {
-        perm: Arc::new(Group::permission()?),
-        exec: Arc::new(Group::exec()?),
-        create,
-    })
 }
 
 /// The decision threads: permission loop, watchdog, exec loop. They start
@@ -293,18 +254,6 @@ struct Stops {
     last: Arc<AtomicBool>,
 }
 
-/// The persisted containers, deduplicated: the same container may be in
-/// an earlier version's registry.json and in its own file.
-fn load_registry(cfg: &Config) -> (Registry, Vec<crate::registry::store::ContainerRecord>) {
-    let (registry, mut records, errors) = Registry::load(&cfg.daemon.runtime_dir);
-    for e in errors {
-        log(format!("{e}; that container is not restored"));
-    }
-    records.sort_by(|a, b| a.id.cmp(&b.id));
-    records.dedup_by(|a, b| a.id == b.id);
-    (registry, records)
-}
-
 /// Run the daemon in the foreground until SIGTERM or SIGINT.
 pub fn run(config_path: Option<&Path>) -> Result<(), DaemonError> {
     let cfg = Config::load(config_path)?;
@@ -321,7 +270,7 @@ pub fn run(config_path: Option<&Path>) -> Result<(), DaemonError> {
     ])
     .map_err(DaemonError::Signals)?;
 
-    let groups = open_groups()?;
+    let groups = OwnedGroups::open()?;
     let ctx = Arc::new(Context::new(policy));
     ctx.process_events
         .store(cfg.alerts.process_events.is_some(), Ordering::Relaxed);
@@ -339,7 +288,10 @@ pub fn run(config_path: Option<&Path>) -> Result<(), DaemonError> {
         })?
     };
 
-    let (registry, records) = load_registry(&cfg);
+    let (registry, records, errors) = Registry::load(&cfg.daemon.runtime_dir);
+    for e in errors {
+        log(format!("{e}; that container is not restored"));
+    }
     let daemon = Arc::new(Daemon {
         config: RwLock::new(cfg.clone()),
         config_path: config_path.map(Path::to_path_buf),
@@ -359,7 +311,7 @@ pub fn run(config_path: Option<&Path>) -> Result<(), DaemonError> {
         cfg.socket.display(),
         std::process::id()
     ));
-    notify_ready();
+    control::notify_ready();
 
     for sig in signals.forever() {
         if sig == signal_hook::consts::SIGHUP {

@@ -48,6 +48,27 @@ pub trait Handler: Send + Sync + 'static {
     fn handle(&self, req: Request) -> Reply;
 }
 
+/// Tell systemd we are ready, natively, if it is listening.
+pub fn notify_ready() {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let Ok(s) = std::os::unix::net::UnixDatagram::unbound() else {
+        return;
+    };
+    let bytes = path.as_encoded_bytes();
+    let r = if let Some(abs) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(abs)
+            .and_then(|a| s.send_to_addr(b"READY=1", &a))
+    } else {
+        s.send_to(b"READY=1", Path::new(&path))
+    };
+    if let Err(e) = r {
+        eprintln!("keyward: cannot notify systemd: {e}");
+    }
+}
+
 /// Bind the control socket, refusing to steal a live daemon's socket.
 pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
     if let Some(dir) = path.parent() {

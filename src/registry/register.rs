@@ -22,7 +22,7 @@ use crate::answer::policy::Context;
 use crate::attribute::procfs;
 use crate::config::Action;
 use crate::hook::protocol::{ContainerSummary, Registration, Reply};
-use crate::watch::fanotify::{EventSource, Group, parse_events};
+use crate::watch::fanotify::{EventSource, Group, WatchError, parse_events};
 use crate::watch::marks::{self, Groups, InstallReport, MarkError, Orphaned, Root};
 use crate::watch::resolve;
 
@@ -57,6 +57,25 @@ pub struct OwnedGroups {
 }
 
 impl OwnedGroups {
+    /// Open the three groups; without a create group (an old kernel), new
+    /// credential directories are found by periodic rescans.
+    pub fn open() -> Result<Self, WatchError> {
+        let create = match Group::create() {
+            Ok(g) => Some(Arc::new(g)),
+            Err(e) => {
+                log(format!(
+                    "{e}; new credential directories are found by periodic rescans"
+                ));
+                None
+            }
+        };
+        Ok(Self {
+            perm: Arc::new(Group::permission()?),
+            exec: Arc::new(Group::exec()?),
+            create,
+        })
+    }
+
     fn borrow(&self) -> Groups<'_> {
         Groups {
             perm: &self.perm,

@@ -204,6 +204,10 @@ impl Registry {
                 Err(e) => errors.push(e),
             }
         }
+        // The same container in an earlier version's registry.json and in
+        // its own file: keep one.
+        records.sort_by(|a, b| a.id.cmp(&b.id));
+        records.dedup_by(|a, b| a.id == b.id);
         (reg, records, errors)
     }
 

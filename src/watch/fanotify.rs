@@ -69,11 +69,20 @@ impl RawEvent {
     }
 }
 
+/// A batch of fanotify records that could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("fanotify metadata version {found}, expected {expected}")]
+    Version { found: u8, expected: u8 },
+    #[error("fanotify record of impossible length {len} at offset {offset}")]
+    Length { len: usize, offset: usize },
+}
+
 /// Parse the records in `buf`. Records are variable length (`event_len`),
 /// so the parser steps by each record's own length, never by a fixed size.
 /// A record with a foreign version or an impossible length ends the parse;
 /// the count of bytes consumed is returned with the events.
-pub fn parse_events(buf: &[u8], out: &mut Vec<RawEvent>) -> Result<usize, String> {
+pub fn parse_events(buf: &[u8], out: &mut Vec<RawEvent>) -> Result<usize, ParseError> {
     let mut off = 0;
     while buf.len() - off >= METADATA_LEN {
         let rec = &buf[off..];
@@ -84,15 +93,16 @@ pub fn parse_events(buf: &[u8], out: &mut Vec<RawEvent>) -> Result<usize, String
         let fd = i32::from_ne_bytes(rec[16..20].try_into().unwrap_or_default());
         let pid = i32::from_ne_bytes(rec[20..24].try_into().unwrap_or_default());
         if vers != libc::FANOTIFY_METADATA_VERSION {
-            return Err(format!(
-                "fanotify metadata version {vers}, expected {}",
-                libc::FANOTIFY_METADATA_VERSION
-            ));
+            return Err(ParseError::Version {
+                found: vers,
+                expected: libc::FANOTIFY_METADATA_VERSION,
+            });
         }
         if event_len < METADATA_LEN || metadata_len < METADATA_LEN || event_len > buf.len() - off {
-            return Err(format!(
-                "fanotify record of impossible length {event_len} at offset {off}"
-            ));
+            return Err(ParseError::Length {
+                len: event_len,
+                offset: off,
+            });
         }
         let fd = if fd >= 0 {
             // SAFETY: the kernel installed this fd in our table for this
@@ -494,6 +504,7 @@ mod tests {
         assert!(
             parse_events(&bad, &mut Vec::new())
                 .unwrap_err()
+                .to_string()
                 .contains("version 99")
         );
         let mut short = record(0, -1, 1);
