@@ -183,7 +183,8 @@ mod tests {
         let mut fds = Vec::new();
         // A file of our own, so the "closed" check below is not confused by
         // other test threads reusing fd numbers.
-        let marker = std::env::temp_dir().join(format!("keyward-answer-{}", std::process::id()));
+        let tmp = crate::testdir::TempDir::new("answer");
+        let marker = tmp.path().join("marker");
         std::fs::write(&marker, "x").unwrap();
         for pid in [c.self_pid, i32::MAX, 1] {
             let fd = std::fs::File::open(&marker).unwrap().into_raw_fd();
@@ -218,7 +219,6 @@ mod tests {
             .filter(|e| std::fs::read_link(e.path()).is_ok_and(|t| t == marker))
             .count();
         assert_eq!(still_open, 0);
-        std::fs::remove_file(&marker).unwrap();
     }
 
     #[test]

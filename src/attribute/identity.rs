@@ -271,8 +271,8 @@ mod tests {
 
     #[test]
     fn a_copied_binary_is_recognised_and_multi_call_binaries_are_not() {
-        let dir = std::env::temp_dir().join(format!("keyward-ident-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let tmp = crate::testdir::TempDir::new("ident");
+        let dir = tmp.path().to_path_buf();
         std::fs::create_dir_all(dir.join("usr/bin")).unwrap();
         // This test binary plays "tar"; a second copy under two names
         // plays a multi-call binary.
@@ -291,6 +291,5 @@ mod tests {
         ids.learn(root.as_fd(), &["tar".into(), "gzip".into()]);
         assert!(ids.is_empty(), "one build-id under two names is multi-call");
         assert_eq!(ids.archiver_of(std::process::id() as i32), None);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

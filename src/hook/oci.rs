@@ -153,8 +153,8 @@ mod tests {
 
     #[test]
     fn creating_reads_rootfs_and_merges_annotations() {
-        let dir = std::env::temp_dir().join(format!("keyward-oci-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = crate::testdir::TempDir::new("oci");
+        let dir = tmp.path().to_path_buf();
         std::fs::write(
             dir.join("config.json"),
             r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},"annotations":{"a":"1","io.keyward.response":"deny"}}"#,
@@ -175,7 +175,6 @@ mod tests {
         std::fs::write(dir.join("config.json"), "{bad").unwrap();
         let e = hook_action(&s).unwrap_err().to_string();
         assert!(e.contains("config.json") && e.contains("malformed"), "{e}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -232,10 +232,9 @@ mod tests {
     const IMAGE_ID: &str = "1dbf906268646afbb45cc1fde0bd4b7fa438485016b4ce7f3b1a99bdd2457a0e";
 
     /// A graph root as podman 4.3 wrote it on this machine (trimmed).
-    fn store(tag: &str, metadata: &str) -> (PathBuf, PathBuf) {
-        let root =
-            std::env::temp_dir().join(format!("keyward-engine-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&root);
+    fn store(tag: &str, metadata: &str) -> (crate::testdir::TempDir, PathBuf) {
+        let dir = crate::testdir::TempDir::new(&format!("engine-{tag}"));
+        let root = dir.path().to_path_buf();
         let bundle = root.join("overlay-containers").join(ID).join("userdata");
         fs::create_dir_all(&bundle).unwrap();
         fs::create_dir_all(root.join("overlay-images")).unwrap();
@@ -254,7 +253,7 @@ mod tests {
             {"id": IMAGE_ID, "digest": "sha256:0aee", "names": ["localhost/app:1"]}
         ]);
         fs::write(root.join("overlay-images/images.json"), images.to_string()).unwrap();
-        (root, bundle)
+        (dir, bundle)
     }
 
     #[test]
@@ -262,26 +261,25 @@ mod tests {
         let md = format!(
             r#"{{"image-name":"localhost/app:2","image-id":"{IMAGE_ID}","name":"web","created-at":1795326993}}"#
         );
-        let (root, bundle) = store("meta", &md);
+        let (_root, bundle) = store("meta", &md);
         let m = lookup(ID, &bundle).unwrap().unwrap();
         assert_eq!(m.name.as_deref(), Some("web"));
         // libpod's image-name (what the user ran) wins over images.json.
         assert_eq!(m.image.as_deref(), Some("localhost/app:2"));
-        fs::remove_dir_all(root).unwrap();
     }
 
     #[test]
     fn image_falls_back_to_images_json() {
-        let (root, bundle) = store("images", "");
+        let (_root, bundle) = store("images", "");
         let m = lookup(ID, &bundle).unwrap().unwrap();
         assert_eq!(m.name.as_deref(), Some("web"));
         assert_eq!(m.image.as_deref(), Some("localhost/app:1"));
-        fs::remove_dir_all(root).unwrap();
     }
 
     #[test]
     fn another_id_or_shape_is_never_taken() {
-        let (root, bundle) = store("shape", "");
+        let (dir, bundle) = store("shape", "");
+        let root = dir.path();
         assert_eq!(lookup("0000", &bundle).unwrap(), None);
         let other = root
             .join("overlay-containers")
@@ -307,12 +305,12 @@ mod tests {
                 images_dir: root.join("overlay-images"),
             })
         );
-        fs::remove_dir_all(root).unwrap();
     }
 
     #[test]
     fn annotations_win_and_errors_change_nothing() {
-        let (root, bundle) = store("enrich", "");
+        let (dir, bundle) = store("enrich", "");
+        let root = dir.path();
         assert_eq!(
             enrich(ID, &bundle, (Some("ann".into()), None)),
             (Some("ann".into()), Some("localhost/app:1".into()))
@@ -327,7 +325,6 @@ mod tests {
             enrich(ID, &bundle, (None, Some("img".into()))),
             (None, Some("img".into()))
         );
-        fs::remove_dir_all(root).unwrap();
     }
 
     #[test]

@@ -408,7 +408,11 @@ impl Registrar {
     }
 
     /// Re-validate persisted containers and re-install their marks.
-    pub fn restore(&self, records: Vec<ContainerRecord>) {
+    pub fn restore(&self, mut records: Vec<ContainerRecord>) {
+        // The same container in an earlier version's registry.json and in
+        // its own file: keep one.
+        records.sort_by(|a, b| a.id.cmp(&b.id));
+        records.dedup_by(|a, b| a.id == b.id);
         let mut reg = self.registry();
         for mut rec in records {
             let same = verify::verify_pid(rec.pid).is_ok_and(|f| {

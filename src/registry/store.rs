@@ -204,10 +204,6 @@ impl Registry {
                 Err(e) => errors.push(e),
             }
         }
-        // The same container in an earlier version's registry.json and in
-        // its own file: keep one.
-        records.sort_by(|a, b| a.id.cmp(&b.id));
-        records.dedup_by(|a, b| a.id == b.id);
         (reg, records, errors)
     }
 
@@ -298,9 +294,8 @@ mod tests {
 
     #[test]
     fn persists_and_reloads() {
-        let dir = std::env::temp_dir().join(format!("keyward-reg-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
+        let tmp = crate::testdir::TempDir::new("reg");
+        let dir = tmp.path().to_path_buf();
         let mut r = Registry::new(&dir);
         r.insert(ContainerRecord {
             id: "c1".into(),
@@ -367,6 +362,5 @@ mod tests {
         assert_eq!(recs.len(), 2, "c2 from both places");
         r2.save().unwrap();
         assert!(!dir.join("registry.json").exists());
-        fs::remove_dir_all(&dir).unwrap();
     }
 }

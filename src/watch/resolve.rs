@@ -336,7 +336,8 @@ mod tests {
 
     #[test]
     fn expand_finds_files_and_never_leaves_the_root() {
-        let tmp = tempdir();
+        let dir = tempdir();
+        let tmp = dir.path();
         let root = tmp.join("rootfs");
         fs::create_dir_all(root.join("home/alice/.ssh")).unwrap();
         fs::create_dir_all(root.join("home/bob/.ssh")).unwrap();
@@ -355,12 +356,12 @@ mod tests {
         let dirs = expand(fd.as_fd(), "/home/*/.ssh");
         assert_eq!(dirs.len(), 2);
         assert!(dirs.iter().all(|d| d.is_dir));
-        fs::remove_dir_all(&tmp).unwrap();
     }
 
     #[test]
     fn container_root_before_pivot_is_the_rootfs() {
-        let tmp = tempdir();
+        let dir = tempdir();
+        let tmp = dir.path();
         fs::create_dir_all(tmp.join("rootfs")).unwrap();
         let me = std::process::id() as i32;
         let (fd, pivoted) = container_root(me, &tmp.join("rootfs")).unwrap();
@@ -372,17 +373,9 @@ mod tests {
         let (_, pivoted) = container_root(me, &tmp.join("gone")).unwrap();
         assert!(pivoted);
         assert!(container_root(me, Path::new("rel")).is_err());
-        fs::remove_dir_all(&tmp).unwrap();
     }
 
-    fn tempdir() -> PathBuf {
-        let p = std::env::temp_dir().join(format!(
-            "keyward-resolve-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let _ = fs::remove_dir_all(&p);
-        fs::create_dir_all(&p).unwrap();
-        p
+    fn tempdir() -> crate::testdir::TempDir {
+        crate::testdir::TempDir::new(&format!("resolve-{:?}", std::thread::current().id()))
     }
 }

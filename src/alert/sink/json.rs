@@ -88,8 +88,8 @@ mod tests {
 
     #[test]
     fn appends_lines_and_recovers_when_the_directory_returns() {
-        let dir = std::env::temp_dir().join(format!("keyward-json-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
+        let tmp = crate::testdir::TempDir::new("json");
+        let dir = tmp.path().to_path_buf();
         let path = dir.join("sub/alerts.json");
         let mut s = JsonSink::new(path.clone());
         s.deliver(&json!({"a": 1}));
@@ -107,6 +107,5 @@ mod tests {
         let text = fs::read_to_string(&path).unwrap();
         assert!(text.contains("\"a\":4"), "{text}");
         assert_eq!(s.stats().delivered, 4);
-        fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -314,9 +314,8 @@ mod tests {
 
     #[test]
     fn unix_datagram_delivery_reconnects_after_the_socket_returns() {
-        let dir = std::env::temp_dir().join(format!("keyward-syslog-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = crate::testdir::TempDir::new("syslog");
+        let dir = tmp.path().to_path_buf();
         let path = dir.join("log.sock");
         let mut s = Socket {
             target: Target::Unix(path.clone()),
@@ -328,6 +327,5 @@ mod tests {
         let mut buf = [0u8; 16];
         let n = rx.recv(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"hello");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
