@@ -424,7 +424,7 @@ mod tests {
     use super::*;
 
     fn ctx() -> Context {
-        Context::new(Policy::from_config(&crate::config::Config::default()).unwrap())
+        Context::with_defaults()
     }
 
     #[test]

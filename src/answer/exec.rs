@@ -316,7 +316,7 @@ mod tests {
     use crate::watch::fanotify::testing::Recording;
 
     fn ctx() -> Context {
-        Context::new(Policy::from_config(&crate::config::Config::default()).unwrap())
+        Context::with_defaults()
     }
 
     #[test]

@@ -166,13 +166,12 @@ mod tests {
     //! Drive the permission loop from a socketpair carrying recorded
     //! fanotify records, and check that every event gets exactly one answer.
     use super::*;
-    use crate::answer::policy::Policy;
     use crate::watch::fanotify::testing::{Recording, record};
     use std::os::fd::{IntoRawFd, OwnedFd};
     use std::sync::atomic::AtomicU64;
 
     fn ctx() -> Context {
-        Context::new(Policy::from_config(&crate::config::Config::default()).unwrap())
+        Context::with_defaults()
     }
 
     #[test]

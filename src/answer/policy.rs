@@ -110,6 +110,12 @@ impl Context {
         b.insert(key, generation);
     }
 
+    /// A context under the default config, for unit tests.
+    #[cfg(test)]
+    pub(crate) fn with_defaults() -> Self {
+        Self::new(Policy::from_config(&Config::default()).expect("the defaults compile"))
+    }
+
     /// The current policy (cheap clone of an Arc).
     pub fn policy(&self) -> Arc<Policy> {
         self.policy

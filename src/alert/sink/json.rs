@@ -13,10 +13,10 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
-use super::{Buffered, SinkStats, Transport};
+use super::{Buffered, Transport};
 
 #[derive(Debug)]
-struct AppendFile {
+pub(super) struct AppendFile {
     path: PathBuf,
     file: Option<File>,
 }
@@ -56,7 +56,8 @@ impl Transport for AppendFile {
 
 /// The JSON lines sink.
 pub struct JsonSink {
-    out: Buffered<AppendFile>,
+    /// Delivery, retry and counters (see [`Buffered`]).
+    pub(super) out: Buffered<AppendFile>,
 }
 
 impl JsonSink {
@@ -70,14 +71,6 @@ impl JsonSink {
         let mut line = serde_json::to_vec(doc).unwrap_or_default();
         line.push(b'\n');
         self.out.deliver(line);
-    }
-
-    pub fn retry(&mut self) {
-        self.out.retry();
-    }
-
-    pub fn stats(&self) -> SinkStats {
-        self.out.stats()
     }
 }
 
@@ -106,6 +99,6 @@ mod tests {
         s.deliver(&json!({"a": 4}));
         let text = fs::read_to_string(&path).unwrap();
         assert!(text.contains("\"a\":4"), "{text}");
-        assert_eq!(s.stats().delivered, 4);
+        assert_eq!(s.out.stats().delivered, 4);
     }
 }

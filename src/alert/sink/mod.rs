@@ -207,13 +207,13 @@ impl Sinks {
     /// Retry what earlier deliveries could not send.
     pub fn retry(&mut self) {
         if let Some(j) = &mut self.json {
-            j.retry();
+            j.out.retry();
         }
         if let Some(j) = &mut self.starts {
-            j.retry();
+            j.out.retry();
         }
         if let Some(s) = &mut self.syslog {
-            s.retry();
+            s.out.retry();
         }
     }
 
@@ -221,10 +221,10 @@ impl Sinks {
     pub fn stats(&self) -> Vec<(&'static str, SinkStats)> {
         let mut v = Vec::new();
         if let Some(j) = &self.json {
-            v.push(("json", j.stats()));
+            v.push(("json", j.out.stats()));
         }
         if let Some(s) = &self.syslog {
-            v.push(("syslog", s.stats()));
+            v.push(("syslog", s.out.stats()));
         }
         v
     }

@@ -21,7 +21,7 @@ use syslog::{Facility, Formatter3164, Formatter5424, LogFormat, Severity};
 type StructuredData =
     std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>;
 
-use super::{Buffered, SinkStats, Transport};
+use super::{Buffered, Transport};
 use crate::alert::Alert;
 use crate::config::{self, SyslogConfig, SyslogFormat, SyslogServer};
 
@@ -46,7 +46,7 @@ enum Conn {
 }
 
 #[derive(Debug)]
-struct Socket {
+pub(super) struct Socket {
     target: Target,
     conn: Conn,
 }
@@ -162,7 +162,8 @@ fn facility(f: config::Facility) -> Facility {
 
 /// The syslog sink.
 pub struct SyslogSink {
-    out: Buffered<Socket>,
+    /// Delivery, retry and counters (see [`Buffered`]).
+    pub(super) out: Buffered<Socket>,
     format: Format,
 }
 
@@ -246,14 +247,6 @@ impl SyslogSink {
     pub fn deliver(&mut self, alert: &Alert, doc: &Value) {
         let record = self.render(alert, doc);
         self.out.deliver(record);
-    }
-
-    pub fn retry(&mut self) {
-        self.out.retry();
-    }
-
-    pub fn stats(&self) -> SinkStats {
-        self.out.stats()
     }
 }
 
