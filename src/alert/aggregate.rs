@@ -23,7 +23,13 @@ use crate::watch::index::ContainerRef;
 /// A credential file in an alert.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FileTouch {
+    /// The canonical container path the rules judged.
     pub path: String,
+    /// Where keyward found the credential: the path its inode was marked
+    /// at, which it keeps wherever the file is moved or linked.
+    pub origin: String,
+    /// The path as the opener reached it (its own spelling), or how it
+    /// held it (`inherited fd 0`, `argument 3 (passwd)`).
     pub opened_as: String,
     pub pattern: String,
     pub denied: bool,
@@ -82,6 +88,7 @@ impl Alert {
                 match seen {
                     Some(i) => self.files[i].denied |= denied,
                     None if self.files.len() < max_files => self.files.push(FileTouch {
+                        origin: path.clone(),
                         path,
                         opened_as,
                         pattern,

@@ -19,7 +19,7 @@ use crate::alert::{Finding, Trigger};
 use crate::attribute::exe::{self, ExeClass};
 use crate::attribute::procfs::{self, ProcessInfo, RawProcess};
 use crate::rules::{
-    ArchiverHit, Candidate, ContainerFacts, Evidence, Matches, Touch, TouchedFile, Verdict,
+    ArchiverHit, Candidate, ContainerFacts, Event, Evidence, Matches, Touch, TouchedFile, Verdict,
 };
 use crate::watch::fanotify::{FAN_ALLOW, FAN_DENY, fd_path};
 use crate::watch::index::ContainerView;
@@ -101,12 +101,13 @@ impl Evidence for ProcessEvidence<'_> {
 }
 
 /// The candidate the rules judge for a read process.
-fn candidate<'a>(proc: &'a RawProcess, evidence: &'a dyn Evidence) -> Candidate<'a> {
+fn candidate<'a>(proc: &'a RawProcess, event: Event, evidence: &'a dyn Evidence) -> Candidate<'a> {
     Candidate {
         exe: proc.exe.as_os_str(),
         exe_name: proc.exe_name(),
         comm: &proc.comm,
         args: &proc.args,
+        event,
         evidence,
     }
 }
@@ -265,7 +266,7 @@ pub fn decide_open(ctx: &Context, pid: i32, fd: BorrowedFd<'_>) -> (u32, OpenFin
         container: OnceCell::from(Some(container.clone())),
         opened: Some(fd),
     };
-    let m = match judge(&policy, &proc, &evidence) {
+    let m = match judge(&policy, &proc, Event::Open, &evidence) {
         Verdict::Matched(m) => m,
         Verdict::Benign => {
             // Neither rule can ever hold for this image, whatever it opens.
@@ -281,10 +282,10 @@ pub fn decide_open(ctx: &Context, pid: i32, fd: BorrowedFd<'_>) -> (u32, OpenFin
     (if denied { FAN_DENY } else { FAN_ALLOW }, found)
 }
 
-fn judge(policy: &Policy, proc: &RawProcess, evidence: &dyn Evidence) -> Verdict {
+fn judge(policy: &Policy, proc: &RawProcess, event: Event, evidence: &dyn Evidence) -> Verdict {
     policy
         .rules
-        .judge(&policy.exceptions, &candidate(proc, evidence))
+        .judge(&policy.exceptions, &candidate(proc, event, evidence))
 }
 
 /// Where an exec event stands.
@@ -357,7 +358,7 @@ pub fn probe_exec(
     };
     // Most execs match nothing, and the rules decide that before any
     // container lookup.
-    let verdict = judge(&policy, &proc, &evidence);
+    let verdict = judge(&policy, &proc, Event::Exec, &evidence);
     let matched = match verdict {
         Verdict::Matched(m) => Some(m),
         _ if !starts => return ExecProbe::Done(None),

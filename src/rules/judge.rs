@@ -34,6 +34,19 @@ pub enum Touch {
     Opened,
     /// The process holds it from before its exec (`gzip < key`).
     Inherited,
+    /// An argument names it, resolved as the process resolves it; the
+    /// file itself may not be marked (the name-service files where
+    /// nothing is denied).
+    Named,
+}
+
+/// Which kernel event the candidate comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// A permission event: the process is held inside `open(2)`.
+    Open,
+    /// An exec notification, judged once the exec settled.
+    Exec,
 }
 
 /// A marked file the event touched.
@@ -74,6 +87,7 @@ pub struct Candidate<'a> {
     pub comm: &'a OsStr,
     /// argv, argv\[0\] included.
     pub args: &'a [OsString],
+    pub event: Event,
     pub evidence: &'a dyn Evidence,
 }
 
@@ -132,6 +146,19 @@ impl Rules {
         Verdict::Matched(Matches { exec, files })
     }
 
+    /// The name-service files the arguments name (see
+    /// [`Rules::named_lookup_files`]).
+    fn named_files(&self, c: &Candidate<'_>) -> Vec<TouchedFile> {
+        self.named_lookup_files(c.args, &c.evidence.cwd())
+            .into_iter()
+            .map(|(index, path)| TouchedFile {
+                opened_as: format!("argument {index} ({})", c.args[index].to_string_lossy()),
+                path,
+                touch: Touch::Named,
+            })
+            .collect()
+    }
+
     /// Whether the process is an archiver: by name (executable, `comm`,
     /// argv, wrappers), else by the content of its executable.
     fn archiver_hit(&self, c: &Candidate<'_>) -> Option<ArchiverHit> {
@@ -144,13 +171,17 @@ impl Rules {
     /// when an argument names it (GNU tar looks up `/etc/passwd` for every
     /// archive it writes; that alone is not collection).
     fn credential_files(&self, c: &Candidate<'_>, archiver: ArchiverHit) -> Vec<FileMatch> {
+        let mut files = c.evidence.files();
+        if c.event == Event::Exec {
+            files.extend(self.named_files(c));
+        }
         let mut out = Vec::new();
-        for file in c.evidence.files() {
+        for file in files {
             let pattern = match file.touch {
                 Touch::Opened => self
                     .credential_pattern(file.path.as_os_str())
                     .or_else(|| self.credential_pattern(OsStr::new(&file.opened_as))),
-                Touch::Inherited => self.credential_pattern(file.path.as_os_str()),
+                Touch::Inherited | Touch::Named => self.credential_pattern(file.path.as_os_str()),
             };
             let Some(pattern) = pattern else { continue };
             if file.touch == Touch::Opened
@@ -268,6 +299,7 @@ mod tests {
                 exe_name: OsStr::new(argv[0]),
                 comm: OsStr::new(argv[0]),
                 args: &a,
+                event: Event::Open,
                 evidence: ev,
             },
         )
@@ -317,6 +349,72 @@ mod tests {
             judge(&none, &["tar", "czf", "/x", "/etc"], &nss),
             Verdict::Matched(_)
         ));
+    }
+
+    #[test]
+    fn lookup_files_named_by_resolved_arguments() {
+        let r = rules();
+        let named = |argv: &[&str], cwd: &str| -> Vec<String> {
+            r.named_lookup_files(&args(argv), Path::new(cwd))
+                .into_iter()
+                .map(|(_, p)| p.to_string_lossy().into_owned())
+                .collect()
+        };
+        assert_eq!(
+            named(&["tar", "czf", "/tmp/x", "passwd"], "/etc"),
+            ["/etc/passwd"]
+        );
+        assert_eq!(
+            named(&["tar", "-C", "/etc", "-czf", "/tmp/x", "group"], "/"),
+            ["/etc/group"]
+        );
+        assert_eq!(
+            named(
+                &["tar", "--directory=/etc", "-cf", "/tmp/x", "./hosts"],
+                "/"
+            ),
+            ["/etc/hosts"]
+        );
+        assert_eq!(
+            named(&["gzip", "-c", "//etc//passwd"], "/"),
+            ["/etc/passwd"]
+        );
+        assert_eq!(
+            named(&["tar", "cf", "/tmp/x", "../etc/./passwd"], "/srv"),
+            ["/etc/passwd"]
+        );
+        // A directory above them names all three.
+        assert_eq!(named(&["tar", "cf", "/tmp/x", "etc"], "/").len(), 3);
+        // Near misses name nothing.
+        assert!(named(&["tar", "cf", "/tmp/x", "/app", "passwd.txt"], "/etc").is_empty());
+        assert!(named(&["tar", "cf", "/tmp/x", "/etc/passwd.d"], "/").is_empty());
+        assert!(named(&["tar", "-C", "/srv", "-cf", "/tmp/x", "passwd"], "/etc").is_empty());
+    }
+
+    #[test]
+    fn an_archiver_naming_a_lookup_file_matches_at_exec_only() {
+        let none = Exceptions::default();
+        let ev = Fixed {
+            cwd: "/etc".into(),
+            ..Default::default()
+        };
+        let a = args(&["tar", "czf", "/tmp/x", "passwd"]);
+        let c = |event| Candidate {
+            exe: OsStr::new("/usr/bin/tar"),
+            exe_name: OsStr::new("tar"),
+            comm: OsStr::new("tar"),
+            args: &a,
+            event,
+            evidence: &ev,
+        };
+        let Verdict::Matched(m) = rules().judge(&none, &c(Event::Exec)) else {
+            panic!("no match at exec");
+        };
+        assert_eq!(m.files[0].file.path, Path::new("/etc/passwd"));
+        assert_eq!(m.files[0].file.touch, Touch::Named);
+        // At an open only the opened file counts; the arguments do not add
+        // files the process is not opening.
+        assert_eq!(rules().judge(&none, &c(Event::Open)), Verdict::Quiet);
     }
 
     #[test]

@@ -33,7 +33,7 @@ use crate::config::{FileRuleConfig, MarkIncidental, RulesConfig, SeedRuleConfig,
 pub use archivers::{ArchiverHit, Archivers, basename, is_multicall};
 use archivers::{MULTICALL, SHELLS};
 pub use judge::{
-    Candidate, ContainerFacts, Evidence, FileMatch, Matches, Touch, TouchedFile, Verdict,
+    Candidate, ContainerFacts, Event, Evidence, FileMatch, Matches, Touch, TouchedFile, Verdict,
 };
 pub use patterns::{PathPatterns, RuleError, normalize};
 
@@ -320,6 +320,64 @@ impl Rules {
     /// those whose action denies (`rules.file.mark_incidental`).
     pub fn mark_incidental_always(&self) -> bool {
         self.mark_incidental_always
+    }
+
+    /// The name-service files (`incidental_paths`) an archiver's
+    /// arguments name, resolved as the archiver resolves them: against its
+    /// working directory, and after tar's `-C DIR`, `-CDIR` or
+    /// `--directory[=]DIR` against that directory, with `.`, `..` and
+    /// repeated slashes folded. An argument that is a directory above one
+    /// of them names it too (`tar czf x -C / etc`). These files are not
+    /// marked where nothing is denied, so the arguments are all there is
+    /// to go on. Returns (argument index, file).
+    pub fn named_lookup_files<A: AsRef<OsStr>>(
+        &self,
+        args: &[A],
+        cwd: &Path,
+    ) -> Vec<(usize, std::path::PathBuf)> {
+        let concrete: Vec<std::path::PathBuf> = self
+            .incidental
+            .patterns()
+            .iter()
+            .filter(|p| !p.contains(['*', '?']))
+            .map(|p| normalize(Path::new(p)))
+            .collect();
+        let mut base = normalize(cwd);
+        let mut dir_next = false;
+        let mut out = Vec::new();
+        for (index, arg) in args.iter().enumerate().skip(1) {
+            let bytes = arg.as_ref().as_bytes();
+            let resolve = |rel: &[u8]| normalize(&base.join(OsStr::from_bytes(rel)));
+            if dir_next {
+                base = resolve(bytes);
+                dir_next = false;
+                continue;
+            }
+            if bytes == b"-C" || bytes == b"--directory" {
+                dir_next = true;
+                continue;
+            }
+            if let Some(dir) = bytes
+                .strip_prefix(b"--directory=")
+                .or_else(|| bytes.strip_prefix(b"-C").filter(|d| !d.is_empty()))
+            {
+                base = resolve(dir);
+                continue;
+            }
+            if bytes.is_empty() || bytes.starts_with(b"-") {
+                continue;
+            }
+            let named = resolve(bytes);
+            for file in &concrete {
+                if file.starts_with(&named) && !out.iter().any(|(_, f)| f == file) {
+                    out.push((index, file.clone()));
+                }
+            }
+            if concrete.iter().all(|f| *f != named) && self.incidental.is_match(named.as_os_str()) {
+                out.push((index, named));
+            }
+        }
+        out
     }
 
     pub fn is_incidental<A: AsRef<OsStr>>(&self, path: &OsStr, args: &[A], cwd: &Path) -> bool {

@@ -1,4 +1,4 @@
-//! fanotify: the two groups, their marks, and the raw event stream.
+//! fanotify: the three groups, their marks, and the raw event stream.
 //!
 //! * The **permission group** (`FAN_CLASS_CONTENT`) carries `FAN_OPEN_PERM`
 //!   inode marks on each credential file found in a container's rootfs, and
@@ -10,6 +10,9 @@
 //!   superblock, or, when the rootfs is a plain directory of a host
 //!   filesystem, a mount mark on the container's root mount, so host
 //!   processes never generate events.
+//! * The **create group** (`FAN_REPORT_DFID_NAME`, where the kernel has it)
+//!   carries `FAN_CREATE | FAN_MOVED_TO` marks on every directory on the
+//!   way to a credential path, so paths made after the start are marked.
 //!
 //! Reading is behind the [`EventSource`] seam, so the decision loop can be
 //! driven from a socketpair carrying recorded records in unit tests.
@@ -186,6 +189,23 @@ pub fn write_response(to: BorrowedFd<'_>, fd: RawFd, response: u32) -> io::Resul
 pub struct Group {
     fan: Fanotify,
     name: &'static str,
+}
+
+impl Group {
+    /// The inode numbers this group holds inode marks on, from the
+    /// kernel's own list (`/proc/self/fdinfo/<fd>`, one `fanotify ino:`
+    /// line per mark). A mark lives exactly as long as its inode, so this
+    /// says which recorded credential inodes still exist, wherever they
+    /// were moved.
+    pub fn marked_inodes(&self) -> std::collections::HashSet<u64> {
+        let path = format!("/proc/self/fdinfo/{}", self.fan.as_fd().as_raw_fd());
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| l.strip_prefix("fanotify ino:"))
+            .filter_map(|rest| rest.split_whitespace().next())
+            .filter_map(|hex| u64::from_str_radix(hex, 16).ok())
+            .collect()
+    }
 }
 
 impl EventSource for Group {

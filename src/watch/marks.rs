@@ -87,6 +87,7 @@ pub fn place(
     let id = view.reference.id.clone();
     let mut expander = resolve::Expander::new(root);
     let found = credential_files(rules, &view, &mut expander);
+    let earlier = std::mem::take(&mut placed.marks);
     placed.marks = found
         .iter()
         .map(|f| MarkRecord {
@@ -95,6 +96,9 @@ pub fn place(
             is_dir: f.is_dir,
         })
         .collect();
+    placed
+        .marks
+        .extend(moved_away(groups.perm, &found, earlier));
     let entries: Vec<(FileId, PathBuf, bool)> = placed
         .marks
         .iter()
@@ -134,6 +138,38 @@ pub fn place(
     placed.exec_scope = Some(scope);
     report.exec = Some(scope);
     Ok(report)
+}
+
+/// Most credential inodes kept by their origin after they left it, per
+/// container: past this, the oldest recorded are let go (their kernel
+/// marks stay, but an open of them is judged by the path it has now).
+pub const MAX_MOVED: usize = 4096;
+
+/// A credential is the inode: marks recorded earlier that this expansion
+/// no longer finds at their path (the file was renamed, moved or linked
+/// elsewhere in the container) but whose inode the kernel still marks.
+/// They stay in the record and the index under the path they were found
+/// at, their origin, so an archiver that opens the inode anywhere is still
+/// judged as opening that credential.
+fn moved_away(perm: &Group, found: &[resolve::Found], earlier: Vec<MarkRecord>) -> Vec<MarkRecord> {
+    let now: std::collections::HashSet<FileId> = found.iter().map(|f| f.id).collect();
+    let candidates: Vec<MarkRecord> = earlier
+        .into_iter()
+        .filter(|m| !m.is_dir && !now.contains(&m.id))
+        .collect();
+    if candidates.is_empty() {
+        return candidates;
+    }
+    // A mark dies with its inode: one still listed means the file lives.
+    let alive = perm.marked_inodes();
+    let mut kept: Vec<MarkRecord> = candidates
+        .into_iter()
+        .filter(|m| alive.contains(&m.id.ino))
+        .collect();
+    if kept.len() > MAX_MOVED {
+        kept.drain(..kept.len() - MAX_MOVED);
+    }
+    kept
 }
 
 /// The credential files and directories of the rules that exist under the
