@@ -5,6 +5,8 @@
 //!   answers any it leaves stuck past the deadline
 //!   ([`crate::answer::permission`]);
 //! * `keyward-exec` judges exec notifications ([`crate::answer::exec`]);
+//! * `keyward-follow` marks what processes that read a credential write
+//!   ([`crate::answer::follow`]);
 //! * `keyward-alert` aggregates findings, responds and delivers
 //!   ([`crate::alert::deliver`]);
 //! * `keyward-control` serves the control socket (registrations, status)
@@ -29,7 +31,7 @@ use crate::alert::Finding;
 use crate::alert::deliver::{self, AlertStats};
 use crate::answer::permission::Inflight;
 use crate::answer::policy::{Context, Policy, PolicyError};
-use crate::answer::{exec, permission};
+use crate::answer::{exec, follow, permission};
 use crate::config::{Config, ConfigError};
 use crate::hook::protocol::{Reply, Request, StatusReport};
 use crate::registry::control::{self, ControlError, Handler};
@@ -205,7 +207,17 @@ fn spawn_decisions(
     })?;
     let (e, c, s) = (groups.exec.clone(), ctx.clone(), stops.intake.clone());
     let exec = spawn("keyward-exec", move || exec::exec_loop(&*e, &c, tx, &s))?;
-    Ok(vec![perm, watchdog, exec])
+    ctx.follow.set_group(groups.write.clone());
+    let (w, p, c, s) = (
+        groups.write.clone(),
+        groups.perm.clone(),
+        ctx.clone(),
+        stops.intake.clone(),
+    );
+    let follow = spawn("keyward-follow", move || {
+        follow::follow_loop(&w, &p, &c, &s)
+    })?;
+    Ok(vec![perm, watchdog, exec, follow])
 }
 
 /// The threads that take work in: the control socket (with reaping and

@@ -16,6 +16,13 @@
 //!   hold a 20 MB filler, so tar is still alive when its exec is read.
 //! * Near misses stay quiet: a file called `passwd` elsewhere, and a
 //!   `-C` that leads away from `/etc`.
+//! * A copy is a credential: a file written by a process that read a key
+//!   (cp, a staging directory filled by `find -exec cp`, `cat` into a
+//!   redirect) is marked as "copy of <origin>", so the archiver that packs
+//!   it alerts, and in `deny` mode its open is refused. Reads that write no
+//!   copy (md5sum, wc, name-service lookups by `ls -l`), a copy of an
+//!   ordinary file and ordinary data piped into gzip stay quiet, and make
+//!   nothing derived.
 
 mod common;
 
@@ -116,4 +123,119 @@ fn files_that_only_share_a_lookup_name_stay_quiet() {
     );
     let alerts = d.settled_alerts();
     assert!(alerts.is_empty(), "near misses alerted: {alerts:#?}");
+}
+
+/// The file-list entries (origin, opened_as) of an alert.
+fn origins(a: &serde_json::Value) -> Vec<(String, String)> {
+    a["keyward"]["files"]
+        .as_array()
+        .map(|v| {
+            v.iter()
+                .map(|f| {
+                    (
+                        f["origin"].as_str().unwrap_or("").to_string(),
+                        f["opened_as"].as_str().unwrap_or("").to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn copies_of_a_credential_are_credentials() {
+    if !privileged() {
+        return;
+    }
+    let d = Daemon::start("");
+    // A copy, a staging directory filled by `find -exec cp` (the Atomic
+    // Red Team procedure for T1552.004), and a shell redirect of `cat`.
+    // Each archive comes 0.2 s after its copy was written.
+    let script = "cp /root/.ssh/id_rsa /tmp/copy && sleep 0.2 && /usr/bin/tar cf /tmp/c1.tar /tmp/copy
+        mkdir /tmp/stage && find /root/.aws /home/alice/.ssh -type f -exec cp {} /tmp/stage/ \\; \
+            && sleep 0.2 && /usr/bin/tar czf /tmp/c2.tgz -C /tmp stage
+        cat /root/.docker/config.json > /tmp/dcfg && sleep 0.2 && /usr/bin/gzip -c /tmp/dcfg > /tmp/c3.gz
+        echo copied";
+    let b = Bundle::new("kw-copies", &d.socket, script);
+    let out = b.run();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("copied"),
+        "{}",
+        text(&out)
+    );
+    let c1 = d.wait_alert("single copy", |a| has_arg(a, "/tmp/c1.tar"));
+    assert_eq!(c1["container"]["id"], b.id.as_str());
+    assert!(
+        files(&c1).contains(&"/root/.ssh/id_rsa".to_string()),
+        "{c1:#}"
+    );
+    assert!(
+        origins(&c1).contains(&("copy of /root/.ssh/id_rsa".into(), "/tmp/copy".into())),
+        "{c1:#}"
+    );
+    let c2 = d.wait_alert("staging directory", |a| has_arg(a, "/tmp/c2.tgz"));
+    for key in ["/root/.aws/credentials", "/home/alice/.ssh/id_ed25519"] {
+        let copied = origins(&c2)
+            .iter()
+            .any(|(o, at)| *o == format!("copy of {key}") && at.starts_with("/tmp/stage/"));
+        assert!(copied, "{key} not listed as a staged copy: {c2:#}");
+    }
+    let c3 = d.wait_alert("redirect", |a| a["process"]["name"] == "gzip");
+    assert!(
+        origins(&c3).contains(&(
+            "copy of /root/.docker/config.json".into(),
+            "/tmp/dcfg".into()
+        )),
+        "{c3:#}"
+    );
+    assert!(d.status()["stats"]["derived"].as_u64().unwrap_or(0) >= 4);
+}
+
+#[test]
+fn deny_refuses_the_archivers_open_of_a_copy() {
+    if !privileged() {
+        return;
+    }
+    let d = Daemon::start("[response]\naction = \"deny\"\n");
+    let script = "cp /root/.ssh/id_ed25519 /tmp/k && sleep 0.2
+        if /usr/bin/tar cf /tmp/d.tar /tmp/k 2>/dev/null; then echo LEAKED; else echo DENIED; fi";
+    let b = Bundle::new("kw-copy-deny", &d.socket, script);
+    let out = b.run();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("DENIED"), "{}", text(&out));
+    let a = d.wait_alert("denied copy", |a| has_arg(a, "/tmp/d.tar"));
+    assert_eq!(a["event"]["type"][0], "denied", "{a:#}");
+    assert!(
+        origins(&a).contains(&("copy of /root/.ssh/id_ed25519".into(), "/tmp/k".into())),
+        "{a:#}"
+    );
+}
+
+#[test]
+fn reads_that_write_no_copy_stay_quiet() {
+    if !privileged() {
+        return;
+    }
+    // In deny mode the name-service files are marked, so the lookups of
+    // `ls -l` are permission events: they must make nothing derived.
+    let d = Daemon::start("[response]\naction = \"deny\"\n");
+    let script = "set -e
+        cp /app/README /tmp/r && /usr/bin/tar cf /tmp/b1.tar /tmp/r
+        md5sum /root/.ssh/id_rsa > /dev/null && wc -c /home/alice/.ssh/id_rsa > /dev/null
+        echo ordinary data | /usr/bin/gzip -c > /tmp/b2.gz
+        ls -l /app > /tmp/listing && sleep 0.2 && /usr/bin/tar cf /tmp/b3.tar /tmp/listing
+        echo quiet";
+    let b = Bundle::new("kw-copy-quiet", &d.socket, script);
+    let out = b.run();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("quiet"),
+        "{}",
+        text(&out)
+    );
+    let alerts = d.settled_alerts();
+    assert!(
+        alerts.is_empty(),
+        "reads without a copy alerted: {alerts:#?}"
+    );
+    assert_eq!(d.status()["stats"]["derived"], 0);
 }

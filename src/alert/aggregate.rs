@@ -74,6 +74,7 @@ impl Alert {
             Trigger::Exec { matched } => self.exec_match = Some(matched),
             Trigger::Open {
                 path,
+                origin,
                 opened_as,
                 pattern,
                 archiver,
@@ -88,7 +89,7 @@ impl Alert {
                 match seen {
                     Some(i) => self.files[i].denied |= denied,
                     None if self.files.len() < max_files => self.files.push(FileTouch {
-                        origin: path.clone(),
+                        origin,
                         path,
                         opened_as,
                         pattern,

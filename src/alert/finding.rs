@@ -24,6 +24,8 @@ pub enum Trigger {
     Open {
         /// Canonical path inside the container.
         path: String,
+        /// Where keyward found it (`copy of ...` for a derived one).
+        origin: String,
         /// The path as the opener reached it (its own spelling).
         opened_as: String,
         pattern: String,

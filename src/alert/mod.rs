@@ -63,6 +63,7 @@ mod tests {
             process: proc_info(pid, start),
             trigger: Trigger::Open {
                 path: path.into(),
+                origin: path.into(),
                 opened_as: path.into(),
                 pattern: path.into(),
                 archiver: ArchiverHit::Name { name: "tar".into() },

@@ -121,27 +121,28 @@ fn opened_file(
     container: &str,
 ) -> Option<TouchedFile> {
     let fid = FileId::of(fd).ok()?.0;
-    let (path, opened_as) = canonical_path(ctx, pid, fd, fid, container);
+    let (path, origin, opened_as) = canonical_path(ctx, pid, fd, fid, container);
     Some(TouchedFile {
         path,
+        origin,
         opened_as: opened_as.to_string_lossy().into_owned(),
         touch: Touch::Opened,
     })
 }
 
-/// The canonical container path of an opened credential inode, and the path
-/// as the opener reached it.
+/// The canonical container path of an opened credential inode, its origin,
+/// and the path as the opener reached it.
 fn canonical_path(
     ctx: &Context,
     pid: i32,
     fd: BorrowedFd<'_>,
     fid: FileId,
     container: &str,
-) -> (PathBuf, PathBuf) {
+) -> (PathBuf, String, PathBuf) {
     let opened_as = fd_path(fd).unwrap_or_else(|| PathBuf::from(format!("fd:{}", fd.as_raw_fd())));
     let idx = ctx.index.read().unwrap_or_else(|e| e.into_inner());
     if let Some(m) = idx.lookup(fid, Some(container)) {
-        return (m.path.clone(), opened_as);
+        return (m.path.clone(), m.origin(), opened_as);
     }
     // A child of a marked directory: find the directory by its inode, seen
     // from the opener's own root, and append the file's name.
@@ -154,11 +155,13 @@ fn canonical_path(
                 ino: meta.ino(),
             };
             if let Some(m) = idx.lookup(did, Some(container)) {
-                return (m.path.join(name), opened_as);
+                let path = m.path.join(name);
+                return (path.clone(), path.to_string_lossy().into_owned(), opened_as);
             }
         }
     }
-    (opened_as.clone(), opened_as)
+    let origin = opened_as.to_string_lossy().into_owned();
+    (opened_as.clone(), origin, opened_as)
 }
 
 /// Marked files among the fds a freshly exec'd process holds.
@@ -186,6 +189,7 @@ fn inherited_files(ctx: &Context, pid: i32, container: &str) -> Vec<TouchedFile>
         };
         out.push(TouchedFile {
             path: m.path.clone(),
+            origin: m.origin(),
             opened_as: format!("inherited fd {}", entry.file_name().to_string_lossy()),
             touch: Touch::Inherited,
         });
@@ -216,6 +220,7 @@ fn findings(
     let exec = m.exec.map(|matched| Trigger::Exec { matched });
     let files = m.files.into_iter().map(move |f| Trigger::Open {
         path: f.file.path.to_string_lossy().into_owned(),
+        origin: f.file.origin,
         opened_as: f.file.opened_as,
         pattern: f.pattern,
         archiver: f.archiver,
@@ -255,6 +260,10 @@ pub fn decide_open(ctx: &Context, pid: i32, fd: BorrowedFd<'_>) -> (u32, OpenFin
         ctx.remember_benign(key, generation);
         return (FAN_ALLOW, [None, None]);
     };
+    // A process in a container that opens a credential is followed from
+    // here until it exits, whatever the rules say of it (see `follow`).
+    ctx.follow
+        .note_open(ctx, pid, &container.reference.id, &stat, fd);
     let Ok(proc) = RawProcess::read_with(pid, stat) else {
         bump(&ctx.stats.attribution_errors);
         return (FAN_ALLOW, [None, None]);

@@ -9,6 +9,8 @@
 //! * [`permission`]: the permission loop and its watchdog;
 //! * [`exec`]: the exec loop, its probes, ignore marks and storms;
 //! * [`events`]: reading batches of events and queueing findings;
+//! * [`follow`]: processes that read a credential, and the files they
+//!   write, which become derived credentials;
 //! * [`decide`]: one permission or exec event → verdict and findings;
 //! * [`policy`]: the compiled policy and the shared decision context;
 //! * [`stats`]: counters and the latency histogram.
@@ -16,6 +18,7 @@
 pub mod decide;
 pub mod events;
 pub mod exec;
+pub mod follow;
 pub mod permission;
 pub mod policy;
 pub mod stats;

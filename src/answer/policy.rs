@@ -73,6 +73,8 @@ pub struct Context {
     /// Whether every exec in a watched container is reported as a process
     /// start event (`alerts.process_events`).
     pub process_events: AtomicBool,
+    /// Processes that read a credential, and what they write.
+    pub follow: super::follow::Follow,
     /// Bumped each time the exec group's ignore marks are flushed outside
     /// the exec loop (a container went), so the loop's count of them
     /// starts over.
@@ -90,6 +92,7 @@ impl Context {
             exe_classes: ExeClasses::default(),
             benign: Mutex::new(HashMap::new()),
             process_events: AtomicBool::new(false),
+            follow: Default::default(),
             ignores_flushed: AtomicU64::new(0),
         }
     }

@@ -47,6 +47,14 @@ pub struct Stats {
     pub deadline_releases: AtomicU64,
     /// Rescans of containers for credential paths created after start.
     pub rescans: AtomicU64,
+    /// Processes followed since they read a credential, containers whose
+    /// writes are watched for that, close-after-write events read, derived
+    /// credentials marked, and those refused at the per-container bound.
+    pub followed: AtomicU64,
+    pub write_armed: AtomicU64,
+    pub write_events: AtomicU64,
+    pub derived: AtomicU64,
+    pub derived_dropped: AtomicU64,
     /// Decision latency histogram: bucket i counts decisions that took
     /// less than 2^i microseconds (the last bucket takes the rest).
     pub latency_us: [AtomicU64; LATENCY_BUCKETS],
@@ -93,6 +101,11 @@ pub struct StatsSnapshot {
     pub panics: u64,
     pub deadline_releases: u64,
     pub rescans: u64,
+    pub followed: u64,
+    pub write_armed: u64,
+    pub write_events: u64,
+    pub derived: u64,
+    pub derived_dropped: u64,
     pub latency: LatencySnapshot,
 }
 
@@ -176,6 +189,11 @@ impl Stats {
             panics: g(&self.panics),
             deadline_releases: g(&self.deadline_releases),
             rescans: g(&self.rescans),
+            followed: g(&self.followed),
+            write_armed: g(&self.write_armed),
+            write_events: g(&self.write_events),
+            derived: g(&self.derived),
+            derived_dropped: g(&self.derived_dropped),
             latency: self.latency(),
         }
     }

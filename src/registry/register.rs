@@ -52,6 +52,8 @@ fn log(msg: impl AsRef<str>) {
 pub struct OwnedGroups {
     pub perm: Arc<Group>,
     pub exec: Arc<Group>,
+    /// Close-after-write, armed per container by the follower.
+    pub write: Arc<Group>,
     /// Directory-creation group; `None` where the kernel lacks it.
     pub create: Option<Arc<Group>>,
 }
@@ -72,6 +74,7 @@ impl OwnedGroups {
         Ok(Self {
             perm: Arc::new(Group::permission()?),
             exec: Arc::new(Group::exec()?),
+            write: Arc::new(Group::write()?),
             create,
         })
     }
@@ -323,7 +326,11 @@ impl Registrar {
     }
 
     fn drop_container(&self, reg: &mut Registry, id: &str) -> Option<usize> {
-        let rec = reg.remove(id)?;
+        let mut rec = reg.remove(id)?;
+        // The copies its readers wrote are marked too: found again by the
+        // path they were written at, like the rest.
+        let derived = self.ctx.follow.forget_container(id);
+        rec.placed.marks.extend(derived);
         let orphaned = self.orphaned(reg, &rec);
         let removed = marks::remove(self.groups.borrow(), &rec.placed, root_of(&rec), &orphaned);
         // marks::remove flushed the exec group's ignore marks: the exec loop

@@ -52,8 +52,12 @@ pub enum Event {
 /// A marked file the event touched.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TouchedFile {
-    /// Canonical path inside the container.
+    /// Canonical path inside the container: the credential it is judged
+    /// as (for a copy, the credential it was copied from).
     pub path: PathBuf,
+    /// Where keyward found it: `path`, or `copy of <origin>` for a file
+    /// written by a process that read a credential.
+    pub origin: String,
     /// The path as the opener reached it (its own spelling), or how it
     /// holds it (`inherited fd 0`).
     pub opened_as: String,
@@ -152,6 +156,7 @@ impl Rules {
         self.named_lookup_files(c.args, &c.evidence.cwd())
             .into_iter()
             .map(|(index, path)| TouchedFile {
+                origin: path.to_string_lossy().into_owned(),
                 opened_as: format!("argument {index} ({})", c.args[index].to_string_lossy()),
                 path,
                 touch: Touch::Named,
@@ -284,6 +289,7 @@ mod tests {
     fn opened(path: &str) -> TouchedFile {
         TouchedFile {
             path: path.into(),
+            origin: path.into(),
             opened_as: path.into(),
             touch: Touch::Opened,
         }

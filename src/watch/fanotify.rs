@@ -297,6 +297,33 @@ impl Group {
         Self::init("create", class)
     }
 
+    /// The notification group for writes (`FAN_CLOSE_WRITE`), armed on a
+    /// container only once a process in it has read a credential.
+    pub fn write() -> Result<Self, WatchError> {
+        Self::init("write", InitFlags::FAN_CLASS_NOTIF)
+    }
+
+    /// Add (or remove) the close-after-write mark on a container root, in
+    /// the same scope as its exec mark.
+    pub fn mark_writes(
+        &self,
+        root: BorrowedFd<'_>,
+        scope: ExecScope,
+        add: bool,
+        what: &str,
+    ) -> Result<(), WatchError> {
+        let mut flags = if add {
+            MarkFlags::FAN_MARK_ADD
+        } else {
+            MarkFlags::FAN_MARK_REMOVE
+        };
+        flags |= match scope {
+            ExecScope::Filesystem => MarkFlags::FAN_MARK_FILESYSTEM,
+            ExecScope::Mount => MarkFlags::FAN_MARK_MOUNT,
+        };
+        self.mark(flags, MaskFlags::FAN_CLOSE_WRITE, root, what)
+    }
+
     /// Add (or remove) a create/rename-into mark on the directory behind
     /// `fd`.
     pub fn mark_creates(

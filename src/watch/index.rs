@@ -41,8 +41,22 @@ pub struct ContainerView {
 #[derive(Debug, Clone)]
 pub struct MarkedPath {
     pub container: Arc<ContainerView>,
+    /// The credential path this inode is judged as.
     pub path: PathBuf,
     pub is_dir: bool,
+    /// For a derived credential (a file written by a process that read a
+    /// credential): `copy of <origin>`. `None` for a credential found by
+    /// the patterns, whose origin is `path`.
+    pub derived: Option<String>,
+}
+
+impl MarkedPath {
+    /// Where keyward found this credential, for alerts.
+    pub fn origin(&self) -> String {
+        self.derived
+            .clone()
+            .unwrap_or_else(|| self.path.to_string_lossy().into_owned())
+    }
 }
 
 /// The index.
@@ -73,6 +87,7 @@ impl MarkIndex {
                 container: view.clone(),
                 path: path.clone(),
                 is_dir: *is_dir,
+                derived: None,
             });
         }
         self.by_pid_ns.insert(view.pid_ns, view.clone());
@@ -136,6 +151,28 @@ impl MarkIndex {
                 .or_else(|| marks.first()),
             None => marks.first(),
         }
+    }
+
+    /// Record a derived credential of container `id`: the inode `fid`,
+    /// written by a process that read the credential at `credential`.
+    /// False when the container is gone or the inode is already indexed
+    /// for it.
+    pub fn add_derived(&mut self, id: &str, fid: FileId, credential: PathBuf) -> bool {
+        let Some(view) = self.by_id.get(id).cloned() else {
+            return false;
+        };
+        let marks = self.files.entry(fid).or_default();
+        if marks.iter().any(|m| m.container.reference.id == id) {
+            return false;
+        }
+        let derived = Some(format!("copy of {}", credential.display()));
+        marks.push(MarkedPath {
+            container: view,
+            path: credential,
+            is_dir: false,
+            derived,
+        });
+        true
     }
 
     /// Changes whenever a container comes or goes.

@@ -1,0 +1,313 @@
+//! Follow the reader: a process that opened a credential is followed
+//! until it exits, and a regular file it writes becomes a derived
+//! credential ("copy of <origin>"), marked and indexed so an archiver that
+//! packs the copy is judged as packing the credential (and `deny` can
+//! refuse it).
+//!
+//! Cost only where a credential was read. The permission thread notes the
+//! reader (a map insert) and, the first time a container has one, arms
+//! that container's close-after-write mark in the write group (one
+//! `fanotify_mark`, made while the reader is still held in `open(2)`, so
+//! its first write cannot come before the mark). A container in which
+//! nothing reads a credential never gets the mark and pays nothing. Once
+//! armed, a container pays one notification per file closed after a
+//! write; the follow thread drops those of processes it does not follow.
+//!
+//! A read of a name-service file (`incidental_paths`: `/etc/passwd`,
+//! `/etc/group`, `/etc/hosts`) never makes a reader: every user-name
+//! lookup reads them.
+
+use std::collections::{HashMap, HashSet};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use super::policy::Context;
+use crate::attribute::procfs::{self, Stat};
+use crate::watch::fanotify::{EventSource, Group, exec_scope, fd_path, parse_events};
+use crate::watch::marks::MarkRecord;
+use crate::watch::resolve::FileId;
+
+/// Readers followed at once before the oldest are let go.
+const MAX_READERS: usize = 16 * 1024;
+/// Derived credentials per container; past this, further copies are
+/// counted (`derived_dropped`) and not marked.
+pub const MAX_DERIVED: usize = 10_000;
+/// How often readers that exited are forgotten.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// A process that read a credential.
+#[derive(Debug, Clone)]
+struct Reader {
+    start: u64,
+    container: String,
+    /// The credential it read first, as the index names it.
+    credential: PathBuf,
+    /// The regular files it held when it first read a credential (its
+    /// stdout redirected to a file, say): a shell may have opened them and
+    /// be the one whose close the kernel reports.
+    outputs: Vec<FileId>,
+}
+
+/// Most fds of a new reader looked at.
+const MAX_FDS: usize = 256;
+
+/// The regular files in `pid`'s fd table. The opener is held inside
+/// `open(2)`, so its fd table is its own; stat through the magic links
+/// opens nothing.
+fn regular_fds(pid: i32) -> Vec<FileId> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .take(MAX_FDS)
+        .filter_map(|e| std::fs::metadata(e.path()).ok())
+        .filter(|m| m.is_file())
+        .map(|m| FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+        })
+        .collect()
+}
+
+/// The followed readers and the containers whose writes are watched.
+#[derive(Debug, Default)]
+pub struct Follow {
+    readers: Mutex<HashMap<i32, Reader>>,
+    armed: Mutex<HashSet<String>>,
+    /// The derived credentials marked per container, by the path the
+    /// writer gave them, so their marks are removed when it goes.
+    derived: Mutex<HashMap<String, Vec<MarkRecord>>>,
+    /// The write group, set once at start; without it nothing is followed.
+    writes: OnceLock<Arc<Group>>,
+}
+
+impl Follow {
+    /// Give the follower its write group.
+    pub fn set_group(&self, g: Arc<Group>) {
+        let _ = self.writes.set(g);
+    }
+
+    /// Called on the permission thread for every event of a process in a
+    /// container: if the opened inode is a credential, follow the opener.
+    pub fn note_open(
+        &self,
+        ctx: &Context,
+        pid: i32,
+        opener_container: &str,
+        stat: &Stat,
+        fd: BorrowedFd<'_>,
+    ) {
+        let Some(group) = self.writes.get() else {
+            return;
+        };
+        let Ok((fid, _)) = FileId::of(fd) else {
+            return;
+        };
+        let (container, credential) = {
+            let idx = ctx.index.read().unwrap_or_else(|e| e.into_inner());
+            // Only the opener's own container: a host process never arms
+            // anything, and one container's files never make another's
+            // readers.
+            let Some(m) = idx.lookup(fid, Some(opener_container)) else {
+                return;
+            };
+            if m.is_dir || m.container.reference.id != opener_container {
+                return;
+            }
+            (m.container.reference.id.clone(), m.path.clone())
+        };
+        let policy = ctx.policy();
+        if policy.rules.is_incidental_path(credential.as_os_str())
+            || policy
+                .rules
+                .credential_pattern(credential.as_os_str())
+                .is_none()
+        {
+            return;
+        }
+        let known = self
+            .readers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&pid)
+            .is_some_and(|r| r.start == stat.start_time_ticks);
+        if !known {
+            let reader = Reader {
+                start: stat.start_time_ticks,
+                container: container.clone(),
+                credential,
+                outputs: regular_fds(pid).into_iter().filter(|f| *f != fid).collect(),
+            };
+            let mut readers = self.readers.lock().unwrap_or_else(|e| e.into_inner());
+            if readers.len() >= MAX_READERS {
+                readers.clear();
+            }
+            readers.insert(pid, reader);
+            ctx.stats.followed.fetch_add(1, Ordering::Relaxed);
+        }
+        self.arm(ctx, group, pid, &container);
+    }
+
+    /// Watch the container's writes, once. The opener is held, so its
+    /// root is the container's (its own mount-namespace copy, whose mount
+    /// carries its writes).
+    fn arm(&self, ctx: &Context, group: &Group, pid: i32, container: &str) {
+        if !self
+            .armed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(container.to_string())
+        {
+            return;
+        }
+        let Ok(root) = nix::fcntl::open(
+            format!("/proc/{pid}/root").as_str(),
+            // Not O_PATH: fanotify_mark takes no O_PATH descriptor.
+            nix::fcntl::OFlag::O_RDONLY
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        ) else {
+            return;
+        };
+        let scope = exec_scope(root.as_fd());
+        if group
+            .mark_writes(root.as_fd(), scope, true, container)
+            .is_ok()
+        {
+            ctx.stats.write_armed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Forget a container (it went): its readers, and the derived
+    /// credentials it holds, whose marks the caller removes.
+    pub fn forget_container(&self, id: &str) -> Vec<MarkRecord> {
+        self.readers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, r| r.container != id);
+        self.armed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+        self.derived
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id)
+            .unwrap_or_default()
+    }
+
+    /// The reader behind a write by `pid`, if it is still the process
+    /// that read (a live pid with another start time is not), or exited
+    /// since: the write was queued before its exit.
+    fn reader(&self, pid: i32, fid: FileId) -> Option<Reader> {
+        let readers = self.readers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = readers.get(&pid) {
+            match procfs::stat(pid) {
+                Ok(s) if s.start_time_ticks != r.start => {}
+                _ => return Some(r.clone()),
+            }
+        }
+        // Someone else closed a file a reader held for writing (the shell
+        // that opened `> file` for it).
+        readers.values().find(|r| r.outputs.contains(&fid)).cloned()
+    }
+
+    /// Drop readers that exited.
+    fn sweep(&self) {
+        self.readers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|pid, r| {
+                procfs::stat(*pid).is_ok_and(|s| s.start_time_ticks == r.start && !s.exited())
+            });
+    }
+
+    /// One close-after-write: mark the written file as derived if a
+    /// followed reader wrote it.
+    fn on_write(&self, ctx: &Context, perm: &Group, pid: i32, file: BorrowedFd<'_>) {
+        let Ok(st) = nix::sys::stat::fstat(file) else {
+            return;
+        };
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return;
+        }
+        let fid = FileId {
+            dev: st.st_dev,
+            ino: st.st_ino,
+        };
+        let Some(r) = self.reader(pid, fid) else {
+            return;
+        };
+        {
+            let mut derived = self.derived.lock().unwrap_or_else(|e| e.into_inner());
+            let marked = derived.entry(r.container.clone()).or_default();
+            if marked.len() >= MAX_DERIVED {
+                ctx.stats.derived_dropped.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            // The index learns the inode before the kernel marks it, so the
+            // first open of the copy finds what it is a copy of.
+            let added = ctx
+                .index
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .add_derived(&r.container, fid, r.credential.clone());
+            if !added {
+                return;
+            }
+            marked.push(MarkRecord {
+                path: fd_path(file).unwrap_or_default(),
+                id: fid,
+                is_dir: false,
+            });
+        }
+        let what = format!(
+            "copy of {} in container {}",
+            r.credential.display(),
+            r.container
+        );
+        if perm.mark_credential(file, false, true, &what).is_ok() {
+            ctx.stats.derived.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The follow thread: read close-after-write events and mark what the
+/// followed readers wrote.
+pub fn follow_loop(writes: &Group, perm: &Group, ctx: &Context, stop: &AtomicBool) {
+    super::events::raise_priority();
+    let mut buf = vec![0u8; super::events::READ_BUF];
+    let mut events = Vec::new();
+    let mut last_sweep = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        if last_sweep.elapsed() >= SWEEP_EVERY {
+            ctx.follow.sweep();
+            last_sweep = Instant::now();
+        }
+        if !matches!(writes.wait(Duration::from_millis(200)), Ok(true)) {
+            continue;
+        }
+        let Ok(n) = writes.read(&mut buf) else {
+            continue;
+        };
+        events.clear();
+        if parse_events(&buf[..n], &mut events).is_err() {
+            ctx.stats.parse_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        for ev in events.drain(..) {
+            if ev.is_overflow() {
+                ctx.stats.overflows.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            ctx.stats.write_events.fetch_add(1, Ordering::Relaxed);
+            if let Some(fd) = &ev.fd {
+                ctx.follow.on_write(ctx, perm, ev.pid, fd.as_fd());
+            }
+        }
+    }
+}
