@@ -22,7 +22,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Sender, SyncSender};
+use std::sync::mpsc::{self, SyncSender};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -33,9 +33,9 @@ use crate::answer::permission::Inflight;
 use crate::answer::policy::{Context, Policy, PolicyError};
 use crate::answer::{exec, follow, permission};
 use crate::config::{Config, ConfigError};
-use crate::hook::protocol::{Reply, Request, StatusReport};
-use crate::registry::control::{self, ControlError, Handler};
+use crate::registry::control::{self, ControlError};
 use crate::registry::register::{OwnedGroups, Registrar};
+use crate::registry::service::Service;
 use crate::registry::store::{Registry, RegistryError};
 use crate::watch::fanotify::{Group, WatchError};
 
@@ -73,99 +73,6 @@ pub enum DaemonError {
 
 fn log(msg: impl AsRef<str>) {
     eprintln!("keyward: {}", msg.as_ref());
-}
-
-/// The shared daemon state behind the control socket.
-pub struct Daemon {
-    config: RwLock<Config>,
-    config_path: Option<PathBuf>,
-    ctx: Arc<Context>,
-    registrar: Registrar,
-    started: Instant,
-    alerts: Arc<AlertStats>,
-    config_errors: Mutex<Vec<String>>,
-}
-
-impl Daemon {
-    fn status(&self) -> StatusReport {
-        let idx = self.ctx.index.read().unwrap_or_else(|e| e.into_inner());
-        let policy = self.ctx.policy();
-        let alerts = &self.alerts;
-        StatusReport {
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            pid: std::process::id(),
-            uptime_secs: self.started.elapsed().as_secs(),
-            containers: idx.containers(),
-            marked_inodes: idx.marked_inodes(),
-            default_action: policy.default_action.as_str().to_string(),
-            stats: self.ctx.stats.snapshot(),
-            sinks: alerts
-                .sinks
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
-            alerts_sent: alerts.sent.load(Ordering::Relaxed),
-            alerts_rate_limited: alerts.rate_limited.load(Ordering::Relaxed),
-            pending_runs: alerts.pending.load(Ordering::Relaxed),
-            config_errors: self
-                .config_errors
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
-            exceptions: policy.exceptions.counts(),
-        }
-    }
-
-    /// Reload the config file; on error keep the old one and say why.
-    fn reload(&self, alert_cfg: &Sender<Config>) {
-        let loaded = Config::load(self.config_path.as_deref())
-            .map_err(|e| e.to_string())
-            .and_then(|c| Ok((Policy::from_config(&c).map_err(|e| e.to_string())?, c)));
-        let mut errors = self.config_errors.lock().unwrap_or_else(|e| e.into_inner());
-        match loaded {
-            Ok((policy, cfg)) => {
-                *self.ctx.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
-                self.ctx
-                    .process_events
-                    .store(cfg.alerts.process_events.is_some(), Ordering::Relaxed);
-                let _ = alert_cfg.send(cfg.clone());
-                *self.config.write().unwrap_or_else(|e| e.into_inner()) = cfg;
-                errors.clear();
-                log("config reloaded");
-            }
-            Err(e) => {
-                let msg = format!("reload failed, keeping the previous config: {e}");
-                log(&msg);
-                errors.push(msg);
-            }
-        }
-    }
-}
-
-impl Handler for Daemon {
-    fn handle(&self, req: Request) -> Reply {
-        match req {
-            Request::Register(r) => {
-                let id = r.id.clone();
-                let default = self
-                    .config
-                    .read()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .response
-                    .action;
-                self.registrar.register(r, default).unwrap_or_else(|e| {
-                    let message = e.to_string();
-                    log(format!("refused container {id}: {message}"));
-                    Reply::Error { message }
-                })
-            }
-            Request::Deregister { id } => self.registrar.deregister(&id),
-            Request::Status => Reply::Status(Box::new(self.status())),
-            Request::Containers => Reply::Containers {
-                containers: self.registrar.containers(),
-            },
-        }
-    }
 }
 
 fn spawn<F: FnOnce() + Send + 'static>(
@@ -215,7 +122,7 @@ fn spawn_decisions(
         stops.intake.clone(),
     );
     let follow = spawn("keyward-follow", move || {
-        follow::follow_loop(&w, &p, &c, &s)
+        follow::follow_loop(&w, &p, &c.follow, &c.index, &c.stats, &s)
     })?;
     Ok(vec![perm, watchdog, exec, follow])
 }
@@ -223,7 +130,7 @@ fn spawn_decisions(
 /// The threads that take work in: the control socket (with reaping and
 /// rescans on its tick), the reaper, and the create-event follower.
 fn spawn_intake(
-    daemon: &Arc<Daemon>,
+    daemon: &Arc<Service>,
     listener: std::os::unix::net::UnixListener,
     create: Option<Arc<Group>>,
     stop: &Arc<AtomicBool>,
@@ -304,7 +211,7 @@ pub fn run(config_path: Option<&Path>) -> Result<(), DaemonError> {
     for e in errors {
         log(format!("{e}; that container is not restored"));
     }
-    let daemon = Arc::new(Daemon {
+    let daemon = Arc::new(Service {
         config: RwLock::new(cfg.clone()),
         config_path: config_path.map(Path::to_path_buf),
         registrar: Registrar::new(ctx.clone(), groups.clone(), registry),

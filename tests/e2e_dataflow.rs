@@ -42,12 +42,7 @@ fn a_moved_credential_keeps_its_origin_across_rescans() {
         && mkdir -p /home/carol/.ssh && echo CAROL > /home/carol/.ssh/id_rsa \
         && sleep 6 && /usr/bin/tar cf /tmp/o.tar /tmp/stash && echo archived";
     let b = Bundle::new("kw-moved", &d.socket, script);
-    let out = b.run();
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("archived"),
-        "{}",
-        text(&out)
-    );
+    b.run_saying("archived");
     assert!(
         d.log_text()
             .contains(&format!("rescanned container {}", b.id)),
@@ -75,12 +70,7 @@ fn lookup_files_named_without_their_literal_path_alert() {
         mkdir -p /srv; (cd /srv && /usr/bin/tar --directory=../etc -cf /tmp/d.tar ./passwd /tmp/big)
         echo archived";
     let b = Bundle::new("kw-lookup", &d.socket, script);
-    let out = b.run();
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("archived"),
-        "{}",
-        text(&out)
-    );
+    b.run_saying("archived");
     for (archive, file) in [
         ("/tmp/a.tar", "/etc/passwd"),
         ("/tmp/b.tar", "/etc/group"),
@@ -115,12 +105,7 @@ fn files_that_only_share_a_lookup_name_stay_quiet() {
         /usr/bin/tar cf /tmp/q4.tar /app
         echo quiet";
     let b = Bundle::new("kw-lookup-quiet", &d.socket, script);
-    let out = b.run();
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("quiet"),
-        "{}",
-        text(&out)
-    );
+    b.run_saying("quiet");
     let alerts = d.settled_alerts();
     assert!(alerts.is_empty(), "near misses alerted: {alerts:#?}");
 }
@@ -157,12 +142,7 @@ fn copies_of_a_credential_are_credentials() {
         cat /root/.docker/config.json > /tmp/dcfg && sleep 0.2 && /usr/bin/gzip -c /tmp/dcfg > /tmp/c3.gz
         echo copied";
     let b = Bundle::new("kw-copies", &d.socket, script);
-    let out = b.run();
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("copied"),
-        "{}",
-        text(&out)
-    );
+    b.run_saying("copied");
     let c1 = d.wait_alert("single copy", |a| has_arg(a, "/tmp/c1.tar"));
     assert_eq!(c1["container"]["id"], b.id.as_str());
     assert!(
@@ -226,12 +206,7 @@ fn reads_that_write_no_copy_stay_quiet() {
         ls -l /app > /tmp/listing && sleep 0.2 && /usr/bin/tar cf /tmp/b3.tar /tmp/listing
         echo quiet";
     let b = Bundle::new("kw-copy-quiet", &d.socket, script);
-    let out = b.run();
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("quiet"),
-        "{}",
-        text(&out)
-    );
+    b.run_saying("quiet");
     let alerts = d.settled_alerts();
     assert!(
         alerts.is_empty(),

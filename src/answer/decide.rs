@@ -262,8 +262,15 @@ pub fn decide_open(ctx: &Context, pid: i32, fd: BorrowedFd<'_>) -> (u32, OpenFin
     };
     // A process in a container that opens a credential is followed from
     // here until it exits, whatever the rules say of it (see `follow`).
-    ctx.follow
-        .note_open(ctx, pid, &container.reference.id, &stat, fd);
+    ctx.follow.note_open(
+        &ctx.index,
+        &policy.rules,
+        &ctx.stats,
+        pid,
+        &container.reference.id,
+        &stat,
+        fd,
+    );
     let Ok(proc) = RawProcess::read_with(pid, stat) else {
         bump(&ctx.stats.attribution_errors);
         return (FAN_ALLOW, [None, None]);

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::time::Duration;
 
-use super::policy::Context;
+use super::stats::Stats;
 use crate::alert::Finding;
 use crate::watch::fanotify::{EventSource, RawEvent, parse_events};
 
@@ -26,16 +26,16 @@ pub(crate) fn send(tx: &SyncSender<Finding>, f: Finding, drops: &AtomicU64) {
 pub(crate) fn read_batch(
     src: &dyn EventSource,
     buf: &mut [u8],
-    ctx: &Context,
+    stats: &Stats,
     out: &mut Vec<RawEvent>,
 ) -> bool {
-    read_batch_timeout(src, buf, ctx, out, TICK)
+    read_batch_timeout(src, buf, stats, out, TICK)
 }
 
 pub(crate) fn read_batch_timeout(
     src: &dyn EventSource,
     buf: &mut [u8],
-    ctx: &Context,
+    stats: &Stats,
     out: &mut Vec<RawEvent>,
     timeout: Duration,
 ) -> bool {
@@ -49,7 +49,7 @@ pub(crate) fn read_batch_timeout(
         Err(_) => return false,
     };
     if parse_events(&buf[..n], out).is_err() {
-        ctx.stats.parse_errors.fetch_add(1, Ordering::Relaxed);
+        stats.parse_errors.fetch_add(1, Ordering::Relaxed);
     }
     true
 }

@@ -87,9 +87,9 @@ pub fn exec_loop(src: &dyn EventSource, ctx: &Context, tx: SyncSender<Finding>, 
             // Let the kernel queue the storm's events and take them a tick
             // at a time: one wakeup per tick instead of two per exec.
             std::thread::sleep(timeout.min(STORM_TICK));
-            read_batch_timeout(src, &mut buf, ctx, &mut events, Duration::ZERO)
+            read_batch_timeout(src, &mut buf, &ctx.stats, &mut events, Duration::ZERO)
         } else {
-            read_batch_timeout(src, &mut buf, ctx, &mut events, timeout)
+            read_batch_timeout(src, &mut buf, &ctx.stats, &mut events, timeout)
         };
         if got {
             for ev in events.drain(..) {

@@ -24,11 +24,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use super::policy::Context;
+use super::stats::Stats;
 use crate::attribute::procfs::{self, Stat};
-use crate::watch::fanotify::{EventSource, Group, exec_scope, fd_path, parse_events};
+use crate::rules::Rules;
+use crate::watch::fanotify::{EventSource, Group, RootEvents, exec_scope, fd_path, parse_events};
+use crate::watch::index::MarkIndex;
 use crate::watch::marks::MarkRecord;
 use crate::watch::resolve::FileId;
+use std::sync::RwLock;
 
 /// Readers followed at once before the oldest are let go.
 const MAX_READERS: usize = 16 * 1024;
@@ -93,9 +96,14 @@ impl Follow {
 
     /// Called on the permission thread for every event of a process in a
     /// container: if the opened inode is a credential, follow the opener.
+    // The decision context is passed in pieces: this stage piece must not
+    // import the context that holds it (no cycle inside `answer`).
+    #[allow(clippy::too_many_arguments)]
     pub fn note_open(
         &self,
-        ctx: &Context,
+        index: &RwLock<MarkIndex>,
+        rules: &Rules,
+        stats: &Stats,
         pid: i32,
         opener_container: &str,
         stat: &Stat,
@@ -108,7 +116,7 @@ impl Follow {
             return;
         };
         let (container, credential) = {
-            let idx = ctx.index.read().unwrap_or_else(|e| e.into_inner());
+            let idx = index.read().unwrap_or_else(|e| e.into_inner());
             // Only the opener's own container: a host process never arms
             // anything, and one container's files never make another's
             // readers.
@@ -120,12 +128,8 @@ impl Follow {
             }
             (m.container.reference.id.clone(), m.path.clone())
         };
-        let policy = ctx.policy();
-        if policy.rules.is_incidental_path(credential.as_os_str())
-            || policy
-                .rules
-                .credential_pattern(credential.as_os_str())
-                .is_none()
+        if rules.is_incidental_path(credential.as_os_str())
+            || rules.credential_pattern(credential.as_os_str()).is_none()
         {
             return;
         }
@@ -147,15 +151,15 @@ impl Follow {
                 readers.clear();
             }
             readers.insert(pid, reader);
-            ctx.stats.followed.fetch_add(1, Ordering::Relaxed);
+            stats.followed.fetch_add(1, Ordering::Relaxed);
         }
-        self.arm(ctx, group, pid, &container);
+        self.arm(stats, group, pid, &container);
     }
 
     /// Watch the container's writes, once. The opener is held, so its
     /// root is the container's (its own mount-namespace copy, whose mount
     /// carries its writes).
-    fn arm(&self, ctx: &Context, group: &Group, pid: i32, container: &str) {
+    fn arm(&self, stats: &Stats, group: &Group, pid: i32, container: &str) {
         if !self
             .armed
             .lock()
@@ -176,10 +180,10 @@ impl Follow {
         };
         let scope = exec_scope(root.as_fd());
         if group
-            .mark_writes(root.as_fd(), scope, true, container)
+            .mark_root(root.as_fd(), scope, true, RootEvents::CloseWrite, container)
             .is_ok()
         {
-            ctx.stats.write_armed.fetch_add(1, Ordering::Relaxed);
+            stats.write_armed.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -229,7 +233,14 @@ impl Follow {
 
     /// One close-after-write: mark the written file as derived if a
     /// followed reader wrote it.
-    fn on_write(&self, ctx: &Context, perm: &Group, pid: i32, file: BorrowedFd<'_>) {
+    fn on_write(
+        &self,
+        index: &RwLock<MarkIndex>,
+        stats: &Stats,
+        perm: &Group,
+        pid: i32,
+        file: BorrowedFd<'_>,
+    ) {
         let Ok(st) = nix::sys::stat::fstat(file) else {
             return;
         };
@@ -247,13 +258,12 @@ impl Follow {
             let mut derived = self.derived.lock().unwrap_or_else(|e| e.into_inner());
             let marked = derived.entry(r.container.clone()).or_default();
             if marked.len() >= MAX_DERIVED {
-                ctx.stats.derived_dropped.fetch_add(1, Ordering::Relaxed);
+                stats.derived_dropped.fetch_add(1, Ordering::Relaxed);
                 return;
             }
             // The index learns the inode before the kernel marks it, so the
             // first open of the copy finds what it is a copy of.
-            let added = ctx
-                .index
+            let added = index
                 .write()
                 .unwrap_or_else(|e| e.into_inner())
                 .add_derived(&r.container, fid, r.credential.clone());
@@ -272,21 +282,28 @@ impl Follow {
             r.container
         );
         if perm.mark_credential(file, false, true, &what).is_ok() {
-            ctx.stats.derived.fetch_add(1, Ordering::Relaxed);
+            stats.derived.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
 
 /// The follow thread: read close-after-write events and mark what the
 /// followed readers wrote.
-pub fn follow_loop(writes: &Group, perm: &Group, ctx: &Context, stop: &AtomicBool) {
+pub fn follow_loop(
+    writes: &Group,
+    perm: &Group,
+    follow: &Follow,
+    index: &RwLock<MarkIndex>,
+    stats: &Stats,
+    stop: &AtomicBool,
+) {
     super::events::raise_priority();
     let mut buf = vec![0u8; super::events::READ_BUF];
     let mut events = Vec::new();
     let mut last_sweep = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         if last_sweep.elapsed() >= SWEEP_EVERY {
-            ctx.follow.sweep();
+            follow.sweep();
             last_sweep = Instant::now();
         }
         if !matches!(writes.wait(Duration::from_millis(200)), Ok(true)) {
@@ -297,16 +314,16 @@ pub fn follow_loop(writes: &Group, perm: &Group, ctx: &Context, stop: &AtomicBoo
         };
         events.clear();
         if parse_events(&buf[..n], &mut events).is_err() {
-            ctx.stats.parse_errors.fetch_add(1, Ordering::Relaxed);
+            stats.parse_errors.fetch_add(1, Ordering::Relaxed);
         }
         for ev in events.drain(..) {
             if ev.is_overflow() {
-                ctx.stats.overflows.fetch_add(1, Ordering::Relaxed);
+                stats.overflows.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            ctx.stats.write_events.fetch_add(1, Ordering::Relaxed);
+            stats.write_events.fetch_add(1, Ordering::Relaxed);
             if let Some(fd) = &ev.fd {
-                ctx.follow.on_write(ctx, perm, ev.pid, fd.as_fd());
+                follow.on_write(index, stats, perm, ev.pid, fd.as_fd());
             }
         }
     }

@@ -128,7 +128,7 @@ pub fn permission_loop(
     let mut events = Vec::with_capacity(64);
     let decide = |pid, fd: BorrowedFd<'_>| decide::decide_open(ctx, pid, fd);
     while !stop.load(Ordering::Relaxed) {
-        if read_batch(src, &mut buf, ctx, &mut events) {
+        if read_batch(src, &mut buf, &ctx.stats, &mut events) {
             answer_batch(
                 src,
                 ctx,
@@ -197,7 +197,7 @@ mod tests {
         let (ftx, _frx) = std::sync::mpsc::sync_channel(4);
         let mut buf = vec![0u8; 4096];
         let mut events = Vec::new();
-        assert!(read_batch(&src, &mut buf, &c, &mut events));
+        assert!(read_batch(&src, &mut buf, &c.stats, &mut events));
         assert_eq!(events.len(), 4);
         let decide = |pid, fd: BorrowedFd<'_>| decide::decide_open(&c, pid, fd);
         answer_batch(&src, &c, events, &ftx, &Inflight::default(), &decide);

@@ -6,6 +6,8 @@
 //! decision threads read.
 //!
 //! * [`control`]: the root-only unix socket, one JSON line each way;
+//! * [`service`]: what the socket's requests do (register, deregister,
+//!   status, containers) and the reload;
 //! * [`register`]: the steps of a registration (verify, enrich, mark,
 //!   persist), deregistration, rescans and restore after a restart;
 //! * [`verify`]: the id, the pid (its start time and namespaces) and the
@@ -20,5 +22,6 @@ pub mod control;
 pub mod enrich;
 pub mod reaper;
 pub mod register;
+pub mod service;
 pub mod store;
 pub mod verify;

@@ -59,7 +59,7 @@ pub struct OwnedGroups {
 }
 
 impl OwnedGroups {
-    /// Open the three groups; without a create group (an old kernel), new
+    /// Open the four groups; without a create group (an old kernel), new
     /// credential directories are found by periodic rescans.
     pub fn open() -> Result<Self, WatchError> {
         let create = match Group::create() {

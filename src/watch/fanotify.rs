@@ -1,4 +1,4 @@
-//! fanotify: the three groups, their marks, and the raw event stream.
+//! fanotify: the four groups, their marks, and the raw event stream.
 //!
 //! * The **permission group** (`FAN_CLASS_CONTENT`) carries `FAN_OPEN_PERM`
 //!   inode marks on each credential file found in a container's rootfs, and
@@ -13,6 +13,9 @@
 //! * The **create group** (`FAN_REPORT_DFID_NAME`, where the kernel has it)
 //!   carries `FAN_CREATE | FAN_MOVED_TO` marks on every directory on the
 //!   way to a credential path, so paths made after the start are marked.
+//! * The **write group** (`FAN_CLASS_NOTIF`) carries a `FAN_CLOSE_WRITE`
+//!   mark on a container's root, in the exec mark's scope, once a process
+//!   in it has read a credential (see `answer::follow`).
 //!
 //! Reading is behind the [`EventSource`] seam, so the decision loop can be
 //! driven from a socketpair carrying recorded records in unit tests.
@@ -255,6 +258,13 @@ impl EventSource for Group {
     }
 }
 
+/// What a mark on a container root reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RootEvents {
+    Exec,
+    CloseWrite,
+}
+
 /// How the exec mark is attached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -303,15 +313,20 @@ impl Group {
         Self::init("write", InitFlags::FAN_CLASS_NOTIF)
     }
 
-    /// Add (or remove) the close-after-write mark on a container root, in
-    /// the same scope as its exec mark.
-    pub fn mark_writes(
+    /// A mount or filesystem mark on a container root, in `scope`: exec
+    /// (the exec group) or close-after-write (the write group).
+    pub fn mark_root(
         &self,
         root: BorrowedFd<'_>,
         scope: ExecScope,
         add: bool,
+        events: RootEvents,
         what: &str,
     ) -> Result<(), WatchError> {
+        let mask = match events {
+            RootEvents::Exec => MaskFlags::FAN_OPEN_EXEC,
+            RootEvents::CloseWrite => MaskFlags::FAN_CLOSE_WRITE,
+        };
         let mut flags = if add {
             MarkFlags::FAN_MARK_ADD
         } else {
@@ -321,7 +336,7 @@ impl Group {
             ExecScope::Filesystem => MarkFlags::FAN_MARK_FILESYSTEM,
             ExecScope::Mount => MarkFlags::FAN_MARK_MOUNT,
         };
-        self.mark(flags, MaskFlags::FAN_CLOSE_WRITE, root, what)
+        self.mark(flags, mask, root, what)
     }
 
     /// Add (or remove) a create/rename-into mark on the directory behind
@@ -390,16 +405,7 @@ impl Group {
         add: bool,
         what: &str,
     ) -> Result<(), WatchError> {
-        let mut flags = if add {
-            MarkFlags::FAN_MARK_ADD
-        } else {
-            MarkFlags::FAN_MARK_REMOVE
-        };
-        flags |= match scope {
-            ExecScope::Filesystem => MarkFlags::FAN_MARK_FILESYSTEM,
-            ExecScope::Mount => MarkFlags::FAN_MARK_MOUNT,
-        };
-        self.mark(flags, MaskFlags::FAN_OPEN_EXEC, root, what)
+        self.mark_root(root, scope, add, RootEvents::Exec, what)
     }
 
     /// Raw fd, for diagnostics.

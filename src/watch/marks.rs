@@ -63,7 +63,8 @@ pub struct InstallReport {
     pub pivoted: bool,
 }
 
-/// The daemon's three fanotify groups.
+/// The fanotify groups that marks go into (the write group is armed by
+/// the follower, not here).
 #[derive(Debug, Clone, Copy)]
 pub struct Groups<'a> {
     /// Permission events on credential files.

@@ -5,7 +5,7 @@
 //! stage, and the [`index::MarkIndex`] that maps a marked inode back to its
 //! container and canonical path.
 //!
-//! * [`fanotify`]: the three groups (permission, exec, create), marks and
+//! * [`fanotify`]: the four groups (permission, exec, create, write), marks and
 //!   the event record parser;
 //! * [`resolve`]: `openat2(RESOLVE_IN_ROOT)` expansion of patterns inside
 //!   the container's root, so no symlink leads to the host;

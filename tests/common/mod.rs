@@ -677,6 +677,19 @@ impl Bundle {
         out
     }
 
+    /// [`Bundle::run`], failing the test unless the container printed
+    /// `word` (the last line of its script).
+    pub fn run_saying(&self, word: &str) -> Output {
+        let out = self.run();
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(word),
+            "container {} did not say {word:?}: {}",
+            self.id,
+            text(&out)
+        );
+        out
+    }
+
     pub fn run(&self) -> Output {
         let mut f = fs::File::create(self.dir.join("config.json")).unwrap();
         f.write_all(
