@@ -23,7 +23,10 @@
 #   3. A rounds: daemon up, hook in config.json; B rounds: daemon down, no
 #      hook. Each round runs one bench container (REPS times: exec storm, tar over
 #      FILES files, OPENS opens of /etc/passwd by the shell and by cat, open
-#      latency percentiles) and HOST_REPS host open loops;
+#      latency percentiles; then REPS times FILES small files written and
+#      closed, before and after a process in it read a credential and stayed
+#      alive, which arms keyward's close-after-write mark on the container)
+#      and HOST_REPS host open loops;
 #   4. container starts: ROUNDS x STARTS pairs, one start with the hook
 #      and one without, daemon up, the order swapped every pair;
 #   5. exec-path catch rate (CATCH runs a case, file rule off);
@@ -361,7 +364,13 @@ a=\$(T); /usr/bin/tar cf - -C / data | cat >/dev/null; b=\$(T); echo tar_files_n
 a=\$(T); i=0; while [ \$i -lt $OPENS ]; do read -r l </etc/passwd; i=\$((i+1)); done; b=\$(T); echo opens_shell_ns=\$((b-a))
 a=\$(T); i=0; while [ \$i -lt $OPENS ]; do cat /etc/passwd >/dev/null; i=\$((i+1)); done; b=\$(T); echo opens_cat_ns=\$((b-a))
 /usr/bin/kwb open /etc/passwd $OPENS
-done"
+done
+W() { mkdir -p /tmp/w; a=\$(T); i=0; while [ \$i -lt $FILES ]; do echo x >/tmp/w/\$i; i=\$((i+1)); done; b=\$(T); echo \$1=\$((b-a)); rm -rf /tmp/w; }
+r=0; while [ \$r -lt $REPS ]; do r=\$((r+1)); W writes_ns; done
+(read -r k </root/.ssh/id_rsa; sleep 600) & reader=\$!
+sleep 0.2
+r=0; while [ \$r -lt $REPS ]; do r=\$((r+1)); W writes_reader_ns; done
+kill \$reader"
 
 BENCH_BUNDLE="$WORK/bench"
 START_BUNDLE="$WORK/start"
@@ -399,7 +408,7 @@ one_round() { # arm: A (watched) or B (unwatched)
         record A hist_p50_us "$(status_field p50_us)"
         record A hist_p99_us "$(status_field p99_us)"
     fi
-    for k in exec_storm_ns exec_storm_bb_ns tar_files_ns opens_shell_ns opens_cat_ns; do
+    for k in exec_storm_ns exec_storm_bb_ns tar_files_ns opens_shell_ns opens_cat_ns writes_ns writes_reader_ns; do
         [ "$(echo "$out" | grep -c "^$k=[0-9]")" = "$REPS" ] || die "not $REPS x $k in: $out"
         for line in $(echo "$out" | grep -o "^$k=[0-9]*"); do
             record "$arm" "$k" "${line#*=}"
@@ -638,6 +647,8 @@ row "exec storm: $EXECS x true (busybox applet)" exec_storm_bb_ns ms
 row "tar cf - over $FILES files" tar_files_ns ms
 row "$OPENS opens of /etc/passwd (shell read <)" opens_shell_ns ms
 row "$OPENS x cat /etc/passwd" opens_cat_ns ms
+row "$FILES small files written, no credential read" writes_ns ms
+row "$FILES small files written, a reader alive" writes_reader_ns ms
 row "open(2) of /etc/passwd, p50 (kwb)" open_p50_ns us
 row "open(2) of /etc/passwd, p99 (kwb)" open_p99_ns us
 row "host: $OPENS opens of host /etc/passwd" host_opens_ns ms

@@ -113,16 +113,24 @@ fn spawn_decisions(
         permission::watchdog(&*p, &c, &inflight, deadline, &s)
     })?;
     let (e, c, s) = (groups.exec.clone(), ctx.clone(), stops.intake.clone());
-    let exec = spawn("keyward-exec", move || exec::exec_loop(&*e, &c, tx, &s))?;
+    let t = tx.clone();
+    let exec = spawn("keyward-exec", move || exec::exec_loop(&*e, &c, t, &s))?;
     ctx.follow.set_group(groups.write.clone());
-    let (w, p, c, s) = (
+    let (w, p, c, s, t) = (
         groups.write.clone(),
         groups.perm.clone(),
         ctx.clone(),
         stops.intake.clone(),
+        tx,
     );
     let follow = spawn("keyward-follow", move || {
-        follow::follow_loop(&w, &p, &c.follow, &c.index, &c.stats, &s)
+        let out = follow::Outputs {
+            index: &c.index,
+            stats: &c.stats,
+            perm: &p,
+            findings: &t,
+        };
+        follow::follow_loop(&w, &c.follow, out, &s)
     })?;
     Ok(vec![perm, watchdog, exec, follow])
 }

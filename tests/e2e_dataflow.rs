@@ -23,6 +23,9 @@
 //!   copy (md5sum, wc, name-service lookups by `ls -l`), a copy of an
 //!   ordinary file and ordinary data piped into gzip stay quiet, and make
 //!   nothing derived.
+//! * An archiver by behaviour: the loader running a renamed gzip has no
+//!   archiver name or identity; reading a key and then writing gzip data
+//!   makes it one. Compression by a process that read nothing stays quiet.
 
 mod common;
 
@@ -213,4 +216,48 @@ fn reads_that_write_no_copy_stay_quiet() {
         "reads without a copy alerted: {alerts:#?}"
     );
     assert_eq!(d.status()["stats"]["derived"], 0);
+}
+
+#[test]
+fn an_archiver_with_no_name_is_caught_by_what_it_writes() {
+    if !privileged() {
+        return;
+    }
+    let d = Daemon::start("");
+    // The dynamic loader runs a renamed gzip: the executable is the
+    // loader, and neither its name, comm nor arguments name an archiver.
+    // What it does gives it away: it reads a key and writes gzip data.
+    // Beside it, a key read by one process and data compressed by another
+    // (not a reader) stays quiet.
+    let script = "cp /usr/bin/gzip /tmp/xx
+        /lib64/ld-linux-x86-64.so.2 /tmp/xx -c /root/.ssh/id_rsa > /tmp/out.bin
+        cat /root/.aws/credentials > /dev/null; echo unrelated | /usr/bin/gzip -c > /tmp/u.gz
+        echo done";
+    let b = Bundle::new("kw-behaviour", &d.socket, script);
+    b.run_saying("done");
+    let a = d.wait_alert("behaviour", |a| {
+        a["rule"]["id"] == "keyward.behaviour.credential-archived"
+    });
+    assert_eq!(a["container"]["id"], b.id.as_str());
+    assert!(
+        files(&a).contains(&"/root/.ssh/id_rsa".to_string()),
+        "{a:#}"
+    );
+    let hit = &a["keyward"]["archiver"];
+    assert_eq!(hit["via"], "behaviour", "{a:#}");
+    assert_eq!(hit["format"], "gzip", "{a:#}");
+    assert_eq!(hit["archive"], "/tmp/out.bin", "{a:#}");
+    assert!(
+        has_arg(&a, "/tmp/xx"),
+        "the loader's process is named: {a:#}"
+    );
+    let others: Vec<_> = d
+        .settled_alerts()
+        .into_iter()
+        .filter(|x| !has_arg(x, "/tmp/xx"))
+        .collect();
+    assert!(
+        others.is_empty(),
+        "unrelated compression alerted: {others:#?}"
+    );
 }

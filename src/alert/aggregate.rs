@@ -16,7 +16,8 @@ use crate::attribute::procfs::ProcessInfo;
 use crate::config::Action;
 use crate::response::{ResponseOutcome, ResponseResult};
 use crate::rules::{
-    ArchiverHit, EXEC_RULE_ID, EXEC_RULE_NAME, ExecMatch, FILE_RULE_ID, FILE_RULE_NAME, RuleMeta,
+    ArchiverHit, BEHAVIOUR_RULE_ID, BEHAVIOUR_RULE_NAME, EXEC_RULE_ID, EXEC_RULE_NAME, ExecMatch,
+    FILE_RULE_ID, FILE_RULE_NAME, RuleMeta,
 };
 use crate::watch::index::ContainerRef;
 
@@ -115,6 +116,8 @@ impl Alert {
     pub fn rule(&self) -> (&'static str, &'static str) {
         if self.exec_match.is_some() {
             (EXEC_RULE_ID, EXEC_RULE_NAME)
+        } else if matches!(self.archiver, Some(ArchiverHit::Behaviour { .. })) {
+            (BEHAVIOUR_RULE_ID, BEHAVIOUR_RULE_NAME)
         } else {
             (FILE_RULE_ID, FILE_RULE_NAME)
         }

@@ -275,6 +275,7 @@ pub fn decide_open(ctx: &Context, pid: i32, fd: BorrowedFd<'_>) -> (u32, OpenFin
         bump(&ctx.stats.attribution_errors);
         return (FAN_ALLOW, [None, None]);
     };
+    ctx.follow.describe(pid, &proc);
     let evidence = ProcessEvidence {
         ctx,
         pid,
@@ -292,6 +293,7 @@ pub fn decide_open(ctx: &Context, pid: i32, fd: BorrowedFd<'_>) -> (u32, OpenFin
         Verdict::Outside | Verdict::Quiet => return (FAN_ALLOW, [None, None]),
     };
     drop(evidence);
+    ctx.follow.matched(pid);
     let denied = container.action.denies_open();
     let mut out = findings(&container, proc.complete(), m, denied);
     let found = [out.next(), out.next()];

@@ -25,19 +25,26 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::stats::Stats;
+use crate::alert::{Finding, Trigger};
 use crate::attribute::procfs::{self, Stat};
+use crate::attribute::procfs::{ProcessInfo, RawProcess};
 use crate::rules::Rules;
+use crate::rules::{ArchiverHit, archive_format};
 use crate::watch::fanotify::{EventSource, Group, RootEvents, exec_scope, fd_path, parse_events};
 use crate::watch::index::MarkIndex;
 use crate::watch::marks::MarkRecord;
 use crate::watch::resolve::FileId;
 use std::sync::RwLock;
+use std::sync::mpsc::SyncSender;
+use std::time::SystemTime;
 
 /// Readers followed at once before the oldest are let go.
 const MAX_READERS: usize = 16 * 1024;
 /// Derived credentials per container; past this, further copies are
 /// counted (`derived_dropped`) and not marked.
 pub const MAX_DERIVED: usize = 10_000;
+/// How long a reader that exited is kept for the writes it queued.
+const GONE_GRACE: Duration = Duration::from_secs(10);
 /// How often readers that exited are forgotten.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
@@ -46,13 +53,34 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 struct Reader {
     start: u64,
     container: String,
-    /// The credential it read first, as the index names it.
+    /// The credential it read first, as the index names it, and the
+    /// pattern it matched.
     credential: PathBuf,
+    pattern: String,
+    /// What it was when it read (argv, executable): it may be gone when
+    /// its output is judged.
+    seen_as: Option<ProcessInfo>,
+    /// When a sweep first found it gone. Its last writes are queued before
+    /// its exit and may be read later; it is kept [`GONE_GRACE`] longer.
+    gone_at: Option<Instant>,
+    /// Whether an open of its already matched a rule (an archiver by name
+    /// or identity): its alert is made, and a second one by behaviour
+    /// would only split the run.
+    matched: bool,
+    /// When it read it: archive data written later than
+    /// [`BEHAVIOUR_WINDOW`] after that is not tied to the credential.
+    read_at: Instant,
     /// The regular files it held when it first read a credential (its
     /// stdout redirected to a file, say): a shell may have opened them and
     /// be the one whose close the kernel reports.
     outputs: Vec<FileId>,
 }
+
+/// How long after its credential read a reader's archive output counts
+/// as an archive of that credential. A long-lived service that read its
+/// own credentials at start (cloud SDKs read `~/.aws/credentials`) and
+/// writes compressed logs or caches later is not blamed for them.
+pub const BEHAVIOUR_WINDOW: Duration = Duration::from_secs(60);
 
 /// Most fds of a new reader looked at.
 const MAX_FDS: usize = 256;
@@ -128,11 +156,13 @@ impl Follow {
             }
             (m.container.reference.id.clone(), m.path.clone())
         };
-        if rules.is_incidental_path(credential.as_os_str())
-            || rules.credential_pattern(credential.as_os_str()).is_none()
-        {
+        if rules.is_incidental_path(credential.as_os_str()) {
             return;
         }
+        let Some(pattern) = rules.credential_pattern(credential.as_os_str()) else {
+            return;
+        };
+        let pattern = pattern.to_string();
         let known = self
             .readers
             .lock()
@@ -144,6 +174,11 @@ impl Follow {
                 start: stat.start_time_ticks,
                 container: container.clone(),
                 credential,
+                pattern,
+                seen_as: None,
+                gone_at: None,
+                matched: false,
+                read_at: Instant::now(),
                 outputs: regular_fds(pid).into_iter().filter(|f| *f != fid).collect(),
             };
             let mut readers = self.readers.lock().unwrap_or_else(|e| e.into_inner());
@@ -187,6 +222,45 @@ impl Follow {
         }
     }
 
+    /// What the reader `pid` is, as the permission thread read it (only
+    /// the first time: argv, executable and name, no further reads).
+    pub fn describe(&self, pid: i32, proc: &RawProcess) {
+        let mut readers = self.readers.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(r) = readers.get_mut(&pid) else {
+            return;
+        };
+        if r.seen_as.is_some() || r.start != proc.stat.start_time_ticks {
+            return;
+        }
+        r.seen_as = Some(ProcessInfo {
+            pid,
+            start_time_ticks: r.start,
+            name: proc.comm.to_string_lossy().into_owned(),
+            exe: proc.exe.to_string_lossy().into_owned(),
+            args: proc
+                .args
+                .iter()
+                .take(64)
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect(),
+            args_count: proc.args.len(),
+            ppid: proc.stat.ppid,
+            ..Default::default()
+        });
+    }
+
+    /// The reader `pid` matched a rule at an open.
+    pub fn matched(&self, pid: i32) {
+        if let Some(r) = self
+            .readers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(&pid)
+        {
+            r.matched = true;
+        }
+    }
+
     /// Forget a container (it went): its readers, and the derived
     /// credentials it holds, whose marks the caller removes.
     pub fn forget_container(&self, id: &str) -> Vec<MarkRecord> {
@@ -221,26 +295,29 @@ impl Follow {
         readers.values().find(|r| r.outputs.contains(&fid)).cloned()
     }
 
-    /// Drop readers that exited.
+    /// Drop readers that exited more than [`GONE_GRACE`] ago.
     fn sweep(&self) {
+        let now = Instant::now();
         self.readers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|pid, r| {
-                procfs::stat(*pid).is_ok_and(|s| s.start_time_ticks == r.start && !s.exited())
+                let alive =
+                    procfs::stat(*pid).is_ok_and(|s| s.start_time_ticks == r.start && !s.exited());
+                if alive {
+                    return true;
+                }
+                let since = *r.gone_at.get_or_insert(now);
+                now.duration_since(since) < GONE_GRACE
             });
     }
 
     /// One close-after-write: mark the written file as derived if a
     /// followed reader wrote it.
-    fn on_write(
-        &self,
-        index: &RwLock<MarkIndex>,
-        stats: &Stats,
-        perm: &Group,
-        pid: i32,
-        file: BorrowedFd<'_>,
-    ) {
+    fn on_write(&self, out: &Outputs<'_>, pid: i32, file: BorrowedFd<'_>) {
+        let Outputs {
+            index, stats, perm, ..
+        } = *out;
         let Ok(st) = nix::sys::stat::fstat(file) else {
             return;
         };
@@ -254,6 +331,7 @@ impl Follow {
         let Some(r) = self.reader(pid, fid) else {
             return;
         };
+        self.judge_output(out, pid, &r, file);
         {
             let mut derived = self.derived.lock().unwrap_or_else(|e| e.into_inner());
             let marked = derived.entry(r.container.clone()).or_default();
@@ -287,16 +365,84 @@ impl Follow {
     }
 }
 
+/// What the follow thread writes into.
+#[derive(Clone, Copy)]
+pub struct Outputs<'a> {
+    pub index: &'a RwLock<MarkIndex>,
+    pub stats: &'a Stats,
+    /// The permission group, for the derived credentials' marks.
+    pub perm: &'a Group,
+    /// The alert queue, for matches by behaviour.
+    pub findings: &'a SyncSender<Finding>,
+}
+
+impl Follow {
+    /// Archiver by behaviour: a reader that writes archive or compressed
+    /// data (by the file's magic number) within [`BEHAVIOUR_WINDOW`] of
+    /// its credential read is an archiver, whatever it is called. The
+    /// open it read through was allowed long ago, so `deny` does not apply
+    /// (the response stage reports it `not_applicable`); `kill`, `stop`
+    /// and `disconnect` act on the finding.
+    fn judge_output(&self, out: &Outputs<'_>, pid: i32, r: &Reader, file: BorrowedFd<'_>) {
+        if r.matched || r.read_at.elapsed() > BEHAVIOUR_WINDOW {
+            return;
+        }
+        let mut head = [0u8; 512];
+        let n = nix::sys::uio::pread(file, &mut head, 0).unwrap_or(0);
+        let Some(format) = archive_format(&head[..n]) else {
+            return;
+        };
+        let Some(view) = out
+            .index
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .container(&r.container)
+            .cloned()
+        else {
+            return;
+        };
+        let archive = fd_path(file)
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        // The writer may have exited already (its close is what we saw).
+        let process = RawProcess::read(pid)
+            .ok()
+            .filter(|p| p.stat.start_time_ticks == r.start)
+            .map(RawProcess::complete)
+            .or_else(|| r.seen_as.clone())
+            .unwrap_or(ProcessInfo {
+                pid,
+                start_time_ticks: r.start,
+                ..Default::default()
+            });
+        let credential = r.credential.to_string_lossy().into_owned();
+        let f = Finding {
+            at: SystemTime::now(),
+            container: view.reference.clone(),
+            process,
+            trigger: Trigger::Open {
+                origin: credential.clone(),
+                path: credential,
+                opened_as: format!("wrote {format} data to {archive}"),
+                pattern: r.pattern.clone(),
+                archiver: ArchiverHit::Behaviour {
+                    format: format.to_string(),
+                    archive,
+                },
+                denied: false,
+            },
+            action: view.action,
+            response: None,
+        };
+        out.stats.findings.fetch_add(1, Ordering::Relaxed);
+        super::events::send(out.findings, f, &out.stats.queue_drops);
+    }
+}
+
 /// The follow thread: read close-after-write events and mark what the
 /// followed readers wrote.
-pub fn follow_loop(
-    writes: &Group,
-    perm: &Group,
-    follow: &Follow,
-    index: &RwLock<MarkIndex>,
-    stats: &Stats,
-    stop: &AtomicBool,
-) {
+pub fn follow_loop(writes: &Group, follow: &Follow, out: Outputs<'_>, stop: &AtomicBool) {
+    let stats = out.stats;
     super::events::raise_priority();
     let mut buf = vec![0u8; super::events::READ_BUF];
     let mut events = Vec::new();
@@ -323,7 +469,7 @@ pub fn follow_loop(
             }
             stats.write_events.fetch_add(1, Ordering::Relaxed);
             if let Some(fd) = &ev.fd {
-                follow.on_write(index, stats, perm, ev.pid, fd.as_fd());
+                follow.on_write(&out, ev.pid, fd.as_fd());
             }
         }
     }

@@ -86,4 +86,60 @@ pub enum ArchiverHit {
     /// The executable is a known archiver's binary by ELF build-id, under
     /// another name (copied or renamed).
     Identity { name: String, exe: String },
+    /// By behaviour: the process read a credential and then wrote a file
+    /// whose content is archive or compressed data of this format.
+    Behaviour { format: String, archive: String },
+}
+
+/// The archive or compression format a file starts with, by its magic
+/// number: gzip, zip, 7z, xz, bzip2, zstd, lz4, rar, cpio, and tar (its
+/// `ustar` magic at offset 257).
+pub fn archive_format(head: &[u8]) -> Option<&'static str> {
+    const MAGIC: &[(&[u8], &str)] = &[
+        (b"\x1f\x8b", "gzip"),
+        (b"PK\x03\x04", "zip"),
+        (b"PK\x05\x06", "zip"),
+        (b"7z\xbc\xaf\x27\x1c", "7z"),
+        (b"\xfd7zXZ\x00", "xz"),
+        (b"BZh", "bzip2"),
+        (b"\x28\xb5\x2f\xfd", "zstd"),
+        (b"\x04\x22\x4d\x18", "lz4"),
+        (b"Rar!\x1a\x07", "rar"),
+        (b"070701", "cpio"),
+        (b"070702", "cpio"),
+        (b"070707", "cpio"),
+        (b"\xc7\x71", "cpio"),
+    ];
+    if let Some((_, f)) = MAGIC.iter().find(|(m, _)| head.starts_with(m)) {
+        return Some(f);
+    }
+    head.get(257..262).filter(|m| *m == b"ustar").map(|_| "tar")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn archive_formats_are_known_by_their_magic() {
+        let mut tar = vec![0u8; 512];
+        tar[257..262].copy_from_slice(b"ustar");
+        for (head, want) in [
+            (&b"\x1f\x8b\x08\x00"[..], Some("gzip")),
+            (b"PK\x03\x04rest", Some("zip")),
+            (b"7z\xbc\xaf\x27\x1c\x00", Some("7z")),
+            (b"\xfd7zXZ\x00\x00", Some("xz")),
+            (b"BZh91AY", Some("bzip2")),
+            (b"\x28\xb5\x2f\xfd\x00", Some("zstd")),
+            (b"\x04\x22\x4d\x18", Some("lz4")),
+            (b"Rar!\x1a\x07\x00", Some("rar")),
+            (b"070701000", Some("cpio")),
+            (&tar[..], Some("tar")),
+            (b"ssh-rsa AAAA", None),
+            (b"\x1f", None),
+            (b"", None),
+        ] {
+            assert_eq!(archive_format(head), want, "{head:?}");
+        }
+    }
 }

@@ -62,6 +62,9 @@ fn describe(hit: &ArchiverHit) -> String {
         ArchiverHit::Identity { name, exe } => {
             format!("executable {exe:?} is archiver {name:?} by content (build-id)")
         }
+        ArchiverHit::Behaviour { format, archive } => format!(
+            "it read a credential, then wrote {format} data to {archive:?} (by the data's magic number)"
+        ),
     }
 }
 

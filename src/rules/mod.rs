@@ -30,7 +30,7 @@ use serde::Serialize;
 
 use crate::config::{FileRuleConfig, MarkIncidental, RulesConfig, SeedRuleConfig, Severity};
 
-pub use archivers::{ArchiverHit, Archivers, basename, is_multicall};
+pub use archivers::{ArchiverHit, Archivers, archive_format, basename, is_multicall};
 use archivers::{MULTICALL, SHELLS};
 pub use judge::{
     Candidate, ContainerFacts, Event, Evidence, FileMatch, Matches, Touch, TouchedFile, Verdict,
@@ -43,6 +43,11 @@ pub const EXEC_RULE_ID: &str = "keyward.seed.sensitive-files-compression";
 pub const EXEC_RULE_NAME: &str = "Sensitive Files Compression Inside A Container";
 /// Stable id of the file-access rule.
 pub const FILE_RULE_ID: &str = "keyward.file.archiver-opened-credential";
+/// Stable id of the behaviour rule: a process read a credential, then
+/// wrote archive or compressed data.
+pub const BEHAVIOUR_RULE_ID: &str = "keyward.behaviour.credential-archived";
+/// Name of the behaviour rule.
+pub const BEHAVIOUR_RULE_NAME: &str = "Credential Read Then Archive Written Inside A Container";
 /// Name of the file-access rule.
 pub const FILE_RULE_NAME: &str = "Archiver Opened A Credential File Inside A Container";
 
