@@ -182,6 +182,7 @@ impl Registrar {
         if r.is_err() {
             let orphaned = self.orphaned(reg, rec);
             marks::remove(self.groups.borrow(), &rec.placed, root_of(rec), &orphaned);
+            self.unindex(&rec.id);
         }
         r
     }
@@ -217,15 +218,17 @@ impl Registrar {
         })
     }
 
-    /// Take `rec` out of the index; the marks it held alone, among the
-    /// containers in `reg` other than itself.
+    /// The marks `rec` holds alone, among the containers in `reg` other
+    /// than itself. The index keeps it until [`Registrar::unindex`]: its
+    /// marks are removed first, so nothing reports the container gone
+    /// while the kernel still holds them.
     fn orphaned(&self, reg: &Registry, rec: &ContainerRecord) -> Orphaned {
         let files = self
             .ctx
             .index
-            .write()
+            .read()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&rec.id);
+            .held_alone(&rec.id);
         let shared: HashSet<_> = reg
             .all()
             .filter(|c| c.id != rec.id)
@@ -239,6 +242,15 @@ impl Registrar {
             .filter(|id| !shared.contains(id))
             .collect();
         Orphaned { files, create_dirs }
+    }
+
+    /// Take container `id` out of the index.
+    fn unindex(&self, id: &str) {
+        self.ctx
+            .index
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
     }
 
     fn note_coverage(&self, id: &str, report: &InstallReport) {
@@ -333,6 +345,7 @@ impl Registrar {
         rec.placed.marks.extend(derived);
         let orphaned = self.orphaned(reg, &rec);
         let removed = marks::remove(self.groups.borrow(), &rec.placed, root_of(&rec), &orphaned);
+        self.unindex(id);
         // marks::remove flushed the exec group's ignore marks: the exec loop
         // starts counting them afresh.
         self.ctx.ignores_flushed.fetch_add(1, Ordering::Relaxed);

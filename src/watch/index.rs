@@ -129,6 +129,16 @@ impl MarkIndex {
         orphaned
     }
 
+    /// The inodes only container `id` marks (what removing it would
+    /// orphan), without removing anything.
+    pub fn held_alone(&self, id: &str) -> Vec<FileId> {
+        self.files
+            .iter()
+            .filter(|(_, marks)| marks.iter().all(|m| m.container.reference.id == id))
+            .map(|(fid, _)| *fid)
+            .collect()
+    }
+
     /// The container whose namespaces these are.
     pub fn container_of(&self, pid_ns: u64, mnt_ns: u64) -> Option<&Arc<ContainerView>> {
         self.by_pid_ns
