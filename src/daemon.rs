@@ -124,11 +124,14 @@ fn spawn_decisions(
         tx,
     );
     let follow = spawn("keyward-follow", move || {
+        let excepted =
+            |s: &crate::rules::exceptions::Subject<'_>| c.policy().exceptions.suppress(s).is_some();
         let out = follow::Outputs {
             index: &c.index,
             stats: &c.stats,
             perm: &p,
             findings: &t,
+            excepted: &excepted,
         };
         follow::follow_loop(&w, &c.follow, out, &s)
     })?;

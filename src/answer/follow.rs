@@ -29,8 +29,10 @@ use crate::alert::{Finding, Trigger};
 use crate::attribute::procfs::{self, Stat};
 use crate::attribute::procfs::{ProcessInfo, RawProcess};
 use crate::rules::Rules;
-use crate::rules::{ArchiverHit, archive_format};
+use crate::rules::exceptions::Subject;
+use crate::rules::{ArchiverHit, BEHAVIOUR_RULE_ID, archive_format};
 use crate::watch::fanotify::{EventSource, Group, RootEvents, exec_scope, fd_path, parse_events};
+use crate::watch::index::ContainerView;
 use crate::watch::index::MarkIndex;
 use crate::watch::marks::MarkRecord;
 use crate::watch::resolve::FileId;
@@ -374,6 +376,9 @@ pub struct Outputs<'a> {
     pub perm: &'a Group,
     /// The alert queue, for matches by behaviour.
     pub findings: &'a SyncSender<Finding>,
+    /// Whether the current policy's exceptions suppress a behaviour match
+    /// (counted by the exception when they do).
+    pub excepted: &'a (dyn Fn(&Subject<'_>) -> bool + Sync),
 }
 
 impl Follow {
@@ -415,6 +420,9 @@ impl Follow {
                 start_time_ticks: r.start,
                 ..Default::default()
             });
+        if self.excepted(out, &view, &process) {
+            return;
+        }
         let credential = r.credential.to_string_lossy().into_owned();
         let f = Finding {
             at: SystemTime::now(),
@@ -436,6 +444,26 @@ impl Follow {
         };
         out.stats.findings.fetch_add(1, Ordering::Relaxed);
         super::events::send(out.findings, f, &out.stats.queue_drops);
+    }
+}
+
+impl Follow {
+    /// Exceptions apply to behaviour matches as to the others: a backup
+    /// job excepted at its opens is not alerted for the archive it writes.
+    fn excepted(&self, out: &Outputs<'_>, view: &ContainerView, p: &ProcessInfo) -> bool {
+        let parent = procfs::exe(p.ppid)
+            .ok()
+            .map(|e| e.to_string_lossy().into_owned());
+        let cmdline = p.args.join(" ");
+        (out.excepted)(&Subject {
+            rule_id: BEHAVIOUR_RULE_ID,
+            container_name: view.reference.name.as_deref(),
+            image: view.reference.image.as_deref(),
+            annotations: &view.annotations,
+            executable: &p.exe,
+            parent_executable: parent.as_deref(),
+            command_line: &cmdline,
+        })
     }
 }
 
