@@ -170,31 +170,19 @@ fn canonical_path(
 /// `gzip < ~/.ssh/id_rsa` (the shell opened it), or any fd the parent
 /// passed down.
 fn inherited_files(ctx: &Context, pid: i32, container: &str) -> Vec<TouchedFile> {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return Vec::new();
-    };
+    let held = procfs::open_files(pid, 1024);
     let idx = ctx.index.read().unwrap_or_else(|e| e.into_inner());
-    let mut out = Vec::new();
-    for entry in dir.flatten().take(1024) {
-        let Ok(meta) = std::fs::metadata(entry.path()) else {
-            continue;
-        };
-        let fid = FileId {
-            dev: meta.dev(),
-            ino: meta.ino(),
-        };
-        let Some(m) = idx.lookup(fid, Some(container)) else {
-            continue;
-        };
-        out.push(TouchedFile {
-            path: m.path.clone(),
-            origin: m.origin(),
-            opened_as: format!("inherited fd {}", entry.file_name().to_string_lossy()),
-            touch: Touch::Inherited,
-        });
-    }
-    out
+    held.into_iter()
+        .filter_map(|f| {
+            let m = idx.lookup(f.id, Some(container))?;
+            Some(TouchedFile {
+                path: m.path.clone(),
+                origin: m.origin(),
+                opened_as: format!("inherited fd {}", f.fd.to_string_lossy()),
+                touch: Touch::Inherited,
+            })
+        })
+        .collect()
 }
 
 /// What a permission event produced: up to one finding per rule.

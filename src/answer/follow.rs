@@ -88,21 +88,12 @@ pub const BEHAVIOUR_WINDOW: Duration = Duration::from_secs(60);
 const MAX_FDS: usize = 256;
 
 /// The regular files in `pid`'s fd table. The opener is held inside
-/// `open(2)`, so its fd table is its own; stat through the magic links
-/// opens nothing.
+/// `open(2)`, so its fd table is its own.
 fn regular_fds(pid: i32) -> Vec<FileId> {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return Vec::new();
-    };
-    dir.flatten()
-        .take(MAX_FDS)
-        .filter_map(|e| std::fs::metadata(e.path()).ok())
-        .filter(|m| m.is_file())
-        .map(|m| FileId {
-            dev: m.dev(),
-            ino: m.ino(),
-        })
+    procfs::open_files(pid, MAX_FDS)
+        .into_iter()
+        .filter(|f| f.is_file)
+        .map(|f| f.id)
         .collect()
 }
 

@@ -212,6 +212,36 @@ pub fn pidfd_of(pid: i32, start: u64) -> Result<(std::os::fd::OwnedFd, Stat), Pi
     }
 }
 
+/// One entry of a process's fd table: its number and the file behind it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenFile {
+    pub fd: std::ffi::OsString,
+    pub id: crate::watch::resolve::FileId,
+    pub is_file: bool,
+}
+
+/// The first `max` entries of `/proc/<pid>/fd`, each stat'ed through its
+/// magic link (which opens nothing). Empty when the process is gone.
+pub fn open_files(pid: i32, max: usize) -> Vec<OpenFile> {
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .take(max)
+        .filter_map(|e| {
+            let meta = fs::metadata(e.path()).ok()?;
+            Some(OpenFile {
+                fd: e.file_name(),
+                id: crate::watch::resolve::FileId {
+                    dev: meta.dev(),
+                    ino: meta.ino(),
+                },
+                is_file: meta.is_file(),
+            })
+        })
+        .collect()
+}
+
 /// Set the calling thread's nice value (Linux nice is per thread).
 pub fn set_thread_nice(nice: i32) {
     // SAFETY: gettid and setpriority have no memory-safety preconditions;

@@ -13,8 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
-use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use super::exceptions::{Exceptions, Subject};
 use super::{ArchiverHit, EXEC_RULE_ID, ExecMatch, FILE_RULE_ID, Rules};
@@ -237,46 +236,42 @@ fn excepted(
         .is_some()
 }
 
-/// An [`Evidence`] with fixed answers, for `keyward check` and tests: a
-/// command line judged on its own, in a container with no name.
-#[derive(Debug, Default)]
-pub struct Fixed {
-    pub files: Vec<TouchedFile>,
-    pub cwd: PathBuf,
-    pub annotations: BTreeMap<String, String>,
-}
-
-impl Evidence for Fixed {
-    fn identity(&self) -> Option<ArchiverHit> {
-        None
-    }
-    fn container(&self) -> Option<ContainerFacts<'_>> {
-        Some(ContainerFacts {
-            name: None,
-            image: None,
-            annotations: &self.annotations,
-        })
-    }
-    fn files(&self) -> Vec<TouchedFile> {
-        self.files.clone()
-    }
-    fn cwd(&self) -> PathBuf {
-        self.cwd.clone()
-    }
-    fn parent_executable(&self) -> Option<String> {
-        None
-    }
-}
-
-/// The basename of an executable path, as a candidate's `exe_name`.
-pub fn exe_name(exe: &OsStr) -> &OsStr {
-    Path::new(exe).file_name().unwrap_or(OsStr::from_bytes(b""))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::{ExceptionConfig, RulesConfig};
+    use std::path::Path;
+
+    /// An [`Evidence`] with fixed answers: a command line judged on its own,
+    /// in a container with no name.
+    #[derive(Debug, Default)]
+    struct Fixed {
+        files: Vec<TouchedFile>,
+        cwd: PathBuf,
+        annotations: BTreeMap<String, String>,
+    }
+
+    impl Evidence for Fixed {
+        fn identity(&self) -> Option<ArchiverHit> {
+            None
+        }
+        fn container(&self) -> Option<ContainerFacts<'_>> {
+            Some(ContainerFacts {
+                name: None,
+                image: None,
+                annotations: &self.annotations,
+            })
+        }
+        fn files(&self) -> Vec<TouchedFile> {
+            self.files.clone()
+        }
+        fn cwd(&self) -> PathBuf {
+            self.cwd.clone()
+        }
+        fn parent_executable(&self) -> Option<String> {
+            None
+        }
+    }
 
     fn rules() -> Rules {
         Rules::compile(&RulesConfig::default()).unwrap()
