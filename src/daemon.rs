@@ -115,7 +115,8 @@ fn spawn_decisions(
     let (e, c, s) = (groups.exec.clone(), ctx.clone(), stops.intake.clone());
     let t = tx.clone();
     let exec = spawn("keyward-exec", move || exec::exec_loop(&*e, &c, t, &s))?;
-    ctx.follow.set_group(groups.write.clone());
+    ctx.follow
+        .set_groups(groups.write.clone(), groups.perm.clone());
     let (w, p, c, s, t) = (
         groups.write.clone(),
         groups.perm.clone(),
@@ -126,12 +127,18 @@ fn spawn_decisions(
     let follow = spawn("keyward-follow", move || {
         let excepted =
             |s: &crate::rules::exceptions::Subject<'_>| c.policy().exceptions.suppress(s).is_some();
+        let scan_pipes = |id: &str| {
+            for f in crate::answer::decide::follow_pipes_of(&c, id) {
+                crate::answer::events::send(&t, f, &c.stats.queue_drops);
+            }
+        };
         let out = follow::Outputs {
             index: &c.index,
             stats: &c.stats,
             perm: &p,
             findings: &t,
             excepted: &excepted,
+            scan_pipes: &scan_pipes,
         };
         follow::follow_loop(&w, &c.follow, out, &s)
     })?;

@@ -17,7 +17,7 @@ use crate::config::Action;
 use crate::response::{ResponseOutcome, ResponseResult};
 use crate::rules::{
     ArchiverHit, BEHAVIOUR_RULE_ID, BEHAVIOUR_RULE_NAME, EXEC_RULE_ID, EXEC_RULE_NAME, ExecMatch,
-    FILE_RULE_ID, FILE_RULE_NAME, RuleMeta,
+    FILE_RULE_ID, FILE_RULE_NAME, RuleMeta, Source,
 };
 use crate::watch::index::ContainerRef;
 
@@ -34,6 +34,10 @@ pub struct FileTouch {
     pub opened_as: String,
     pub pattern: String,
     pub denied: bool,
+    /// For credential data read from a pipe: the process that read the
+    /// credential and wrote it into the pipe.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<Source>,
 }
 
 /// An aggregated archiver run, ready to render.
@@ -80,6 +84,7 @@ impl Alert {
                 pattern,
                 archiver,
                 denied,
+                source,
             } => {
                 self.files_total += 1;
                 self.archiver.get_or_insert(archiver);
@@ -95,6 +100,7 @@ impl Alert {
                         opened_as,
                         pattern,
                         denied,
+                        source,
                     }),
                     None => {}
                 }

@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::attribute::procfs::ProcessInfo;
 use crate::config::Action;
 use crate::response::ResponseOutcome;
-use crate::rules::{ArchiverHit, ExecMatch};
+use crate::rules::{ArchiverHit, ExecMatch, Source};
 use crate::watch::index::ContainerRef;
 
 /// How a finding was triggered.
@@ -32,6 +32,9 @@ pub enum Trigger {
         archiver: ArchiverHit,
         /// Whether the open was refused.
         denied: bool,
+        /// For credential data read from a pipe: the process that wrote
+        /// it.
+        source: Option<Source>,
     },
 }
 

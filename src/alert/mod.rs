@@ -68,6 +68,7 @@ mod tests {
                 pattern: path.into(),
                 archiver: ArchiverHit::Name { name: "tar".into() },
                 denied: false,
+                source: None,
             },
             action: Action::Alert,
             response: None,

@@ -127,6 +127,7 @@ fn opened_file(
         origin,
         opened_as: opened_as.to_string_lossy().into_owned(),
         touch: Touch::Opened,
+        source: None,
     })
 }
 
@@ -164,29 +165,170 @@ fn canonical_path(
     (opened_as.clone(), origin, opened_as)
 }
 
-/// Marked files among the fds a freshly exec'd process holds.
+/// Marked files among the fds a freshly exec'd process holds, and the
+/// tainted pipes it reads.
 ///
 /// An archiver may be handed a credential file it never opens itself:
 /// `gzip < ~/.ssh/id_rsa` (the shell opened it), or any fd the parent
-/// passed down.
+/// passed down; or a pipe a process that read the credential writes into
+/// (`cat key | gzip`, see `follow`).
 fn inherited_files(ctx: &Context, pid: i32, container: &str) -> Vec<TouchedFile> {
     let held = procfs::open_files(pid, 1024);
-    let idx = ctx.index.read().unwrap_or_else(|e| e.into_inner());
-    held.into_iter()
-        .filter_map(|f| {
-            let m = idx.lookup(f.id, Some(container))?;
-            Some(TouchedFile {
-                path: m.path.clone(),
-                origin: m.origin(),
-                opened_as: format!("inherited fd {}", f.fd.to_string_lossy()),
-                touch: Touch::Inherited,
+    let mut out: Vec<TouchedFile> = {
+        let idx = ctx.index.read().unwrap_or_else(|e| e.into_inner());
+        held.into_iter()
+            .filter_map(|f| {
+                let m = idx.lookup(f.id, Some(container))?;
+                if m.derived.is_some() && !ctx.follow.still_marked(f.id) {
+                    return None;
+                }
+                Some(TouchedFile {
+                    path: m.path.clone(),
+                    origin: m.origin(),
+                    opened_as: format!("inherited fd {}", f.fd.to_string_lossy()),
+                    touch: Touch::Inherited,
+                    source: None,
+                })
             })
+            .collect()
+    };
+    out.extend(piped_files(ctx, pid, container));
+    out
+}
+
+/// The tainted pipes `pid` reads, as the credentials they carry.
+fn piped_files(ctx: &Context, pid: i32, container: &str) -> Vec<TouchedFile> {
+    ctx.follow
+        .piped(container, pid)
+        .into_iter()
+        .filter(|(_, t)| !t.in_alerted_run)
+        .map(|(p, t)| TouchedFile {
+            path: t.credential,
+            origin: t.origin,
+            opened_as: format!(
+                "fd {} reads {} from pid {} ({})",
+                p.fd.to_string_lossy(),
+                t.source.via,
+                t.source.pid,
+                t.source.name
+            ),
+            touch: Touch::Piped,
+            source: Some(t.source),
         })
         .collect()
 }
 
-/// What a permission event produced: up to one finding per rule.
-pub type OpenFindings = [Option<Finding>; 2];
+/// Follow credential data through a container's tainted pipes: every
+/// process in the container that reads one is followed as a reader (its
+/// own pipes tainted in turn, up to `follow::MAX_HOPS`), and judged as an
+/// archiver for what it holds. The fd tables are read once.
+pub fn follow_pipes(ctx: &Context, view: &Arc<ContainerView>) -> Vec<Finding> {
+    bump(&ctx.stats.pipe_scans);
+    let id = &view.reference.id;
+    let policy = ctx.policy();
+    let tables: Vec<(i32, Vec<procfs::PipeFd>)> = procfs::members(view.pid_ns, view.mnt_ns)
+        .into_iter()
+        .filter(|pid| *pid != ctx.self_pid)
+        .map(|pid| {
+            let reads = procfs::pipes(pid, 256)
+                .into_iter()
+                .filter(|p| p.end.reads())
+                .collect::<Vec<_>>();
+            (pid, reads)
+        })
+        .filter(|(_, r)| !r.is_empty())
+        .collect();
+    let mut out = Vec::new();
+    let mut done = std::collections::HashSet::new();
+    for _ in 0..=super::follow::MAX_HOPS {
+        let mut more = false;
+        for (pid, reads) in &tables {
+            if done.contains(pid) {
+                continue;
+            }
+            let Some(taint) = reads.iter().find_map(|p| ctx.follow.taint_of(id, p.id)) else {
+                continue;
+            };
+            done.insert(*pid);
+            let Ok(stat) = procfs::stat(*pid) else {
+                continue;
+            };
+            if !ctx.follow.note_piped(&ctx.stats, *pid, &stat, id, &taint) {
+                continue;
+            }
+            let Ok(proc) = RawProcess::read_with(*pid, stat) else {
+                continue;
+            };
+            more |= ctx.follow.describe(&ctx.stats, *pid, &proc);
+            // The other end of an alerted archiver's own pipe (GNU tar's
+            // gzip child) is part of that run: followed, not alerted again.
+            if taint.in_alerted_run {
+                continue;
+            }
+            let evidence = ProcessEvidence {
+                ctx,
+                pid: *pid,
+                proc: &proc,
+                container: OnceCell::from(Some(view.clone())),
+                opened: None,
+            };
+            if let Verdict::Matched(m) = judge(&policy, &proc, Event::Pipe, &evidence) {
+                drop(evidence);
+                ctx.follow.matched(*pid);
+                let before = out.len();
+                out.extend(findings(view, proc.complete(), m, false));
+                ctx.stats
+                    .findings
+                    .fetch_add((out.len() - before) as u64, Ordering::Relaxed);
+            }
+        }
+        if !more {
+            break;
+        }
+    }
+    out
+}
+
+/// An exec while some container has tainted pipes: if the new program
+/// reads one, follow it from here (a pipeline member forked after the
+/// reader's scan, which may finish before the next look). Costs one lock
+/// per exec while no container has a tainted pipe.
+pub fn note_exec(ctx: &Context, pid: i32) {
+    if !ctx.follow.any_taint() {
+        return;
+    }
+    let Some(view) = ctx.container_of(pid) else {
+        return;
+    };
+    let id = &view.reference.id;
+    let Some((_, taint)) = ctx.follow.piped(id, pid).into_iter().next() else {
+        return;
+    };
+    let Ok(stat) = procfs::stat(pid) else {
+        return;
+    };
+    if ctx.follow.note_piped(&ctx.stats, pid, &stat, id, &taint) {
+        // Its own pipes carry the data on (`cat key | base64 | gzip`).
+        if let Ok(proc) = RawProcess::read_with(pid, stat) {
+            ctx.follow.describe(&ctx.stats, pid, &proc);
+        }
+    }
+}
+
+/// [`follow_pipes`] for container `id`, if it is still watched.
+pub fn follow_pipes_of(ctx: &Context, id: &str) -> Vec<Finding> {
+    let view = ctx
+        .index
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .container(id)
+        .cloned();
+    view.map(|v| follow_pipes(ctx, &v)).unwrap_or_default()
+}
+
+/// What a permission event produced: up to one finding per rule, and
+/// those of the archivers found reading its pipes.
+pub type OpenFindings = Vec<Finding>;
 
 /// The findings of a verdict's matches for one process in one container.
 fn findings(
@@ -213,6 +355,7 @@ fn findings(
         pattern: f.pattern,
         archiver: f.archiver,
         denied: denied && f.file.touch == Touch::Opened,
+        source: f.file.source,
     });
     files.chain(exec).map(finding)
 }
@@ -228,25 +371,29 @@ pub fn decide_open(ctx: &Context, pid: i32, fd: BorrowedFd<'_>) -> (u32, OpenFin
     bump(&ctx.stats.perm_events);
     if pid == ctx.self_pid {
         bump(&ctx.stats.own_pid);
-        return (FAN_ALLOW, [None, None]);
+        return (FAN_ALLOW, Vec::new());
     }
     // One read identifies the process image; an image already judged
     // benign under the current containers and policy is allowed at once.
     let Ok(stat) = procfs::stat(pid) else {
         bump(&ctx.stats.attribution_errors);
-        return (FAN_ALLOW, [None, None]);
+        return (FAN_ALLOW, Vec::new());
     };
     let key = stat.image_key(pid);
     let policy = ctx.policy();
     let generation = ctx.generation(&policy);
-    if ctx.is_benign(key, generation) {
+    if ctx.is_benign(key, generation)
+        && !ctx
+            .follow
+            .would_follow(&ctx.index, &policy.rules, pid, &stat, fd)
+    {
         bump(&ctx.stats.cache_hits);
-        return (FAN_ALLOW, [None, None]);
+        return (FAN_ALLOW, Vec::new());
     }
     let Some(container) = ctx.container_of(pid) else {
         bump(&ctx.stats.host_process);
         ctx.remember_benign(key, generation);
-        return (FAN_ALLOW, [None, None]);
+        return (FAN_ALLOW, Vec::new());
     };
     // A process in a container that opens a credential is followed from
     // here until it exits, whatever the rules say of it (see `follow`).
@@ -261,9 +408,8 @@ pub fn decide_open(ctx: &Context, pid: i32, fd: BorrowedFd<'_>) -> (u32, OpenFin
     );
     let Ok(proc) = RawProcess::read_with(pid, stat) else {
         bump(&ctx.stats.attribution_errors);
-        return (FAN_ALLOW, [None, None]);
+        return (FAN_ALLOW, Vec::new());
     };
-    ctx.follow.describe(pid, &proc);
     let evidence = ProcessEvidence {
         ctx,
         pid,
@@ -271,20 +417,31 @@ pub fn decide_open(ctx: &Context, pid: i32, fd: BorrowedFd<'_>) -> (u32, OpenFin
         container: OnceCell::from(Some(container.clone())),
         opened: Some(fd),
     };
-    let m = match judge(&policy, &proc, Event::Open, &evidence) {
+    let verdict = judge(&policy, &proc, Event::Open, &evidence);
+    drop(evidence);
+    if matches!(verdict, Verdict::Matched(_)) {
+        ctx.follow.matched(pid);
+    }
+    // A new reader's pipes are tainted (as part of its own alerted run
+    // when it matched); look for their readers now, while it is held and
+    // no data is in them yet.
+    let mut found = Vec::new();
+    if ctx.follow.describe(&ctx.stats, pid, &proc)
+        && ctx.follow.may_scan(&ctx.stats, &container.reference.id)
+    {
+        found = follow_pipes(ctx, &container);
+    }
+    let m = match verdict {
         Verdict::Matched(m) => m,
         Verdict::Benign => {
             // Neither rule can ever hold for this image, whatever it opens.
             ctx.remember_benign(key, generation);
-            return (FAN_ALLOW, [None, None]);
+            return (FAN_ALLOW, found);
         }
-        Verdict::Outside | Verdict::Quiet => return (FAN_ALLOW, [None, None]),
+        Verdict::Outside | Verdict::Quiet => return (FAN_ALLOW, found),
     };
-    drop(evidence);
-    ctx.follow.matched(pid);
     let denied = container.action.denies_open();
-    let mut out = findings(&container, proc.complete(), m, denied);
-    let found = [out.next(), out.next()];
+    found.extend(findings(&container, proc.complete(), m, denied));
     (if denied { FAN_DENY } else { FAN_ALLOW }, found)
 }
 
@@ -374,6 +531,18 @@ pub fn probe_exec(
         return ExecProbe::Done(None);
     };
     drop(evidence);
+    // An archiver exec'd on a tainted pipe is followed from here, so what
+    // it writes is a derived credential too.
+    let piped = matched
+        .as_ref()
+        .is_some_and(|m| m.files.iter().any(|f| f.file.touch == Touch::Piped));
+    if piped {
+        let id = &container.reference.id;
+        if let Some((_, t)) = ctx.follow.piped(id, pid).into_iter().next() {
+            ctx.follow.note_piped(&ctx.stats, pid, &proc.stat, id, &t);
+            ctx.follow.matched(pid);
+        }
+    }
     let process = proc.complete();
     let start = starts.then(|| Finding {
         at: SystemTime::now(),
@@ -441,7 +610,7 @@ mod tests {
         use std::os::fd::AsFd;
         let (r, findings) = decide_open(&c, c.self_pid, f.as_fd());
         assert_eq!(r, FAN_ALLOW);
-        assert!(findings.iter().all(Option::is_none));
+        assert!(findings.is_empty());
         assert_eq!(c.stats.snapshot().own_pid, 1);
     }
 
@@ -453,7 +622,7 @@ mod tests {
         let parent = procfs::stat(c.self_pid).unwrap().ppid;
         let (r, findings) = decide_open(&c, parent, f.as_fd());
         assert_eq!(r, FAN_ALLOW);
-        assert!(findings.iter().all(Option::is_none));
+        assert!(findings.is_empty());
         assert_eq!(c.stats.snapshot().host_process, 1);
         // A vanished pid is not a container member either.
         let (r, _) = decide_open(&c, i32::MAX, f.as_fd());

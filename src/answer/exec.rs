@@ -270,12 +270,22 @@ fn exec_event(
     }
     let file = std::fs::File::from(ev.fd?);
     ctx.stats.exec_events.fetch_add(1, Ordering::Relaxed);
+
     // The loop refreshed `ignores` this round, before reading events.
     let policy = ctx.policy();
     let starts = ctx.process_events.load(Ordering::Relaxed);
     let (fid, class) =
         ctx.exe_classes
             .classify(&file, &policy.rules, policy.generation, &ctx.identities)?;
+    // A followed process that execs is named by its new program (not by
+    // the loader, whose open is an exec event too); a new one that reads
+    // a tainted pipe is followed from here.
+    if class != ExeClass::Interpreter {
+        use std::os::fd::AsFd;
+        ctx.follow
+            .exec_seen(ev.pid, || crate::watch::fanotify::fd_path(file.as_fd()));
+    }
+    decide::note_exec(ctx, ev.pid);
     let now = Instant::now();
     let later = || {
         ctx.stats.exec_plain.fetch_add(1, Ordering::Relaxed);

@@ -13,6 +13,18 @@
 //! armed, a container pays one notification per file closed after a
 //! write; the follow thread drops those of processes it does not follow.
 //!
+//! Pipes. A reader's pipe and FIFO write ends carry the credential on:
+//! they are *tainted* when it is first described, and a process in the
+//! same container that holds a tainted pipe's read end is followed as a
+//! reader too (its source named), and judged as an archiver for what it
+//! holds. Either may start first: the holders are looked for while the
+//! reader is still held in `open(2)` (before any data is in the pipe, so
+//! an archiver already waiting on it cannot have finished), a process
+//! exec'd later on a tainted pipe is judged at its exec by what it
+//! inherits, and the follow thread looks again every second while a
+//! container has live taints (a FIFO opened later). Chains
+//! (`cat key | base64 | gzip`) are followed up to [`MAX_HOPS`] pipes.
+//!
 //! A read of a name-service file (`incidental_paths`: `/etc/passwd`,
 //! `/etc/group`, `/etc/hosts`) never makes a reader: every user-name
 //! lookup reads them.
@@ -30,7 +42,7 @@ use crate::attribute::procfs::{self, Stat};
 use crate::attribute::procfs::{ProcessInfo, RawProcess};
 use crate::rules::Rules;
 use crate::rules::exceptions::Subject;
-use crate::rules::{ArchiverHit, BEHAVIOUR_RULE_ID, archive_format};
+use crate::rules::{ArchiverHit, BEHAVIOUR_RULE_ID, Source, archive_format};
 use crate::watch::fanotify::{EventSource, Group, RootEvents, exec_scope, fd_path, parse_events};
 use crate::watch::index::ContainerView;
 use crate::watch::index::MarkIndex;
@@ -47,18 +59,60 @@ const MAX_READERS: usize = 16 * 1024;
 pub const MAX_DERIVED: usize = 10_000;
 /// How long a reader that exited is kept for the writes it queued.
 const GONE_GRACE: Duration = Duration::from_secs(10);
-/// How often readers that exited are forgotten.
+/// How often readers that exited are forgotten, and containers with
+/// tainted pipes looked at again.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// Pipes a credential is followed through (`cat key | base64 | gzip` is
+/// two).
+pub const MAX_HOPS: u8 = 4;
+/// Tainted pipes per container; past this, further ones are counted
+/// (`pipes_dropped`) and not followed.
+pub const MAX_TAINTED: usize = 1024;
+/// Pipe-holder scans per container per second on the permission thread;
+/// past this a container's scans wait for the follow thread's next look,
+/// so a container that reads credentials in a loop cannot hold the
+/// answering thread that every container shares.
+pub const SCANS_PER_SEC: u32 = 8;
+
+/// A pipe or FIFO that a reader holds for writing: what it may carry.
+#[derive(Debug, Clone)]
+pub struct Taint {
+    /// The credential, as the index names it, its origin and pattern.
+    pub credential: PathBuf,
+    pub origin: String,
+    pub pattern: String,
+    /// The reader that holds it for writing.
+    pub source: Source,
+    /// Whether that reader's own alert covers what comes out of the pipe:
+    /// it matched a rule (an archiver by name), or read from such a pipe.
+    pub in_alerted_run: bool,
+    /// Pipes between the credential and this one.
+    hops: u8,
+    at: Instant,
+    /// The source's start time: it is named again by what it runs now if
+    /// it is still that process (a pipeline member described before its
+    /// exec is still its shell).
+    source_start: u64,
+}
 
 /// A process that read a credential.
 #[derive(Debug, Clone)]
 struct Reader {
     start: u64,
     container: String,
-    /// The credential it read first, as the index names it, and the
-    /// pattern it matched.
+    /// The credential it read first, as the index names it, where it was
+    /// found, and the pattern it matched.
     credential: PathBuf,
+    origin: String,
     pattern: String,
+    /// For a reader of a tainted pipe: the process it read from.
+    via: Option<Source>,
+    /// Pipes between the credential and this reader.
+    hops: u8,
+    /// The program it exec'd since it was followed (a pipeline member
+    /// forked before its exec), from the exec event's file: an archiver
+    /// that finishes before its exec is probed is still named.
+    exec_path: Option<String>,
     /// What it was when it read (argv, executable): it may be gone when
     /// its output is judged.
     seen_as: Option<ProcessInfo>,
@@ -107,12 +161,51 @@ pub struct Follow {
     derived: Mutex<HashMap<String, Vec<MarkRecord>>>,
     /// The write group, set once at start; without it nothing is followed.
     writes: OnceLock<Arc<Group>>,
+    perm: OnceLock<Arc<Group>>,
+    /// Tainted pipes per container, by inode.
+    tainted: Mutex<HashMap<String, HashMap<FileId, Taint>>>,
+    /// Holder scans per container in the current second.
+    scans: Mutex<HashMap<String, (Instant, u32)>>,
+    /// Behaviour matches of readers already gone, reported once their
+    /// exec events had time to name them.
+    late: Mutex<Vec<(Instant, Reader, Behaviour)>>,
+    /// Follow-up holder scans due ([`FOLLOW_UP`] after a taint).
+    soon: Mutex<Vec<(Instant, String)>>,
 }
 
+/// When, after a pipe is tainted, the follow thread looks for its readers
+/// again: a pipeline member forked after the reader's open (a loaded
+/// host, a shell slow to fork the last member) is found while it still
+/// waits on the data, before the once-a-second look.
+/// Dense at first: a consumer forked late may need only milliseconds
+/// once the data is in the pipe. Each look is one `/proc` walk.
+const FOLLOW_UP: [Duration; 6] = [
+    Duration::from_millis(1),
+    Duration::from_millis(3),
+    Duration::from_millis(8),
+    Duration::from_millis(20),
+    Duration::from_millis(50),
+    Duration::from_millis(150),
+];
+
 impl Follow {
-    /// Give the follower its write group.
-    pub fn set_group(&self, g: Arc<Group>) {
-        let _ = self.writes.set(g);
+    /// Give the follower its write group, and the permission group that
+    /// holds the derived credentials' marks.
+    pub fn set_groups(&self, writes: Arc<Group>, perm: Arc<Group>) {
+        let _ = self.writes.set(writes);
+        let _ = self.perm.set(perm);
+    }
+
+    /// Whether a derived credential's inode still carries its mark. The
+    /// kernel drops a mark when its inode is deleted, and the inode number
+    /// may then be reused by any new file: a copy that was removed must
+    /// not make an unrelated file a credential. One read of the kernel's
+    /// mark list; called only when a lookup outside a permission event
+    /// hits a derived entry.
+    pub fn still_marked(&self, fid: FileId) -> bool {
+        self.perm
+            .get()
+            .is_none_or(|g| g.marked_inodes().contains(&fid.ino))
     }
 
     /// Called on the permission thread for every event of a process in a
@@ -136,7 +229,7 @@ impl Follow {
         let Ok((fid, _)) = FileId::of(fd) else {
             return;
         };
-        let (container, credential) = {
+        let (container, credential, origin) = {
             let idx = index.read().unwrap_or_else(|e| e.into_inner());
             // Only the opener's own container: a host process never arms
             // anything, and one container's files never make another's
@@ -147,7 +240,7 @@ impl Follow {
             if m.is_dir || m.container.reference.id != opener_container {
                 return;
             }
-            (m.container.reference.id.clone(), m.path.clone())
+            (m.container.reference.id.clone(), m.path.clone(), m.origin())
         };
         if rules.is_incidental_path(credential.as_os_str()) {
             return;
@@ -167,7 +260,11 @@ impl Follow {
                 start: stat.start_time_ticks,
                 container: container.clone(),
                 credential,
+                origin,
                 pattern,
+                via: None,
+                hops: 0,
+                exec_path: None,
                 seen_as: None,
                 gone_at: None,
                 matched: false,
@@ -216,16 +313,17 @@ impl Follow {
     }
 
     /// What the reader `pid` is, as the permission thread read it (only
-    /// the first time: argv, executable and name, no further reads).
-    pub fn describe(&self, pid: i32, proc: &RawProcess) {
+    /// the first time: argv, executable and name), and the pipes it holds
+    /// for writing, which are tainted. True if it tainted any.
+    pub fn describe(&self, stats: &Stats, pid: i32, proc: &RawProcess) -> bool {
         let mut readers = self.readers.lock().unwrap_or_else(|e| e.into_inner());
         let Some(r) = readers.get_mut(&pid) else {
-            return;
+            return false;
         };
         if r.seen_as.is_some() || r.start != proc.stat.start_time_ticks {
-            return;
+            return false;
         }
-        r.seen_as = Some(ProcessInfo {
+        let info = ProcessInfo {
             pid,
             start_time_ticks: r.start,
             name: proc.comm.to_string_lossy().into_owned(),
@@ -239,7 +337,281 @@ impl Follow {
             args_count: proc.args.len(),
             ppid: proc.stat.ppid,
             ..Default::default()
+        };
+        r.seen_as = Some(info.clone());
+        let r = r.clone();
+        drop(readers);
+        self.taint_pipes(stats, pid, &r, &info)
+    }
+
+    /// Taint the pipes and FIFOs `pid` holds for writing.
+    fn taint_pipes(&self, stats: &Stats, pid: i32, r: &Reader, info: &ProcessInfo) -> bool {
+        if r.hops >= MAX_HOPS {
+            return false;
+        }
+        let pipes: Vec<_> = procfs::pipes(pid, MAX_FDS)
+            .into_iter()
+            .filter(|p| p.end.writes())
+            .collect();
+        if pipes.is_empty() {
+            return false;
+        }
+        let mut tainted = self.tainted.lock().unwrap_or_else(|e| e.into_inner());
+        let of = tainted.entry(r.container.clone()).or_default();
+        let mut any = false;
+        for p in pipes {
+            if of.contains_key(&p.id) {
+                continue;
+            }
+            if of.len() >= MAX_TAINTED {
+                stats.pipes_dropped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let via = std::fs::read_link(format!("/proc/{pid}/fd/{}", p.fd.to_string_lossy()))
+                .map(|l| l.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| format!("pipe:[{}]", p.id.ino));
+            of.insert(
+                p.id,
+                Taint {
+                    credential: r.credential.clone(),
+                    origin: r.origin.clone(),
+                    pattern: r.pattern.clone(),
+                    source: Source {
+                        via,
+                        pid,
+                        name: info.name.clone(),
+                        executable: info.exe.clone(),
+                        args: info.args.clone(),
+                    },
+                    hops: r.hops,
+                    in_alerted_run: r.matched,
+                    at: Instant::now(),
+                    source_start: r.start,
+                },
+            );
+            stats.pipes_tainted.fetch_add(1, Ordering::Relaxed);
+            any = true;
+        }
+        drop(tainted);
+        if any {
+            let now = Instant::now();
+            let mut soon = self.soon.lock().unwrap_or_else(|e| e.into_inner());
+            for d in FOLLOW_UP {
+                soon.push((now + d, r.container.clone()));
+            }
+        }
+        any
+    }
+
+    /// The containers whose follow-up scans are due, each once; and when
+    /// the next one is.
+    fn follow_ups(&self) -> (Vec<String>, Option<Instant>) {
+        let now = Instant::now();
+        let mut soon = self.soon.lock().unwrap_or_else(|e| e.into_inner());
+        let mut due: Vec<String> = Vec::new();
+        soon.retain(|(at, id)| {
+            if *at > now {
+                return true;
+            }
+            if !due.contains(id) {
+                due.push(id.clone());
+            }
+            false
         });
+        (due, soon.iter().map(|(at, _)| *at).min())
+    }
+
+    /// Whether any container has a tainted pipe (one lock, no reads).
+    pub fn any_taint(&self) -> bool {
+        !self
+            .tainted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+    }
+
+    /// Whether container `id` has any tainted pipe (one lock, no reads).
+    pub fn has_taint(&self, id: &str) -> bool {
+        self.tainted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .is_some_and(|m| !m.is_empty())
+    }
+
+    /// The containers with tainted pipes, for the follow thread's look.
+    pub fn tainted_containers(&self) -> Vec<String> {
+        let tainted = self.tainted.lock().unwrap_or_else(|e| e.into_inner());
+        tainted
+            .iter()
+            .filter(|(_, m)| !m.is_empty())
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// The taint of pipe `fid` in container `id`.
+    pub fn taint_of(&self, id: &str, fid: FileId) -> Option<Taint> {
+        self.tainted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)?
+            .get(&fid)
+            .cloned()
+    }
+
+    /// The tainted pipes `pid` (in container `id`) holds for reading, with
+    /// the fd it reads each through. Nothing is read unless the container
+    /// has a taint.
+    pub fn piped(&self, id: &str, pid: i32) -> Vec<(procfs::PipeFd, Taint)> {
+        if !self.has_taint(id) {
+            return Vec::new();
+        }
+        procfs::pipes(pid, MAX_FDS)
+            .into_iter()
+            .filter(|p| p.end.reads())
+            .filter_map(|p| {
+                let t = self.taint_of(id, p.id)?;
+                Some((p, self.refreshed(t)))
+            })
+            .collect()
+    }
+
+    /// A taint with its source named as it is now: by what it runs, if it
+    /// still runs, else by the program it was seen exec (a pipeline
+    /// member described before its exec is still its shell then).
+    fn refreshed(&self, mut t: Taint) -> Taint {
+        let live = RawProcess::read(t.source.pid)
+            .ok()
+            .filter(|p| p.stat.start_time_ticks == t.source_start && !p.args.is_empty());
+        let p = match live {
+            // By `comm`, as the reader was described: a busybox applet's
+            // executable is busybox.
+            Some(p) => {
+                let name = p.comm.to_string_lossy().into_owned();
+                ProcessInfo {
+                    name,
+                    ..p.complete()
+                }
+            }
+            None => {
+                let readers = self.readers.lock().unwrap_or_else(|e| e.into_inner());
+                let Some(r) = readers
+                    .get(&t.source.pid)
+                    .filter(|r| r.start == t.source_start)
+                else {
+                    return t;
+                };
+                if r.seen_as.is_none() && r.exec_path.is_none() {
+                    return t;
+                }
+                exec_since(r.seen_as.clone(), t.source.pid, r)
+            }
+        };
+        t.source.name = p.name;
+        t.source.executable = p.exe;
+        t.source.args = p.args;
+        t
+    }
+
+    /// Whether `pid` (with start time `start`) is followed already.
+    pub fn is_reader(&self, pid: i32, start: u64) -> bool {
+        self.readers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&pid)
+            .is_some_and(|r| r.start == start)
+    }
+
+    /// Follow `pid`, which reads the tainted pipe `taint` in container
+    /// `id`, as a reader of its credential. True if it is new.
+    pub fn note_piped(
+        &self,
+        stats: &Stats,
+        pid: i32,
+        stat: &Stat,
+        id: &str,
+        taint: &Taint,
+    ) -> bool {
+        if self.writes.get().is_none() || self.is_reader(pid, stat.start_time_ticks) {
+            return false;
+        }
+        let reader = Reader {
+            start: stat.start_time_ticks,
+            container: id.to_string(),
+            credential: taint.credential.clone(),
+            origin: taint.origin.clone(),
+            pattern: taint.pattern.clone(),
+            via: Some(taint.source.clone()),
+            hops: taint.hops + 1,
+            exec_path: None,
+            seen_as: None,
+            gone_at: None,
+            // Part of an alerted run: no alert by behaviour either.
+            matched: taint.in_alerted_run,
+            read_at: Instant::now(),
+            outputs: regular_fds(pid),
+        };
+        let mut readers = self.readers.lock().unwrap_or_else(|e| e.into_inner());
+        if readers.len() >= MAX_READERS {
+            readers.clear();
+        }
+        readers.insert(pid, reader);
+        stats.followed.fetch_add(1, Ordering::Relaxed);
+        stats.pipe_readers.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    /// Whether the permission thread may scan container `id` for pipe
+    /// holders now ([`SCANS_PER_SEC`]); if not, the follow thread will.
+    pub fn may_scan(&self, stats: &Stats, id: &str) -> bool {
+        let mut scans = self.scans.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let e = scans.entry(id.to_string()).or_insert((now, 0));
+        if now.duration_since(e.0) >= Duration::from_secs(1) {
+            *e = (now, 0);
+        }
+        if e.1 >= SCANS_PER_SEC {
+            stats.pipe_scans_deferred.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        e.1 += 1;
+        true
+    }
+
+    /// Whether a permission event on `fd` by the process `stat` describes
+    /// would make a new reader: the image-benign cache must not hide a
+    /// credential open from the follower (a process that opened
+    /// `/etc/passwd` first, then a key).
+    pub fn would_follow(
+        &self,
+        index: &RwLock<MarkIndex>,
+        rules: &Rules,
+        pid: i32,
+        stat: &Stat,
+        fd: BorrowedFd<'_>,
+    ) -> bool {
+        if self.writes.get().is_none() || self.is_reader(pid, stat.start_time_ticks) {
+            return false;
+        }
+        let Ok((fid, _)) = FileId::of(fd) else {
+            return false;
+        };
+        let idx = index.read().unwrap_or_else(|e| e.into_inner());
+        let Some(m) = idx.lookup(fid, None) else {
+            return false;
+        };
+        !m.is_dir
+            && !rules.is_incidental_path(m.path.as_os_str())
+            && rules.credential_pattern(m.path.as_os_str()).is_some()
+    }
+
+    /// The exec thread saw `pid` exec `path`: if it is followed, remember
+    /// the program (one lock and a map lookup per exec).
+    pub fn exec_seen(&self, pid: i32, path: impl FnOnce() -> Option<PathBuf>) {
+        let mut readers = self.readers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = readers.get_mut(&pid) {
+            r.exec_path = path().map(|p| p.to_string_lossy().into_owned());
+        }
     }
 
     /// The reader `pid` matched a rule at an open.
@@ -262,6 +634,14 @@ impl Follow {
             .unwrap_or_else(|e| e.into_inner())
             .retain(|_, r| r.container != id);
         self.armed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+        self.tainted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+        self.scans
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(id);
@@ -288,9 +668,17 @@ impl Follow {
         readers.values().find(|r| r.outputs.contains(&fid)).cloned()
     }
 
-    /// Drop readers that exited more than [`GONE_GRACE`] ago.
+    /// Drop readers that exited more than [`GONE_GRACE`] ago, and taints
+    /// older than [`BEHAVIOUR_WINDOW`].
     fn sweep(&self) {
         let now = Instant::now();
+        self.tainted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, m| {
+                m.retain(|_, t| now.duration_since(t.at) < BEHAVIOUR_WINDOW);
+                !m.is_empty()
+            });
         self.readers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -370,7 +758,23 @@ pub struct Outputs<'a> {
     /// Whether the current policy's exceptions suppress a behaviour match
     /// (counted by the exception when they do).
     pub excepted: &'a (dyn Fn(&Subject<'_>) -> bool + Sync),
+    /// Look for the readers of a container's tainted pipes (and alert on
+    /// the archivers among them).
+    pub scan_pipes: &'a (dyn Fn(&str) + Sync),
 }
+
+/// A behaviour match waiting to be reported.
+#[derive(Debug)]
+struct Behaviour {
+    pid: i32,
+    format: &'static str,
+    archive: String,
+    view: Arc<ContainerView>,
+}
+
+/// How long a behaviour match of a reader that is gone waits for its exec
+/// event (see [`Follow::report_late`]).
+const LATE_NAMING: Duration = Duration::from_millis(500);
 
 impl Follow {
     /// Archiver by behaviour: a reader that writes archive or compressed
@@ -400,35 +804,91 @@ impl Follow {
         let archive = fd_path(file)
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_default();
+        let found = Behaviour {
+            pid,
+            format,
+            archive,
+            view,
+        };
         // The writer may have exited already (its close is what we saw).
-        let process = RawProcess::read(pid)
+        match RawProcess::read(pid)
             .ok()
             .filter(|p| p.stat.start_time_ticks == r.start)
-            .map(RawProcess::complete)
-            .or_else(|| r.seen_as.clone())
-            .unwrap_or(ProcessInfo {
-                pid,
-                start_time_ticks: r.start,
-                ..Default::default()
-            });
+        {
+            Some(p) => self.report(out, r, found, p.complete()),
+            // A program that finished before the exec thread read its exec
+            // event would be named by its image before the exec: wait
+            // [`LATE_NAMING`] for that event, then name it.
+            None => self.late.lock().unwrap_or_else(|e| e.into_inner()).push((
+                Instant::now() + LATE_NAMING,
+                r.clone(),
+                found,
+            )),
+        }
+    }
+
+    /// Report the behaviour matches of readers that were gone when
+    /// judged, once their exec events had time to arrive; all of them
+    /// with `all` (at shutdown). True if some are still waiting.
+    fn report_late(&self, out: &Outputs<'_>, all: bool) -> bool {
+        let now = Instant::now();
+        let due: Vec<_> = {
+            let mut late = self.late.lock().unwrap_or_else(|e| e.into_inner());
+            let (due, wait) = late.drain(..).partition(|(at, _, _)| all || *at <= now);
+            *late = wait;
+            due
+        };
+        for (_, r, found) in due {
+            let r = self
+                .readers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&found.pid)
+                .filter(|x| x.start == r.start)
+                .cloned()
+                .unwrap_or(r);
+            let process = exec_since(r.seen_as.clone(), found.pid, &r);
+            self.report(out, &r, found, process);
+        }
+        !self
+            .late
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+    }
+
+    /// Send a behaviour finding, unless an exception covers it.
+    fn report(&self, out: &Outputs<'_>, r: &Reader, found: Behaviour, process: ProcessInfo) {
+        let Behaviour {
+            format,
+            archive,
+            view,
+            ..
+        } = found;
         if self.excepted(out, &view, &process) {
             return;
         }
         let credential = r.credential.to_string_lossy().into_owned();
+        let wrote = format!("wrote {format} data to {archive}");
+        let opened_as = match &r.via {
+            Some(s) => format!("read {} from pid {} ({}); {wrote}", s.via, s.pid, s.name),
+            None => wrote,
+        };
         let f = Finding {
             at: SystemTime::now(),
             container: view.reference.clone(),
             process,
             trigger: Trigger::Open {
-                origin: credential.clone(),
+                origin: r.origin.clone(),
                 path: credential,
-                opened_as: format!("wrote {format} data to {archive}"),
+                opened_as,
                 pattern: r.pattern.clone(),
                 archiver: ArchiverHit::Behaviour {
                     format: format.to_string(),
                     archive,
                 },
                 denied: false,
+                source: r.via.clone(),
             },
             action: view.action,
             response: None,
@@ -458,6 +918,24 @@ impl Follow {
     }
 }
 
+/// What a reader that is gone was last seen as: the program it exec'd
+/// after it was described, if any (its argv then is unknown, so the old
+/// one is kept only when the program did not change).
+fn exec_since(p: Option<ProcessInfo>, pid: i32, r: &Reader) -> ProcessInfo {
+    let mut p = p.unwrap_or(ProcessInfo {
+        pid,
+        start_time_ticks: r.start,
+        ..Default::default()
+    });
+    if let Some(exe) = r.exec_path.as_ref().filter(|e| **e != p.exe) {
+        p.name = exe.rsplit('/').next().unwrap_or(exe).to_string();
+        p.exe = exe.clone();
+        p.args = vec![exe.clone()];
+        p.args_count = 1;
+    }
+    p
+}
+
 /// The follow thread: read close-after-write events and mark what the
 /// followed readers wrote.
 pub fn follow_loop(writes: &Group, follow: &Follow, out: Outputs<'_>, stop: &AtomicBool) {
@@ -469,9 +947,25 @@ pub fn follow_loop(writes: &Group, follow: &Follow, out: Outputs<'_>, stop: &Ato
     while !stop.load(Ordering::Relaxed) {
         if last_sweep.elapsed() >= SWEEP_EVERY {
             follow.sweep();
+            for id in follow.tainted_containers() {
+                (out.scan_pipes)(&id);
+            }
             last_sweep = Instant::now();
         }
-        if !matches!(writes.wait(Duration::from_millis(200)), Ok(true)) {
+        let waiting = follow.report_late(&out, false);
+        let (due, next) = follow.follow_ups();
+        for id in due {
+            (out.scan_pipes)(&id);
+        }
+        let mut timeout = if waiting {
+            LATE_NAMING / 4
+        } else {
+            Duration::from_millis(200)
+        };
+        if let Some(next) = next {
+            timeout = timeout.min(next.saturating_duration_since(Instant::now()));
+        }
+        if !matches!(writes.wait(timeout), Ok(true)) {
             continue;
         }
         let Ok(n) = writes.read(&mut buf) else {
@@ -492,4 +986,5 @@ pub fn follow_loop(writes: &Group, follow: &Follow, out: Outputs<'_>, stop: &Ato
             }
         }
     }
+    follow.report_late(&out, true);
 }

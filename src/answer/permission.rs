@@ -77,17 +77,16 @@ pub fn answer_batch(
         let (response, mut findings) =
             catch_unwind(AssertUnwindSafe(|| decide(ev.pid, fd.as_fd()))).unwrap_or_else(|_| {
                 ctx.stats.panics.fetch_add(1, Ordering::Relaxed);
-                (FAN_ALLOW, [None, None])
+                (FAN_ALLOW, Vec::new())
             });
         // `kill` happens before the deny is written, while the opener is
         // still held: it dies without ever returning from open(2).
         if let Some(f) = findings
             .iter()
-            .flatten()
             .find(|f| f.action == Action::Kill && f.denied())
         {
             let outcome = crate::response::kill_outcome(f.process.pid, f.process.start_time_ticks);
-            for f in findings.iter_mut().flatten() {
+            for f in findings.iter_mut() {
                 f.response = Some(outcome.clone());
             }
         }
@@ -108,7 +107,7 @@ pub fn answer_batch(
         }
         // The fd closes here, after the answer.
         drop(fd);
-        for f in findings.into_iter().flatten() {
+        for f in findings {
             ctx.stats.findings.fetch_add(1, Ordering::Relaxed);
             send(tx, f, &ctx.stats.queue_drops);
         }
@@ -262,7 +261,7 @@ mod tests {
         // A decision stuck for 600 ms, as on a blocked /proc read.
         let stuck = |_pid, _fd: BorrowedFd<'_>| {
             std::thread::sleep(Duration::from_millis(600));
-            (crate::watch::fanotify::FAN_DENY, [None, None])
+            (crate::watch::fanotify::FAN_DENY, Vec::new())
         };
         let (ftx, _frx) = std::sync::mpsc::sync_channel(4);
         answer_batch(&*src, &c, events, &ftx, &inflight, &stuck);

@@ -55,6 +55,14 @@ pub struct Stats {
     pub write_events: AtomicU64,
     pub derived: AtomicU64,
     pub derived_dropped: AtomicU64,
+    /// Pipes tainted by a reader (and those refused at the per-container
+    /// bound), processes followed because they read one, holder scans
+    /// made, and scans the permission thread left to the follow thread.
+    pub pipes_tainted: AtomicU64,
+    pub pipes_dropped: AtomicU64,
+    pub pipe_readers: AtomicU64,
+    pub pipe_scans: AtomicU64,
+    pub pipe_scans_deferred: AtomicU64,
     /// Decision latency histogram: bucket i counts decisions that took
     /// less than 2^i microseconds (the last bucket takes the rest).
     pub latency_us: [AtomicU64; LATENCY_BUCKETS],
@@ -106,6 +114,16 @@ pub struct StatsSnapshot {
     pub write_events: u64,
     pub derived: u64,
     pub derived_dropped: u64,
+    #[serde(default)]
+    pub pipes_tainted: u64,
+    #[serde(default)]
+    pub pipes_dropped: u64,
+    #[serde(default)]
+    pub pipe_readers: u64,
+    #[serde(default)]
+    pub pipe_scans: u64,
+    #[serde(default)]
+    pub pipe_scans_deferred: u64,
     pub latency: LatencySnapshot,
 }
 
@@ -194,6 +212,11 @@ impl Stats {
             write_events: g(&self.write_events),
             derived: g(&self.derived),
             derived_dropped: g(&self.derived_dropped),
+            pipes_tainted: g(&self.pipes_tainted),
+            pipes_dropped: g(&self.pipes_dropped),
+            pipe_readers: g(&self.pipe_readers),
+            pipe_scans: g(&self.pipe_scans),
+            pipe_scans_deferred: g(&self.pipe_scans_deferred),
             latency: self.latency(),
         }
     }

@@ -10,7 +10,7 @@ use std::ffi::OsString;
 use std::fs;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -218,6 +218,93 @@ pub struct OpenFile {
     pub fd: std::ffi::OsString,
     pub id: crate::watch::resolve::FileId,
     pub is_file: bool,
+    /// A pipe or FIFO.
+    pub is_fifo: bool,
+}
+
+/// Which end of a pipe or FIFO an fd holds, from its access mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PipeEnd {
+    Read,
+    Write,
+    /// A FIFO opened `O_RDWR`.
+    Both,
+}
+
+impl PipeEnd {
+    pub fn reads(self) -> bool {
+        self != PipeEnd::Write
+    }
+    pub fn writes(self) -> bool {
+        self != PipeEnd::Read
+    }
+}
+
+/// A pipe or FIFO in a process's fd table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PipeFd {
+    pub fd: std::ffi::OsString,
+    pub id: crate::watch::resolve::FileId,
+    pub end: PipeEnd,
+}
+
+/// The pipes and FIFOs among the first `max` entries of `pid`'s fd table,
+/// with the end each fd holds. The end is the fd's access mode in
+/// `/proc/<pid>/fdinfo/<fd>` (`flags:` in octal): a pipe's read end is
+/// `O_RDONLY`, its write end `O_WRONLY`. Empty when the process is gone.
+pub fn pipes(pid: i32, max: usize) -> Vec<PipeFd> {
+    open_files(pid, max)
+        .into_iter()
+        .filter(|f| f.is_fifo)
+        .filter_map(|f| {
+            let info = fs::read(format!("/proc/{pid}/fdinfo/{}", f.fd.to_string_lossy())).ok()?;
+            let end = pipe_end(&info)?;
+            Some(PipeFd {
+                fd: f.fd,
+                id: f.id,
+                end,
+            })
+        })
+        .collect()
+}
+
+/// The end an fdinfo text's `flags:` line says the fd holds.
+fn pipe_end(fdinfo: &[u8]) -> Option<PipeEnd> {
+    let text = std::str::from_utf8(fdinfo).ok()?;
+    let flags = text
+        .lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())?;
+    match flags & libc::O_ACCMODE as u32 {
+        0 => Some(PipeEnd::Read),
+        1 => Some(PipeEnd::Write),
+        _ => Some(PipeEnd::Both),
+    }
+}
+
+/// Most `/proc` entries looked at by [`members`].
+const MAX_SCAN: usize = 65_536;
+
+/// The processes in a container's namespaces: those in pid namespace
+/// `pid_ns`, or, when the container shares the host's pid namespace
+/// (`pid_ns` is ours), those in mount namespace `mnt_ns`. One `/proc`
+/// readdir and one `ns/` stat per process; a process that made its own
+/// namespaces inside the container is not listed.
+pub fn members(pid_ns: u64, mnt_ns: u64) -> Vec<i32> {
+    let own = ns_inode(std::process::id() as i32, "pid").unwrap_or(0);
+    let (ns, want) = if pid_ns != 0 && pid_ns != own {
+        ("pid", pid_ns)
+    } else {
+        ("mnt", mnt_ns)
+    };
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .take(MAX_SCAN)
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| ns_inode(*pid, ns).is_ok_and(|i| i == want))
+        .collect()
 }
 
 /// The first `max` entries of `/proc/<pid>/fd`, each stat'ed through its
@@ -237,6 +324,7 @@ pub fn open_files(pid: i32, max: usize) -> Vec<OpenFile> {
                     ino: meta.ino(),
                 },
                 is_file: meta.is_file(),
+                is_fifo: meta.file_type().is_fifo(),
             })
         })
         .collect()
@@ -468,6 +556,44 @@ mod tests {
         assert_eq!(s.arg_start, 0);
         let me = stat(std::process::id() as i32).unwrap();
         assert!(me.arg_start > 0);
+    }
+
+    #[test]
+    fn pipe_ends_come_from_the_fd_access_mode() {
+        assert_eq!(
+            pipe_end(b"pos:\t0\nflags:\t02000000\n"),
+            Some(PipeEnd::Read)
+        );
+        assert_eq!(
+            pipe_end(b"pos:\t0\nflags:\t02000001\n"),
+            Some(PipeEnd::Write)
+        );
+        assert_eq!(pipe_end(b"flags:\t0100002\n"), Some(PipeEnd::Both));
+        assert_eq!(pipe_end(b"flags:\tzz\n"), None);
+        assert_eq!(pipe_end(b"\xff\xfe"), None);
+        // A real pipe of this process: each end where it is.
+        let (r, w) = nix::unistd::pipe().unwrap();
+        use std::os::fd::AsRawFd;
+        let me = std::process::id() as i32;
+        let ends = pipes(me, 4096);
+        let end_of = |fd: i32| {
+            ends.iter()
+                .find(|p| p.fd == std::ffi::OsString::from(fd.to_string()))
+                .map(|p| p.end)
+        };
+        assert_eq!(end_of(r.as_raw_fd()), Some(PipeEnd::Read));
+        assert_eq!(end_of(w.as_raw_fd()), Some(PipeEnd::Write));
+        let ids: Vec<_> = ends
+            .iter()
+            .filter(|p| {
+                [r.as_raw_fd(), w.as_raw_fd()]
+                    .map(|f| f.to_string())
+                    .contains(&p.fd.to_string_lossy().into_owned())
+            })
+            .map(|p| p.id)
+            .collect();
+        assert_eq!(ids.len(), 2);
+        assert_eq!(ids[0], ids[1], "both ends are one inode");
     }
 
     #[test]

@@ -37,6 +37,21 @@ pub enum Touch {
     /// file itself may not be marked (the name-service files where
     /// nothing is denied).
     Named,
+    /// The process reads a pipe or FIFO that a process which read the
+    /// credential holds for writing (`cat key | gzip`).
+    Piped,
+}
+
+/// The process credential data came from, for a file reached through a
+/// pipe: the alert names both processes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Source {
+    /// What carried it: `pipe:[<inode>]`, or a FIFO's path.
+    pub via: String,
+    pub pid: i32,
+    pub name: String,
+    pub executable: String,
+    pub args: Vec<String>,
 }
 
 /// Which kernel event the candidate comes from.
@@ -46,6 +61,9 @@ pub enum Event {
     Open,
     /// An exec notification, judged once the exec settled.
     Exec,
+    /// A process found reading a pipe that carries credential data,
+    /// judged for what it holds; its command line was judged at its exec.
+    Pipe,
 }
 
 /// A marked file the event touched.
@@ -61,6 +79,8 @@ pub struct TouchedFile {
     /// holds it (`inherited fd 0`).
     pub opened_as: String,
     pub touch: Touch,
+    /// For [`Touch::Piped`]: the process that read the credential.
+    pub source: Option<Source>,
 }
 
 /// What the rules may ask about an event beyond the process's names and
@@ -129,7 +149,10 @@ impl Rules {
     /// Judge one event. Exceptions are applied here, so a verdict is
     /// final: `Matched` is what the caller alerts on.
     pub fn judge(&self, exceptions: &Exceptions, c: &Candidate<'_>) -> Verdict {
-        let exec = self.match_exec_names(&[c.exe_name, c.comm], c.args);
+        let exec = match c.event {
+            Event::Pipe => None,
+            Event::Open | Event::Exec => self.match_exec_names(&[c.exe_name, c.comm], c.args),
+        };
         let archiver = self.file_enabled.then(|| self.archiver_hit(c)).flatten();
         if exec.is_none() && archiver.is_none() {
             return Verdict::Benign;
@@ -159,14 +182,21 @@ impl Rules {
                 opened_as: format!("argument {index} ({})", c.args[index].to_string_lossy()),
                 path,
                 touch: Touch::Named,
+                source: None,
             })
             .collect()
     }
 
     /// Whether the process is an archiver: by name (executable, `comm`,
     /// argv, wrappers), else by the content of its executable.
+    ///
+    /// A shell found reading a pipe is not an archiver by its `-c` script:
+    /// it is a pipeline member forked and not yet exec'd (busybox sh's
+    /// children keep its argv until then) or a subshell, and what it runs
+    /// is judged at that program's own exec.
     fn archiver_hit(&self, c: &Candidate<'_>) -> Option<ArchiverHit> {
         self.archiver_of(c.exe_name, c.comm, c.args)
+            .filter(|h| !(c.event == Event::Pipe && matches!(h, ArchiverHit::Script { .. })))
             .or_else(|| c.evidence.identity())
     }
 
@@ -185,7 +215,9 @@ impl Rules {
                 Touch::Opened => self
                     .credential_pattern(file.path.as_os_str())
                     .or_else(|| self.credential_pattern(OsStr::new(&file.opened_as))),
-                Touch::Inherited | Touch::Named => self.credential_pattern(file.path.as_os_str()),
+                Touch::Inherited | Touch::Named | Touch::Piped => {
+                    self.credential_pattern(file.path.as_os_str())
+                }
             };
             let Some(pattern) = pattern else { continue };
             if file.touch == Touch::Opened
@@ -287,6 +319,7 @@ mod tests {
             origin: path.into(),
             opened_as: path.into(),
             touch: Touch::Opened,
+            source: None,
         }
     }
 
@@ -304,6 +337,56 @@ mod tests {
                 evidence: ev,
             },
         )
+    }
+
+    #[test]
+    fn a_pipe_reader_is_judged_by_name_not_by_its_shell_script() {
+        let piped = TouchedFile {
+            path: "/root/.ssh/id_rsa".into(),
+            origin: "/root/.ssh/id_rsa".into(),
+            opened_as: "fd 0 reads pipe:[9] from pid 7 (cat)".into(),
+            touch: Touch::Piped,
+            source: Some(Source {
+                via: "pipe:[9]".into(),
+                pid: 7,
+                name: "cat".into(),
+                ..Default::default()
+            }),
+        };
+        let ev = Fixed {
+            files: vec![piped],
+            ..Default::default()
+        };
+        let at = |argv: &[&str]| {
+            let a = args(argv);
+            rules().judge(
+                &Exceptions::default(),
+                &Candidate {
+                    exe: OsStr::new("/usr/bin/x"),
+                    exe_name: OsStr::new(argv[0]),
+                    comm: OsStr::new(argv[0]),
+                    args: &a,
+                    event: Event::Pipe,
+                    evidence: &ev,
+                },
+            )
+        };
+        let Verdict::Matched(m) = at(&["gzip", "-c"]) else {
+            panic!("gzip reading a tainted pipe matches");
+        };
+        assert_eq!(m.files[0].file.touch, Touch::Piped);
+        assert_eq!(
+            m.files[0].file.path,
+            std::path::Path::new("/root/.ssh/id_rsa")
+        );
+        // The seed rule was judged at the exec, not again here.
+        let Verdict::Matched(m) = at(&["tar", "czf", "x", "/etc/shadow"]) else {
+            panic!("tar matches");
+        };
+        assert!(m.exec.is_none());
+        // A forked pipeline member still wearing its shell's argv is not an
+        // archiver by the script's words.
+        assert_eq!(at(&["sh", "-c", "cat k | gzip"]), Verdict::Benign);
     }
 
     #[test]

@@ -33,7 +33,8 @@ use crate::config::{FileRuleConfig, MarkIncidental, RulesConfig, SeedRuleConfig,
 pub use archivers::{ArchiverHit, Archivers, archive_format, basename, is_multicall};
 use archivers::{MULTICALL, SHELLS};
 pub use judge::{
-    Candidate, ContainerFacts, Event, Evidence, FileMatch, Matches, Touch, TouchedFile, Verdict,
+    Candidate, ContainerFacts, Event, Evidence, FileMatch, Matches, Source, Touch, TouchedFile,
+    Verdict,
 };
 pub use patterns::{PathPatterns, RuleError, normalize};
 
