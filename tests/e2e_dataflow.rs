@@ -23,6 +23,9 @@
 //!   copy (md5sum, wc, name-service lookups by `ls -l`), a copy of an
 //!   ordinary file and ordinary data piped into gzip stay quiet, and make
 //!   nothing derived.
+//! * A credential directory made and archived 20 ms later alerts: the
+//!   marks go in on the create event, not after the rescan debounce; and
+//!   a copy made before survives the rescan that the directory causes.
 //! * An archiver by behaviour: the loader running a renamed gzip has no
 //!   archiver name or identity; reading a key and then writing gzip data
 //!   makes it one. Compression by a process that read nothing stays quiet.
@@ -259,5 +262,45 @@ fn an_archiver_with_no_name_is_caught_by_what_it_writes() {
     assert!(
         others.is_empty(),
         "unrelated compression alerted: {others:#?}"
+    );
+}
+
+#[test]
+fn a_credential_directory_made_and_archived_at_once_alerts() {
+    if !privileged() {
+        return;
+    }
+    let d = Daemon::start("");
+    // The key and its directories are made 20 ms before tar starts: far
+    // inside the 100 ms rescan debounce, so only marks placed on the
+    // create event itself can see the open.
+    // A copy made before stays a credential across the marking and the
+    // rescan that the new directory causes.
+    let script = "cp /root/.ssh/id_rsa /tmp/early && sleep 0.2
+        mkdir -p /home/dave/.ssh && echo DAVE-KEY > /home/dave/.ssh/id_rsa \
+        && sleep 0.02 && /usr/bin/tar cf /tmp/late.tar /home/dave/.ssh
+        sleep 0.5 && /usr/bin/tar cf /tmp/early.tar /tmp/early && echo archived";
+    let b = Bundle::new("kw-late-dir", &d.socket, script);
+    b.run_saying("archived");
+    let a = d.wait_alert("late directory", |a| has_arg(a, "/tmp/late.tar"));
+    assert_eq!(a["container"]["id"], b.id.as_str());
+    assert!(
+        files(&a).contains(&"/home/dave/.ssh/id_rsa".to_string()),
+        "{a:#}"
+    );
+    let a = d.wait_alert("copy after a rescan", |a| has_arg(a, "/tmp/early.tar"));
+    assert!(
+        origins(&a).contains(&("copy of /root/.ssh/id_rsa".into(), "/tmp/early".into())),
+        "{a:#}"
+    );
+    let stats = &d.status()["stats"];
+    assert!(stats["rescans"].as_u64().unwrap_or(0) >= 1, "{stats:#}");
+    assert!(
+        stats["create_marks"].as_u64().unwrap_or(0) >= 1,
+        "{stats:#}"
+    );
+    eprintln!(
+        "create-time marks: {} in {} us total, worst {} us",
+        stats["create_marks"], stats["create_mark_us_total"], stats["create_mark_us_max"]
     );
 }

@@ -47,6 +47,12 @@ pub struct Stats {
     pub deadline_releases: AtomicU64,
     /// Rescans of containers for credential paths created after start.
     pub rescans: AtomicU64,
+    /// Marks placed at once on a create event (before the debounced
+    /// rescan), and the time each took from reading the event batch to
+    /// the marks being in: total and worst, in microseconds.
+    pub create_marks: AtomicU64,
+    pub create_mark_us_total: AtomicU64,
+    pub create_mark_us_max: AtomicU64,
     /// Processes followed since they read a credential, containers whose
     /// writes are watched for that, close-after-write events read, derived
     /// credentials marked, and those refused at the per-container bound.
@@ -109,6 +115,12 @@ pub struct StatsSnapshot {
     pub panics: u64,
     pub deadline_releases: u64,
     pub rescans: u64,
+    #[serde(default)]
+    pub create_marks: u64,
+    #[serde(default)]
+    pub create_mark_us_total: u64,
+    #[serde(default)]
+    pub create_mark_us_max: u64,
     pub followed: u64,
     pub write_armed: u64,
     pub write_events: u64,
@@ -207,6 +219,9 @@ impl Stats {
             panics: g(&self.panics),
             deadline_releases: g(&self.deadline_releases),
             rescans: g(&self.rescans),
+            create_marks: g(&self.create_marks),
+            create_mark_us_total: g(&self.create_mark_us_total),
+            create_mark_us_max: g(&self.create_mark_us_max),
             followed: g(&self.followed),
             write_armed: g(&self.write_armed),
             write_events: g(&self.write_events),

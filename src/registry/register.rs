@@ -8,7 +8,7 @@
 //! ([`super::store`]), all before the hook is answered: nothing in the
 //! container runs unwatched.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,6 +29,9 @@ use crate::watch::resolve;
 /// A burst of creations in one container makes one rescan this long after
 /// the first.
 const RESCAN_DEBOUNCE: Duration = Duration::from_millis(100);
+/// Create-time markings per container per second (see
+/// [`Registrar::may_mark_now`]).
+const CREATE_MARKS_PER_SEC: u32 = 20;
 /// Rescan interval for containers whose filesystem cannot report creations.
 const PERIODIC_RESCAN: Duration = Duration::from_secs(5);
 
@@ -95,6 +98,8 @@ pub struct Registrar {
     registry: Mutex<Registry>,
     /// Containers due for a rescan (coverage over time), and when.
     rescans: Mutex<BTreeMap<String, Instant>>,
+    /// Create-time markings per container in the current second.
+    create_budget: Mutex<HashMap<String, (Instant, u32)>>,
     /// Containers whose filesystem cannot report creations: rescanned
     /// every [`PERIODIC_RESCAN`] instead.
     periodic: Mutex<BTreeSet<String>>,
@@ -107,6 +112,7 @@ impl Registrar {
             groups,
             registry: Mutex::new(registry),
             rescans: Mutex::new(BTreeMap::new()),
+            create_budget: Mutex::new(HashMap::new()),
             periodic: Mutex::new(BTreeSet::new()),
         }
     }
@@ -304,6 +310,53 @@ impl Registrar {
         }
     }
 
+    /// Mark at once what a create event in container `id` may have made
+    /// a credential: the marks only, without the identity learning and
+    /// the save of a full rescan (the debounced one that follows does
+    /// those). An archiver that starts right after `mkdir -p ~/.ssh` then
+    /// races one expansion, not the 100 ms debounce.
+    fn mark_now(&self, id: &str) {
+        let mut reg = self.registry();
+        let Some(mut rec) = reg.get(id).cloned() else {
+            return;
+        };
+        if !rec.alive() {
+            return;
+        }
+        let policy = self.ctx.policy();
+        let Ok((root, _)) = resolve::container_root(rec.pid, &rec.rootfs) else {
+            return;
+        };
+        let placed = marks::place(
+            self.groups.borrow(),
+            &policy.rules,
+            rec.view(),
+            &self.ctx.index,
+            root.as_fd(),
+            &mut rec.placed,
+        );
+        match placed {
+            Ok(_) => reg.insert(rec),
+            Err(e) => log(format!("marking container {id} on a create failed: {e}")),
+        }
+    }
+
+    /// Whether container `id` may have a create-time marking now: at most
+    /// [`CREATE_MARKS_PER_SEC`] a second, so a container that creates
+    /// directories in a loop cannot hold the registry (and other
+    /// containers' registrations) with back-to-back expansions; past that
+    /// its creates wait for the debounced rescan.
+    fn may_mark_now(&self, id: &str) -> bool {
+        let mut b = self.create_budget.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let e = b.entry(id.to_string()).or_insert((now, 0));
+        if now.duration_since(e.0) >= Duration::from_secs(1) {
+            *e = (now, 0);
+        }
+        e.1 += 1;
+        e.1 <= CREATE_MARKS_PER_SEC
+    }
+
     /// Run the rescans that are due, and the periodic ones.
     pub fn run_rescans(&self, last_periodic: &mut Instant) {
         let now = Instant::now();
@@ -498,14 +551,30 @@ impl Registrar {
             let Ok(n) = group.read(&mut buf) else {
                 continue;
             };
+            let read_at = Instant::now();
             events.clear();
             let _ = parse_events(&buf[..n], &mut events);
+            // One marking per container per batch: creates that arrive
+            // while it runs are read in the next batch.
+            let mut now: Vec<String> = Vec::new();
             for ev in events.drain(..) {
                 let container = (!ev.is_overflow())
                     .then(|| self.ctx.container_of(ev.pid))
                     .flatten()
                     .map(|c| c.reference.id.clone());
                 self.schedule_rescan(container.as_deref());
+                if let Some(id) = container.filter(|id| !now.contains(id) && self.may_mark_now(id))
+                {
+                    now.push(id);
+                }
+            }
+            for id in now {
+                self.mark_now(&id);
+                let took = read_at.elapsed().as_micros() as u64;
+                let s = &self.ctx.stats;
+                s.create_marks.fetch_add(1, Ordering::Relaxed);
+                s.create_mark_us_total.fetch_add(took, Ordering::Relaxed);
+                s.create_mark_us_max.fetch_max(took, Ordering::Relaxed);
             }
         }
     }

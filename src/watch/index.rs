@@ -79,6 +79,18 @@ impl MarkIndex {
         marks: &[(FileId, PathBuf, bool)],
     ) -> Arc<ContainerView> {
         let id = view.reference.id.clone();
+        // A rescan replaces what the patterns find; the derived
+        // credentials (copies the follower marked) are not found by any
+        // pattern and are kept.
+        let derived: Vec<(FileId, PathBuf, Option<String>)> = self
+            .files
+            .iter()
+            .flat_map(|(fid, ms)| {
+                ms.iter()
+                    .filter(|m| m.derived.is_some() && m.container.reference.id == id)
+                    .map(|m| (*fid, m.path.clone(), m.derived.clone()))
+            })
+            .collect();
         self.remove(&id);
         self.generation += 1;
         let view = Arc::new(view);
@@ -89,6 +101,17 @@ impl MarkIndex {
                 is_dir: *is_dir,
                 derived: None,
             });
+        }
+        for (fid, path, derived) in derived {
+            let ms = self.files.entry(fid).or_default();
+            if !ms.iter().any(|m| m.container.reference.id == id) {
+                ms.push(MarkedPath {
+                    container: view.clone(),
+                    path,
+                    is_dir: false,
+                    derived,
+                });
+            }
         }
         self.by_pid_ns.insert(view.pid_ns, view.clone());
         self.by_mnt_ns.insert(view.mnt_ns, view.clone());
@@ -246,5 +269,25 @@ mod tests {
         assert_eq!(idx.remove("b"), vec![f]);
         assert!(idx.remove("b").is_empty());
         assert_eq!(idx.containers(), 0);
+    }
+
+    #[test]
+    fn a_rescan_keeps_the_derived_credentials() {
+        let mut idx = MarkIndex::default();
+        let key = FileId { dev: 1, ino: 2 };
+        let copy = FileId { dev: 1, ino: 9 };
+        idx.insert(view("a", 1), &[(key, "/root/.ssh/id_rsa".into(), false)]);
+        assert!(idx.add_derived("a", copy, "/root/.ssh/id_rsa".into()));
+        // The rescan re-inserts what the patterns find; the copy is not
+        // among them.
+        idx.insert(view("a", 1), &[(key, "/root/.ssh/id_rsa".into(), false)]);
+        let m = idx
+            .lookup(copy, Some("a"))
+            .expect("the copy is still known");
+        assert_eq!(m.origin(), "copy of /root/.ssh/id_rsa");
+        assert_eq!(m.path, std::path::Path::new("/root/.ssh/id_rsa"));
+        // It goes with its container.
+        idx.remove("a");
+        assert!(idx.lookup(copy, None).is_none());
     }
 }
