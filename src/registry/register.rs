@@ -22,7 +22,7 @@ use crate::answer::policy::Context;
 use crate::attribute::procfs;
 use crate::config::Action;
 use crate::hook::protocol::{ContainerSummary, Registration, Reply};
-use crate::watch::fanotify::{EventSource, Group, WatchError, parse_events};
+use crate::watch::fanotify::{EventSource, Group, WatchError, event_fsids, parse_events};
 use crate::watch::marks::{self, Groups, InstallReport, MarkError, Orphaned, Root};
 use crate::watch::resolve;
 
@@ -327,18 +327,38 @@ impl Registrar {
         let Ok((root, _)) = resolve::container_root(rec.pid, &rec.rootfs) else {
             return;
         };
-        let placed = marks::place(
-            self.groups.borrow(),
-            &policy.rules,
-            rec.view(),
-            &self.ctx.index,
-            root.as_fd(),
-            &mut rec.placed,
-        );
-        match placed {
-            Ok(_) => reg.insert(rec),
-            Err(e) => log(format!("marking container {id} on a create failed: {e}")),
+        // A directory made inside a new one before its create mark went
+        // in (`mkdir -p ~/.ssh` makes two) reported nothing: when a pass
+        // marks new directories, a second pass finds what they hold.
+        for _ in 0..2 {
+            let dirs_before = rec.placed.create_marks.len();
+            let placed = marks::place(
+                self.groups.borrow(),
+                &policy.rules,
+                rec.view(),
+                &self.ctx.index,
+                root.as_fd(),
+                &mut rec.placed,
+            );
+            if let Err(e) = placed {
+                log(format!("marking container {id} on a create failed: {e}"));
+                return;
+            }
+            if rec.placed.create_marks.len() <= dirs_before {
+                break;
+            }
         }
+        reg.insert(rec);
+    }
+
+    /// The live containers whose rootfs is on the filesystem `fsid`.
+    fn containers_on(&self, fsid: [i32; 2]) -> Vec<String> {
+        let reg = self.registry();
+        reg.all()
+            .filter(|c| c.alive())
+            .filter(|c| crate::watch::fanotify::fsid_of(&c.rootfs) == Some(fsid))
+            .map(|c| c.id.clone())
+            .collect()
     }
 
     /// Whether container `id` may have a create-time marking now: at most
@@ -554,18 +574,27 @@ impl Registrar {
             let read_at = Instant::now();
             events.clear();
             let _ = parse_events(&buf[..n], &mut events);
+            let fsids = event_fsids(&buf[..n]);
             // One marking per container per batch: creates that arrive
             // while it runs are read in the next batch.
             let mut now: Vec<String> = Vec::new();
-            for ev in events.drain(..) {
+            for (i, ev) in events.drain(..).enumerate() {
                 let container = (!ev.is_overflow())
                     .then(|| self.ctx.container_of(ev.pid))
                     .flatten()
                     .map(|c| c.reference.id.clone());
                 self.schedule_rescan(container.as_deref());
-                if let Some(id) = container.filter(|id| !now.contains(id) && self.may_mark_now(id))
-                {
-                    now.push(id);
+                // `mkdir` is often gone when its event is read: the
+                // containers on the event's filesystem are the candidates.
+                let ids = match (container, fsids.get(i).copied().flatten()) {
+                    (Some(id), _) => vec![id],
+                    (None, Some(fsid)) => self.containers_on(fsid),
+                    (None, None) => Vec::new(),
+                };
+                for id in ids {
+                    if !now.contains(&id) && self.may_mark_now(&id) {
+                        now.push(id);
+                    }
                 }
             }
             for id in now {
