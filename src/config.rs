@@ -483,6 +483,11 @@ pub struct FileRuleConfig {
     /// tokens, `.git-credentials`, `.netrc`, `.pgpass`, gcloud and azure
     /// credentials, GPG private keys, and the like.
     pub extended: bool,
+    /// Archiver by behaviour: how long after its credential read a
+    /// process's archive output counts as an archive of that credential,
+    /// in seconds (1..=3600). A long-lived service that read its own
+    /// credentials at start and writes compressed logs later is outside it.
+    pub behaviour_window_s: u64,
     pub severity: Severity,
     pub risk_score: u8,
     pub mitre: Vec<String>,
@@ -498,6 +503,7 @@ impl Default for FileRuleConfig {
             incidental_paths: strings(INCIDENTAL_PATHS),
             mark_incidental: MarkIncidental::Deny,
             extended: false,
+            behaviour_window_s: 60,
             severity: Severity::Medium,
             risk_score: 47,
             mitre: strings(MITRE),
@@ -735,6 +741,15 @@ impl RulesConfig {
             if let Some(bad) = list.iter().find(|p| !p.starts_with('/')) {
                 return invalid(key, format!("{bad:?} is not an absolute container path"));
             }
+        }
+        if !(1..=3600).contains(&self.file.behaviour_window_s) {
+            return invalid(
+                "rules.file.behaviour_window_s",
+                format!(
+                    "{} is not within 1..=3600 seconds",
+                    self.file.behaviour_window_s
+                ),
+            );
         }
         for (key, risk) in [
             ("rules.exec.risk_score", self.exec.risk_score),

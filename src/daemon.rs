@@ -139,6 +139,7 @@ fn spawn_decisions(
             findings: &t,
             excepted: &excepted,
             scan_pipes: &scan_pipes,
+            behaviour_window: &|| c.policy().rules.behaviour_window,
         };
         follow::follow_loop(&w, &c.follow, out, &s)
     })?;

@@ -64,6 +64,10 @@ enum Command {
         /// Print the verdict as JSON.
         #[arg(long)]
         json: bool,
+        /// Also judge a file the process would write, as the behaviour
+        /// rule does (by its magic number).
+        #[arg(long)]
+        wrote: Option<PathBuf>,
         #[arg(last = true, required = true)]
         argv: Vec<OsString>,
     },
@@ -114,10 +118,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let rules = keyward::rules::Rules::compile(&cfg.rules)?;
             println!("{}", serde_json::to_string_pretty(&rules.summaries())?);
         }
-        Command::Check { config, json, argv } => {
+        Command::Check {
+            config,
+            json,
+            wrote,
+            argv,
+        } => {
             let cfg = Config::load(config.as_deref())?;
             let rules = keyward::rules::Rules::compile(&cfg.rules)?;
-            let report = keyward::rules::check::check(&rules, &argv);
+            let mut report = keyward::rules::check::check(&rules, &argv);
+            report.behaviour = wrote
+                .as_deref()
+                .map(|w| keyward::rules::check::BehaviourCheck::of(&rules, w));
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

@@ -26,8 +26,11 @@
 //! * A credential directory made and archived 20 ms later alerts: the
 //!   marks go in on the create event, not after the rescan debounce; and
 //!   a copy made before survives the rescan that the directory causes.
-//! * An archiver by behaviour: the loader running a renamed gzip has no
-//!   archiver name or identity; reading a key and then writing gzip data
+//! * The write mark is removed when the last reader is gone, and armed
+//!   again by the next reader.
+//! * An archiver by behaviour: a rebuilt gzip (its build-id changed)
+//!   under another name, run directly and by the loader, has no archiver
+//!   name or identity; reading a key and then writing gzip data
 //!   makes it one. Compression by a process that read nothing stays quiet.
 
 mod common;
@@ -114,6 +117,12 @@ fn files_that_only_share_a_lookup_name_stay_quiet() {
     b.run_saying("quiet");
     let alerts = d.settled_alerts();
     assert!(alerts.is_empty(), "near misses alerted: {alerts:#?}");
+    // Nothing read a credential: no write mark, so the kernel reported
+    // none of the archives' writes (the follower costs this container
+    // nothing).
+    let stats = &d.status()["stats"];
+    assert_eq!(stats["write_armed"], 0, "{stats:#}");
+    assert_eq!(stats["write_events"], 0, "{stats:#}");
 }
 
 /// The file-list entries (origin, opened_as) of an alert.
@@ -227,19 +236,32 @@ fn an_archiver_with_no_name_is_caught_by_what_it_writes() {
         return;
     }
     let d = Daemon::start("");
-    // The dynamic loader runs a renamed gzip: the executable is the
-    // loader, and neither its name, comm nor arguments name an archiver.
-    // What it does gives it away: it reads a key and writes gzip data.
-    // Beside it, a key read by one process and data compressed by another
-    // (not a reader) stays quiet.
-    let script = "cp /usr/bin/gzip /tmp/xx
-        /lib64/ld-linux-x86-64.so.2 /tmp/xx -c /root/.ssh/id_rsa > /tmp/out.bin
+    // A gzip rebuilt (its build-id changed) under another name, run by the
+    // loader and directly: neither its name, comm, arguments nor content
+    // say archiver. What it does gives it away: it reads a key and writes
+    // gzip data. Beside it, a key read by one process and data compressed
+    // by another (not a reader) stays quiet.
+    let script = "/lib64/ld-linux-x86-64.so.2 /tmp/xx -c /root/.ssh/id_rsa > /tmp/out.bin
+        /tmp/xx -c /root/.ssh/id_ed25519 > /tmp/out2.bin
         cat /root/.aws/credentials > /dev/null; echo unrelated | /usr/bin/gzip -c > /tmp/u.gz
         echo done";
     let b = Bundle::new("kw-behaviour", &d.socket, script);
+    install_unknown_gzip(&b.rootfs, "/tmp/xx");
     b.run_saying("done");
+    let a = d.wait_alert("direct", |a| {
+        a["keyward"]["archiver"]["archive"] == "/tmp/out2.bin"
+    });
+    assert_eq!(
+        a["rule"]["id"], "keyward.behaviour.credential-archived",
+        "{a:#}"
+    );
+    assert!(
+        files(&a).contains(&"/root/.ssh/id_ed25519".to_string()),
+        "{a:#}"
+    );
     let a = d.wait_alert("behaviour", |a| {
         a["rule"]["id"] == "keyward.behaviour.credential-archived"
+            && a["keyward"]["archiver"]["archive"] == "/tmp/out.bin"
     });
     assert_eq!(a["container"]["id"], b.id.as_str());
     assert!(
@@ -257,7 +279,7 @@ fn an_archiver_with_no_name_is_caught_by_what_it_writes() {
     let others: Vec<_> = d
         .settled_alerts()
         .into_iter()
-        .filter(|x| !has_arg(x, "/tmp/xx"))
+        .filter(|x| !has_arg(x, "/tmp/xx") && x["process"]["name"] != "xx")
         .collect();
     assert!(
         others.is_empty(),
@@ -303,4 +325,40 @@ fn a_credential_directory_made_and_archived_at_once_alerts() {
         "create-time marks: {} in {} us total, worst {} us",
         stats["create_marks"], stats["create_mark_us_total"], stats["create_mark_us_max"]
     );
+}
+
+#[test]
+fn the_write_mark_goes_when_the_last_reader_does_and_comes_back() {
+    if !privileged() {
+        return;
+    }
+    let d = Daemon::start("");
+    // A reader arms the container's write mark; 10 s after it exits the
+    // sweep removes it (the container then pays nothing for its writes);
+    // a later reader arms it again, so its copy is still a credential.
+    // The reader runs as its own process (busybox sh may run `cat` inside
+    // itself, and the shell lives on).
+    let script = "sh -c 'cat /root/.ssh/id_rsa > /dev/null'
+        sleep 13 && echo idle > /tmp/idle
+        sleep 2 && cp /root/.ssh/id_ed25519 /tmp/again && sleep 0.2
+        /usr/bin/tar cf /tmp/again.tar /tmp/again && echo archived";
+    let b = Bundle::new("kw-disarm", &d.socket, script);
+    let child = b.spawn();
+    wait_until(
+        std::time::Duration::from_secs(20),
+        || format!("no disarm: {:#}", d.status()["stats"]),
+        || d.status()["stats"]["write_disarmed"].as_u64().unwrap_or(0) >= 1,
+    );
+    let stats = d.status()["stats"].clone();
+    assert_eq!(stats["write_armed"], 1, "{stats:#}");
+    assert_eq!(stats["write_disarm_failed"], 0, "{stats:#}");
+    let mut child = child;
+    assert!(child.wait().unwrap().success());
+    let a = d.wait_alert("copy after re-arming", |a| has_arg(a, "/tmp/again.tar"));
+    assert_eq!(a["container"]["id"], b.id.as_str());
+    assert!(
+        origins(&a).contains(&("copy of /root/.ssh/id_ed25519".into(), "/tmp/again".into())),
+        "{a:#}"
+    );
+    assert_eq!(d.status()["stats"]["write_armed"], 2);
 }

@@ -14,7 +14,8 @@
 //!   exec can show what it reads;
 //! * a chain (`cat | base64 | gzip`), where the middle process is no
 //!   archiver and carries the taint on;
-//! * an archiver with no name (a renamed gzip run by the loader) reading
+//! * an archiver with no name or identity (a rebuilt gzip under another
+//!   name, run by the loader) reading
 //!   the pipe, caught by the archive data it writes. It is started first:
 //!   a nameless consumer forked after the reader's open that finishes
 //!   within milliseconds can outrun the daemon's follow-up looks (see
@@ -125,10 +126,10 @@ fn a_chain_of_pipes_and_a_nameless_archiver_are_followed() {
     }
     let d = Daemon::start("");
     let script = "cat /root/.ssh/id_rsa | base64 | /usr/bin/gzip -c > /tmp/c1.gz
-        cp /usr/bin/gzip /tmp/xx
         { sleep 0.3; cat /home/alice/.ssh/id_rsa; } | /lib64/ld-linux-x86-64.so.2 /tmp/xx -c > /tmp/c2.bin
         echo piped";
     let b = Bundle::new("kw-pipe-chain", &d.socket, script);
+    install_unknown_gzip(&b.rootfs, "/tmp/xx");
     b.run_saying("piped");
     let a = d.wait_alert("chain", |a| {
         a["process"]["name"] == "gzip" && files(a).contains(&"/root/.ssh/id_rsa".to_string())
@@ -136,11 +137,13 @@ fn a_chain_of_pipes_and_a_nameless_archiver_are_followed() {
     assert_eq!(a["container"]["id"], b.id.as_str());
     // gzip read it from base64, which read it from cat.
     piped_from(&a, "gzip", "/root/.ssh/id_rsa", "base64");
+    // (gzip above may be caught by behaviour too, when it finished before
+    // its exec was probed: find this one by its archive.)
     let a = d.wait_alert("nameless archiver", |a| {
-        a["rule"]["id"] == "keyward.behaviour.credential-archived"
+        a["keyward"]["archiver"]["archive"] == "/tmp/c2.bin"
     });
+    assert_eq!(a["rule"]["id"], "keyward.behaviour.credential-archived", "{a:#}");
     assert!(has_arg(&a, "/tmp/xx"), "{a:#}");
-    assert_eq!(a["keyward"]["archiver"]["archive"], "/tmp/c2.bin", "{a:#}");
     assert_eq!(
         file(&a, "/home/alice/.ssh/id_rsa")["source"]["name"],
         "cat",

@@ -63,10 +63,25 @@ impl ProcessEvidence<'_> {
 }
 
 impl Evidence for ProcessEvidence<'_> {
+    /// By content, as the host and the process's own container know
+    /// archivers; for the loader, the program it loads (a link to gzip
+    /// under another name is still gzip).
     fn identity(&self) -> Option<ArchiverHit> {
-        self.ctx
-            .identities
-            .archiver_of(self.pid)
+        let container = self.view().map(|v| v.reference.id.clone());
+        let ids = &self.ctx.identities;
+        use std::os::unix::ffi::OsStrExt;
+        if crate::rules::is_loader_name(self.proc.exe_name().as_bytes()) {
+            let program =
+                crate::rules::loaded_program(&self.proc.args).map(|i| self.proc.args[i].clone())?;
+            let file = open_in_process_root(self.pid, Path::new(&program))?;
+            return ids
+                .archiver_of_file(&file, container.as_deref())
+                .map(|name| ArchiverHit::Identity {
+                    name,
+                    exe: program.to_string_lossy().into_owned(),
+                });
+        }
+        ids.archiver_of(self.pid, container.as_deref())
             .map(|name| ArchiverHit::Identity {
                 name,
                 exe: self.proc.exe.to_string_lossy().into_owned(),
@@ -98,6 +113,25 @@ impl Evidence for ProcessEvidence<'_> {
             .ok()
             .map(|e| e.to_string_lossy().into_owned())
     }
+}
+
+/// Open `path` as process `pid` would: inside its root, relative to its
+/// working directory, following symlinks that stay inside the root.
+fn open_in_process_root(pid: i32, path: &Path) -> Option<std::fs::File> {
+    use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
+    let rel = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        procfs::cwd(pid).join(path)
+    };
+    let root = std::fs::File::open(format!("/proc/{pid}/root")).ok()?;
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK | OFlag::O_NOCTTY)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    use std::os::fd::AsFd;
+    let fd = openat2(root.as_fd(), rel.strip_prefix("/").unwrap_or(&rel), how).ok()?;
+    let f = std::fs::File::from(fd);
+    f.metadata().ok().filter(|m| m.is_file()).map(|_| f)
 }
 
 /// The candidate the rules judge for a read process.
@@ -238,6 +272,14 @@ pub fn follow_pipes(ctx: &Context, view: &Arc<ContainerView>) -> Vec<Finding> {
         })
         .filter(|(_, r)| !r.is_empty())
         .collect();
+    // An anonymous pipe whose read end no process of the container holds
+    // can never be read in it (its reader is outside: the engine's shim
+    // holding the container's stdout): forget it.
+    let held: std::collections::HashSet<FileId> = tables
+        .iter()
+        .flat_map(|(_, r)| r.iter().map(|p| p.id))
+        .collect();
+    ctx.follow.drop_unread(id, &held);
     let mut out = Vec::new();
     let mut done = std::collections::HashSet::new();
     for _ in 0..=super::follow::MAX_HOPS {

@@ -11,7 +11,9 @@
 //! its first write cannot come before the mark). A container in which
 //! nothing reads a credential never gets the mark and pays nothing. Once
 //! armed, a container pays one notification per file closed after a
-//! write; the follow thread drops those of processes it does not follow.
+//! write; the follow thread drops those of processes it does not follow,
+//! and removes the mark once the container has no reader and no tainted
+//! pipe left.
 //!
 //! Pipes. A reader's pipe and FIFO write ends carry the credential on:
 //! they are *tainted* when it is first described, and a process in the
@@ -132,10 +134,12 @@ struct Reader {
     outputs: Vec<FileId>,
 }
 
-/// How long after its credential read a reader's archive output counts
-/// as an archive of that credential. A long-lived service that read its
-/// own credentials at start (cloud SDKs read `~/.aws/credentials`) and
-/// writes compressed logs or caches later is not blamed for them.
+/// How long a tainted pipe is followed. The behaviour window itself
+/// (how long after its credential read a reader's archive output counts
+/// as an archive of that credential) is `rules.file.behaviour_window_s`,
+/// 60 s by default: a long-lived service that read its own credentials at
+/// start (cloud SDKs read `~/.aws/credentials`) and writes compressed logs
+/// or caches later is not blamed for them.
 pub const BEHAVIOUR_WINDOW: Duration = Duration::from_secs(60);
 
 /// Most fds of a new reader looked at.
@@ -421,6 +425,19 @@ impl Follow {
         (due, soon.iter().map(|(at, _)| *at).min())
     }
 
+    /// Forget the tainted anonymous pipes of container `id` whose read end
+    /// is not among `held` (the read ends its processes hold now). A FIFO
+    /// is kept: it can be opened later by its path.
+    pub fn drop_unread(&self, id: &str, held: &HashSet<FileId>) {
+        let mut tainted = self.tainted.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = tainted.get_mut(id) {
+            m.retain(|fid, t| held.contains(fid) || !t.source.via.starts_with("pipe:["));
+            if m.is_empty() {
+                tainted.remove(id);
+            }
+        }
+    }
+
     /// Whether any container has a tainted pipe (one lock, no reads).
     pub fn any_taint(&self) -> bool {
         !self
@@ -669,8 +686,9 @@ impl Follow {
     }
 
     /// Drop readers that exited more than [`GONE_GRACE`] ago, and taints
-    /// older than [`BEHAVIOUR_WINDOW`].
-    fn sweep(&self) {
+    /// older than [`BEHAVIOUR_WINDOW`]; then disarm the containers left
+    /// with neither.
+    fn sweep(&self, index: &RwLock<MarkIndex>, stats: &Stats) {
         let now = Instant::now();
         self.tainted
             .lock()
@@ -691,6 +709,65 @@ impl Follow {
                 let since = *r.gone_at.get_or_insert(now);
                 now.duration_since(since) < GONE_GRACE
             });
+        self.disarm_idle(index, stats);
+    }
+
+    /// Remove the write mark of every armed container that has no reader
+    /// and no tainted pipe left: a container pays for close-after-write
+    /// events only while something in it read a credential (and
+    /// [`GONE_GRACE`] after). The mark is removed through the init's root,
+    /// in the scope it was made in; a reader that had made its own mount
+    /// namespace armed its own mount copy, which the kernel then refuses
+    /// to find here (`write_disarm_failed`; that mark dies with the copy).
+    fn disarm_idle(&self, index: &RwLock<MarkIndex>, stats: &Stats) {
+        let Some(group) = self.writes.get() else {
+            return;
+        };
+        let busy: HashSet<String> = {
+            let readers = self.readers.lock().unwrap_or_else(|e| e.into_inner());
+            let tainted = self.tainted.lock().unwrap_or_else(|e| e.into_inner());
+            readers
+                .values()
+                .map(|r| r.container.clone())
+                .chain(tainted.keys().cloned())
+                .collect()
+        };
+        let mut armed = self.armed.lock().unwrap_or_else(|e| e.into_inner());
+        let idle: Vec<String> = armed
+            .iter()
+            .filter(|c| !busy.contains(*c))
+            .cloned()
+            .collect();
+        for id in idle {
+            armed.remove(&id);
+            let init = index
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .container(&id)
+                .map(|v| v.init_pid);
+            let root = init.and_then(|pid| {
+                nix::fcntl::open(
+                    format!("/proc/{pid}/root").as_str(),
+                    nix::fcntl::OFlag::O_RDONLY
+                        | nix::fcntl::OFlag::O_DIRECTORY
+                        | nix::fcntl::OFlag::O_CLOEXEC,
+                    nix::sys::stat::Mode::empty(),
+                )
+                .ok()
+            });
+            let removed = root.is_some_and(|root| {
+                let scope = exec_scope(root.as_fd());
+                group
+                    .mark_root(root.as_fd(), scope, false, RootEvents::CloseWrite, &id)
+                    .is_ok()
+            });
+            let c = if removed {
+                &stats.write_disarmed
+            } else {
+                &stats.write_disarm_failed
+            };
+            c.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// One close-after-write: mark the written file as derived if a
@@ -761,6 +838,8 @@ pub struct Outputs<'a> {
     /// Look for the readers of a container's tainted pipes (and alert on
     /// the archivers among them).
     pub scan_pipes: &'a (dyn Fn(&str) + Sync),
+    /// The current policy's behaviour window (`rules.file.behaviour_window_s`).
+    pub behaviour_window: &'a (dyn Fn() -> Duration + Sync),
 }
 
 /// A behaviour match waiting to be reported.
@@ -784,7 +863,7 @@ impl Follow {
     /// (the response stage reports it `not_applicable`); `kill`, `stop`
     /// and `disconnect` act on the finding.
     fn judge_output(&self, out: &Outputs<'_>, pid: i32, r: &Reader, file: BorrowedFd<'_>) {
-        if r.matched || r.read_at.elapsed() > BEHAVIOUR_WINDOW {
+        if r.matched || r.read_at.elapsed() > (out.behaviour_window)() {
             return;
         }
         let mut head = [0u8; 512];
@@ -946,7 +1025,7 @@ pub fn follow_loop(writes: &Group, follow: &Follow, out: Outputs<'_>, stop: &Ato
     let mut last_sweep = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         if last_sweep.elapsed() >= SWEEP_EVERY {
-            follow.sweep();
+            follow.sweep(out.index, stats);
             for id in follow.tainted_containers() {
                 (out.scan_pipes)(&id);
             }

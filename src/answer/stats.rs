@@ -58,6 +58,10 @@ pub struct Stats {
     /// credentials marked, and those refused at the per-container bound.
     pub followed: AtomicU64,
     pub write_armed: AtomicU64,
+    /// Write marks removed once a container had no reader and no tainted
+    /// pipe left, and removals the kernel refused.
+    pub write_disarmed: AtomicU64,
+    pub write_disarm_failed: AtomicU64,
     pub write_events: AtomicU64,
     pub derived: AtomicU64,
     pub derived_dropped: AtomicU64,
@@ -123,6 +127,10 @@ pub struct StatsSnapshot {
     pub create_mark_us_max: u64,
     pub followed: u64,
     pub write_armed: u64,
+    #[serde(default)]
+    pub write_disarmed: u64,
+    #[serde(default)]
+    pub write_disarm_failed: u64,
     pub write_events: u64,
     pub derived: u64,
     pub derived_dropped: u64,
@@ -224,6 +232,8 @@ impl Stats {
             create_mark_us_max: g(&self.create_mark_us_max),
             followed: g(&self.followed),
             write_armed: g(&self.write_armed),
+            write_disarmed: g(&self.write_disarmed),
+            write_disarm_failed: g(&self.write_disarm_failed),
             write_events: g(&self.write_events),
             derived: g(&self.derived),
             derived_dropped: g(&self.derived_dropped),

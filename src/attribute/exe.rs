@@ -107,8 +107,7 @@ pub struct ExeClasses {
 /// Whether a file name is an ELF interpreter (`ld-linux*.so*`,
 /// `ld-musl*`, `ld.so`).
 pub fn is_interpreter(path: &Path) -> bool {
-    let name = path.file_name().map(OsStr::as_bytes).unwrap_or_default();
-    name.starts_with(b"ld-linux") || name.starts_with(b"ld-musl") || name.starts_with(b"ld.so")
+    crate::rules::is_loader_name(path.file_name().map(OsStr::as_bytes).unwrap_or_default())
 }
 
 impl ExeClasses {
@@ -268,7 +267,7 @@ mod tests {
             ExeClass::Plain
         );
         let root = File::open(dir.path()).unwrap();
-        ids.learn(root.as_fd(), &["tar".to_string()]);
+        ids.learn(root.as_fd(), &["tar".to_string()], None);
         assert_eq!(
             classes.classify(&f, &r, 1, &ids).unwrap().1,
             ExeClass::Watched,

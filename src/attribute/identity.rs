@@ -8,9 +8,12 @@
 //! two different archiver names, or equal to busybox's, belongs to a
 //! multi-call binary and is not used: otherwise every busybox `cat` would
 //! count as tar. Executables seen at decision time are hashed once per
-//! (dev, ino) and cached.
+//! version (dev, ino, ctime) and cached.
+//!
+//! What a container's image teaches is kept in that container's scope: it
+//! decides for that container only, and never outweighs the host's.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::{AsFd, BorrowedFd};
@@ -93,16 +96,63 @@ pub fn is_elf<R: Read + Seek>(f: &mut R) -> bool {
     f.seek(SeekFrom::Start(0)).is_ok() && f.read_exact(&mut magic).is_ok() && &magic == b"\x7fELF"
 }
 
-/// Known archiver build-ids, and a cache of executables already hashed.
+/// Archiver build-ids learned from one root.
+#[derive(Debug, Default)]
+struct Scope {
+    known: HashMap<Vec<u8>, String>,
+    /// Build-ids seen under more than one name: multi-call binaries.
+    multi: HashSet<Vec<u8>>,
+}
+
+impl Scope {
+    /// Add what one learning pass found; true if anything changed.
+    fn add(&mut self, busybox: Option<Vec<u8>>, found: Vec<(String, Vec<u8>)>) -> bool {
+        // Entries are only ever added, or moved from `known` to `multi`, so
+        // the sizes tell whether anything changed.
+        let before = (self.known.len(), self.multi.len());
+        if let Some(b) = busybox {
+            self.known.remove(&b);
+            self.multi.insert(b);
+        }
+        for (name, id) in found {
+            if self.multi.contains(&id) {
+                continue;
+            }
+            match self.known.get(&id) {
+                Some(other) if *other != name => {
+                    self.known.remove(&id);
+                    self.multi.insert(id);
+                }
+                _ => {
+                    self.known.insert(id, name);
+                }
+            }
+        }
+        (self.known.len(), self.multi.len()) != before
+    }
+}
+
+/// A file's version: its inode and change time. Any write, truncate,
+/// chmod or rename-over changes the ctime, so a binary rewritten in place
+/// is hashed again.
+type Version = (FileId, i64, i64);
+
+/// Known archiver build-ids, the host's and each container's apart, and a
+/// cache of executables already hashed.
+///
+/// Scoped so that nothing a container holds changes another container's
+/// decisions, and nothing it holds demotes what the host says: a container
+/// that ships gzip's binary under a second archiver name makes that
+/// build-id multi-call in its own scope only, and the host's gzip stays
+/// gzip everywhere, that container included.
 #[derive(Debug, Default)]
 pub struct Identities {
-    /// Bumped whenever `known` or `multi` change, so verdicts made from
-    /// them (`exe::ExeClasses`) are made again.
+    /// Bumped whenever a scope changes, so verdicts made from them
+    /// (`exe::ExeClasses`) are made again.
     generation: std::sync::atomic::AtomicU64,
-    known: RwLock<HashMap<Vec<u8>, String>>,
-    /// Build-ids seen under more than one name: multi-call binaries.
-    multi: RwLock<std::collections::HashSet<Vec<u8>>>,
-    cache: Mutex<HashMap<FileId, Option<Vec<u8>>>>,
+    host: RwLock<Scope>,
+    containers: RwLock<HashMap<String, Scope>>,
+    cache: Mutex<HashMap<Version, Option<Vec<u8>>>>,
 }
 
 fn open_regular(root: BorrowedFd<'_>, rel: &Path) -> Option<File> {
@@ -119,9 +169,10 @@ fn open_regular(root: BorrowedFd<'_>, rel: &Path) -> Option<File> {
 }
 
 impl Identities {
-    /// Learn the archivers under `root` (a container's root or the host's
-    /// `/`), for the archiver `names`.
-    pub fn learn(&self, root: BorrowedFd<'_>, names: &[String]) {
+    /// Learn the archivers under `root` for the archiver `names`: the
+    /// host's (`container` `None`, the host's `/`) or one container's
+    /// (its root).
+    pub fn learn(&self, root: BorrowedFd<'_>, names: &[String], container: Option<&str>) {
         let mut found: Vec<(String, Vec<u8>)> = Vec::new();
         let mut busybox = None;
         for dir in BIN_DIRS {
@@ -143,55 +194,72 @@ impl Identities {
                 }
             }
         }
-        let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
-        let mut multi = self.multi.write().unwrap_or_else(|e| e.into_inner());
-        // Entries are only ever added, or moved from `known` to `multi`, so
-        // the sizes tell whether anything changed.
-        let before = (known.len(), multi.len());
-        if let Some(b) = busybox {
-            known.remove(&b);
-            multi.insert(b);
-        }
-        for (name, id) in found {
-            if multi.contains(&id) {
-                continue;
-            }
-            match known.get(&id) {
-                Some(other) if *other != name => {
-                    known.remove(&id);
-                    multi.insert(id);
-                }
-                _ => {
-                    known.insert(id, name);
-                }
-            }
-        }
-        if (known.len(), multi.len()) != before {
-            self.generation
-                .fetch_add(1, std::sync::atomic::Ordering::Release);
-        }
-    }
-
-    /// Whether a build-id is a known archiver's or a multi-call binary's.
-    pub fn watches_build_id(&self, id: &[u8]) -> bool {
-        self.known
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains_key(id)
-            || self
-                .multi
-                .read()
+        let changed = match container {
+            None => self
+                .host
+                .write()
                 .unwrap_or_else(|e| e.into_inner())
-                .contains(id)
+                .add(busybox, found),
+            Some(id) => self
+                .containers
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(id.to_string())
+                .or_default()
+                .add(busybox, found),
+        };
+        if changed {
+            self.bump();
+        }
     }
 
-    /// Whether a build-id is a multi-call binary's (busybox's, or one seen
-    /// under two archiver names).
-    pub fn is_multicall(&self, id: &[u8]) -> bool {
-        self.multi
+    fn bump(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Forget what container `id` taught (it went).
+    pub fn forget(&self, id: &str) {
+        let removed = self
+            .containers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+        if removed.is_some() {
+            self.bump();
+        }
+    }
+
+    /// Whether a build-id may be an archiver's or a multi-call binary's in
+    /// some scope: the exec path probes such executables (probing more
+    /// than needed costs a probe, never a verdict).
+    pub fn watches_build_id(&self, id: &[u8]) -> bool {
+        let host = self.host.read().unwrap_or_else(|e| e.into_inner());
+        if host.known.contains_key(id) || host.multi.contains(id) {
+            return true;
+        }
+        self.containers
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .contains(id)
+            .values()
+            .any(|s| s.known.contains_key(id) || s.multi.contains(id))
+    }
+
+    /// Whether a build-id is a multi-call binary's: the host's busybox or
+    /// one the host saw under two archiver names; a container's only when
+    /// no scope knows it as an archiver, so no container can make another
+    /// container's renamed archiver pass for a busybox applet.
+    pub fn is_multicall(&self, id: &[u8]) -> bool {
+        let host = self.host.read().unwrap_or_else(|e| e.into_inner());
+        if host.multi.contains(id) {
+            return true;
+        }
+        if host.known.contains_key(id) {
+            return false;
+        }
+        let containers = self.containers.read().unwrap_or_else(|e| e.into_inner());
+        !containers.values().any(|s| s.known.contains_key(id))
+            && containers.values().any(|s| s.multi.contains(id))
     }
 
     /// Changes whenever the known identities change.
@@ -202,47 +270,80 @@ impl Identities {
     /// Learn the host's archivers.
     pub fn learn_host(&self, names: &[String]) {
         if let Ok(root) = File::open("/") {
-            self.learn(root.as_fd(), names);
+            self.learn(root.as_fd(), names, None);
         }
     }
 
-    /// The archiver `pid` is running, by content, if it is one.
-    pub fn archiver_of(&self, pid: i32) -> Option<String> {
+    /// The archiver `pid` is running, by content, if it is one, as the
+    /// host and `container` (the process's own) know archivers.
+    pub fn archiver_of(&self, pid: i32, container: Option<&str>) -> Option<String> {
+        let f = File::open(format!("/proc/{pid}/exe")).ok()?;
+        self.archiver_of_file(&f, container)
+    }
+
+    /// The archiver the file `f` is, by content, as the host and
+    /// `container` know archivers: the host first (a container cannot
+    /// demote it), then the container's own image.
+    pub fn archiver_of_file(&self, f: &File, container: Option<&str>) -> Option<String> {
+        let id = self.build_id_of(f)?;
+        let host = self.host.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(name) = host.known.get(&id) {
+            return Some(name.clone());
+        }
+        if host.multi.contains(&id) {
+            return None;
+        }
+        drop(host);
+        let containers = self.containers.read().unwrap_or_else(|e| e.into_inner());
+        let scope = containers.get(container?)?;
+        scope.known.get(&id).cloned()
+    }
+
+    /// The build-id of `f`, hashed once per version of the file.
+    fn build_id_of(&self, f: &File) -> Option<Vec<u8>> {
         use std::os::unix::fs::MetadataExt;
-        let exe = format!("/proc/{pid}/exe");
-        let meta = std::fs::metadata(&exe).ok()?;
-        let fid = FileId {
-            dev: meta.dev(),
-            ino: meta.ino(),
-        };
+        let meta = f.metadata().ok()?;
+        let version = (
+            FileId {
+                dev: meta.dev(),
+                ino: meta.ino(),
+            },
+            meta.ctime(),
+            meta.ctime_nsec(),
+        );
         let cached = self
             .cache
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&fid)
+            .get(&version)
             .cloned();
-        let id = match cached {
-            Some(id) => id,
-            None => {
-                let id = File::open(&exe).ok().and_then(|mut f| build_id(&mut f));
-                let mut c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-                if c.len() >= CACHE_MAX {
-                    c.clear();
-                }
-                c.insert(fid, id.clone());
-                id
-            }
-        }?;
-        self.known
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&id)
-            .cloned()
+        if let Some(id) = cached {
+            return id;
+        }
+        let mut r = f;
+        let id = build_id(&mut r);
+        let mut c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if c.len() >= CACHE_MAX {
+            c.clear();
+        }
+        c.insert(version, id.clone());
+        id
     }
 
-    /// How many archiver identities are known.
+    /// How many archiver identities the host and the containers know.
     pub fn len(&self) -> usize {
-        self.known.read().unwrap_or_else(|e| e.into_inner()).len()
+        self.host
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .known
+            .len()
+            + self
+                .containers
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .map(|s| s.known.len())
+                .sum::<usize>()
     }
 
     /// Whether none are known.
@@ -280,16 +381,92 @@ mod tests {
         std::fs::write(dir.join("usr/bin/tar"), &me).unwrap();
         let ids = Identities::default();
         let root = File::open(&dir).unwrap();
-        ids.learn(root.as_fd(), &["tar".into(), "gzip".into()]);
+        ids.learn(root.as_fd(), &["tar".into(), "gzip".into()], None);
         assert_eq!(ids.len(), 1);
         // Our own process runs the same content: it "is" tar.
         assert_eq!(
-            ids.archiver_of(std::process::id() as i32).as_deref(),
+            ids.archiver_of(std::process::id() as i32, None).as_deref(),
             Some("tar")
         );
         std::fs::write(dir.join("usr/bin/gzip"), &me).unwrap();
-        ids.learn(root.as_fd(), &["tar".into(), "gzip".into()]);
+        ids.learn(root.as_fd(), &["tar".into(), "gzip".into()], None);
         assert!(ids.is_empty(), "one build-id under two names is multi-call");
-        assert_eq!(ids.archiver_of(std::process::id() as i32), None);
+        assert_eq!(ids.archiver_of(std::process::id() as i32, None), None);
+    }
+
+    /// A root holding this test binary under `names` in /usr/bin.
+    fn root_with(tmp: &crate::testdir::TempDir, sub: &str, names: &[&str]) -> File {
+        let dir = tmp.path().join(sub);
+        std::fs::create_dir_all(dir.join("usr/bin")).unwrap();
+        let me = std::fs::read("/proc/self/exe").unwrap();
+        for n in names {
+            std::fs::write(dir.join("usr/bin").join(n), &me).unwrap();
+        }
+        File::open(&dir).unwrap()
+    }
+
+    #[test]
+    fn what_a_container_teaches_decides_for_it_alone_and_never_demotes_the_host() {
+        let tmp = crate::testdir::TempDir::new("ident-scope");
+        let names: Vec<String> = ["tar", "gzip", "bzip2"].map(String::from).to_vec();
+        let me = File::open("/proc/self/exe").unwrap();
+        let ids = Identities::default();
+        // Container b's image has this binary as tar; container a ships it
+        // under two archiver names (a multi-call binary, in a only).
+        ids.learn(root_with(&tmp, "b", &["tar"]).as_fd(), &names, Some("b"));
+        ids.learn(
+            root_with(&tmp, "a", &["tar", "bzip2"]).as_fd(),
+            &names,
+            Some("a"),
+        );
+        assert_eq!(ids.archiver_of_file(&me, Some("b")).as_deref(), Some("tar"));
+        assert_eq!(ids.archiver_of_file(&me, Some("a")), None);
+        assert_eq!(
+            ids.archiver_of_file(&me, Some("c")),
+            None,
+            "c learned nothing"
+        );
+        let id = build_id(&mut File::open("/proc/self/exe").unwrap()).unwrap();
+        assert!(
+            !ids.is_multicall(&id),
+            "b knows it: a cannot make it an applet"
+        );
+        assert!(ids.watches_build_id(&id));
+        // The host has it as gzip: every container sees gzip, a included,
+        // and nothing a container ships demotes it.
+        ids.learn(root_with(&tmp, "host", &["gzip"]).as_fd(), &names, None);
+        ids.learn(
+            root_with(&tmp, "a2", &["gzip", "tar"]).as_fd(),
+            &names,
+            Some("a"),
+        );
+        for c in ["a", "b", "c"] {
+            assert_eq!(
+                ids.archiver_of_file(&me, Some(c)).as_deref(),
+                Some("gzip"),
+                "{c}"
+            );
+        }
+        ids.forget("b");
+        ids.forget("a");
+        assert_eq!(ids.len(), 1);
+    }
+
+    #[test]
+    fn a_file_rewritten_in_place_is_hashed_again() {
+        let tmp = crate::testdir::TempDir::new("ident-version");
+        let names: Vec<String> = vec!["tar".into()];
+        let ids = Identities::default();
+        ids.learn(root_with(&tmp, "h", &["tar"]).as_fd(), &names, None);
+        let path = tmp.path().join("x");
+        std::fs::copy("/proc/self/exe", &path).unwrap();
+        let f = File::open(&path).unwrap();
+        assert_eq!(ids.archiver_of_file(&f, None).as_deref(), Some("tar"));
+        drop(f);
+        // Same inode, new content: the ctime moves, the cache misses.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&path, b"#!/bin/sh\necho not tar\n").unwrap();
+        let f = File::open(&path).unwrap();
+        assert_eq!(ids.archiver_of_file(&f, None), None);
     }
 }

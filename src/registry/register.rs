@@ -202,11 +202,14 @@ impl Registrar {
         let policy = self.ctx.policy();
         let (root, pivoted) = resolve::container_root(rec.pid, &rec.rootfs)?;
         let view = rec.view();
+        let id = rec.id.clone();
         std::thread::scope(|s| {
             let learner = s.spawn(|| {
-                self.ctx
-                    .identities
-                    .learn(root.as_fd(), policy.rules.file_archivers().names())
+                self.ctx.identities.learn(
+                    root.as_fd(),
+                    policy.rules.file_archivers().names(),
+                    Some(&id),
+                )
             });
             let marked = marks::place(
                 self.groups.borrow(),
@@ -257,6 +260,7 @@ impl Registrar {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(id);
+        self.ctx.identities.forget(id);
     }
 
     fn note_coverage(&self, id: &str, report: &InstallReport) {
@@ -327,6 +331,7 @@ impl Registrar {
         let Ok((root, _)) = resolve::container_root(rec.pid, &rec.rootfs) else {
             return;
         };
+        let before = rec.placed.marks.len();
         // A directory made inside a new one before its create mark went
         // in (`mkdir -p ~/.ssh` makes two) reported nothing: when a pass
         // marks new directories, a second pass finds what they hold.
@@ -347,6 +352,12 @@ impl Registrar {
             if rec.placed.create_marks.len() <= dirs_before {
                 break;
             }
+        }
+        if rec.placed.marks.len() != before {
+            log(format!(
+                "rescanned container {id} on a create: {} marks (was {before})",
+                rec.placed.marks.len()
+            ));
         }
         reg.insert(rec);
     }

@@ -89,6 +89,129 @@ pub enum ArchiverHit {
     /// By behaviour: the process read a credential and then wrote a file
     /// whose content is archive or compressed data of this format.
     Behaviour { format: String, archive: String },
+    /// The executable is the ELF loader, and the program it loads
+    /// (`process.args[index]`) is an archiver by name.
+    Loaded { index: usize, program: String },
+    /// An interpreter whose command line (`process.args[index]`) names an
+    /// archive module or function: `python3 -m tarfile`, `make_archive`,
+    /// `perl -MArchive::Tar`.
+    Module { index: usize, word: String },
+}
+
+/// Whether an executable name is an ELF interpreter (the dynamic loader):
+/// `ld-linux*.so*`, `ld-musl*`, `ld.so`.
+pub fn is_loader_name(name: &[u8]) -> bool {
+    name.starts_with(b"ld-linux") || name.starts_with(b"ld-musl") || name.starts_with(b"ld.so")
+}
+
+/// The program the loader runs: the first argument after the loader's own
+/// options (glibc's `--library-path DIR`, `--preload`, `--audit`,
+/// `--argv0 NAME`, `--inhibit-rpath`, `--glibc-hwcaps-*`, and flags such
+/// as `--inhibit-cache`; musl's take the same form). Its index in `args`.
+pub fn loaded_program<A: AsRef<std::ffi::OsStr>>(args: &[A]) -> Option<usize> {
+    use std::os::unix::ffi::OsStrExt;
+    const WITH_VALUE: &[&[u8]] = &[
+        b"--library-path",
+        b"--preload",
+        b"--audit",
+        b"--argv0",
+        b"--inhibit-rpath",
+        b"--glibc-hwcaps-prefix",
+        b"--glibc-hwcaps-mask",
+    ];
+    let mut i = 1;
+    while i < args.len() {
+        let a = args[i].as_ref().as_bytes();
+        if a == b"--" {
+            return (i + 1 < args.len()).then_some(i + 1);
+        }
+        if !a.starts_with(b"--") {
+            return Some(i);
+        }
+        // `--opt=value` carries its value; `--opt value` takes the next.
+        let takes_next = WITH_VALUE.contains(&a) && !a.contains(&b'=');
+        i += if takes_next { 2 } else { 1 };
+    }
+    None
+}
+
+/// Interpreters whose command lines are searched for archive modules.
+const INTERPRETERS: &[&str] = &["python", "perl", "ruby", "node", "nodejs", "php"];
+
+/// Archive and compression modules and functions of the interpreters'
+/// standard libraries and common packages, as words of a command line.
+const ARCHIVE_MODULES: &[&str] = &[
+    // Python
+    "tarfile",
+    "zipfile",
+    "gzip",
+    "bz2",
+    "lzma",
+    "zlib",
+    "make_archive",
+    "shutil.make_archive",
+    "py7zr",
+    "zstandard",
+    // Perl
+    "Archive::Tar",
+    "Archive::Zip",
+    "IO::Compress::Gzip",
+    "IO::Compress::Zip",
+    "IO::Compress::Bzip2",
+    "IO::Compress::Xz",
+    "Compress::Zlib",
+    // Ruby
+    "Zlib",
+    "Gem::Package::TarWriter",
+    "rubygems/package",
+    // Node
+    "createGzip",
+    "gzipSync",
+    "archiver",
+    "adm-zip",
+    "jszip",
+    "tar-stream",
+];
+
+/// Whether a program name is one of [`INTERPRETERS`] (`python3.11`,
+/// `perl5.36` included).
+pub fn is_interpreter_name(name: &[u8]) -> bool {
+    INTERPRETERS.iter().any(|i| {
+        name.strip_prefix(i.as_bytes())
+            .is_some_and(|rest| rest.iter().all(|b| b.is_ascii_digit() || *b == b'.'))
+    })
+}
+
+/// The first archive module or function an interpreter's arguments name:
+/// words split at anything that is not part of an identifier, a `::`
+/// path, a dot or a dash (`-mtarfile`, `import tarfile,os`,
+/// `require('zlib')`, `-MArchive::Tar`).
+pub fn archive_module<A: AsRef<std::ffi::OsStr>>(args: &[A]) -> Option<(usize, String)> {
+    use std::os::unix::ffi::OsStrExt;
+    for (index, arg) in args.iter().enumerate().skip(1) {
+        let text = String::from_utf8_lossy(arg.as_ref().as_bytes());
+        // Flags glued to their value: `-mtarfile`, `-MArchive::Tar`, `-rzlib`.
+        let text = text
+            .strip_prefix("-m")
+            .or_else(|| text.strip_prefix("-M"))
+            .or_else(|| text.strip_prefix("-r"))
+            .unwrap_or(&text)
+            .to_string();
+        let words = text.split(|c: char| {
+            !(c.is_ascii_alphanumeric() || c == '_' || c == ':' || c == '.' || c == '-' || c == '/')
+        });
+        for w in words {
+            let w = w.trim_matches(|c: char| c == '.' || c == ':');
+            // `import gzip.open` names the module before the dot.
+            let hit = ARCHIVE_MODULES.iter().find(|m| {
+                **m == w || w.split('.').next() == Some(**m) || w.ends_with(&format!(".{m}"))
+            });
+            if let Some(m) = hit {
+                return Some((index, (*m).to_string()));
+            }
+        }
+    }
+    None
 }
 
 /// The archive or compression format a file starts with, by its magic

@@ -14,6 +14,55 @@ pub struct CheckReport {
     /// Whether the file-access rule sees this process as an archiver: it
     /// would alert as soon as the process opens a credential file.
     pub file_archiver: Option<ArchiverHit>,
+    /// The behaviour rule on a file the process would write (`--wrote`):
+    /// written after a credential read, within the window, it alerts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub behaviour: Option<BehaviourCheck>,
+}
+
+/// What the behaviour rule makes of a written file.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct BehaviourCheck {
+    pub rule_id: &'static str,
+    /// The file, as given.
+    pub wrote: String,
+    /// Its archive or compression format by magic number; `None` when it
+    /// holds none (or cannot be read: `error` says why).
+    pub format: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub window_s: u64,
+}
+
+impl BehaviourCheck {
+    /// Judge the file at `path` as the behaviour rule judges a reader's
+    /// output: by its first 512 bytes.
+    pub fn of(rules: &Rules, path: &std::path::Path) -> Self {
+        use std::io::Read;
+        let mut head = [0u8; 512];
+        let read = std::fs::File::open(path).and_then(|mut f| {
+            let mut n = 0;
+            while n < head.len() {
+                let k = f.read(&mut head[n..])?;
+                if k == 0 {
+                    break;
+                }
+                n += k;
+            }
+            Ok(n)
+        });
+        let (format, error) = match read {
+            Ok(n) => (crate::rules::archive_format(&head[..n]), None),
+            Err(e) => (None, Some(format!("cannot read {}: {e}", path.display()))),
+        };
+        Self {
+            rule_id: crate::rules::BEHAVIOUR_RULE_ID,
+            wrote: path.display().to_string(),
+            format,
+            error,
+            window_s: rules.behaviour_window.as_secs(),
+        }
+    }
 }
 
 impl CheckReport {
@@ -48,6 +97,7 @@ pub fn check(rules: &Rules, argv: &[OsString]) -> CheckReport {
                 argv,
             )
         },
+        behaviour: None,
     }
 }
 
@@ -61,6 +111,12 @@ fn describe(hit: &ArchiverHit) -> String {
         }
         ArchiverHit::Identity { name, exe } => {
             format!("executable {exe:?} is archiver {name:?} by content (build-id)")
+        }
+        ArchiverHit::Loaded { index, program } => {
+            format!("the loader runs process.args[{index}] {program:?}, an archiver")
+        }
+        ArchiverHit::Module { index, word } => {
+            format!("interpreter told to archive: process.args[{index}] names {word:?}")
         }
         ArchiverHit::Behaviour { format, archive } => format!(
             "it read a credential, then wrote {format} data to {archive:?} (by the data's magic number)"
@@ -99,8 +155,42 @@ impl fmt::Display for CheckReport {
                 "file access: {}; any credential file it opens alerts ({})",
                 describe(hit),
                 crate::rules::FILE_RULE_ID
+            )?,
+            None => writeln!(f, "file access: not an archiver; its opens do not alert")?,
+        }
+        match &self.behaviour {
+            Some(BehaviourCheck {
+                rule_id,
+                wrote,
+                format: Some(format),
+                window_s,
+                ..
+            }) => writeln!(
+                f,
+                "behaviour: {wrote:?} holds {format} data (by its magic number): written within \
+                 {window_s} s after this process reads a credential, it alerts ({rule_id}), \
+                 whatever the process is called"
             ),
-            None => writeln!(f, "file access: not an archiver; its opens do not alert"),
+            Some(BehaviourCheck {
+                wrote,
+                format: None,
+                error,
+                ..
+            }) => writeln!(
+                f,
+                "behaviour: {wrote:?} holds no archive or compressed data{}; writing it \
+                 makes no behaviour match",
+                error
+                    .as_ref()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
+            ),
+            None => writeln!(
+                f,
+                "behaviour: if it reads a credential and then writes archive or compressed data \
+                 within the window, it alerts ({}); `--wrote FILE` judges a file",
+                crate::rules::BEHAVIOUR_RULE_ID
+            ),
         }
     }
 }
@@ -134,5 +224,29 @@ mod tests {
         );
         let r = run(&["cat", "/etc/passwd"]);
         assert!(!r.alerts() && r.file_archiver.is_none());
+    }
+
+    #[test]
+    fn explains_a_behaviour_match_by_the_written_files_format() {
+        let tmp = crate::testdir::TempDir::new("check-behaviour");
+        let rules = Rules::compile(&RulesConfig::default()).unwrap();
+        let gz = tmp.path().join("out.bin");
+        std::fs::write(&gz, b"\x1f\x8b\x08\x00rest").unwrap();
+        let mut r = run(&["/tmp/xx", "-c"]);
+        r.behaviour = Some(BehaviourCheck::of(&rules, &gz));
+        let text = r.to_string();
+        assert!(text.contains("holds gzip data"), "{text}");
+        assert!(
+            text.contains("keyward.behaviour.credential-archived"),
+            "{text}"
+        );
+        assert!(text.contains("within 60 s"), "{text}");
+        let plain = tmp.path().join("notes.txt");
+        std::fs::write(&plain, b"hello").unwrap();
+        r.behaviour = Some(BehaviourCheck::of(&rules, &plain));
+        assert!(r.to_string().contains("no archive or compressed data"));
+        r.behaviour = Some(BehaviourCheck::of(&rules, &tmp.path().join("missing")));
+        let text = r.to_string();
+        assert!(text.contains("cannot read"), "{text}");
     }
 }

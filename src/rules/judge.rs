@@ -145,13 +145,28 @@ pub enum Verdict {
     Matched(Matches),
 }
 
+/// The basename of the program the loader runs, when the executable is
+/// the loader.
+fn loaded_name<'a>(c: &Candidate<'a>) -> Option<&'a OsStr> {
+    use std::os::unix::ffi::OsStrExt;
+    if !super::is_loader_name(c.exe_name.as_bytes()) {
+        return None;
+    }
+    let i = super::loaded_program(c.args)?;
+    Some(OsStr::from_bytes(super::basename(c.args[i].as_bytes())))
+}
+
 impl Rules {
     /// Judge one event. Exceptions are applied here, so a verdict is
     /// final: `Matched` is what the caller alerts on.
     pub fn judge(&self, exceptions: &Exceptions, c: &Candidate<'_>) -> Verdict {
         let exec = match c.event {
             Event::Pipe => None,
-            Event::Open | Event::Exec => self.match_exec_names(&[c.exe_name, c.comm], c.args),
+            Event::Open | Event::Exec => match loaded_name(c) {
+                // The loader's process is named by the program it runs.
+                Some(p) => self.match_exec_names(&[c.exe_name, c.comm, p], c.args),
+                None => self.match_exec_names(&[c.exe_name, c.comm], c.args),
+            },
         };
         let archiver = self.file_enabled.then(|| self.archiver_hit(c)).flatten();
         if exec.is_none() && archiver.is_none() {

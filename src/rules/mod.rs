@@ -30,7 +30,10 @@ use serde::Serialize;
 
 use crate::config::{FileRuleConfig, MarkIncidental, RulesConfig, SeedRuleConfig, Severity};
 
-pub use archivers::{ArchiverHit, Archivers, archive_format, basename, is_multicall};
+pub use archivers::{
+    ArchiverHit, Archivers, archive_format, archive_module, basename, is_interpreter_name,
+    is_loader_name, is_multicall, loaded_program,
+};
 use archivers::{MULTICALL, SHELLS};
 pub use judge::{
     Candidate, ContainerFacts, Event, Evidence, FileMatch, Matches, Source, Touch, TouchedFile,
@@ -74,6 +77,8 @@ pub struct Rules {
     exec_archivers: Archivers,
     exec_paths: PathPatterns,
     pub file_enabled: bool,
+    /// See `rules.file.behaviour_window_s`.
+    pub behaviour_window: std::time::Duration,
     file_archivers: Archivers,
     file_paths: PathPatterns,
     watch_dirs: Vec<String>,
@@ -125,6 +130,7 @@ impl Rules {
             incidental_paths,
             mark_incidental,
             extended,
+            behaviour_window_s,
             severity: file_severity,
             risk_score: file_risk,
             mitre: file_mitre,
@@ -149,6 +155,7 @@ impl Rules {
             exec_archivers: Archivers::new("rules.exec.archivers", exec_arch)?,
             exec_paths: PathPatterns::new("rules.exec.paths", exec_paths)?,
             file_enabled: *file_enabled,
+            behaviour_window: std::time::Duration::from_secs(*behaviour_window_s),
             file_archivers: Archivers::new("rules.file.archivers", file_arch)?,
             file_paths: PathPatterns::new("rules.file.paths", &file_paths)?,
             watch_dirs,
@@ -266,8 +273,33 @@ impl Rules {
         // busybox re-executes itself through /proc/self/exe for applets run
         // with `exec`; such a process's comm is "exe" and argv is its own.
         let reexec = comm.as_bytes() == b"exe";
-        if multicall && !comm.is_empty() && !comm_is_argv0 && !reexec {
+        // Exec'd as the binary itself (comm is its own name) with an argv[0]
+        // the caller chose (`exec -a tar busybox ...`): busybox runs the
+        // applet argv[0] names, so argv is its own and argv[0] counts.
+        let exe_comm = &exe_name.as_bytes()[..exe_name.len().min(15)];
+        let chosen_argv0 = comm.as_bytes() == exe_comm;
+        if multicall && !comm.is_empty() && !comm_is_argv0 && !reexec && !chosen_argv0 {
             return None;
+        }
+        // The loader runs a program: judge the program's name.
+        let loaded = is_loader_name(exe_name.as_bytes())
+            .then(|| loaded_program(args))
+            .flatten();
+        if let Some(index) = loaded.filter(|i| {
+            self.file_archivers
+                .contains(basename(args[*i].as_ref().as_bytes()))
+        }) {
+            return Some(ArchiverHit::Loaded {
+                index,
+                program: args[index].as_ref().to_string_lossy().into_owned(),
+            });
+        }
+        // An interpreter told to archive: known at the open, so `deny` and
+        // `kill` act before the data is read.
+        let interpreter =
+            is_interpreter_name(exe_name.as_bytes()) || is_interpreter_name(comm.as_bytes());
+        if let Some((index, word)) = interpreter.then(|| archive_module(args)).flatten() {
+            return Some(ArchiverHit::Module { index, word });
         }
         if self.file_archivers.contains(argv0) {
             return Some(ArchiverHit::Argv0 {
@@ -709,6 +741,98 @@ mod tests {
             r.archiver_of(OsStr::new("busybox"), OsStr::new("sh"), &script),
             Some(ArchiverHit::Script { .. })
         ));
+    }
+
+    #[test]
+    fn the_program_that_runs_is_judged_not_the_name_it_wears() {
+        let r = rules();
+        // busybox exec'd as itself with an argv[0] the caller chose runs
+        // the applet argv[0] names.
+        assert!(matches!(
+            r.archiver_of(
+                OsStr::new("busybox"),
+                OsStr::new("busybox"),
+                &["tar", "cf", "/tmp/x", "/root/.ssh"]
+            ),
+            Some(ArchiverHit::Argv0 { .. })
+        ));
+        // The loader runs the program after its own options.
+        assert_eq!(
+            loaded_program(&[
+                "ld.so",
+                "--library-path",
+                "/x",
+                "--inhibit-cache",
+                "/tmp/gz",
+                "-c"
+            ]),
+            Some(4)
+        );
+        assert_eq!(loaded_program(&["ld.so", "--argv0=a", "/tmp/gz"]), Some(2));
+        assert_eq!(loaded_program(&["ld.so", "--", "/tmp/gz"]), Some(2));
+        assert_eq!(loaded_program(&["ld.so", "--list"]), None);
+        assert!(matches!(
+            r.archiver_of(
+                OsStr::new("ld-linux-x86-64.so.2"),
+                OsStr::new("ld-linux-x86-64"),
+                &[
+                    "/lib64/ld-linux-x86-64.so.2",
+                    "--argv0",
+                    "x",
+                    "/usr/bin/gzip",
+                    "-c"
+                ]
+            ),
+            Some(ArchiverHit::Loaded { index: 3, .. })
+        ));
+        // Interpreters told to archive, however the module is spelled.
+        let py =
+            |args: &[&str]| r.archiver_of(OsStr::new("python3.11"), OsStr::new("python3"), args);
+        for args in [
+            &["python3", "-m", "tarfile", "-c", "x.tar", "k"][..],
+            &["python3", "-mzipfile", "-c", "x.zip", "k"],
+            &[
+                "python3",
+                "-c",
+                "import shutil; shutil.make_archive('x', 'gztar', '/root')",
+            ],
+            &[
+                "python3",
+                "-c",
+                "import gzip,sys; gzip.open('x','wb').write(sys.stdin.buffer.read())",
+            ],
+        ] {
+            assert!(
+                matches!(py(args), Some(ArchiverHit::Module { .. })),
+                "{args:?}"
+            );
+        }
+        assert!(matches!(
+            r.archiver_of(
+                OsStr::new("perl"),
+                OsStr::new("perl"),
+                &["perl", "-MArchive::Tar", "-e", "1"]
+            ),
+            Some(ArchiverHit::Module { .. })
+        ));
+        assert!(matches!(
+            r.archiver_of(
+                OsStr::new("node"),
+                OsStr::new("node"),
+                &["node", "-e", "require('zlib').gzipSync(x)"]
+            ),
+            Some(ArchiverHit::Module { .. })
+        ));
+        // Not archiving: zip() is a Python builtin, and a script's name is
+        // no module.
+        assert_eq!(py(&["python3", "-c", "print(list(zip(a, b)))"]), None);
+        assert_eq!(py(&["python3", "/app/tarfile_report.py"]), None);
+        assert_eq!(
+            py(&["python3", "-c", "import pwd; pwd.getpwnam('root')"]),
+            None
+        );
+        assert!(!is_interpreter_name(b"pythonic"));
+        assert!(is_interpreter_name(b"python3.11"));
     }
 
     #[test]

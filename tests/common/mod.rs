@@ -92,7 +92,9 @@ fn sh(cmd: &str) -> Output {
         .expect("run sh")
 }
 
-fn copy_with_libs(bin: &str, root: &Path, dest: &str) {
+/// Copy `bin` to `dest` under `root`, with the shared libraries `ldd`
+/// lists for it, at their own paths.
+pub fn copy_with_libs(bin: &str, root: &Path, dest: &str) {
     let target = root.join(dest.trim_start_matches('/'));
     fs::create_dir_all(target.parent().unwrap()).unwrap();
     fs::copy(bin, &target).unwrap_or_else(|e| panic!("copy {bin}: {e}"));
@@ -108,6 +110,27 @@ fn copy_with_libs(bin: &str, root: &Path, dest: &str) {
         fs::create_dir_all(dst.parent().unwrap()).unwrap();
         fs::copy(lib, &dst).unwrap_or_else(|e| panic!("copy {lib}: {e}"));
     }
+}
+
+/// gzip under `dest` in `root`, its GNU build-id changed: an archiver
+/// neither the host nor any image has (rebuilt or patched), so neither its
+/// name nor its content says gzip. The note (namesz 4, descsz 20, type 3,
+/// "GNU\0") is found in the file and its 20 id bytes inverted; the loader
+/// never reads them.
+pub fn install_unknown_gzip(root: &Path, dest: &str) {
+    copy_with_libs("/usr/bin/gzip", root, dest);
+    let path = root.join(dest.trim_start_matches('/'));
+    let mut bin = fs::read(&path).unwrap();
+    let note: &[u8] = b"\x04\x00\x00\x00\x14\x00\x00\x00\x03\x00\x00\x00GNU\x00";
+    let at = bin
+        .windows(note.len())
+        .position(|w| w == note)
+        .expect("gzip has a GNU build-id note")
+        + note.len();
+    for b in &mut bin[at..at + 20] {
+        *b = !*b;
+    }
+    fs::write(&path, bin).unwrap();
 }
 
 /// Fake credential files planted in every rootfs, with their contents.
