@@ -25,7 +25,8 @@
 #      FILES files, OPENS opens of /etc/passwd by the shell and by cat, open
 #      latency percentiles; then REPS times FILES small files written and
 #      closed, before and after a process in it read a credential and stayed
-#      alive, which arms keyward's close-after-write mark on the container)
+#      alive, which arms keyward's close-after-write mark on the container;
+#      wall time and the writing shell's own on-CPU time, from schedstat)
 #      and HOST_REPS host open loops;
 #   4. container starts: ROUNDS x STARTS pairs, one start with the hook
 #      and one without, daemon up, the order swapped every pair;
@@ -365,7 +366,7 @@ a=\$(T); i=0; while [ \$i -lt $OPENS ]; do read -r l </etc/passwd; i=\$((i+1)); 
 a=\$(T); i=0; while [ \$i -lt $OPENS ]; do cat /etc/passwd >/dev/null; i=\$((i+1)); done; b=\$(T); echo opens_cat_ns=\$((b-a))
 /usr/bin/kwb open /etc/passwd $OPENS
 done
-W() { mkdir -p /tmp/w; a=\$(T); i=0; while [ \$i -lt $FILES ]; do echo x >/tmp/w/\$i; i=\$((i+1)); done; b=\$(T); echo \$1=\$((b-a)); rm -rf /tmp/w; }
+W() { mkdir -p /tmp/w; read c0 _ </proc/self/schedstat; a=\$(T); i=0; while [ \$i -lt $FILES ]; do echo x >/tmp/w/\$i; i=\$((i+1)); done; b=\$(T); read c1 _ </proc/self/schedstat; echo \$1=\$((b-a)); echo \${1%_ns}_cpu_ns=\$((c1-c0)); rm -rf /tmp/w; }
 r=0; while [ \$r -lt $REPS ]; do r=\$((r+1)); W writes_ns; done
 (read -r k </root/.ssh/id_rsa; sleep 600) & reader=\$!
 sleep 0.2
@@ -408,7 +409,7 @@ one_round() { # arm: A (watched) or B (unwatched)
         record A hist_p50_us "$(status_field p50_us)"
         record A hist_p99_us "$(status_field p99_us)"
     fi
-    for k in exec_storm_ns exec_storm_bb_ns tar_files_ns opens_shell_ns opens_cat_ns writes_ns writes_reader_ns; do
+    for k in exec_storm_ns exec_storm_bb_ns tar_files_ns opens_shell_ns opens_cat_ns writes_ns writes_reader_ns writes_cpu_ns writes_reader_cpu_ns; do
         [ "$(echo "$out" | grep -c "^$k=[0-9]")" = "$REPS" ] || die "not $REPS x $k in: $out"
         for line in $(echo "$out" | grep -o "^$k=[0-9]*"); do
             record "$arm" "$k" "${line#*=}"
@@ -649,6 +650,10 @@ row "$OPENS opens of /etc/passwd (shell read <)" opens_shell_ns ms
 row "$OPENS x cat /etc/passwd" opens_cat_ns ms
 row "$FILES small files written, no credential read" writes_ns ms
 row "$FILES small files written, a reader alive" writes_reader_ns ms
+row "  the same, writer's on-CPU time, no reader" writes_cpu_ns ms
+row "  the same, writer's on-CPU time, reader alive" writes_reader_cpu_ns ms
+awk -v r="$(median A writes_reader_cpu_ns)" -v n="$(median A writes_cpu_ns)" -v f="$FILES" \
+    'BEGIN {printf "%-44s %11.2f us\n", "follow cost per file written once armed (A)", (r - n) / f / 1e3}'
 row "open(2) of /etc/passwd, p50 (kwb)" open_p50_ns us
 row "open(2) of /etc/passwd, p99 (kwb)" open_p99_ns us
 row "host: $OPENS opens of host /etc/passwd" host_opens_ns ms
