@@ -19,7 +19,12 @@
 //!   after the behaviour window (2 s here) stays quiet.
 //! * Near misses stay quiet: an interpreter reading `/etc/passwd` through
 //!   the name service, an interpreter archiving an application directory,
-//!   the loader running a non-archiver that runs `cat` on a key.
+//!   the loader running a non-archiver that runs `cat` on a key, and an
+//!   ssh-like client that reads a key and writes a plain file.
+//! * One container's image cannot change another's verdicts: a container
+//!   that ships gzip's binary under a second archiver name (which would
+//!   make it a multi-call binary, were identities shared) is up while
+//!   another container's renamed gzip is denied by content.
 
 mod common;
 
@@ -132,6 +137,7 @@ fn interpreters_and_the_loader_doing_no_archiving_of_keys_stay_quiet() {
         /usr/bin/python3 -c 'import pwd; pwd.getpwnam(\"root\")'
         /usr/bin/python3 -m tarfile -c /tmp/app.tar /app
         /lib64/ld-linux-x86-64.so.2 /usr/bin/nice /bin/cat /root/.ssh/id_rsa > /dev/null
+        sh -c 'read -r k < /root/.ssh/id_rsa; echo \"github.com ssh-ed25519 AAAA\" >> /tmp/hosts_seen'
         echo quiet";
     let b = Bundle::new("kw-interp-quiet", &d.socket, script);
     add_python(&b);
@@ -208,4 +214,42 @@ fn a_registry_client_alerts_by_behaviour_and_its_exception_silences_only_it() {
         alerts.is_empty(),
         "a write after the window alerted: {alerts:#?}"
     );
+}
+
+#[test]
+fn one_containers_image_does_not_change_what_another_is_judged_by() {
+    if !privileged() {
+        return;
+    }
+    let d = Daemon::start("[response]\naction = \"deny\"\n");
+    // Container a ships gzip's binary under a second archiver name, which
+    // would make its build-id a multi-call binary's (not an archiver's)
+    // if what one image teaches were shared. It stays up while b runs.
+    let a = Bundle::new("kw-poison", &d.socket, "sleep 30");
+    std::fs::copy(
+        a.rootfs.join("usr/bin/gzip"),
+        a.rootfs.join("usr/bin/bzip2"),
+    )
+    .unwrap();
+    let mut poison = a.spawn();
+    d.wait_registered(1);
+    // In b, a renamed copy of gzip: only its content says gzip, and the
+    // open is refused at once.
+    let script = "cp /usr/bin/gzip /tmp/renamed
+        if /tmp/renamed -c /root/.ssh/id_rsa > /tmp/o 2>/dev/null; then echo LEAKED; else echo DENIED; fi";
+    let b = Bundle::new("kw-poisoned", &d.socket, script);
+    let out = b.run();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("DENIED"),
+        "{}",
+        text(&out)
+    );
+    let alert = d.wait_alert("renamed gzip", |x| x["process"]["name"] == "renamed");
+    assert_eq!(alert["container"]["id"], b.id.as_str());
+    assert_eq!(alert["keyward"]["archiver"]["via"], "identity", "{alert:#}");
+    assert_eq!(alert["keyward"]["archiver"]["name"], "gzip", "{alert:#}");
+    let _ = std::process::Command::new("runc")
+        .args(["kill", &a.id, "KILL"])
+        .output();
+    let _ = poison.wait();
 }

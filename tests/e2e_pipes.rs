@@ -142,7 +142,10 @@ fn a_chain_of_pipes_and_a_nameless_archiver_are_followed() {
     let a = d.wait_alert("nameless archiver", |a| {
         a["keyward"]["archiver"]["archive"] == "/tmp/c2.bin"
     });
-    assert_eq!(a["rule"]["id"], "keyward.behaviour.credential-archived", "{a:#}");
+    assert_eq!(
+        a["rule"]["id"], "keyward.behaviour.credential-archived",
+        "{a:#}"
+    );
     assert!(has_arg(&a, "/tmp/xx"), "{a:#}");
     assert_eq!(
         file(&a, "/home/alice/.ssh/id_rsa")["source"]["name"],
