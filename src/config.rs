@@ -65,6 +65,18 @@ pub enum Action {
 }
 
 impl Action {
+    /// How strongly the action stops a theft, for "an annotation may only
+    /// strengthen": alert, then deny, then kill, then stop; disconnect
+    /// stands beside deny (it blocks the way out, not the read).
+    pub fn strength(self) -> u8 {
+        match self {
+            Action::Alert => 0,
+            Action::Deny | Action::Disconnect => 1,
+            Action::Kill => 2,
+            Action::Stop => 3,
+        }
+    }
+
     /// The lowercase name used in config, annotations and alerts.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -363,8 +375,14 @@ impl Default for SyslogConfig {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ResponseConfig {
-    /// Default action; the annotation `io.keyward.response` overrides it.
+    /// Default action; the annotation `io.keyward.response` may strengthen
+    /// it per container.
     pub action: Action,
+    /// Whether `io.keyward.response` may also *lower* the action (a
+    /// container set to `alert` on a `deny` host). Off by default: in
+    /// Kubernetes every tenant can set pod annotations, which reach the
+    /// OCI spec.
+    pub annotation_may_lower: bool,
 }
 
 /// The rule pack.

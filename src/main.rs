@@ -98,6 +98,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 keyward::hook::HookOutcome::FailedOpen { warning } => {
                     eprintln!("keyward: warning: {warning}");
                 }
+                keyward::hook::HookOutcome::Watching {
+                    warning: Some(w), ..
+                } => eprintln!("keyward: warning: {w}"),
                 keyward::hook::HookOutcome::Watching { .. }
                 | keyward::hook::HookOutcome::Deregistered { .. } => {}
             }

@@ -8,7 +8,9 @@
 //! (a renamed copy). The mount-namespace tricks run in a container given
 //! CAP_SYS_ADMIN. Look-alikes that must stay quiet run alongside. An
 //! exception suppresses exactly what it names, and the suppression is
-//! counted in `keyward status`.
+//! counted in `keyward status`. The workload cannot lower the host's
+//! action with its annotation, nor take a name an exception was written
+//! for when the engine named it otherwise.
 
 mod common;
 
@@ -271,4 +273,43 @@ fn credential_paths_created_after_start_are_covered() {
         "{}",
         d.log_text()
     );
+}
+
+#[test]
+fn the_workload_cannot_lower_the_hosts_policy_or_take_an_excepted_name() {
+    if !privileged() {
+        return;
+    }
+    // The host denies; an exception is written for engine-named backup
+    // containers.
+    let d = Daemon::start(
+        "[response]\naction = \"deny\"\n[[exceptions]]\nreason = \"backups\"\ncontainer_name = \"backup-*\"\n",
+    );
+    let script = "if /usr/bin/tar cf /tmp/k.tar /root/.ssh/id_rsa 2>/dev/null; then echo LEAKED; else echo DENIED; fi";
+    // 1. A tenant's `io.keyward.response=alert` is refused: the key stays in.
+    let mut b = Bundle::new("kw-lower", &d.socket, script);
+    b.annotate("io.keyward.response", "alert");
+    let out = b.run();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("DENIED"),
+        "{}",
+        text(&out)
+    );
+    let a = d.wait_alert("lowered", |a| a["container"]["id"] == b.id.as_str());
+    assert_eq!(a["keyward"]["response"]["action"], "deny", "{a:#}");
+    assert_eq!(d.status()["stats"]["annotations_refused"], 1);
+    assert!(d.log_text().contains("refused"), "{}", d.log_text());
+    // 2. The engine named it `web`; its own `io.keyward.name=backup-x`
+    //    does not make the backup exception match it.
+    let mut b = Bundle::new("kw-named", &d.socket, script);
+    b.annotate("io.kubernetes.cri-o.ContainerName", "web");
+    b.annotate("io.keyward.name", "backup-x");
+    let out = b.run();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("DENIED"),
+        "{}",
+        text(&out)
+    );
+    let a = d.wait_alert("self-named", |a| a["container"]["id"] == b.id.as_str());
+    assert_eq!(a["container"]["name"], "web", "{a:#}");
 }

@@ -47,6 +47,9 @@ pub struct Stats {
     pub deadline_releases: AtomicU64,
     /// Rescans of containers for credential paths created after start.
     pub rescans: AtomicU64,
+    /// `io.keyward.response` annotations refused for lowering the host's
+    /// action.
+    pub annotations_refused: AtomicU64,
     /// Marks placed at once on a create event (before the debounced
     /// rescan), and the time each took from reading the event batch to
     /// the marks being in: total and worst, in microseconds.
@@ -119,6 +122,8 @@ pub struct StatsSnapshot {
     pub panics: u64,
     pub deadline_releases: u64,
     pub rescans: u64,
+    #[serde(default)]
+    pub annotations_refused: u64,
     #[serde(default)]
     pub create_marks: u64,
     #[serde(default)]
@@ -227,6 +232,7 @@ impl Stats {
             panics: g(&self.panics),
             deadline_releases: g(&self.deadline_releases),
             rescans: g(&self.rescans),
+            annotations_refused: g(&self.annotations_refused),
             create_marks: g(&self.create_marks),
             create_mark_us_total: g(&self.create_mark_us_total),
             create_mark_us_max: g(&self.create_mark_us_max),

@@ -42,6 +42,7 @@ pub enum HookOutcome {
         id: String,
         files: usize,
         dirs: usize,
+        warning: Option<String>,
     },
     Deregistered {
         id: String,
@@ -76,10 +77,15 @@ pub fn run<R: Read>(stdin: R, socket: &Path, fail_open: bool) -> Result<HookOutc
         Err(e) => return Err(e.into()),
     };
     match reply {
-        Reply::Watching { id, report } => Ok(HookOutcome::Watching {
+        Reply::Watching {
+            id,
+            report,
+            warning,
+        } => Ok(HookOutcome::Watching {
             id,
             files: report.files,
             dirs: report.dirs,
+            warning,
         }),
         Reply::Deregistered { id, .. } => Ok(HookOutcome::Deregistered { id }),
         Reply::Error { message } if deregister => Ok(HookOutcome::FailedOpen {

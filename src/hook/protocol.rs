@@ -93,6 +93,10 @@ pub enum Reply {
     Watching {
         id: String,
         report: InstallReport,
+        /// Something the daemon did not do as asked (a refused
+        /// annotation), for the engine's log.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        warning: Option<String>,
     },
     Deregistered {
         id: String,

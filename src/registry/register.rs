@@ -122,11 +122,37 @@ impl Registrar {
     }
 
     /// Register a container: verify, enrich, mark, persist. `default` is
-    /// the host's configured action.
-    pub fn register(&self, r: Registration, default: Action) -> Result<Reply, RegisterError> {
+    /// the host's configured action, which the container's annotation may
+    /// only strengthen unless `may_lower`.
+    pub fn register(
+        &self,
+        r: Registration,
+        default: Action,
+        may_lower: bool,
+    ) -> Result<Reply, RegisterError> {
         let started = Instant::now();
         verify::check_id(&r.id)?;
-        let action = verify::action_for(&r.id, &r.annotations, default)?;
+        let (action, annotation) = verify::action_for(&r.id, &r.annotations, default, may_lower)?;
+        let warning = match annotation {
+            verify::AnnotationOutcome::Refused { asked } => {
+                self.ctx
+                    .stats
+                    .annotations_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                let w = format!(
+                    "container {}: annotation {}={} refused: it would lower the host's action {} \
+                     (response.annotation_may_lower is off); {} applies",
+                    r.id,
+                    verify::RESPONSE_ANNOTATION,
+                    asked.as_str(),
+                    default.as_str(),
+                    default.as_str()
+                );
+                log(&w);
+                Some(w)
+            }
+            verify::AnnotationOutcome::Absent | verify::AnnotationOutcome::Applied(_) => None,
+        };
         if !r.rootfs.is_absolute() {
             return Err(RegisterError::RelativeRootfs {
                 id: r.id,
@@ -174,7 +200,11 @@ impl Registrar {
         if let Err(e) = reg.save() {
             log(e.to_string());
         }
-        Ok(Reply::Watching { id, report })
+        Ok(Reply::Watching {
+            id,
+            report,
+            warning,
+        })
     }
 
     /// Mark `rec`'s files; on failure, take out what this attempt marked

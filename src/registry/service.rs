@@ -91,13 +91,16 @@ impl Handler for Service {
         match req {
             Request::Register(r) => {
                 let id = r.id.clone();
-                let default = self
+                let response = self
                     .config
                     .read()
                     .unwrap_or_else(|e| e.into_inner())
                     .response
-                    .action;
-                self.registrar.register(r, default).unwrap_or_else(|e| {
+                    .clone();
+                let registered =
+                    self.registrar
+                        .register(r, response.action, response.annotation_may_lower);
+                registered.unwrap_or_else(|e| {
                     let message = e.to_string();
                     log(format!("refused container {id}: {message}"));
                     Reply::Error { message }

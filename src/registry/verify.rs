@@ -69,38 +69,61 @@ pub fn check_id(id: &str) -> Result<(), VerifyError> {
     Ok(())
 }
 
-/// The response action for a container: its annotation, else the default.
+/// What a container's `io.keyward.response` annotation did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnnotationOutcome {
+    /// None was set: the host's action holds.
+    Absent,
+    /// It set this action (as strong as the host's, or lowering allowed).
+    Applied(Action),
+    /// It asked for a weaker action than the host's, and was refused.
+    Refused { asked: Action },
+}
+
+/// The response action for a container: the host's `default`, which its
+/// annotation may strengthen; it may lower it only where the host's
+/// config allows (`response.annotation_may_lower`). A malformed
+/// annotation refuses the registration.
 pub fn action_for(
     id: &str,
     annotations: &BTreeMap<String, String>,
     default: Action,
-) -> Result<Action, VerifyError> {
-    match annotations.get(RESPONSE_ANNOTATION) {
-        None => Ok(default),
-        Some(v) => v.parse().map_err(|reason| VerifyError::BadAnnotation {
-            id: id.to_string(),
-            value: v.clone(),
-            reason,
-        }),
+    may_lower: bool,
+) -> Result<(Action, AnnotationOutcome), VerifyError> {
+    let Some(v) = annotations.get(RESPONSE_ANNOTATION) else {
+        return Ok((default, AnnotationOutcome::Absent));
+    };
+    let asked: Action = v.parse().map_err(|reason| VerifyError::BadAnnotation {
+        id: id.to_string(),
+        value: v.clone(),
+        reason,
+    })?;
+    if asked.strength() < default.strength() && !may_lower {
+        return Ok((default, AnnotationOutcome::Refused { asked }));
     }
+    Ok((asked, AnnotationOutcome::Applied(asked)))
 }
 
-/// Name and image from the annotations the engines set.
+/// Name and image from the annotations the engines set, before the
+/// user's own `io.keyward.name` / `io.keyward.image`.
 pub fn name_and_image(a: &BTreeMap<String, String>) -> (Option<String>, Option<String>) {
+    // The engine's own keys first: `io.keyward.*` are the user's labels,
+    // used only where no engine named the container, so a container that
+    // names itself cannot take a name an exception was written for.
     const NAMES: &[&str] = &[
-        "io.keyward.name",
         "io.kubernetes.cri-o.ContainerName",
         "io.kubernetes.cri.container-name",
         "io.kubernetes.container.name",
         "nerdctl/name",
         "io.podman.annotations.name",
+        "io.keyward.name",
     ];
     const IMAGES: &[&str] = &[
-        "io.keyward.image",
         "io.kubernetes.cri-o.ImageName",
         "io.kubernetes.cri.image-name",
         "org.opencontainers.image.ref.name",
         "io.podman.annotations.image",
+        "io.keyward.image",
     ];
     let first = |keys: &[&str]| {
         keys.iter()
@@ -184,13 +207,47 @@ mod tests {
     }
 
     #[test]
-    fn annotation_overrides_and_is_validated() {
+    fn annotation_may_strengthen_only_and_is_validated() {
         let mut a = BTreeMap::new();
-        assert_eq!(action_for("c", &a, Action::Deny).unwrap(), Action::Deny);
+        assert_eq!(
+            action_for("c", &a, Action::Deny, false).unwrap(),
+            (Action::Deny, AnnotationOutcome::Absent)
+        );
         a.insert(RESPONSE_ANNOTATION.to_string(), "kill".to_string());
-        assert_eq!(action_for("c", &a, Action::Alert).unwrap(), Action::Kill);
+        assert_eq!(
+            action_for("c", &a, Action::Alert, false).unwrap(),
+            (Action::Kill, AnnotationOutcome::Applied(Action::Kill))
+        );
+        // A tenant's `alert` on a `deny` host is refused, not applied.
+        a.insert(RESPONSE_ANNOTATION.to_string(), "alert".to_string());
+        assert_eq!(
+            action_for("c", &a, Action::Deny, false).unwrap(),
+            (
+                Action::Deny,
+                AnnotationOutcome::Refused {
+                    asked: Action::Alert
+                }
+            )
+        );
+        // Unless the host allows lowering.
+        assert_eq!(
+            action_for("c", &a, Action::Deny, true).unwrap(),
+            (Action::Alert, AnnotationOutcome::Applied(Action::Alert))
+        );
+        // disconnect stands beside deny; stop is above kill.
+        a.insert(RESPONSE_ANNOTATION.to_string(), "disconnect".to_string());
+        assert_eq!(
+            action_for("c", &a, Action::Deny, false).unwrap().0,
+            Action::Disconnect
+        );
+        assert_eq!(
+            action_for("c", &a, Action::Kill, false).unwrap().0,
+            Action::Kill
+        );
         a.insert(RESPONSE_ANNOTATION.to_string(), "nuke".to_string());
-        let e = action_for("c", &a, Action::Alert).unwrap_err().to_string();
+        let e = action_for("c", &a, Action::Alert, false)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("nuke") && e.contains(RESPONSE_ANNOTATION), "{e}");
     }
 }
