@@ -7,7 +7,9 @@
 //! hook input, bogus registrations and socket clients, non-UTF-8 and very
 //! long file names, a 100k-argument argv, 50 containers at once, and a
 //! broken config on SIGHUP. After each attack the daemon must still serve
-//! and still detect.
+//! and still detect. A flood of repeat alerts cannot hide a new credential,
+//! and the rate-limit summary lists what it held, in syslog too (this one
+//! waits for the 60 s window to close).
 
 mod common;
 
@@ -541,4 +543,67 @@ fn marks_on_a_shared_rootfs_stay_until_its_last_container_goes() {
     let _ = child.wait();
     d.wait_containers(0, Duration::from_secs(10));
     assert_eq!(d.marked_inodes(), Vec::<u64>::new(), "kernel marks leaked");
+}
+
+#[test]
+fn a_flood_of_repeats_cannot_hide_a_new_credential_and_the_summary_reaches_syslog() {
+    if !privileged() {
+        return;
+    }
+    // Five alerts a minute. 70 archiver runs over known_hosts fill the
+    // window; the theft of another credential right after must still get
+    // its own alert, and the summary (at the window's close, 60 s after
+    // the first alert) must list what was held, in the JSON file and in
+    // syslog.
+    let d = Daemon::start_with_alerts("", "rate_limit_per_minute = 5");
+    let script = "i=0; while [ $i -lt 70 ]; do /usr/bin/tar cf /tmp/kh.tar /root/.ssh/known_hosts; i=$((i+1)); done
+        /usr/bin/zip -q /tmp/x.zip /root/.aws/credentials; echo done";
+    let b = Bundle::new("kw-flood", &d.socket, script);
+    b.run_saying("done");
+    let a = d.wait_alert("the new credential", |a| {
+        files(a).contains(&"/root/.aws/credentials".to_string())
+    });
+    assert_eq!(a["container"]["id"], b.id.as_str());
+    assert_eq!(a["process"]["name"], "zip", "{a:#}");
+    let summary = || {
+        d.alerts()
+            .into_iter()
+            .find(|x| x["rule"]["id"] == "keyward.rate-limit")
+    };
+    wait_until(
+        std::time::Duration::from_secs(80),
+        || format!("no rate-limit summary: {:#?}", d.alerts().len()),
+        || summary().is_some(),
+    );
+    let s = summary().unwrap();
+    assert_eq!(s["container"]["id"], b.id.as_str());
+    assert!(
+        s["keyward"]["suppressed"].as_u64().unwrap_or(0) >= 60,
+        "{s:#}"
+    );
+    let listed = s["keyward"]["files"]
+        .as_array()
+        .is_some_and(|f| f.iter().any(|x| x == "/root/.ssh/known_hosts"));
+    assert!(listed, "{s:#}");
+    assert!(
+        s["keyward"]["processes"]["tar"].as_u64().unwrap_or(0) >= 60,
+        "{s:#}"
+    );
+    wait_until(
+        std::time::Duration::from_secs(5),
+        || {
+            format!(
+                "no syslog summary: {:#?}",
+                d.syslog.messages.lock().unwrap()
+            )
+        },
+        || {
+            d.syslog
+                .messages
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|m| m.contains("keyward.rate-limit") && m.contains(b.id.as_str()))
+        },
+    );
 }

@@ -186,7 +186,19 @@ impl Delivery<'_> {
     }
 
     fn deliver(&mut self, mut a: Alert) {
-        if !self.limiter.admit(&a.container.id, Instant::now()) {
+        // The credential files the run touched, or, for a seed-rule match
+        // on the command line alone, the paths its arguments named.
+        let mut files: Vec<&str> = a.files.iter().map(|f| f.path.as_str()).collect();
+        if let Some(m) = a.exec_match.as_ref().filter(|_| files.is_empty()) {
+            files = m.paths.iter().map(|p| p.arg.as_str()).collect();
+        }
+        let candidate = super::ratelimit::Candidate {
+            container: &a.container.id,
+            rule: a.rule().0,
+            files: &files,
+            process: &a.process.name,
+        };
+        if !self.limiter.admit(&candidate, Instant::now()) {
             self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
             return;
         }
@@ -198,8 +210,8 @@ impl Delivery<'_> {
     /// One summary per container whose rate-limit window closed with
     /// alerts held back.
     fn summarise_held(&mut self) {
-        for (id, held) in self.limiter.closed_windows(Instant::now()) {
-            let doc = rate_limit_doc(self.sinks.hostname(), &id, held, MINUTE);
+        for held in self.limiter.closed_windows(Instant::now()) {
+            let doc = rate_limit_doc(self.sinks.hostname(), &held, MINUTE);
             self.sinks.deliver_summary(&doc);
         }
     }

@@ -114,17 +114,47 @@ mod tests {
     }
 
     #[test]
-    fn rate_limit_holds_back_and_summarises_per_container() {
+    fn rate_limit_folds_repeats_but_never_a_new_credential() {
         let mut r = RateLimiter::new(2, Duration::from_secs(60));
         let t0 = Instant::now();
-        assert!(r.admit("a", t0) && r.admit("a", t0));
-        assert!(!r.admit("a", t0) && !r.admit("a", t0));
-        assert!(r.admit("b", t0), "containers are limited separately");
+        let c = |container, files: &'static [&'static str], process| ratelimit::Candidate {
+            container,
+            rule: "keyward.file.archiver-opened-credential",
+            files,
+            process,
+        };
+        let kh: &[&str] = &["/root/.ssh/known_hosts"];
+        // The first of a file always goes (and takes room); repeats fill
+        // the room (2), then are held.
+        assert!(r.admit(&c("a", kh, "tar"), t0));
+        assert!(r.admit(&c("a", kh, "tar"), t0));
+        for _ in 0..70 {
+            assert!(!r.admit(&c("a", kh, "tar"), t0));
+        }
+        // A credential not alerted in the window goes out at once.
+        assert!(r.admit(&c("a", &["/root/.aws/credentials"], "zip"), t0));
+        assert!(!r.admit(&c("a", &["/root/.aws/credentials"], "zip"), t0));
+        assert!(
+            r.admit(&c("b", kh, "tar"), t0),
+            "containers are limited separately"
+        );
         assert!(r.closed_windows(t0 + Duration::from_secs(1)).is_empty());
         let closed = r.closed_windows(t0 + Duration::from_secs(61));
-        assert_eq!(closed, vec![("a".to_string(), 2)]);
-        assert!(r.admit("a", t0 + Duration::from_secs(61)), "a new window");
-        assert!(RateLimiter::new(0, Duration::ZERO).admit("x", t0));
+        assert_eq!(closed.len(), 1);
+        let h = &closed[0];
+        assert_eq!((h.container.as_str(), h.count), ("a", 71));
+        assert!(h.files.contains("/root/.ssh/known_hosts"));
+        assert_eq!(h.processes.get("tar"), Some(&70));
+        assert_eq!(h.processes.get("zip"), Some(&1));
+        let doc = rate_limit_doc("host", h, Duration::from_secs(60));
+        assert_eq!(doc["keyward"]["suppressed"], 71);
+        assert_eq!(doc["keyward"]["processes"]["tar"], 70);
+        assert!(doc["message"].as_str().unwrap().contains("known_hosts"));
+        assert!(
+            r.admit(&c("a", kh, "tar"), t0 + Duration::from_secs(61)),
+            "a new window"
+        );
+        assert!(RateLimiter::new(0, Duration::ZERO).admit(&c("x", kh, "tar"), t0));
     }
 
     #[test]

@@ -184,10 +184,13 @@ impl Sinks {
         }
     }
 
-    /// Deliver a rate-limit summary to the JSON sink.
+    /// Deliver a rate-limit summary to the JSON and syslog sinks.
     pub fn deliver_summary(&mut self, doc: &serde_json::Value) {
         if let Some(j) = &mut self.json {
             j.deliver(doc);
+        }
+        if let Some(s) = &mut self.syslog {
+            s.deliver_notice(doc);
         }
     }
 
@@ -196,11 +199,15 @@ impl Sinks {
         &self.hostname
     }
 
-    /// Deliver a health alert (degraded coverage) to the JSON sink.
+    /// Deliver a health alert (degraded coverage) to the JSON and syslog
+    /// sinks.
     pub fn deliver_health(&mut self, d: &crate::alert::Degradation) {
         let doc = d.to_ecs(&self.hostname);
         if let Some(j) = &mut self.json {
             j.deliver(&doc);
+        }
+        if let Some(s) = &mut self.syslog {
+            s.deliver_notice(&doc);
         }
     }
 

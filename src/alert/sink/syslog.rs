@@ -248,6 +248,52 @@ impl SyslogSink {
         let record = self.render(alert, doc);
         self.out.deliver(record);
     }
+
+    /// Render a notice that is no archiver run (a rate-limit summary, a
+    /// health alert): its message, and its rule and container as
+    /// structured data (5424) or the ECS JSON (3164).
+    pub fn render_notice(&self, doc: &Value) -> Vec<u8> {
+        let message = doc["message"]
+            .as_str()
+            .unwrap_or("keyward notice")
+            .to_string();
+        let mut out = Vec::new();
+        let r = match &self.format {
+            Format::R5424(f) => {
+                let mut sd = StructuredData::new();
+                let mut params = std::collections::BTreeMap::new();
+                for (key, value) in [
+                    ("rule", &doc["rule"]["id"]),
+                    ("container_id", &doc["container"]["id"]),
+                    ("action", &doc["event"]["action"]),
+                ] {
+                    if let Some(v) = value.as_str() {
+                        params.insert(key.into(), v.to_string());
+                    }
+                }
+                sd.insert(SD_ID.into(), params);
+                f.format(&mut out, Severity::LOG_WARNING, (1u32, sd, message.clone()))
+            }
+            Format::R3164(f) => f.format(
+                &mut out,
+                Severity::LOG_WARNING,
+                format!(
+                    "{message} {}",
+                    serde_json::to_string(doc).unwrap_or_default()
+                ),
+            ),
+        };
+        if r.is_err() {
+            out = message.into_bytes();
+        }
+        out
+    }
+
+    /// Deliver a notice (see [`SyslogSink::render_notice`]).
+    pub fn deliver_notice(&mut self, doc: &Value) {
+        let record = self.render_notice(doc);
+        self.out.deliver(record);
+    }
 }
 
 #[cfg(test)]
