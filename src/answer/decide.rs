@@ -421,10 +421,11 @@ pub fn decide_open(ctx: &Context, pid: i32, fd: BorrowedFd<'_>) -> (u32, OpenFin
         bump(&ctx.stats.attribution_errors);
         return (FAN_ALLOW, Vec::new());
     };
-    let key = stat.image_key(pid);
+    // Without the executable's identity the image is not cached at all.
+    let key = procfs::exe_id(pid).ok().map(|exe| stat.image_key(pid, exe));
     let policy = ctx.policy();
     let generation = ctx.generation(&policy);
-    if ctx.is_benign(key, generation)
+    if key.is_some_and(|key| ctx.is_benign(key, generation))
         && !ctx
             .follow
             .would_follow(&ctx.index, &policy.rules, pid, &stat, fd)
@@ -434,7 +435,9 @@ pub fn decide_open(ctx: &Context, pid: i32, fd: BorrowedFd<'_>) -> (u32, OpenFin
     }
     let Some(container) = ctx.container_of(pid) else {
         bump(&ctx.stats.host_process);
-        ctx.remember_benign(key, generation);
+        if let Some(key) = key {
+            ctx.remember_benign(key, generation);
+        }
         return (FAN_ALLOW, Vec::new());
     };
     // A process in a container that opens a credential is followed from
@@ -477,7 +480,9 @@ pub fn decide_open(ctx: &Context, pid: i32, fd: BorrowedFd<'_>) -> (u32, OpenFin
         Verdict::Matched(m) => m,
         Verdict::Benign => {
             // Neither rule can ever hold for this image, whatever it opens.
-            ctx.remember_benign(key, generation);
+            if let Some(key) = key {
+                ctx.remember_benign(key, generation);
+            }
             return (FAN_ALLOW, found);
         }
         Verdict::Outside | Verdict::Quiet => return (FAN_ALLOW, found),

@@ -89,13 +89,18 @@ pub struct Stat {
 
 impl Stat {
     /// Identifies one image of one process: pid and start time name the
-    /// process (a reused pid has another start time), and the argv and
-    /// environment addresses change with every exec.
-    pub fn image_key(&self, pid: i32) -> ImageKey {
+    /// process (a reused pid has another start time), the argv and
+    /// environment addresses change with an exec, and `exe` (the
+    /// executable's dev and inode) changes with an exec of another file.
+    /// The addresses alone are not enough: with address randomisation off
+    /// (`setarch -R`, which a container may do) an exec of tar can land
+    /// its argv where the benign image's was.
+    pub fn image_key(&self, pid: i32, exe: (u64, u64)) -> ImageKey {
         ImageKey {
             pid,
             start: self.start_time_ticks,
             args: (self.arg_start, self.arg_end, self.env_start, self.env_end),
+            exe,
         }
     }
 }
@@ -106,6 +111,7 @@ pub struct ImageKey {
     pub pid: i32,
     pub start: u64,
     pub args: (u64, u64, u64, u64),
+    pub exe: (u64, u64),
 }
 
 fn io_err(pid: i32, what: &'static str, source: std::io::Error) -> AttributionError {
@@ -594,6 +600,17 @@ mod tests {
             .collect();
         assert_eq!(ids.len(), 2);
         assert_eq!(ids[0], ids[1], "both ends are one inode");
+    }
+
+    #[test]
+    fn an_exec_of_another_file_is_another_image_even_at_the_same_addresses() {
+        let me = stat(std::process::id() as i32).unwrap();
+        let a = me.image_key(7, (1, 100));
+        assert_eq!(a, me.image_key(7, (1, 100)));
+        // Same pid, start time and argv addresses (randomisation off), a
+        // different executable: not the image the cache judged.
+        assert_ne!(a, me.image_key(7, (1, 101)));
+        assert_ne!(a, me.image_key(7, (2, 100)));
     }
 
     #[test]
