@@ -118,18 +118,14 @@ impl Evidence for ProcessEvidence<'_> {
 /// Open `path` as process `pid` would: inside its root, relative to its
 /// working directory, following symlinks that stay inside the root.
 fn open_in_process_root(pid: i32, path: &Path) -> Option<std::fs::File> {
-    use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
+    use std::os::fd::AsFd;
     let rel = if path.is_absolute() {
         path.to_path_buf()
     } else {
         procfs::cwd(pid).join(path)
     };
     let root = std::fs::File::open(format!("/proc/{pid}/root")).ok()?;
-    let how = OpenHow::new()
-        .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK | OFlag::O_NOCTTY)
-        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-    use std::os::fd::AsFd;
-    let fd = openat2(root.as_fd(), rel.strip_prefix("/").unwrap_or(&rel), how).ok()?;
+    let fd = crate::watch::resolve::open_in_root(root.as_fd(), &rel, false).ok()?;
     let f = std::fs::File::from(fd);
     f.metadata().ok().filter(|m| m.is_file()).map(|_| f)
 }
@@ -264,7 +260,7 @@ pub fn follow_pipes(ctx: &Context, view: &Arc<ContainerView>) -> Vec<Finding> {
         .into_iter()
         .filter(|pid| *pid != ctx.self_pid)
         .map(|pid| {
-            let reads = procfs::pipes(pid, 256)
+            let reads = procfs::pipes(pid, super::follow::MAX_FDS)
                 .into_iter()
                 .filter(|p| p.end.reads())
                 .collect::<Vec<_>>();

@@ -47,7 +47,7 @@ use crate::rules::exceptions::Subject;
 use crate::rules::{ArchiverHit, BEHAVIOUR_RULE_ID, Source, archive_format};
 use crate::watch::fanotify::{EventSource, Group, RootEvents, exec_scope, fd_path, parse_events};
 use crate::watch::index::ContainerView;
-use crate::watch::index::MarkIndex;
+use crate::watch::index::{MarkIndex, MarkedPath};
 use crate::watch::marks::MarkRecord;
 use crate::watch::resolve::FileId;
 use std::sync::RwLock;
@@ -142,8 +142,35 @@ struct Reader {
 /// or caches later is not blamed for them.
 pub const BEHAVIOUR_WINDOW: Duration = Duration::from_secs(60);
 
-/// Most fds of a new reader looked at.
-const MAX_FDS: usize = 256;
+/// Most fds of a process looked at (a new reader's outputs, the pipes
+/// of a pipe holder).
+pub const MAX_FDS: usize = 256;
+
+/// The credential pattern an opened marked inode makes its opener a
+/// reader under: a file, not a directory, and not a name-service file.
+fn reader_pattern<'r>(rules: &'r Rules, m: &MarkedPath) -> Option<&'r str> {
+    if m.is_dir || rules.is_incidental_path(m.path.as_os_str()) {
+        return None;
+    }
+    rules.credential_pattern(m.path.as_os_str())
+}
+
+/// Add (or remove) the close-after-write mark on the root `pid` sees, in
+/// the scope its filesystem calls for (as the exec mark). Not `O_PATH`:
+/// fanotify_mark takes no `O_PATH` descriptor.
+fn mark_writes(group: &Group, pid: i32, add: bool, container: &str) -> bool {
+    let Ok(root) = nix::fcntl::open(
+        format!("/proc/{pid}/root").as_str(),
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    ) else {
+        return false;
+    };
+    let scope = exec_scope(root.as_fd());
+    group
+        .mark_root(root.as_fd(), scope, add, RootEvents::CloseWrite, container)
+        .is_ok()
+}
 
 /// The regular files in `pid`'s fd table. The opener is held inside
 /// `open(2)`, so its fd table is its own.
@@ -169,7 +196,7 @@ pub struct Follow {
     /// Tainted pipes per container, by inode.
     tainted: Mutex<HashMap<String, HashMap<FileId, Taint>>>,
     /// Holder scans per container in the current second.
-    scans: Mutex<HashMap<String, (Instant, u32)>>,
+    scans: super::stats::PerSecond<SCANS_PER_SEC>,
     /// Behaviour matches of readers already gone, reported once their
     /// exec events had time to name them.
     late: Mutex<Vec<(Instant, Reader, Behaviour)>>,
@@ -233,7 +260,7 @@ impl Follow {
         let Ok((fid, _)) = FileId::of(fd) else {
             return;
         };
-        let (container, credential, origin) = {
+        let (container, credential, origin, pattern) = {
             let idx = index.read().unwrap_or_else(|e| e.into_inner());
             // Only the opener's own container: a host process never arms
             // anything, and one container's files never make another's
@@ -241,25 +268,20 @@ impl Follow {
             let Some(m) = idx.lookup(fid, Some(opener_container)) else {
                 return;
             };
-            if m.is_dir || m.container.reference.id != opener_container {
+            if m.container.reference.id != opener_container {
                 return;
             }
-            (m.container.reference.id.clone(), m.path.clone(), m.origin())
+            let Some(pattern) = reader_pattern(rules, m) else {
+                return;
+            };
+            (
+                m.container.reference.id.clone(),
+                m.path.clone(),
+                m.origin(),
+                pattern.to_string(),
+            )
         };
-        if rules.is_incidental_path(credential.as_os_str()) {
-            return;
-        }
-        let Some(pattern) = rules.credential_pattern(credential.as_os_str()) else {
-            return;
-        };
-        let pattern = pattern.to_string();
-        let known = self
-            .readers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&pid)
-            .is_some_and(|r| r.start == stat.start_time_ticks);
-        if !known {
+        if !self.is_reader(pid, stat.start_time_ticks) {
             let reader = Reader {
                 start: stat.start_time_ticks,
                 container: container.clone(),
@@ -275,14 +297,20 @@ impl Follow {
                 read_at: Instant::now(),
                 outputs: regular_fds(pid).into_iter().filter(|f| *f != fid).collect(),
             };
-            let mut readers = self.readers.lock().unwrap_or_else(|e| e.into_inner());
-            if readers.len() >= MAX_READERS {
-                readers.clear();
-            }
-            readers.insert(pid, reader);
-            stats.followed.fetch_add(1, Ordering::Relaxed);
+            self.follow_reader(stats, pid, reader);
         }
         self.arm(stats, group, pid, &container);
+    }
+
+    /// Start following `pid`; past [`MAX_READERS`] the oldest are let go
+    /// (all of them: a container that floods readers loses only them).
+    fn follow_reader(&self, stats: &Stats, pid: i32, reader: Reader) {
+        let mut readers = self.readers.lock().unwrap_or_else(|e| e.into_inner());
+        if readers.len() >= MAX_READERS {
+            readers.clear();
+        }
+        readers.insert(pid, reader);
+        stats.followed.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Watch the container's writes, once. The opener is held, so its
@@ -297,21 +325,7 @@ impl Follow {
         {
             return;
         }
-        let Ok(root) = nix::fcntl::open(
-            format!("/proc/{pid}/root").as_str(),
-            // Not O_PATH: fanotify_mark takes no O_PATH descriptor.
-            nix::fcntl::OFlag::O_RDONLY
-                | nix::fcntl::OFlag::O_DIRECTORY
-                | nix::fcntl::OFlag::O_CLOEXEC,
-            nix::sys::stat::Mode::empty(),
-        ) else {
-            return;
-        };
-        let scope = exec_scope(root.as_fd());
-        if group
-            .mark_root(root.as_fd(), scope, true, RootEvents::CloseWrite, container)
-            .is_ok()
-        {
+        if mark_writes(group, pid, true, container) {
             stats.write_armed.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -568,12 +582,7 @@ impl Follow {
             read_at: Instant::now(),
             outputs: regular_fds(pid),
         };
-        let mut readers = self.readers.lock().unwrap_or_else(|e| e.into_inner());
-        if readers.len() >= MAX_READERS {
-            readers.clear();
-        }
-        readers.insert(pid, reader);
-        stats.followed.fetch_add(1, Ordering::Relaxed);
+        self.follow_reader(stats, pid, reader);
         stats.pipe_readers.fetch_add(1, Ordering::Relaxed);
         true
     }
@@ -581,18 +590,11 @@ impl Follow {
     /// Whether the permission thread may scan container `id` for pipe
     /// holders now ([`SCANS_PER_SEC`]); if not, the follow thread will.
     pub fn may_scan(&self, stats: &Stats, id: &str) -> bool {
-        let mut scans = self.scans.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        let e = scans.entry(id.to_string()).or_insert((now, 0));
-        if now.duration_since(e.0) >= Duration::from_secs(1) {
-            *e = (now, 0);
-        }
-        if e.1 >= SCANS_PER_SEC {
+        let allowed = self.scans.allow(id);
+        if !allowed {
             stats.pipe_scans_deferred.fetch_add(1, Ordering::Relaxed);
-            return false;
         }
-        e.1 += 1;
-        true
+        allowed
     }
 
     /// Whether a permission event on `fd` by the process `stat` describes
@@ -614,12 +616,9 @@ impl Follow {
             return false;
         };
         let idx = index.read().unwrap_or_else(|e| e.into_inner());
-        let Some(m) = idx.lookup(fid, None) else {
-            return false;
-        };
-        !m.is_dir
-            && !rules.is_incidental_path(m.path.as_os_str())
-            && rules.credential_pattern(m.path.as_os_str()).is_some()
+        idx.lookup(fid, None)
+            .and_then(|m| reader_pattern(rules, m))
+            .is_some()
     }
 
     /// The exec thread saw `pid` exec `path`: if it is followed, remember
@@ -658,10 +657,7 @@ impl Follow {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(id);
-        self.scans
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(id);
+        self.scans.forget(id);
         self.derived
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -745,22 +741,7 @@ impl Follow {
                 .unwrap_or_else(|e| e.into_inner())
                 .container(&id)
                 .map(|v| v.init_pid);
-            let root = init.and_then(|pid| {
-                nix::fcntl::open(
-                    format!("/proc/{pid}/root").as_str(),
-                    nix::fcntl::OFlag::O_RDONLY
-                        | nix::fcntl::OFlag::O_DIRECTORY
-                        | nix::fcntl::OFlag::O_CLOEXEC,
-                    nix::sys::stat::Mode::empty(),
-                )
-                .ok()
-            });
-            let removed = root.is_some_and(|root| {
-                let scope = exec_scope(root.as_fd());
-                group
-                    .mark_root(root.as_fd(), scope, false, RootEvents::CloseWrite, &id)
-                    .is_ok()
-            });
+            let removed = init.is_some_and(|pid| mark_writes(group, pid, false, &id));
             let c = if removed {
                 &stats.write_disarmed
             } else {

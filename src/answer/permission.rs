@@ -257,6 +257,7 @@ mod tests {
             pid: 4242,
             // SAFETY: fd is a fresh descriptor we own.
             fd: Some(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }),
+            fsid: None,
         }];
         // A decision stuck for 600 ms, as on a blocked /proc read.
         let stuck = |_pid, _fd: BorrowedFd<'_>| {

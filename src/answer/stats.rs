@@ -1,8 +1,10 @@
 //! Counters the decision threads bump, and the decision-latency
 //! histogram; `keyward status` reads a [`StatsSnapshot`].
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -270,5 +272,53 @@ mod tests {
         assert_eq!(l.p50_us, 16);
         assert_eq!(l.p99_us, 128);
         assert_eq!(l.max_bucket_us, 8192);
+    }
+}
+
+/// At most `N` uses a second per key (a container id): a budget that
+/// keeps one container's work from filling a thread every container
+/// shares.
+#[derive(Debug, Default)]
+pub struct PerSecond<const N: u32> {
+    uses: Mutex<HashMap<String, (Instant, u32)>>,
+}
+
+impl<const N: u32> PerSecond<N> {
+    /// Whether `key` may have one more use now (and take it).
+    pub fn allow(&self, key: &str) -> bool {
+        let mut uses = self.uses.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let e = uses.entry(key.to_string()).or_insert((now, 0));
+        if now.duration_since(e.0) >= Duration::from_secs(1) {
+            *e = (now, 0);
+        }
+        if e.1 >= N {
+            return false;
+        }
+        e.1 += 1;
+        true
+    }
+
+    /// Forget `key` (its container went).
+    pub fn forget(&self, key: &str) {
+        self.uses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::PerSecond;
+
+    #[test]
+    fn a_budget_allows_n_a_second_per_key() {
+        let b = PerSecond::<2>::default();
+        assert!(b.allow("a") && b.allow("a"));
+        assert!(!b.allow("a"), "the third use in the second is refused");
+        assert!(b.allow("b"), "keys are apart");
+        b.forget("a");
+        assert!(b.allow("a"), "a forgotten key starts over");
     }
 }

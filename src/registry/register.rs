@@ -8,7 +8,7 @@
 //! ([`super::store`]), all before the hook is answered: nothing in the
 //! container runs unwatched.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,7 +22,7 @@ use crate::answer::policy::Context;
 use crate::attribute::procfs;
 use crate::config::Action;
 use crate::hook::protocol::{ContainerSummary, Registration, Reply};
-use crate::watch::fanotify::{EventSource, Group, WatchError, event_fsids, parse_events};
+use crate::watch::fanotify::{EventSource, Group, WatchError, parse_events};
 use crate::watch::marks::{self, Groups, InstallReport, MarkError, Orphaned, Root};
 use crate::watch::resolve;
 
@@ -99,7 +99,7 @@ pub struct Registrar {
     /// Containers due for a rescan (coverage over time), and when.
     rescans: Mutex<BTreeMap<String, Instant>>,
     /// Create-time markings per container in the current second.
-    create_budget: Mutex<HashMap<String, (Instant, u32)>>,
+    create_budget: crate::answer::stats::PerSecond<CREATE_MARKS_PER_SEC>,
     /// Containers whose filesystem cannot report creations: rescanned
     /// every [`PERIODIC_RESCAN`] instead.
     periodic: Mutex<BTreeSet<String>>,
@@ -112,7 +112,7 @@ impl Registrar {
             groups,
             registry: Mutex::new(registry),
             rescans: Mutex::new(BTreeMap::new()),
-            create_budget: Mutex::new(HashMap::new()),
+            create_budget: Default::default(),
             periodic: Mutex::new(BTreeSet::new()),
         }
     }
@@ -291,6 +291,7 @@ impl Registrar {
             .unwrap_or_else(|e| e.into_inner())
             .remove(id);
         self.ctx.identities.forget(id);
+        self.create_budget.forget(id);
     }
 
     fn note_coverage(&self, id: &str, report: &InstallReport) {
@@ -408,14 +409,7 @@ impl Registrar {
     /// containers' registrations) with back-to-back expansions; past that
     /// its creates wait for the debounced rescan.
     fn may_mark_now(&self, id: &str) -> bool {
-        let mut b = self.create_budget.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        let e = b.entry(id.to_string()).or_insert((now, 0));
-        if now.duration_since(e.0) >= Duration::from_secs(1) {
-            *e = (now, 0);
-        }
-        e.1 += 1;
-        e.1 <= CREATE_MARKS_PER_SEC
+        self.create_budget.allow(id)
     }
 
     /// Run the rescans that are due, and the periodic ones.
@@ -615,11 +609,10 @@ impl Registrar {
             let read_at = Instant::now();
             events.clear();
             let _ = parse_events(&buf[..n], &mut events);
-            let fsids = event_fsids(&buf[..n]);
             // One marking per container per batch: creates that arrive
             // while it runs are read in the next batch.
             let mut now: Vec<String> = Vec::new();
-            for (i, ev) in events.drain(..).enumerate() {
+            for ev in events.drain(..) {
                 let container = (!ev.is_overflow())
                     .then(|| self.ctx.container_of(ev.pid))
                     .flatten()
@@ -627,7 +620,7 @@ impl Registrar {
                 self.schedule_rescan(container.as_deref());
                 // `mkdir` is often gone when its event is read: the
                 // containers on the event's filesystem are the candidates.
-                let ids = match (container, fsids.get(i).copied().flatten()) {
+                let ids = match (container, ev.fsid) {
                     (Some(id), _) => vec![id],
                     (None, Some(fsid)) => self.containers_on(fsid),
                     (None, None) => Vec::new(),

@@ -61,6 +61,11 @@ pub struct RawEvent {
     pub mask: u64,
     pub pid: i32,
     pub fd: Option<OwnedFd>,
+    /// For a group that reports file ids (the create group): the `fsid`
+    /// of the record's first `fanotify_event_info_fid`. A create's creator
+    /// may be gone when its event is read; the filesystem still says which
+    /// containers it can be in.
+    pub fsid: Option<[i32; 2]>,
 }
 
 impl RawEvent {
@@ -118,57 +123,32 @@ pub fn parse_events(buf: &[u8], out: &mut Vec<RawEvent>) -> Result<usize, ParseE
         } else {
             None
         };
-        out.push(RawEvent { mask, pid, fd });
+        // An info record (header of 4 bytes, then the fsid) follows the
+        // metadata only in groups that report file ids.
+        let info = &rec[metadata_len.min(event_len)..event_len];
+        let fsid = (info.len() >= 12).then(|| {
+            let a = i32::from_ne_bytes(info[4..8].try_into().unwrap_or_default());
+            let b = i32::from_ne_bytes(info[8..12].try_into().unwrap_or_default());
+            [a, b]
+        });
+        out.push(RawEvent {
+            mask,
+            pid,
+            fd,
+            fsid,
+        });
         off += event_len;
     }
     Ok(off)
 }
 
-/// The filesystem id of each record of a batch from a group that reports
-/// file ids (the create group), in [`parse_events`]' order: the `fsid` of
-/// its first `fanotify_event_info_fid` record, if it has one. A create's
-/// creator may be gone when its event is read; the filesystem still says
-/// which containers it can be in.
-pub fn event_fsids(buf: &[u8]) -> Vec<Option<[i32; 2]>> {
-    const INFO_HDR: usize = 4;
-    let mut out = Vec::new();
-    let mut off = 0;
-    while buf.len() - off >= METADATA_LEN {
-        let rec = &buf[off..];
-        let event_len = u32::from_ne_bytes(rec[0..4].try_into().unwrap_or_default()) as usize;
-        let metadata_len = u16::from_ne_bytes(rec[6..8].try_into().unwrap_or_default()) as usize;
-        if event_len < METADATA_LEN || event_len > rec.len() || metadata_len > event_len {
-            break;
-        }
-        let info = &rec[metadata_len..event_len];
-        let fsid = (info.len() >= INFO_HDR + 8).then(|| {
-            let a = i32::from_ne_bytes(info[4..8].try_into().unwrap_or_default());
-            let b = i32::from_ne_bytes(info[8..12].try_into().unwrap_or_default());
-            [a, b]
-        });
-        out.push(fsid);
-        off += event_len;
-    }
-    out
-}
-
 /// The filesystem id of the filesystem behind `path` (`statfs` `f_fsid`),
 /// as fanotify reports it.
 pub fn fsid_of(path: &std::path::Path) -> Option<[i32; 2]> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
-    // SAFETY: `c` is a NUL-terminated path and `st` points to writable
-    // storage of the right size; statfs fills it or fails.
-    let r = unsafe { libc::statfs(c.as_ptr(), st.as_mut_ptr()) };
-    if r != 0 {
-        return None;
-    }
-    // SAFETY: statfs returned 0, so it initialised `st`.
-    let st = unsafe { st.assume_init() };
-    // SAFETY: `fsid_t` is two plain ints; reading them as such is what the
-    // kernel's own `__kernel_fsid_t` is.
-    let v: [i32; 2] = unsafe { std::mem::transmute(st.f_fsid) };
+    let id = nix::sys::statfs::statfs(path).ok()?.filesystem_id();
+    // SAFETY: `fsid_t` is two plain ints with private fields; reading them
+    // as such is what the kernel's own `__kernel_fsid_t` is.
+    let v: [i32; 2] = unsafe { std::mem::transmute(id) };
     Some(v)
 }
 
