@@ -442,6 +442,90 @@ pub fn ns_inode(pid: i32, ns: &'static str) -> Result<u64, AttributionError> {
     Ok(m.ino())
 }
 
+/// One line of `/proc/<pid>/cgroup`: the hierarchy (`0:` for the unified
+/// one, `4:memory` for a v1 controller) and the cgroup's path in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupLine {
+    pub hierarchy: String,
+    pub path: String,
+}
+
+impl CgroupLine {
+    /// The line as one key, `hierarchy:path` (as `/proc` prints it).
+    pub fn key(&self) -> String {
+        format!("{}:{}", self.hierarchy, self.path)
+    }
+
+    /// The keys of this cgroup and each cgroup above it, deepest first,
+    /// the root (`/`) left out: a process in a cgroup a container made
+    /// below its own still finds the container's.
+    pub fn keys_up(&self) -> impl Iterator<Item = String> + '_ {
+        let mut path = Some(self.path.as_str());
+        std::iter::from_fn(move || {
+            let p = path.filter(|p| p.len() > 1 && p.starts_with('/'))?;
+            path = p.rfind('/').map(|i| &p[..i.max(1)]);
+            Some(format!("{}:{}", self.hierarchy, p))
+        })
+    }
+}
+
+/// Parse `/proc/<pid>/cgroup` text; lines that are not
+/// `id:controllers:path` are skipped.
+pub fn parse_cgroups(text: &str) -> Vec<CgroupLine> {
+    text.lines()
+        .filter_map(|l| {
+            let mut it = l.splitn(3, ':');
+            let (id, controllers, path) = (it.next()?, it.next()?, it.next()?);
+            (!id.is_empty() && path.starts_with('/')).then(|| CgroupLine {
+                hierarchy: format!("{id}:{controllers}"),
+                path: path.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// The cgroups `pid` is in, as the daemon's cgroup namespace names them.
+/// The kernel records them: nothing a process does inside its container
+/// (new namespaces, any number of parents) moves it out of its cgroup.
+pub fn cgroups(pid: i32) -> Result<Vec<CgroupLine>, AttributionError> {
+    let text =
+        fs::read_to_string(format!("/proc/{pid}/cgroup")).map_err(|e| io_err(pid, "cgroup", e))?;
+    Ok(parse_cgroups(&text))
+}
+
+/// Levels of pid namespace nesting the kernel allows (`MAX_PID_NS_LEVEL`).
+const MAX_PID_NS_LEVEL: usize = 32;
+
+/// The inode of `pid`'s pid namespace and of each namespace above it, up
+/// to the daemon's (which is not listed). The kernel bounds the nesting at
+/// 32 levels, so however many namespaces and parents a process makes
+/// inside a container, the container's namespace is in this list.
+pub fn pid_ns_chain(pid: i32) -> Vec<u64> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let mut out = Vec::new();
+    let Ok(f) = fs::File::open(format!("/proc/{pid}/ns/pid")) else {
+        return out;
+    };
+    let mut cur = OwnedFd::from(f);
+    for _ in 0..MAX_PID_NS_LEVEL {
+        let Ok(st) = nix::sys::stat::fstat(&cur) else {
+            break;
+        };
+        out.push(st.st_ino);
+        // SAFETY: NS_GET_PARENT takes no argument and returns a new fd (or
+        // -1, with EPERM once the parent is outside the daemon's own
+        // namespace); `cur` is an open namespace fd we own.
+        let parent = unsafe { libc::ioctl(cur.as_raw_fd(), libc::NS_GET_PARENT) };
+        if parent < 0 {
+            break;
+        }
+        // SAFETY: the kernel just returned `parent` as a new fd, owned by
+        // nobody else.
+        cur = unsafe { OwnedFd::from_raw_fd(parent) };
+    }
+    out
+}
+
 /// The working directory as the process sees it (inside its own root).
 pub fn cwd(pid: i32) -> PathBuf {
     fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_else(|_| PathBuf::from("/"))
@@ -552,6 +636,34 @@ fn parent_info(pid: i32) -> Option<ParentInfo> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cgroup_lines_and_the_cgroups_above_them() {
+        let lines = parse_cgroups(
+            "12:pids:/cgx1\n4:memory:/process_api/6299/cgx1\n0::/cgx1/inner\ngarbage\n1:cpu:relative\n",
+        );
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert_eq!(lines[0].key(), "12:pids:/cgx1");
+        assert_eq!(
+            lines[2].keys_up().collect::<Vec<_>>(),
+            ["0::/cgx1/inner", "0::/cgx1"],
+            "the root is never a key"
+        );
+        let root = CgroupLine {
+            hierarchy: "0:".into(),
+            path: "/".into(),
+        };
+        assert_eq!(root.keys_up().count(), 0);
+        assert!(!cgroups(std::process::id() as i32).unwrap().is_empty());
+    }
+
+    #[test]
+    fn our_pid_namespace_chain_starts_with_our_own() {
+        let me = std::process::id() as i32;
+        let chain = pid_ns_chain(me);
+        assert_eq!(chain.first().copied(), Some(ns_inode(me, "pid").unwrap()));
+        assert!(pid_ns_chain(i32::MAX).is_empty(), "a vanished pid has none");
+    }
 
     #[test]
     fn stat_parses_comm_with_spaces_and_parens() {

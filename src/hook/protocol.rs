@@ -63,6 +63,10 @@ pub struct ContainerSummary {
     pub action: String,
     pub marks: usize,
     pub exec_scope: Option<String>,
+    /// The cgroup its processes are known by (`hierarchy:path`); absent
+    /// when the runtime made none and namespaces are all there is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
     pub registered_at: String,
 }
 

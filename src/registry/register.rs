@@ -169,6 +169,7 @@ impl Registrar {
             pid_ns: facts.pid_ns,
             mnt_ns: facts.mnt_ns,
             net_ns: facts.net_ns,
+            cgroup: facts.cgroup.clone(),
             bundle: r.bundle,
             rootfs: r.rootfs,
             annotations: r.annotations,
@@ -588,6 +589,7 @@ impl Registrar {
                 action: c.action.as_str().to_string(),
                 marks: c.placed.marks.len(),
                 exec_scope: c.placed.exec_scope.map(|s| format!("{s:?}").to_lowercase()),
+                cgroup: c.cgroup.clone(),
                 registered_at: c.registered_at.clone(),
             })
             .collect()

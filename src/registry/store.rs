@@ -73,6 +73,10 @@ pub struct ContainerRecord {
     pub pid_ns: u64,
     pub mnt_ns: u64,
     pub net_ns: u64,
+    /// The container's own cgroup (`hierarchy:path`), absent when the
+    /// runtime made none (and in records of earlier versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
     pub bundle: PathBuf,
     /// Absolute rootfs path, as the runtime's mount namespace names it.
     pub rootfs: PathBuf,
@@ -104,6 +108,7 @@ impl ContainerRecord {
             pid_ns: self.pid_ns,
             mnt_ns: self.mnt_ns,
             net_ns: self.net_ns,
+            cgroup: self.cgroup.clone(),
             annotations: self.annotations.clone(),
         }
     }
@@ -304,6 +309,7 @@ mod tests {
             pid_ns: 1,
             mnt_ns: 2,
             net_ns: 3,
+            cgroup: None,
             bundle: "/b".into(),
             rootfs: "/b/rootfs".into(),
             annotations: BTreeMap::new(),

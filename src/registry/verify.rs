@@ -133,12 +133,40 @@ pub fn name_and_image(a: &BTreeMap<String, String>) -> (Option<String>, Option<S
 }
 
 /// Facts about a pid that registration verifies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PidFacts {
     pub start_time_ticks: u64,
     pub pid_ns: u64,
     pub mnt_ns: u64,
     pub net_ns: u64,
+    /// The container's own cgroup, if the runtime made one
+    /// ([`container_cgroup`]).
+    pub cgroup: Option<String>,
+}
+
+/// The cgroup that tells the container's processes from everyone else's,
+/// as a `hierarchy:path` key: the init's cgroup in the unified hierarchy
+/// if it has one of its own, else in the first v1 hierarchy where it has.
+/// A cgroup is "its own" when it is not the root and is not the cgroup of
+/// the host's init, the daemon or the runtime that started the container
+/// (`runtime`, the init's parent): a runtime that made no cgroup leaves
+/// the container in its own, which other processes share.
+pub fn container_cgroup(pid: i32, runtime: i32) -> Option<String> {
+    let mine = procfs::cgroups(pid).ok()?;
+    let others: Vec<procfs::CgroupLine> = [1, std::process::id() as i32, runtime]
+        .into_iter()
+        .filter(|p| *p > 0 && *p != pid)
+        .filter_map(|p| procfs::cgroups(p).ok())
+        .flatten()
+        .collect();
+    let unified_first = mine
+        .iter()
+        .filter(|l| l.hierarchy == "0:")
+        .chain(mine.iter().filter(|l| l.hierarchy != "0:"));
+    unified_first
+        .filter(|l| l.path != "/" && !others.contains(l))
+        .map(procfs::CgroupLine::key)
+        .next()
 }
 
 /// Verify that `pid` can be a container's init.
@@ -172,6 +200,7 @@ pub fn verify_pid(pid: i32) -> Result<PidFacts, VerifyError> {
         pid_ns,
         mnt_ns,
         net_ns,
+        cgroup: container_cgroup(pid, stat.ppid),
     })
 }
 

@@ -216,6 +216,7 @@ mod tests {
             pid_ns: 0,
             mnt_ns: 0,
             net_ns: 0,
+            cgroup: None,
             annotations: Default::default(),
         };
         assert_eq!(

@@ -33,6 +33,10 @@ pub struct ContainerView {
     pub pid_ns: u64,
     pub mnt_ns: u64,
     pub net_ns: u64,
+    /// The cgroup the runtime made for the container (`hierarchy:path`,
+    /// see [`crate::registry::verify::container_cgroup`]), when it made
+    /// one of its own.
+    pub cgroup: Option<String>,
     /// The container's annotations, for exceptions.
     pub annotations: std::collections::BTreeMap<String, String>,
 }
@@ -66,8 +70,14 @@ pub struct MarkIndex {
     /// under another set of containers are not trusted.
     generation: u64,
     files: HashMap<FileId, Vec<MarkedPath>>,
-    by_pid_ns: HashMap<u64, Arc<ContainerView>>,
+    /// Several containers may share a pid namespace (a pod's
+    /// `shareProcessNamespace`, `--pid=container:`), so each namespace
+    /// lists every container in it.
+    by_pid_ns: HashMap<u64, Vec<Arc<ContainerView>>>,
     by_mnt_ns: HashMap<u64, Arc<ContainerView>>,
+    /// Containers by their cgroup key; two containers the runtime put in
+    /// one cgroup are both listed, and the cgroup then tells neither.
+    by_cgroup: HashMap<String, Vec<Arc<ContainerView>>>,
     by_id: HashMap<String, Arc<ContainerView>>,
 }
 
@@ -113,7 +123,16 @@ impl MarkIndex {
                 });
             }
         }
-        self.by_pid_ns.insert(view.pid_ns, view.clone());
+        self.by_pid_ns
+            .entry(view.pid_ns)
+            .or_default()
+            .push(view.clone());
+        if let Some(cg) = &view.cgroup {
+            self.by_cgroup
+                .entry(cg.clone())
+                .or_default()
+                .push(view.clone());
+        }
         self.by_mnt_ns.insert(view.mnt_ns, view.clone());
         self.by_id.insert(id, view.clone());
         view
@@ -125,12 +144,20 @@ impl MarkIndex {
             return Vec::new();
         };
         self.generation += 1;
-        if self
-            .by_pid_ns
-            .get(&view.pid_ns)
-            .is_some_and(|v| v.reference.id == id)
+        let drop_from = |list: &mut Vec<Arc<ContainerView>>| {
+            list.retain(|v| v.reference.id != id);
+            !list.is_empty()
+        };
+        if let Some(list) = self.by_pid_ns.get_mut(&view.pid_ns)
+            && !drop_from(list)
         {
             self.by_pid_ns.remove(&view.pid_ns);
+        }
+        if let Some(cg) = &view.cgroup
+            && let Some(list) = self.by_cgroup.get_mut(cg)
+            && !drop_from(list)
+        {
+            self.by_cgroup.remove(cg);
         }
         if self
             .by_mnt_ns
@@ -162,11 +189,42 @@ impl MarkIndex {
             .collect()
     }
 
-    /// The container whose namespaces these are.
-    pub fn container_of(&self, pid_ns: u64, mnt_ns: u64) -> Option<&Arc<ContainerView>> {
+    /// The container registered under the first of these cgroup keys that
+    /// exactly one container has. The caller lists a process's cgroups
+    /// and each one above them, deepest first
+    /// ([`crate::attribute::procfs::CgroupLine::keys_up`]).
+    pub fn by_cgroup<I: IntoIterator<Item = String>>(
+        &self,
+        keys: I,
+    ) -> Option<&Arc<ContainerView>> {
+        if self.by_cgroup.is_empty() {
+            return None;
+        }
+        keys.into_iter()
+            .find_map(|k| match self.by_cgroup.get(&k).map(Vec::as_slice) {
+                Some([one]) => Some(one),
+                _ => None,
+            })
+    }
+
+    /// Whether any container is known by its cgroup (if none is, reading
+    /// a process's cgroups is pointless).
+    pub fn has_cgroups(&self) -> bool {
+        !self.by_cgroup.is_empty()
+    }
+
+    /// The container whose mount namespace this is.
+    pub fn by_mnt_ns(&self, mnt_ns: u64) -> Option<&Arc<ContainerView>> {
+        self.by_mnt_ns.get(&mnt_ns)
+    }
+
+    /// The containers in this pid namespace (more than one when they
+    /// share it).
+    pub fn by_pid_ns(&self, pid_ns: u64) -> &[Arc<ContainerView>] {
         self.by_pid_ns
             .get(&pid_ns)
-            .or_else(|| self.by_mnt_ns.get(&mnt_ns))
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
     }
 
     /// The container by its OCI id.
@@ -240,6 +298,7 @@ mod tests {
             pid_ns: ns,
             mnt_ns: ns + 1000,
             net_ns: 0,
+            cgroup: None,
             annotations: Default::default(),
         }
     }
@@ -261,14 +320,51 @@ mod tests {
             idx.lookup(f, Some("b")).unwrap().container.reference.id,
             "b"
         );
-        assert_eq!(idx.container_of(2, 0).unwrap().reference.id, "b");
-        assert_eq!(idx.container_of(0, 1001).unwrap().reference.id, "a");
+        assert_eq!(idx.by_pid_ns(2)[0].reference.id, "b");
+        assert_eq!(idx.by_mnt_ns(1001).unwrap().reference.id, "a");
         assert_eq!(idx.remove("a"), vec![g]);
         assert_eq!(idx.marked_inodes(), 1);
-        assert!(idx.container_of(1, 0).is_none());
+        assert!(idx.by_pid_ns(1).is_empty());
         assert_eq!(idx.remove("b"), vec![f]);
         assert!(idx.remove("b").is_empty());
         assert_eq!(idx.containers(), 0);
+    }
+
+    #[test]
+    fn a_shared_pid_namespace_lists_both_and_cgroups_tell_them_apart() {
+        let mut idx = MarkIndex::default();
+        let mut a = view("a", 7);
+        a.cgroup = Some("0::/pod/a".into());
+        let mut b = view("b", 7);
+        b.mnt_ns = 2000;
+        b.cgroup = Some("0::/pod/b".into());
+        idx.insert(a, &[]);
+        idx.insert(b, &[]);
+        let ids =
+            |v: &[Arc<ContainerView>]| v.iter().map(|v| v.reference.id.clone()).collect::<Vec<_>>();
+        assert_eq!(
+            ids(idx.by_pid_ns(7)),
+            ["a", "b"],
+            "the second does not replace the first"
+        );
+        // A process's cgroups, deepest first, as `CgroupLine::keys_up`
+        // lists them.
+        let keys = |p: &[&str]| p.iter().map(|k| format!("0::{k}")).collect::<Vec<_>>();
+        let line = keys(&["/pod/a/inner/deeper", "/pod/a/inner", "/pod/a", "/pod"]);
+        assert_eq!(idx.by_cgroup(line.clone()).unwrap().reference.id, "a");
+        let pod = keys(&["/pod"]);
+        assert!(
+            idx.by_cgroup(pod).is_none(),
+            "the pod's own cgroup is neither"
+        );
+        idx.remove("a");
+        assert_eq!(ids(idx.by_pid_ns(7)), ["b"]);
+        assert!(idx.by_cgroup(line).is_none());
+        // Two containers in one cgroup: the cgroup tells neither.
+        let mut c = view("c", 8);
+        c.cgroup = Some("0::/pod/b".into());
+        idx.insert(c, &[]);
+        assert!(idx.by_cgroup(keys(&["/pod/b"])).is_none());
     }
 
     #[test]
