@@ -9,7 +9,9 @@
 //! broken config on SIGHUP. After each attack the daemon must still serve
 //! and still detect. A flood of repeat alerts cannot hide a new credential,
 //! and the rate-limit summary lists what it held, in syslog too (this one
-//! waits for the 60 s window to close).
+//! waits for the 60 s window to close). An archiver fed a file list slowly
+//! alerts within a second while it still runs, then updates that one run
+//! (one id, seq 1, 2, ...) until its close.
 
 mod common;
 
@@ -606,4 +608,112 @@ fn a_flood_of_repeats_cannot_hide_a_new_credential_and_the_summary_reaches_syslo
                 .any(|m| m.contains("keyward.rate-limit") && m.contains(b.id.as_str()))
         },
     );
+}
+
+#[test]
+fn a_slow_file_list_alerts_within_a_second_then_updates_one_run_until_it_closes() {
+    if !privileged() {
+        return;
+    }
+    let d = Daemon::start("");
+    // Twenty keys, fed to tar one every 150 ms: the run never goes quiet
+    // for the 200 ms window, and lasts about 3 s.
+    let script = "sleep 0.3; (echo > /tmp/first; for i in $(seq 1 20); do echo /home/u$i/.ssh/id_rsa; sleep 0.15; done) \
+                  | /usr/bin/tar cf /tmp/slow.tar -T - && echo > /tmp/tar-done; sleep 1; echo FED";
+    let b = Bundle::new("kw-slowrun", &d.socket, script);
+    for i in 1..=20 {
+        let dir = b.rootfs.join(format!("home/u{i}/.ssh"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("id_rsa"), format!("KEY-{i}")).unwrap();
+    }
+    let mut child = b.spawn();
+    let run_of = |a: &serde_json::Value| {
+        a["container"]["id"] == b.id.as_str() && has_arg(a, "/tmp/slow.tar")
+    };
+    wait_until(
+        Duration::from_secs(20),
+        || format!("the feeder never started: {}", d.log_text()),
+        || b.read("/tmp/first").is_some(),
+    );
+    let fed = Instant::now();
+    let first = loop {
+        if let Some(a) = d.alerts().into_iter().find(|a| run_of(a)) {
+            break a;
+        }
+        assert!(
+            fed.elapsed() < Duration::from_secs(10),
+            "no alert in 10 s: {}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let after = fed.elapsed();
+    assert!(
+        b.read("/tmp/tar-done").is_none(),
+        "the first alert came only after tar finished ({after:?})"
+    );
+    // 1 s, plus the feeder's first 150 ms and the alert thread's tick.
+    assert!(
+        after < Duration::from_millis(1600),
+        "first alert after {after:?}"
+    );
+    assert_eq!(first["keyward"]["run"]["seq"], 1, "{first:#}");
+    assert_eq!(first["keyward"]["run"]["final"], false, "{first:#}");
+    let id = first["keyward"]["run"]["id"].as_str().unwrap().to_string();
+    // The run goes on in updates and closes once tar is gone.
+    wait_until(
+        Duration::from_secs(20),
+        || format!("the run never closed: {:#?}", d.alerts()),
+        || {
+            d.alerts()
+                .iter()
+                .any(|a| run_of(a) && a["keyward"]["run"]["final"] == true)
+        },
+    );
+    let run: Vec<serde_json::Value> = d.alerts().into_iter().filter(|a| run_of(a)).collect();
+    eprintln!(
+        "first alert {after:?} after the first name, {} alerts in the run",
+        run.len()
+    );
+    assert!(
+        run.len() >= 3,
+        "a first alert, updates and a close: {run:#?}"
+    );
+    let mut added = std::collections::BTreeSet::new();
+    for (i, a) in run.iter().enumerate() {
+        assert_eq!(a["keyward"]["run"]["id"], id.as_str(), "one run id: {a:#}");
+        assert_eq!(
+            a["keyward"]["run"]["seq"],
+            i as u64 + 1,
+            "in sequence: {run:#?}"
+        );
+        assert_eq!(a["keyward"]["run"]["final"], i + 1 == run.len(), "{a:#}");
+        for f in a["keyward"]["run"]["files_added"].as_array().unwrap() {
+            assert!(
+                added.insert(f.as_str().unwrap().to_string()),
+                "{f} added twice"
+            );
+        }
+    }
+    assert_eq!(added.len(), 20, "every key is added once: {added:?}");
+    let last = run.last().unwrap();
+    assert_eq!(last["keyward"]["files"].as_array().unwrap().len(), 20);
+    wait_until(
+        Duration::from_secs(5),
+        || {
+            format!(
+                "the close never reached syslog: {:#?}",
+                d.syslog.messages.lock().unwrap()
+            )
+        },
+        || {
+            d.syslog
+                .messages
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|m| m.contains(&id) && m.contains("run closed"))
+        },
+    );
+    let _ = child.wait();
 }

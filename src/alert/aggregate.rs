@@ -1,12 +1,24 @@
-//! Aggregation: findings grouped into one alert per archiver run.
+//! Aggregation: findings grouped into one alert per archiver run, and
+//! updates for runs that go on.
 //!
 //! A run is keyed by (container, pid, process start time), so a reused pid
-//! starts a new run instead of being blamed for an old one. A run's alert is
-//! emitted once it has been quiet for `aggregate_ms`, which gives one alert
-//! per `tar czf x /root/.ssh` listing every key it read, instead of one per
-//! file.
+//! starts a new run instead of being blamed for an old one. A run's first
+//! alert is emitted once it has been quiet for `aggregate_ms`, which gives
+//! one alert per `tar czf x /root/.ssh` listing every key it read, instead
+//! of one per file, or [`FIRST_WITHIN`] (half a second) after its first finding, whichever
+//! is sooner: an archiver fed a file list slowly would otherwise never go
+//! quiet, and alert only when it exits.
+//!
+//! A run whose process is still alive when its first alert goes stays
+//! open. It sends an update (same `keyward.run.id`, the next
+//! `keyward.run.seq`, the files added since the last one) when new files
+//! came and it went quiet, or at most every [`UPDATE_EVERY`] while they
+//! keep coming; and a final one (`keyward.run.final`) once the process is
+//! gone, or after [`IDLE_CLOSE`] with nothing new. A run that is over by
+//! its first alert is one alert, final at once.
 
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
@@ -20,6 +32,33 @@ use crate::rules::{
     FILE_RULE_ID, FILE_RULE_NAME, RuleMeta, Source,
 };
 use crate::watch::index::ContainerRef;
+
+/// The longest a run's first alert waits after its first finding: half
+/// the second promised, so the alert thread's tick and a busy machine
+/// still fit in it.
+pub const FIRST_WITHIN: Duration = Duration::from_millis(500);
+/// The shortest gap between two updates of a run that keeps finding files.
+pub const UPDATE_EVERY: Duration = Duration::from_secs(1);
+/// A run whose process lives on but finds nothing new for this long is
+/// closed; a later finding starts a new run.
+pub const IDLE_CLOSE: Duration = Duration::from_secs(30);
+
+/// Where an alert stands in its run (ECS `keyward.run`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RunInfo {
+    /// The same for every alert of one run.
+    pub id: String,
+    /// 1 for the first alert, then one more per update.
+    pub seq: u32,
+    /// The run is over: no update follows.
+    #[serde(rename = "final")]
+    pub last: bool,
+    /// Paths listed for the first time in this alert.
+    pub files_added: Vec<String>,
+    /// When the run's first finding was made.
+    #[serde(serialize_with = "super::ecs::serialize_time")]
+    pub started: SystemTime,
+}
 
 /// A credential file in an alert.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -44,6 +83,8 @@ pub struct FileTouch {
 #[derive(Debug, Clone)]
 pub struct Alert {
     pub first_seen: SystemTime,
+    /// When the newest finding of the run was made.
+    pub last_seen: SystemTime,
     pub container: ContainerRef,
     pub process: ProcessInfo,
     pub exec_match: Option<ExecMatch>,
@@ -55,12 +96,15 @@ pub struct Alert {
     pub response: Option<ResponseOutcome>,
     /// The rule's severity, risk and MITRE ids, set before delivery.
     pub meta: Option<RuleMeta>,
+    /// Set by the aggregator when the alert is emitted.
+    pub run: Option<RunInfo>,
 }
 
 impl Alert {
     fn new(f: &Finding) -> Self {
         Self {
             first_seen: f.at,
+            last_seen: f.at,
             container: f.container.clone(),
             process: f.process.clone(),
             exec_match: None,
@@ -70,10 +114,12 @@ impl Alert {
             action: f.action,
             response: None,
             meta: None,
+            run: None,
         }
     }
 
     fn add(&mut self, f: Finding, max_files: usize) {
+        self.last_seen = self.last_seen.max(f.at);
         match f.trigger {
             Trigger::Start => {}
             Trigger::Exec { matched } => self.exec_match = Some(matched),
@@ -129,37 +175,119 @@ impl Alert {
         }
     }
 
-    /// One human line: process, file and container id.
+    /// One human line: process, file and container id, and for an update,
+    /// what it adds to the run.
     pub fn message(&self) -> String {
-        let file = self
-            .files
-            .first()
-            .map(|t| t.path.clone())
-            .or_else(|| {
+        let first_file = |files: &[String]| {
+            files.first().cloned().or_else(|| {
                 self.exec_match
                     .as_ref()
                     .and_then(|m| m.paths.first().map(|p| p.arg.clone()))
             })
-            .unwrap_or_default();
-        let more = match self.files.len() {
-            0 | 1 => String::new(),
-            n => format!(" (+{} more)", n - 1),
         };
-        format!(
-            "archiver {} (pid {}) touched credential file {}{} in container {}",
-            self.process.name, self.process.pid, file, more, self.container.id
-        )
+        let who = format!("archiver {} (pid {})", self.process.name, self.process.pid);
+        match &self.run {
+            Some(r) if r.seq > 1 => {
+                let what = match (r.files_added.len(), r.files_added.first()) {
+                    (0, _) | (_, None) => "no more credential files".to_string(),
+                    (1, Some(f)) => format!("credential file {f}"),
+                    (n, Some(f)) => format!("credential file {f} (+{} more)", n - 1),
+                };
+                let end = if r.last { ", run closed" } else { "" };
+                format!(
+                    "{who} touched {what} in container {} (run {} update {}, {} in all{end})",
+                    self.container.id,
+                    r.id,
+                    r.seq,
+                    self.files.len()
+                )
+            }
+            _ => {
+                let paths: Vec<String> = self.files.iter().map(|t| t.path.clone()).collect();
+                let file = first_file(&paths).unwrap_or_default();
+                let more = match self.files.len() {
+                    0 | 1 => String::new(),
+                    n => format!(" (+{} more)", n - 1),
+                };
+                format!(
+                    "{who} touched credential file {file}{more} in container {}",
+                    self.container.id
+                )
+            }
+        }
     }
 }
 
 type RunKey = (String, i32, u64);
 
-/// Groups findings into runs and releases each once it has gone quiet.
+/// What was already sent of an open run.
+#[derive(Debug)]
+struct Sent {
+    seq: u32,
+    /// Files listed when it was last sent.
+    files: usize,
+    /// Opens counted when it was last sent.
+    total: u64,
+    at: Instant,
+}
+
+#[derive(Debug)]
+struct Run {
+    alert: Alert,
+    id: String,
+    first: Instant,
+    last: Instant,
+    sent: Option<Sent>,
+}
+
+impl Run {
+    fn new(f: &Finding, now: Instant) -> Self {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (&f.container.id, f.process.pid, f.process.start_time_ticks).hash(&mut h);
+        f.at.duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos()
+            .hash(&mut h);
+        Self {
+            alert: Alert::new(f),
+            id: format!("{:016x}", h.finish()),
+            first: now,
+            last: now,
+            sent: None,
+        }
+    }
+
+    /// The alert to send now, with its place in the run.
+    fn emit(&mut self, now: Instant, last: bool) -> Alert {
+        let (seq, listed) = self.sent.as_ref().map_or((1, 0), |s| (s.seq + 1, s.files));
+        let mut a = self.alert.clone();
+        a.run = Some(RunInfo {
+            id: self.id.clone(),
+            seq,
+            last,
+            files_added: a.files[listed.min(a.files.len())..]
+                .iter()
+                .map(|t| t.path.clone())
+                .collect(),
+            started: a.first_seen,
+        });
+        self.sent = Some(Sent {
+            seq,
+            files: a.files.len(),
+            total: a.files_total,
+            at: now,
+        });
+        a
+    }
+}
+
+/// Groups findings into runs and releases their alerts: the first once the
+/// run went quiet or a second passed, then its updates.
 #[derive(Debug)]
 pub struct Aggregator {
     quiet: Duration,
     max_files: usize,
-    runs: HashMap<RunKey, (Alert, Instant)>,
+    runs: HashMap<RunKey, Run>,
 }
 
 impl Aggregator {
@@ -179,12 +307,12 @@ impl Aggregator {
             f.process.start_time_ticks,
         );
         let mut new = false;
-        let entry = self.runs.entry(key).or_insert_with(|| {
+        let run = self.runs.entry(key).or_insert_with(|| {
             new = true;
-            (Alert::new(&f), now)
+            Run::new(&f, now)
         });
-        entry.0.add(f, self.max_files);
-        entry.1 = now;
+        run.alert.add(f, self.max_files);
+        run.last = now;
         new
     }
 
@@ -199,7 +327,8 @@ impl Aggregator {
     /// the same archiver); once one attempt succeeded, a later attempt that
     /// found the process already gone does not turn it into a failure.
     pub fn set_response(&mut self, container: &str, pid: i32, start: u64, r: ResponseOutcome) {
-        if let Some((a, _)) = self.runs.get_mut(&(container.to_string(), pid, start)) {
+        if let Some(run) = self.runs.get_mut(&(container.to_string(), pid, start)) {
+            let a = &mut run.alert;
             if a.response
                 .as_ref()
                 .is_some_and(|old| old.result == ResponseResult::Ok)
@@ -211,19 +340,47 @@ impl Aggregator {
         }
     }
 
-    /// Runs quiet for the window (or all, with `force`), oldest first.
-    pub fn drain_due(&mut self, now: Instant, force: bool) -> Vec<Alert> {
-        let due: Vec<RunKey> = self
-            .runs
-            .iter()
-            .filter(|(_, (_, last))| force || now.duration_since(*last) >= self.quiet)
-            .map(|(k, _)| k.clone())
-            .collect();
-        let mut out: Vec<Alert> = due
-            .into_iter()
-            .filter_map(|k| self.runs.remove(&k).map(|(a, _)| a))
-            .collect();
-        out.sort_by_key(|a| a.first_seen);
+    /// The alerts due now, oldest run first: first alerts of runs that
+    /// went quiet or are a second old, updates, and final alerts of runs
+    /// whose process is gone (`alive(pid, start)` false) or idle. With
+    /// `force` (stopping), every run is sent, final.
+    pub fn drain_due(
+        &mut self,
+        now: Instant,
+        force: bool,
+        alive: &dyn Fn(i32, u64) -> bool,
+    ) -> Vec<Alert> {
+        let quiet = self.quiet;
+        let mut out = Vec::new();
+        self.runs.retain(|(_, pid, start), run| {
+            let quiet_for = now.duration_since(run.last);
+            match &run.sent {
+                None => {
+                    let due = force
+                        || quiet_for >= quiet
+                        || now.duration_since(run.first) >= FIRST_WITHIN;
+                    if !due {
+                        return true;
+                    }
+                    let last = force || !alive(*pid, *start);
+                    out.push(run.emit(now, last));
+                    !last
+                }
+                Some(s) => {
+                    let added = run.alert.files.len() > s.files || run.alert.files_total > s.total;
+                    let over = force || quiet_for >= IDLE_CLOSE || !alive(*pid, *start);
+                    if over {
+                        out.push(run.emit(now, true));
+                        return false;
+                    }
+                    if added && (quiet_for >= quiet || now.duration_since(s.at) >= UPDATE_EVERY) {
+                        out.push(run.emit(now, false));
+                    }
+                    true
+                }
+            }
+        });
+        out.sort_by_key(|a| (a.first_seen, a.run.as_ref().map_or(0, |r| r.seq)));
         out
     }
 

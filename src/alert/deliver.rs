@@ -10,7 +10,7 @@
 //! a rule's metadata, the degradation counters) comes through
 //! [`Inputs`], so this stage imports nothing of the answer stage.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -64,6 +64,13 @@ struct Delivery<'a> {
     reported: Degradation,
     last_health: Instant,
     last_retry: Instant,
+    /// Open runs with an alert delivered, whose close is delivered too.
+    delivered_runs: HashSet<String>,
+}
+
+/// Whether the process of a run is still the one that ran it.
+fn alive(pid: i32, start: u64) -> bool {
+    crate::attribute::procfs::stat(pid).is_ok_and(|s| s.start_time_ticks == start)
 }
 
 /// Run the alert thread until the finding queue closes or `stop` is set.
@@ -88,6 +95,7 @@ pub fn alert_loop(
         reported: inputs.degradation(),
         last_health: Instant::now() - HEALTH_EVERY,
         last_retry: Instant::now(),
+        delivered_runs: HashSet::new(),
     };
     loop {
         let stopping = stop.load(Ordering::Relaxed);
@@ -156,7 +164,7 @@ impl Delivery<'_> {
 
     /// Deliver every open run (the queue closed).
     fn flush(&mut self) {
-        for a in self.agg.drain_due(Instant::now(), true) {
+        for a in self.agg.drain_due(Instant::now(), true, &alive) {
             self.sinks.deliver(&a);
             self.stats.sent.fetch_add(1, Ordering::Relaxed);
         }
@@ -180,25 +188,45 @@ impl Delivery<'_> {
     /// Runs that went quiet (all of them when stopping), through the rate
     /// limit, to the sinks.
     fn deliver_due(&mut self, stopping: bool) {
-        for a in self.agg.drain_due(Instant::now(), stopping) {
+        for a in self.agg.drain_due(Instant::now(), stopping, &alive) {
             self.deliver(a);
         }
     }
 
     fn deliver(&mut self, mut a: Alert) {
-        // The credential files the run touched, or, for a seed-rule match
-        // on the command line alone, the paths its arguments named.
-        let mut files: Vec<&str> = a.files.iter().map(|f| f.path.as_str()).collect();
-        if let Some(m) = a.exec_match.as_ref().filter(|_| files.is_empty()) {
-            files = m.paths.iter().map(|p| p.arg.as_str()).collect();
-        }
-        let candidate = super::ratelimit::Candidate {
-            container: &a.container.id,
-            rule: a.rule().0,
-            files: &files,
-            process: &a.process.name,
+        let run = a.run.clone();
+        let (seq, last, id) = run
+            .as_ref()
+            .map_or((1, true, String::new()), |r| (r.seq, r.last, r.id.clone()));
+        let admitted = if seq > 1 && run.as_ref().is_some_and(|r| r.files_added.is_empty()) {
+            // An update that adds no file (the close) goes wherever the
+            // run's earlier alerts went: the limit already counted them.
+            self.delivered_runs.contains(&id)
+        } else {
+            // The credential files the run touched (for an update, the
+            // ones it adds), or, for a seed-rule match on the command line
+            // alone, the paths its arguments named.
+            let mut files: Vec<&str> = match &run {
+                Some(r) if r.seq > 1 => r.files_added.iter().map(String::as_str).collect(),
+                _ => a.files.iter().map(|f| f.path.as_str()).collect(),
+            };
+            if let Some(m) = a.exec_match.as_ref().filter(|_| files.is_empty()) {
+                files = m.paths.iter().map(|p| p.arg.as_str()).collect();
+            }
+            let candidate = super::ratelimit::Candidate {
+                container: &a.container.id,
+                rule: a.rule().0,
+                files: &files,
+                process: &a.process.name,
+            };
+            self.limiter.admit(&candidate, Instant::now())
         };
-        if !self.limiter.admit(&candidate, Instant::now()) {
+        if last {
+            self.delivered_runs.remove(&id);
+        } else if admitted {
+            self.delivered_runs.insert(id);
+        }
+        if !admitted {
             self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
             return;
         }

@@ -57,8 +57,14 @@ impl Alert {
             Some(r) if r.result != ResponseResult::Ok => "failure",
             _ => "success",
         };
+        // An update is an event of its own: it happened when its newest
+        // finding did.
+        let at = match &self.run {
+            Some(r) if r.seq > 1 => self.last_seen,
+            _ => self.first_seen,
+        };
         let mut doc = json!({
-            "@timestamp": rfc3339(self.first_seen),
+            "@timestamp": rfc3339(at),
             "message": self.message(),
             "ecs": {"version": "8.11.0"},
             "event": {
@@ -98,6 +104,10 @@ impl Alert {
                 "response": self.response.clone().unwrap_or(ResponseOutcome::ok(self.action)),
             },
         });
+        if let Some(r) = &self.run {
+            doc["keyward"]["run"] = json!(r);
+            doc["event"]["id"] = json!(format!("{}-{}", r.id, r.seq));
+        }
         if let Some(first) = self.files.first() {
             doc["file"] = json!({
                 "path": first.path,
@@ -242,6 +252,14 @@ pub fn process_start_doc(
 }
 
 /// RFC 3339 with milliseconds, UTC.
+/// Serialize a time as [`rfc3339`].
+pub(crate) fn serialize_time<S: serde::Serializer>(
+    t: &SystemTime,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&rfc3339(*t))
+}
+
 pub fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }

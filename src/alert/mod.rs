@@ -36,6 +36,11 @@ mod tests {
     use serde_json::json;
     use std::time::{Duration, Instant, SystemTime};
 
+    /// Every run's process has exited.
+    fn gone(_: i32, _: u64) -> bool {
+        false
+    }
+
     fn proc_info(pid: i32, start: u64) -> ProcessInfo {
         ProcessInfo {
             pid,
@@ -83,10 +88,10 @@ mod tests {
         assert!(!agg.add(open(10, 5, "/root/.ssh/known_hosts"), t0));
         assert!(!agg.add(open(10, 5, "/root/.ssh/id_rsa"), t0));
         assert!(
-            agg.drain_due(t0 + Duration::from_millis(50), false)
+            agg.drain_due(t0 + Duration::from_millis(50), false, &gone)
                 .is_empty()
         );
-        let out = agg.drain_due(t0 + Duration::from_millis(150), false);
+        let out = agg.drain_due(t0 + Duration::from_millis(150), false, &gone);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].files.len(), 2);
         assert_eq!(out[0].files_total, 3);
@@ -158,12 +163,67 @@ mod tests {
     }
 
     #[test]
+    fn a_long_run_alerts_within_a_second_then_updates_and_closes() {
+        let mut agg = Aggregator::new(Duration::from_millis(300), 64);
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let running = |_: i32, _: u64| true;
+        // A file every 100 ms: the run never goes quiet for 300 ms.
+        agg.add(open(7, 1, "/root/.ssh/id_rsa"), t0);
+        for (i, at) in [100, 200, 300, 400].into_iter().enumerate() {
+            assert!(agg.drain_due(ms(at), false, &running).is_empty());
+            agg.add(open(7, 1, &format!("/home/u{i}/.ssh/id_rsa")), ms(at));
+        }
+        let first = agg.drain_due(ms(500), false, &running);
+        assert_eq!(first.len(), 1, "the first alert goes half a second in");
+        let r1 = first[0].run.clone().unwrap();
+        assert_eq!((r1.seq, r1.last, r1.files_added.len()), (1, false, 5));
+        // More files: one update per second at most while they keep coming.
+        agg.add(open(7, 1, "/root/.aws/credentials"), ms(1100));
+        assert!(agg.drain_due(ms(1200), false, &running).is_empty());
+        agg.add(open(7, 1, "/etc/shadow"), ms(1300));
+        let up = agg.drain_due(ms(2000), false, &running);
+        assert_eq!(up.len(), 1);
+        let r2 = up[0].run.clone().unwrap();
+        assert_eq!(r2.id, r1.id, "one run id");
+        assert_eq!(r2.seq, 2);
+        assert!(!r2.last);
+        assert_eq!(r2.files_added, ["/root/.aws/credentials", "/etc/shadow"]);
+        assert!(up[0].message().contains("update 2"), "{}", up[0].message());
+        let doc = up[0].to_ecs("h");
+        assert_eq!(doc["keyward"]["run"]["seq"], 2);
+        assert_eq!(doc["event"]["id"], format!("{}-2", r1.id));
+        // Nothing new, still running: no update. Then the process exits.
+        assert!(agg.drain_due(ms(3500), false, &running).is_empty());
+        let closed = agg.drain_due(ms(3600), false, &gone);
+        let r3 = closed[0].run.clone().unwrap();
+        assert_eq!((r3.seq, r3.last, r3.files_added.len()), (3, true, 0));
+        assert_eq!(closed[0].files.len(), 7);
+        assert_eq!(agg.pending(), 0);
+        assert!(closed[0].message().contains("run closed"));
+        // A quick run is one alert, final at once.
+        agg.add(open(8, 1, "/etc/shadow"), t0);
+        let one = agg.drain_due(ms(400), false, &gone);
+        assert!(one[0].run.as_ref().unwrap().last);
+        // A process that lives on but finds nothing is closed when idle.
+        agg.add(open(9, 1, "/etc/shadow"), t0);
+        assert_eq!(agg.drain_due(ms(400), false, &running).len(), 1);
+        assert!(agg.drain_due(ms(20_000), false, &running).is_empty());
+        let idle = agg.drain_due(
+            t0 + aggregate::IDLE_CLOSE + Duration::from_secs(1),
+            false,
+            &running,
+        );
+        assert!(idle[0].run.as_ref().unwrap().last);
+    }
+
+    #[test]
     fn reused_pid_with_new_start_time_is_a_new_run() {
         let mut agg = Aggregator::new(Duration::ZERO, 64);
         let t0 = Instant::now();
         assert!(agg.add(open(10, 5, "/etc/shadow"), t0));
         assert!(agg.add(open(10, 6, "/etc/shadow"), t0));
-        assert_eq!(agg.drain_due(t0, true).len(), 2);
+        assert_eq!(agg.drain_due(t0, true, &gone).len(), 2);
     }
 
     #[test]
@@ -173,7 +233,7 @@ mod tests {
         for i in 0..5 {
             agg.add(open(1, 1, &format!("/home/u{i}/.ssh/id_rsa")), t0);
         }
-        let a = agg.drain_due(t0, true).pop().unwrap();
+        let a = agg.drain_due(t0, true, &gone).pop().unwrap();
         assert_eq!(a.files.len(), 2);
         assert_eq!(a.files_total, 5);
     }
@@ -206,7 +266,7 @@ mod tests {
         let mut exec = exec;
         exec.container.id = "abc123".into();
         agg.add(exec, t0);
-        let a = agg.drain_due(t0, true).pop().unwrap();
+        let a = agg.drain_due(t0, true, &gone).pop().unwrap();
         let doc = a.to_ecs("h1");
         assert_eq!(doc["event"]["kind"], "alert");
         assert_eq!(doc["container"]["id"], "abc123");
