@@ -781,6 +781,46 @@ impl RulesConfig {
     }
 }
 
+/// A SHA-256 digest, written in config as 64 hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Sha256(pub [u8; 32]);
+
+impl std::str::FromStr for Sha256 {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not a SHA-256 digest (64 hex digits)");
+        let hex = s.trim();
+        if hex.len() != 64 || !hex.is_ascii() {
+            return Err(bad());
+        }
+        let mut out = [0u8; 32];
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+        }
+        Ok(Self(out))
+    }
+}
+
+impl std::fmt::Display for Sha256 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl Serialize for Sha256 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Sha256 {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 impl ExceptionConfig {
     /// The checks that need no compiling: a reason, at least one
     /// condition, `key=value` annotations. Errors name `exceptions[i]`.
@@ -794,6 +834,8 @@ impl ExceptionConfig {
             || self.annotation.is_some()
             || self.executable.is_some()
             || self.parent_executable.is_some()
+            || !self.executable_sha256.is_empty()
+            || !self.parent_executable_sha256.is_empty()
             || self.args.is_some();
         if !has_condition {
             return invalid(
@@ -825,8 +867,18 @@ pub struct ExceptionConfig {
     pub image: Option<String>,
     /// `key=value-glob`: the container has this annotation.
     pub annotation: Option<String>,
+    /// Glob over the executable's path, as the kernel shows it
+    /// (`/proc/<pid>/exe`): the path the container laid out, so a
+    /// container can put any program there.
     pub executable: Option<String>,
     pub parent_executable: Option<String>,
+    /// The executable's content: its SHA-256 is one of these. What the
+    /// container cannot fake; pair it with `executable` to say which file.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub executable_sha256: Vec<Sha256>,
+    /// The same for the parent's executable.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parent_executable_sha256: Vec<Sha256>,
     /// Glob over the command line, arguments joined by single spaces.
     pub args: Option<String>,
     /// Rule ids this applies to; empty means every rule.
@@ -840,6 +892,29 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::from_toml(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn digests_are_parsed_and_a_bad_one_is_named() {
+        let hex = "ab".repeat(32);
+        let c = parse(&format!(
+            "[[exceptions]]\nreason = \"r\"\nexecutable_sha256 = [\"{hex}\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(c.exceptions[0].executable_sha256[0].0, [0xab; 32]);
+        assert_eq!(c.exceptions[0].executable_sha256[0].to_string(), hex);
+        let e = parse("[[exceptions]]\nreason = \"r\"\nparent_executable_sha256 = [\"abc\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"abc\" is not a SHA-256 digest"), "{e}");
+        assert!(e.contains("parent_executable_sha256"), "{e}");
+        let e = parse(&format!(
+            "[[exceptions]]\nreason = \"r\"\nexecutable_sha256 = [\"{}\"]\n",
+            "zz".repeat(32)
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("not a SHA-256"), "{e}");
     }
 
     #[test]

@@ -138,6 +138,7 @@ fn spawn_decisions(
             perm: &p,
             findings: &t,
             excepted: &excepted,
+            identities: &c.identities,
             scan_pipes: &scan_pipes,
             behaviour_window: &|| c.policy().rules.behaviour_window,
         };

@@ -10,7 +10,8 @@
 //! exception suppresses exactly what it names, and the suppression is
 //! counted in `keyward status`. The workload cannot lower the host's
 //! action with its annotation, nor take a name an exception was written
-//! for when the engine named it otherwise.
+//! for when the engine named it otherwise, nor pass another program off
+//! as the one an exception names by content.
 
 mod common;
 
@@ -312,4 +313,60 @@ fn the_workload_cannot_lower_the_hosts_policy_or_take_an_excepted_name() {
     );
     let a = d.wait_alert("self-named", |a| a["container"]["id"] == b.id.as_str());
     assert_eq!(a["container"]["name"], "web", "{a:#}");
+}
+
+#[test]
+fn an_exception_on_content_does_not_cover_another_program_at_its_path() {
+    if !privileged() {
+        return;
+    }
+    // The exception names the path *and* the content of the GNU tar the
+    // images ship, digested by coreutils' sha256sum.
+    let sum = std::process::Command::new("sha256sum")
+        .arg("/usr/bin/tar")
+        .output()
+        .unwrap();
+    let sum = String::from_utf8_lossy(&sum.stdout);
+    let digest = sum.split_whitespace().next().unwrap();
+    let d = Daemon::start(&format!(
+        "[response]\naction = \"deny\"\n[[exceptions]]\nreason = \"the backup image's tar\"\n\
+         container_name = \"backup-*\"\nexecutable = \"/usr/bin/tar\"\nexecutable_sha256 = [\"{digest}\"]\n"
+    ));
+    let script = "if /usr/bin/tar cf /tmp/k.tar /root/.ssh/id_rsa 2>/dev/null; then echo LEAKED; else echo DENIED; fi";
+    // The real tar, in a container the engine named backup-a: excepted.
+    let mut real = Bundle::new("kw-sha-real", &d.socket, script);
+    real.annotate("io.kubernetes.cri-o.ContainerName", "backup-a");
+    let out = real.run();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("LEAKED"),
+        "the excepted tar was refused: {}",
+        text(&out)
+    );
+    // Another program at /usr/bin/tar (busybox's tar applet), in another
+    // backup container: the path matches, the content does not.
+    let mut fake = Bundle::new("kw-sha-fake", &d.socket, script);
+    fake.annotate("io.kubernetes.cri-o.ContainerName", "backup-b");
+    let tar = fake.rootfs.join("usr/bin/tar");
+    std::fs::remove_file(&tar).unwrap();
+    std::fs::copy(fake.rootfs.join("bin/busybox"), &tar).unwrap();
+    let out = fake.run();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("DENIED"),
+        "the impostor at /usr/bin/tar was excepted: {}",
+        text(&out)
+    );
+    let a = d.wait_alert("impostor", |a| a["container"]["id"] == fake.id.as_str());
+    assert_eq!(a["process"]["executable"], "/usr/bin/tar", "{a:#}");
+    assert!(
+        !d.settled_alerts()
+            .iter()
+            .any(|a| a["container"]["id"] == real.id.as_str()),
+        "the excepted run alerted: {:#?}",
+        d.alerts()
+    );
+    let status = d.status();
+    let counts = status["exceptions"].as_array().unwrap();
+    // Counted once per judgement it spared (exec, each open, the
+    // archive written).
+    assert!(counts[0]["suppressed"].as_u64().unwrap() >= 1, "{status:#}");
 }

@@ -113,6 +113,14 @@ impl Evidence for ProcessEvidence<'_> {
             .ok()
             .map(|e| e.to_string_lossy().into_owned())
     }
+
+    fn executable_sha256(&self) -> Option<[u8; 32]> {
+        self.ctx.identities.sha256_of_exe(self.pid)
+    }
+
+    fn parent_executable_sha256(&self) -> Option<[u8; 32]> {
+        self.ctx.identities.sha256_of_exe(self.proc.stat.ppid)
+    }
 }
 
 /// Open `path` as process `pid` would: inside its root, relative to its

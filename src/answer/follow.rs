@@ -132,6 +132,55 @@ struct Reader {
     /// stdout redirected to a file, say): a shell may have opened them and
     /// be the one whose close the kernel reports.
     outputs: Vec<FileId>,
+    /// Its and its parent's executables, held open from when it was
+    /// described: it is often gone when its archive is judged, and
+    /// exceptions still match what it ran (path and content).
+    exes: Option<std::sync::Arc<HeldExes>>,
+}
+
+/// A reader's executables, as the kernel showed them while it ran.
+#[derive(Debug)]
+struct HeldExes {
+    exe: Option<std::fs::File>,
+    parent: Option<std::fs::File>,
+    parent_path: Option<String>,
+}
+
+impl HeldExes {
+    fn of(pid: i32, ppid: i32) -> Self {
+        let open = |p: i32| std::fs::File::open(format!("/proc/{p}/exe")).ok();
+        Self {
+            exe: open(pid),
+            parent: open(ppid),
+            parent_path: procfs::exe(ppid)
+                .ok()
+                .map(|e| e.to_string_lossy().into_owned()),
+        }
+    }
+}
+
+/// The digests of a reader's held executables, or, for a reader never
+/// described, of what its pid runs now.
+struct HeldDigests<'a> {
+    identities: &'a crate::attribute::identity::Identities,
+    exes: Option<&'a HeldExes>,
+    pid: i32,
+    ppid: i32,
+}
+
+impl crate::rules::exceptions::Digests for HeldDigests<'_> {
+    fn executable(&self) -> Option<[u8; 32]> {
+        match self.exes {
+            Some(e) => self.identities.sha256_of(e.exe.as_ref()?),
+            None => self.identities.sha256_of_exe(self.pid),
+        }
+    }
+    fn parent_executable(&self) -> Option<[u8; 32]> {
+        match self.exes {
+            Some(e) => self.identities.sha256_of(e.parent.as_ref()?),
+            None => self.identities.sha256_of_exe(self.ppid),
+        }
+    }
 }
 
 /// How long a tainted pipe is followed. The behaviour window itself
@@ -296,6 +345,7 @@ impl Follow {
                 matched: false,
                 read_at: Instant::now(),
                 outputs: regular_fds(pid).into_iter().filter(|f| *f != fid).collect(),
+                exes: None,
             };
             self.follow_reader(stats, pid, reader);
         }
@@ -357,6 +407,7 @@ impl Follow {
             ..Default::default()
         };
         r.seen_as = Some(info.clone());
+        r.exes = Some(std::sync::Arc::new(HeldExes::of(pid, proc.stat.ppid)));
         let r = r.clone();
         drop(readers);
         self.taint_pipes(stats, pid, &r, &info)
@@ -581,6 +632,7 @@ impl Follow {
             matched: taint.in_alerted_run,
             read_at: Instant::now(),
             outputs: regular_fds(pid),
+            exes: None,
         };
         self.follow_reader(stats, pid, reader);
         stats.pipe_readers.fetch_add(1, Ordering::Relaxed);
@@ -816,6 +868,9 @@ pub struct Outputs<'a> {
     /// Whether the current policy's exceptions suppress a behaviour match
     /// (counted by the exception when they do).
     pub excepted: &'a (dyn Fn(&Subject<'_>) -> bool + Sync),
+    /// Archiver identities and executables' digests, for exceptions that
+    /// name content.
+    pub identities: &'a crate::attribute::identity::Identities,
     /// Look for the readers of a container's tainted pipes (and alert on
     /// the archivers among them).
     pub scan_pipes: &'a (dyn Fn(&str) + Sync),
@@ -925,7 +980,7 @@ impl Follow {
             view,
             ..
         } = found;
-        if self.excepted(out, &view, &process) {
+        if self.excepted(out, &view, &process, r.exes.as_deref()) {
             return;
         }
         let credential = r.credential.to_string_lossy().into_owned();
@@ -961,10 +1016,18 @@ impl Follow {
 impl Follow {
     /// Exceptions apply to behaviour matches as to the others: a backup
     /// job excepted at its opens is not alerted for the archive it writes.
-    fn excepted(&self, out: &Outputs<'_>, view: &ContainerView, p: &ProcessInfo) -> bool {
-        let parent = procfs::exe(p.ppid)
-            .ok()
-            .map(|e| e.to_string_lossy().into_owned());
+    fn excepted(
+        &self,
+        out: &Outputs<'_>,
+        view: &ContainerView,
+        p: &ProcessInfo,
+        exes: Option<&HeldExes>,
+    ) -> bool {
+        let parent = exes.and_then(|e| e.parent_path.clone()).or_else(|| {
+            procfs::exe(p.ppid)
+                .ok()
+                .map(|e| e.to_string_lossy().into_owned())
+        });
         let cmdline = p.args.join(" ");
         (out.excepted)(&Subject {
             rule_id: BEHAVIOUR_RULE_ID,
@@ -974,6 +1037,12 @@ impl Follow {
             executable: &p.exe,
             parent_executable: parent.as_deref(),
             command_line: &cmdline,
+            digests: &HeldDigests {
+                identities: out.identities,
+                exes,
+                pid: p.pid,
+                ppid: p.ppid,
+            },
         })
     }
 }

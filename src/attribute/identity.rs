@@ -153,6 +153,49 @@ pub struct Identities {
     host: RwLock<Scope>,
     containers: RwLock<HashMap<String, Scope>>,
     cache: Mutex<HashMap<Version, Option<Vec<u8>>>>,
+    /// SHA-256 of executables, for exceptions that name content.
+    digests: Mutex<HashMap<Version, Option<[u8; 32]>>>,
+}
+
+/// Executables larger than this are not hashed for exceptions (an
+/// exception that names a digest then does not match): hashing runs on a
+/// decision thread, and 64 MiB is about 150 ms of it.
+const MAX_HASH_BYTES: u64 = 64 * 1024 * 1024;
+
+fn version_of(f: &File) -> Option<Version> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = f.metadata().ok()?;
+    Some((
+        FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        },
+        meta.ctime(),
+        meta.ctime_nsec(),
+    ))
+}
+
+/// Look `version` up in `cache`, or compute and keep it (the cache is
+/// emptied when full).
+fn cached<T: Clone>(
+    cache: &Mutex<HashMap<Version, T>>,
+    version: Version,
+    make: impl FnOnce() -> T,
+) -> T {
+    if let Some(v) = cache
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&version)
+    {
+        return v.clone();
+    }
+    let v = make();
+    let mut c = cache.lock().unwrap_or_else(|e| e.into_inner());
+    if c.len() >= CACHE_MAX {
+        c.clear();
+    }
+    c.insert(version, v.clone());
+    v
 }
 
 fn open_regular(root: BorrowedFd<'_>, rel: &Path) -> Option<File> {
@@ -301,33 +344,38 @@ impl Identities {
 
     /// The build-id of `f`, hashed once per version of the file.
     fn build_id_of(&self, f: &File) -> Option<Vec<u8>> {
-        use std::os::unix::fs::MetadataExt;
-        let meta = f.metadata().ok()?;
-        let version = (
-            FileId {
-                dev: meta.dev(),
-                ino: meta.ino(),
-            },
-            meta.ctime(),
-            meta.ctime_nsec(),
-        );
-        let cached = self
-            .cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&version)
-            .cloned();
-        if let Some(id) = cached {
-            return id;
-        }
-        let mut r = f;
-        let id = build_id(&mut r);
-        let mut c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        if c.len() >= CACHE_MAX {
-            c.clear();
-        }
-        c.insert(version, id.clone());
-        id
+        cached(&self.cache, version_of(f)?, || build_id(&mut &*f))
+    }
+
+    /// The SHA-256 of the whole file `f`, once per version of the file;
+    /// `None` past [`MAX_HASH_BYTES`] or on a read error.
+    pub fn sha256_of(&self, f: &File) -> Option<[u8; 32]> {
+        use sha2::Digest;
+        cached(&self.digests, version_of(f)?, || {
+            if f.metadata().ok()?.len() > MAX_HASH_BYTES {
+                return None;
+            }
+            let mut h = sha2::Sha256::new();
+            let mut buf = vec![0u8; 64 * 1024];
+            // Read from the start whatever the fd's offset: a fresh
+            // handle on the same open file description would share it.
+            let mut off = 0u64;
+            loop {
+                let n = std::os::unix::fs::FileExt::read_at(f, &mut buf, off).ok()?;
+                if n == 0 {
+                    break;
+                }
+                h.update(&buf[..n]);
+                off += n as u64;
+            }
+            Some(h.finalize().into())
+        })
+    }
+
+    /// The SHA-256 of the executable the kernel runs for `pid`.
+    pub fn sha256_of_exe(&self, pid: i32) -> Option<[u8; 32]> {
+        let f = File::open(format!("/proc/{pid}/exe")).ok()?;
+        self.sha256_of(&f)
     }
 
     /// How many archiver identities the host and the containers know.

@@ -4,8 +4,15 @@
 //!
 //! Each `[[exceptions]]` entry names why it exists (`reason`) and one or
 //! more conditions, all of which must hold: container name, image,
-//! annotation, process executable, parent executable, a glob over the
-//! command line, and optionally the rule ids it applies to. Globs use `*`
+//! annotation, process executable, parent executable (their paths, and
+//! their content's SHA-256), a glob over the command line, and optionally
+//! the rule ids it applies to.
+//!
+//! A path is what the container laid out: any program can sit at
+//! `/usr/bin/tar` in an image the tenant built. The digest is what it
+//! cannot fake; it is computed from the file the kernel executes
+//! (`/proc/<pid>/exe`), only when every other condition of an entry
+//! already holds. Globs use `*`
 //! (any characters, `/` included) and `?`. A suppressed match is never lost
 //! silently: each exception counts what it suppressed, and `keyward status`
 //! shows the counts with the reasons.
@@ -38,8 +45,28 @@ pub enum ExceptionError {
     Empty { index: usize, key: &'static str },
 }
 
+/// The SHA-256 of a process's and its parent's executables, asked for
+/// only when an exception needs them.
+pub trait Digests {
+    fn executable(&self) -> Option<[u8; 32]>;
+    fn parent_executable(&self) -> Option<[u8; 32]>;
+}
+
+/// No digest known (a command line judged on its own).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoDigests;
+
+impl Digests for NoDigests {
+    fn executable(&self) -> Option<[u8; 32]> {
+        None
+    }
+    fn parent_executable(&self) -> Option<[u8; 32]> {
+        None
+    }
+}
+
 /// What an exception is matched against.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct Subject<'a> {
     pub rule_id: &'a str,
     pub container_name: Option<&'a str>,
@@ -48,6 +75,7 @@ pub struct Subject<'a> {
     pub executable: &'a str,
     pub parent_executable: Option<&'a str>,
     pub command_line: &'a str,
+    pub digests: &'a dyn Digests,
 }
 
 #[derive(Debug)]
@@ -58,6 +86,8 @@ struct Compiled {
     annotation: Option<(String, GlobMatcher)>,
     executable: Option<GlobMatcher>,
     parent_executable: Option<GlobMatcher>,
+    executable_sha256: Vec<[u8; 32]>,
+    parent_executable_sha256: Vec<[u8; 32]>,
     args: Option<GlobMatcher>,
     rules: Vec<String>,
     suppressed: AtomicU64,
@@ -124,6 +154,8 @@ impl Exceptions {
                 annotation,
                 executable: glob(index, "executable", &e.executable)?,
                 parent_executable: glob(index, "parent_executable", &e.parent_executable)?,
+                executable_sha256: e.executable_sha256.iter().map(|d| d.0).collect(),
+                parent_executable_sha256: e.parent_executable_sha256.iter().map(|d| d.0).collect(),
                 args: glob(index, "args", &e.args)?,
                 rules: e.rules.clone(),
                 suppressed: AtomicU64::new(0),
@@ -149,6 +181,10 @@ impl Exceptions {
             let opt = |m: &Option<GlobMatcher>, v: Option<&str>| {
                 m.as_ref().is_none_or(|m| v.is_some_and(|v| m.is_match(v)))
             };
+            // Hashing reads the whole file: last, and only when asked.
+            let content = |want: &[[u8; 32]], have: &dyn Fn() -> Option<[u8; 32]>| {
+                want.is_empty() || have().is_some_and(|d| want.contains(&d))
+            };
             (c.rules.is_empty() || c.rules.iter().any(|r| r == s.rule_id))
                 && opt(&c.container_name, s.container_name)
                 && opt(&c.image, s.image)
@@ -158,6 +194,10 @@ impl Exceptions {
                 && c.annotation
                     .as_ref()
                     .is_none_or(|(k, v)| s.annotations.get(k).is_some_and(|val| v.is_match(val)))
+                && content(&c.executable_sha256, &|| s.digests.executable())
+                && content(&c.parent_executable_sha256, &|| {
+                    s.digests.parent_executable()
+                })
         })?;
         hit.suppressed.fetch_add(1, Ordering::Relaxed);
         Some(&hit.reason)
@@ -188,7 +228,65 @@ mod tests {
             executable: exe,
             parent_executable: Some("/usr/local/bin/backup.sh"),
             command_line: args,
+            digests: &NoDigests,
         }
+    }
+
+    #[test]
+    fn a_digest_condition_matches_content_and_is_asked_for_last() {
+        use std::cell::Cell;
+        struct Known([u8; 32], Cell<u32>);
+        impl Digests for Known {
+            fn executable(&self) -> Option<[u8; 32]> {
+                self.1.set(self.1.get() + 1);
+                Some(self.0)
+            }
+            fn parent_executable(&self) -> Option<[u8; 32]> {
+                None
+            }
+        }
+        let tar = crate::config::Sha256([7; 32]);
+        let ex = Exceptions::compile(&[ExceptionConfig {
+            reason: "the image's own tar".into(),
+            container_name: Some("backup-*".into()),
+            executable: Some("/usr/bin/tar".into()),
+            executable_sha256: vec![tar],
+            ..Default::default()
+        }])
+        .unwrap();
+        let a = BTreeMap::new();
+        let real = Known([7; 32], Cell::new(0));
+        let fake = Known([8; 32], Cell::new(0));
+        let mut s = subject(&a, "/usr/bin/tar", "tar cf /b /root");
+        s.digests = &real;
+        assert_eq!(ex.suppress(&s), Some("the image's own tar"));
+        s.digests = &fake;
+        assert_eq!(ex.suppress(&s), None, "another program at the same path");
+        s.digests = &NoDigests;
+        assert_eq!(
+            ex.suppress(&s),
+            None,
+            "an unreadable executable matches nothing"
+        );
+        let mut web = subject(&a, "/usr/bin/tar", "tar");
+        web.container_name = Some("web");
+        web.digests = &real;
+        let asked = real.1.get();
+        assert_eq!(ex.suppress(&web), None);
+        assert_eq!(
+            real.1.get(),
+            asked,
+            "not hashed when another condition fails"
+        );
+        // A parent digest that is unknown fails its condition.
+        let ex = Exceptions::compile(&[ExceptionConfig {
+            reason: "from the backup script".into(),
+            parent_executable_sha256: vec![tar],
+            ..Default::default()
+        }])
+        .unwrap();
+        s.digests = &real;
+        assert_eq!(ex.suppress(&s), None);
     }
 
     #[test]

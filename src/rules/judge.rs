@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
 
-use super::exceptions::{Exceptions, Subject};
+use super::exceptions::{Digests, Exceptions, Subject};
 use super::{ArchiverHit, EXEC_RULE_ID, ExecMatch, FILE_RULE_ID, Rules};
 
 /// A watched container as exceptions see it.
@@ -97,6 +97,26 @@ pub trait Evidence {
     fn cwd(&self) -> PathBuf;
     /// The parent's executable, for exceptions.
     fn parent_executable(&self) -> Option<String>;
+    /// The SHA-256 of the executable the kernel runs for this process,
+    /// and of its parent's, for exceptions that name content.
+    fn executable_sha256(&self) -> Option<[u8; 32]> {
+        None
+    }
+    fn parent_executable_sha256(&self) -> Option<[u8; 32]> {
+        None
+    }
+}
+
+/// An [`Evidence`]'s digests, as exceptions ask for them.
+struct EvidenceDigests<'a>(&'a dyn Evidence);
+
+impl Digests for EvidenceDigests<'_> {
+    fn executable(&self) -> Option<[u8; 32]> {
+        self.0.executable_sha256()
+    }
+    fn parent_executable(&self) -> Option<[u8; 32]> {
+        self.0.parent_executable_sha256()
+    }
 }
 
 /// One event's process, as the kernel showed it.
@@ -279,6 +299,7 @@ fn excepted(
             executable: &exe,
             parent_executable: parent.as_deref(),
             command_line: &cmdline,
+            digests: &EvidenceDigests(c.evidence),
         })
         .is_some()
 }
