@@ -717,3 +717,77 @@ fn a_slow_file_list_alerts_within_a_second_then_updates_one_run_until_it_closes(
     );
     let _ = child.wait();
 }
+
+#[test]
+fn a_stalled_decision_is_released_and_the_health_alert_reaches_syslog() {
+    if !privileged() {
+        return;
+    }
+    // Exceptions pinned to a digest no program has: judging tar's open
+    // hashes its executable and its parent's, each padded here to 15 MB
+    // (just under the 16 MiB keyward hashes at all), on the decision
+    // thread, past a 10 ms deadline. The watchdog must answer the open,
+    // and say so to the JSON file and to syslog.
+    let zeros = "0".repeat(64);
+    let d = Daemon::start_with_daemon(
+        &format!(
+            "[[exceptions]]\nreason = \"pinned tar\"\nexecutable_sha256 = [\"{zeros}\"]\n\
+             [[exceptions]]\nreason = \"pinned shell\"\nparent_executable_sha256 = [\"{zeros}\"]\n"
+        ),
+        "decision_deadline_ms = 10",
+    );
+    let script = "echo /root/.ssh/id_rsa | /usr/bin/tar cf /tmp/s.tar -T - && echo ARCHIVED";
+    let mut b = Bundle::new("kw-stall", &d.socket, script);
+    // The shell that runs tar: busybox, padded, still named sh.
+    std::fs::create_dir_all(b.rootfs.join("opt/pad")).unwrap();
+    std::fs::copy(b.rootfs.join("bin/busybox"), b.rootfs.join("opt/pad/sh")).unwrap();
+    b.config["process"]["args"][0] = serde_json::Value::from("/opt/pad/sh");
+    for exe in ["usr/bin/tar", "opt/pad/sh"] {
+        let f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(b.rootfs.join(exe))
+            .unwrap();
+        f.set_len(15 * 1024 * 1024).unwrap();
+    }
+    let out = b.run();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("ARCHIVED"),
+        "{}",
+        text(&out)
+    );
+    wait_until(
+        Duration::from_secs(20),
+        || format!("no health alert in the JSON file: {:#?}", d.alerts()),
+        || {
+            d.alerts().iter().any(|a| {
+                a["event"]["dataset"] == "keyward.health"
+                    && a["keyward"]["health"]["deadline_releases"].as_u64() >= Some(1)
+            })
+        },
+    );
+    wait_until(
+        Duration::from_secs(5),
+        || {
+            format!(
+                "no health alert in syslog: {:#?}",
+                d.syslog.messages.lock().unwrap()
+            )
+        },
+        || {
+            d.syslog.messages.lock().unwrap().iter().any(|m| {
+                m.contains("coverage degraded") && m.contains("stalled decisions released")
+            })
+        },
+    );
+    assert!(d.status()["stats"]["deadline_releases"].as_u64() >= Some(1));
+    // Still answering: the next container's archiver alerts.
+    let b2 = Bundle::new(
+        "kw-after-stall",
+        &d.socket,
+        "/usr/bin/tar cf /tmp/t.tar /etc/shadow; echo done",
+    );
+    b2.run_saying("done");
+    d.wait_alert("after the stall", |a| {
+        a["container"]["id"] == b2.id.as_str()
+    });
+}

@@ -158,9 +158,12 @@ pub struct Identities {
 }
 
 /// Executables larger than this are not hashed for exceptions (an
-/// exception that names a digest then does not match): hashing runs on a
-/// decision thread, and 64 MiB is about 150 ms of it.
-const MAX_HASH_BYTES: u64 = 64 * 1024 * 1024;
+/// exception that names a digest then does not match, so the process is
+/// judged as if there were none): hashing runs on a decision thread, once
+/// per file version, and 16 MiB is about 40 ms of it in a release build.
+/// A bigger bound would let a padded impostor stall decisions past the
+/// watchdog, which allows what it releases.
+const MAX_HASH_BYTES: u64 = 16 * 1024 * 1024;
 
 fn version_of(f: &File) -> Option<Version> {
     use std::os::unix::fs::MetadataExt;

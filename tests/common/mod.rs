@@ -346,23 +346,34 @@ pub struct Daemon {
 impl Daemon {
     /// Start with extra TOML appended to the test's base config.
     pub fn start(extra: &str) -> Self {
-        Self::start_inner(extra, None, "")
+        Self::start_inner(extra, None, "", "")
+    }
+
+    /// Like [`Daemon::start`], with `daemon_keys` (lines of the
+    /// `[daemon]` table, e.g. `decision_deadline_ms = 10`) added.
+    pub fn start_with_daemon(extra: &str, daemon_keys: &str) -> Self {
+        Self::start_inner(extra, None, "", daemon_keys)
     }
 
     /// Like [`Daemon::start`], but the `[alerts.syslog]` table is
     /// `syslog_table` (e.g. `server = "tcp://127.0.0.1:PORT"`) instead of the
     /// harness's datagram socket. The harness socket is still bound, unused.
     pub fn start_with_syslog(extra: &str, syslog_table: &str) -> Self {
-        Self::start_inner(extra, Some(syslog_table), "")
+        Self::start_inner(extra, Some(syslog_table), "", "")
     }
 
     /// Like [`Daemon::start`], with `alerts_keys` (lines of the `[alerts]`
     /// table, e.g. `rate_limit_per_minute = 5`) added.
     pub fn start_with_alerts(extra: &str, alerts_keys: &str) -> Self {
-        Self::start_inner(extra, None, alerts_keys)
+        Self::start_inner(extra, None, alerts_keys, "")
     }
 
-    fn start_inner(extra: &str, syslog_table: Option<&str>, alerts_keys: &str) -> Self {
+    fn start_inner(
+        extra: &str,
+        syslog_table: Option<&str>,
+        alerts_keys: &str,
+        daemon_keys: &str,
+    ) -> Self {
         let dir = std::env::temp_dir().join(unique("keyward-e2e"));
         fs::create_dir_all(&dir).unwrap();
         let socket = dir.join("keyward.sock");
@@ -374,7 +385,7 @@ impl Daemon {
             None => format!("socket = {:?}", syslog.path),
         };
         let text = format!(
-            "socket = {socket:?}\n{extra}\n[daemon]\nruntime_dir = {:?}\naggregate_ms = 200\n[alerts]\njson = {alerts:?}\n{alerts_keys}\n[alerts.syslog]\n{table}\n",
+            "socket = {socket:?}\n{extra}\n[daemon]\nruntime_dir = {:?}\naggregate_ms = 200\n{daemon_keys}\n[alerts]\njson = {alerts:?}\n{alerts_keys}\n[alerts.syslog]\n{table}\n",
             dir.join("run"),
         );
         fs::write(&config, text).unwrap();
