@@ -8,8 +8,16 @@
 //!   container;
 //! * [`keyward::attribute::procfs::RawProcess::complete`]: the extra reads made
 //!   only for a finding (parent, cwd, uid via the `procfs` crate).
-//! * `ns_inode_pid_mnt`: the two namespace stats `container_of` makes per
-//!   ancestry step.
+//! * `ns_inode_pid_mnt`: the two namespace stats the earlier
+//!   `container_of` made per ancestry step (plus a `stat`);
+//! * `cgroups`, `pid_ns_chain`: what `container_of` reads now (one read of
+//!   `/proc/<pid>/cgroup`; the namespace chain by `NS_GET_PARENT`);
+//! * `container_of_outsider`: the whole lookup for a process in no watched
+//!   container, with one container registered by cgroup (every step
+//!   misses, the most it costs);
+//! * `container_of_member`: the lookup for a process in its container's
+//!   mount namespace (the bench's target registered as that container):
+//!   one stat.
 //!
 //! The target is a spawned `sleep 600` (killed by pid at the end), so the
 //! figures are for an ordinary small process, not for the bench itself.
@@ -59,6 +67,58 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             black_box(procfs::ns_inode(black_box(pid), "pid").ok());
             black_box(procfs::ns_inode(black_box(pid), "mnt").ok());
+        })
+    });
+    g.bench_function("cgroups", |b| {
+        b.iter(|| black_box(procfs::cgroups(black_box(pid))))
+    });
+    g.bench_function("pid_ns_chain", |b| {
+        b.iter(|| black_box(procfs::pid_ns_chain(black_box(pid))))
+    });
+    let index = std::sync::RwLock::new(keyward::watch::index::MarkIndex::default());
+    index.write().unwrap().insert(
+        keyward::watch::index::ContainerView {
+            reference: Default::default(),
+            action: keyward::config::Action::Alert,
+            init_pid: 0,
+            init_start: 0,
+            pid_ns: 1,
+            mnt_ns: 2,
+            net_ns: 3,
+            cgroup: Some("0::/not-this-one".into()),
+            annotations: Default::default(),
+        },
+        &[],
+    );
+    g.bench_function("container_of_outsider", |b| {
+        b.iter(|| {
+            black_box(keyward::attribute::container::container_of(
+                &index,
+                black_box(pid),
+            ))
+        })
+    });
+    let member = std::sync::RwLock::new(keyward::watch::index::MarkIndex::default());
+    member.write().unwrap().insert(
+        keyward::watch::index::ContainerView {
+            reference: Default::default(),
+            action: keyward::config::Action::Alert,
+            init_pid: 0,
+            init_start: 0,
+            pid_ns: 1,
+            mnt_ns: procfs::ns_inode(pid, "mnt").unwrap(),
+            net_ns: 3,
+            cgroup: Some("0::/not-this-one".into()),
+            annotations: Default::default(),
+        },
+        &[],
+    );
+    g.bench_function("container_of_member", |b| {
+        b.iter(|| {
+            black_box(keyward::attribute::container::container_of(
+                &member,
+                black_box(pid),
+            ))
         })
     });
     g.bench_function("raw_process_read", |b| {

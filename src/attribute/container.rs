@@ -2,6 +2,10 @@
 //!
 //! By what the kernel records, in this order:
 //!
+//! 0. **the mount namespace, alone**, when the container it belongs to
+//!    shares its pid namespace with no other: one stat, for the common
+//!    case (entering that mount namespace takes a view of the container's
+//!    processes, which only its own pid namespace and the host have);
 //! 1. **the cgroup** the runtime made for the container: a process cannot
 //!    leave it by making namespaces or parents, and a cgroup it makes
 //!    below is still found (the deepest registered cgroup wins);
@@ -37,14 +41,23 @@ fn own_pid_ns() -> u64 {
 /// The container `pid` belongs to, if any.
 pub fn container_of(index: &RwLock<MarkIndex>, pid: i32) -> Option<Arc<ContainerView>> {
     let idx = index.read().unwrap_or_else(|e| e.into_inner());
+    let mnt_ns = procfs::ns_inode(pid, "mnt").ok()?;
+    let by_mnt = idx.by_mnt_ns(mnt_ns);
+    // The common case, in one stat: a process in its container's mount
+    // namespace, where no other container shares the pid namespace. Only
+    // a process that can see the container's own (its pid namespace, or
+    // the host's) can enter that mount namespace, so nothing else is in
+    // it but the host's root.
+    if let Some(v) = by_mnt.filter(|v| idx.by_pid_ns(v.pid_ns).len() <= 1) {
+        return Some(v.clone());
+    }
     if idx.has_cgroups()
         && let Ok(lines) = procfs::cgroups(pid)
         && let Some(v) = idx.by_cgroup(lines.iter().flat_map(|l| l.keys_up()))
     {
         return Some(v.clone());
     }
-    let mnt_ns = procfs::ns_inode(pid, "mnt").ok()?;
-    if let Some(v) = idx.by_mnt_ns(mnt_ns) {
+    if let Some(v) = by_mnt {
         return Some(v.clone());
     }
     let own = own_pid_ns();
