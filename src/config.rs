@@ -329,6 +329,13 @@ pub struct AlertsConfig {
     /// Alerts per container per minute; more are counted and summarised in
     /// one alert when the minute ends. 0 disables the limit.
     pub rate_limit_per_minute: u32,
+    /// Whose names the documents carry: `keyward` (event.module
+    /// `keyward`, data streams `logs-keyward.*`), or `cloud_defend`, under
+    /// which Elastic's prebuilt "Container Workload Protection" rule and
+    /// the seed EQL (on `logs-cloud_defend*`) pick them up.
+    pub profile: EcsProfile,
+    /// `data_stream.namespace` of every document.
+    pub namespace: String,
     pub syslog: SyslogConfig,
 }
 
@@ -338,7 +345,41 @@ impl Default for AlertsConfig {
             json: Some(PathBuf::from("/var/log/keyward/alerts.json")),
             process_events: None,
             rate_limit_per_minute: 60,
+            profile: EcsProfile::Keyward,
+            namespace: "default".into(),
             syslog: SyslogConfig::default(),
+        }
+    }
+}
+
+/// The module and data streams ECS documents are filed under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum EcsProfile {
+    /// `event.module: keyward`; datasets `keyward.alerts`,
+    /// `keyward.process`, `keyward.health`.
+    #[default]
+    Keyward,
+    /// `event.module: cloud_defend`; datasets `cloud_defend.alerts` (alerts,
+    /// summaries and health alike) and `cloud_defend.process`.
+    CloudDefend,
+}
+
+impl EcsProfile {
+    /// The `event.module` of every document.
+    pub fn module(self) -> &'static str {
+        match self {
+            EcsProfile::Keyward => "keyward",
+            EcsProfile::CloudDefend => "cloud_defend",
+        }
+    }
+
+    /// The dataset of a document keyward files under `keyward.<kind>`.
+    pub fn dataset(self, kind: &str) -> String {
+        match self {
+            EcsProfile::Keyward => format!("keyward.{kind}"),
+            EcsProfile::CloudDefend if kind == "process" => "cloud_defend.process".into(),
+            EcsProfile::CloudDefend => "cloud_defend.alerts".into(),
         }
     }
 }
@@ -744,6 +785,21 @@ impl AlertsConfig {
         if self.syslog.server.is_none() {
             absolute("alerts.syslog.socket", &self.syslog.socket)?;
         }
+        // Elastic's rules for a data stream namespace.
+        let ns = &self.namespace;
+        if ns.is_empty()
+            || ns.len() > 100
+            || ns
+                .chars()
+                .any(|c| c.is_ascii_uppercase() || "\\/*?\"<>|, #:-".contains(c))
+        {
+            return invalid(
+                "alerts.namespace",
+                format!(
+                    "{ns:?} is not a data stream namespace (lowercase, no -, at most 100 bytes)"
+                ),
+            );
+        }
         Ok(())
     }
 }
@@ -892,6 +948,20 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::from_toml(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn profile_and_namespace_are_typed_and_checked() {
+        let c = parse("[alerts]\nprofile = \"cloud_defend\"\nnamespace = \"prod\"\n").unwrap();
+        assert_eq!(c.alerts.profile, EcsProfile::CloudDefend);
+        let e = parse("[alerts]\nprofile = \"splunk\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("splunk"), "{e}");
+        let e = parse("[alerts]\nnamespace = \"my-ns\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("alerts.namespace") && e.contains("my-ns"), "{e}");
     }
 
     #[test]

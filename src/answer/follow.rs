@@ -394,7 +394,7 @@ impl Follow {
         let info = ProcessInfo {
             pid,
             start_time_ticks: r.start,
-            name: proc.comm.to_string_lossy().into_owned(),
+            name: proc.ecs_name(),
             exe: proc.exe.to_string_lossy().into_owned(),
             args: proc
                 .args

@@ -597,6 +597,19 @@ impl RawProcess {
         std::ffi::OsStr::from_bytes(crate::rules::basename(s))
     }
 
+    /// ECS `process.name`: the executable's basename, except for a
+    /// multi-call binary (busybox, toybox), where it is the applet that
+    /// ran, as the kernel's `comm` has it (`tar`, not `busybox`); the
+    /// binary stays in `process.executable`.
+    pub fn ecs_name(&self) -> String {
+        use std::os::unix::ffi::OsStrExt;
+        if crate::rules::is_multicall(self.exe_name().as_bytes()) && !self.comm.is_empty() {
+            self.comm.to_string_lossy().into_owned()
+        } else {
+            name_of(&self.exe)
+        }
+    }
+
     /// Complete into a [`ProcessInfo`] with parent and cwd, best effort:
     /// a parent that has gone is simply absent.
     pub fn complete(self) -> ProcessInfo {
@@ -609,7 +622,7 @@ impl RawProcess {
         ProcessInfo {
             pid,
             start_time_ticks: self.stat.start_time_ticks,
-            name: name_of(&self.exe),
+            name: self.ecs_name(),
             exe: self.exe.to_string_lossy().into_owned(),
             args: lossy(&self.args[..self.args.len().min(MAX_ARGS)]),
             args_count: self.args.len(),
@@ -636,6 +649,41 @@ fn parent_info(pid: i32) -> Option<ParentInfo> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_multicall_applet_is_named_by_comm() {
+        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists());
+        let Some(busybox) = busybox else {
+            // .ci/deps installs busybox-static; under CI its absence fails.
+            assert!(std::env::var_os("CI").is_none(), "busybox is not installed");
+            return;
+        };
+        let dir = crate::testdir::TempDir::new("applet");
+        let link = dir.path().join("sleep");
+        std::os::unix::fs::symlink(busybox, &link).unwrap();
+        let mut child = std::process::Command::new(&link).arg("5").spawn().unwrap();
+        let pid = child.id() as i32;
+        let mut p = RawProcess::read(pid).unwrap();
+        for _ in 0..200 {
+            if p.exe_name() == "busybox" {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            p = RawProcess::read(pid).unwrap();
+        }
+        let name = p.ecs_name();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(name, "sleep", "the applet, not busybox");
+        let me = RawProcess::read(std::process::id() as i32).unwrap();
+        assert_eq!(
+            me.ecs_name(),
+            name_of(&me.exe),
+            "others by their executable"
+        );
+    }
 
     #[test]
     fn cgroup_lines_and_the_cgroups_above_them() {

@@ -134,6 +134,8 @@ impl<T: Transport> Buffered<T> {
 /// All configured sinks.
 pub struct Sinks {
     hostname: String,
+    profile: crate::config::EcsProfile,
+    namespace: String,
     json: Option<json::JsonSink>,
     /// Process start events (`alerts.process_events`), opt-in.
     starts: Option<json::JsonSink>,
@@ -158,12 +160,35 @@ impl Sinks {
                 .enabled
                 .then(|| syslog::SyslogSink::new(&cfg.syslog, hostname.clone())),
             hostname,
+            profile: cfg.profile,
+            namespace: cfg.namespace.clone(),
         }
+    }
+
+    /// File a document under the configured profile: `event.module`,
+    /// `event.dataset` and `data_stream`, so Filebeat and Elastic Agent
+    /// route it without a pipeline. Documents are rendered as
+    /// `keyward.<kind>`; the kind is kept.
+    fn file(&self, mut doc: serde_json::Value) -> serde_json::Value {
+        let kind = doc["event"]["dataset"]
+            .as_str()
+            .and_then(|d| d.strip_prefix("keyward."))
+            .unwrap_or("alerts")
+            .to_string();
+        let dataset = self.profile.dataset(&kind);
+        doc["event"]["module"] = serde_json::json!(self.profile.module());
+        doc["event"]["dataset"] = serde_json::json!(dataset);
+        doc["data_stream"] = serde_json::json!({
+            "type": "logs",
+            "dataset": dataset,
+            "namespace": self.namespace,
+        });
+        doc
     }
 
     /// Render and deliver one alert to every sink.
     pub fn deliver(&mut self, alert: &Alert) {
-        let doc = alert.to_ecs(&self.hostname);
+        let doc = self.file(alert.to_ecs(&self.hostname));
         if let Some(j) = &mut self.json {
             j.deliver(&doc);
         }
@@ -174,18 +199,26 @@ impl Sinks {
 
     /// Write a process start event, if they are enabled.
     pub fn deliver_process_start(&mut self, f: &crate::alert::Finding) {
-        if let Some(s) = &mut self.starts {
-            s.deliver(&crate::alert::process_start_doc(
+        if self.starts.is_some() {
+            let doc = self.file(crate::alert::process_start_doc(
                 &self.hostname,
                 &f.container,
                 &f.process,
                 f.at,
             ));
+            if let Some(s) = &mut self.starts {
+                s.deliver(&doc);
+            }
         }
     }
 
     /// Deliver a rate-limit summary to the JSON and syslog sinks.
     pub fn deliver_summary(&mut self, doc: &serde_json::Value) {
+        let doc = self.file(doc.clone());
+        self.deliver_notice(&doc);
+    }
+
+    fn deliver_notice(&mut self, doc: &serde_json::Value) {
         if let Some(j) = &mut self.json {
             j.deliver(doc);
         }
@@ -202,13 +235,8 @@ impl Sinks {
     /// Deliver a health alert (degraded coverage) to the JSON and syslog
     /// sinks.
     pub fn deliver_health(&mut self, d: &crate::alert::Degradation) {
-        let doc = d.to_ecs(&self.hostname);
-        if let Some(j) = &mut self.json {
-            j.deliver(&doc);
-        }
-        if let Some(s) = &mut self.syslog {
-            s.deliver_notice(&doc);
-        }
+        let doc = self.file(d.to_ecs(&self.hostname));
+        self.deliver_notice(&doc);
     }
 
     /// Retry what earlier deliveries could not send.
@@ -290,5 +318,29 @@ mod tests {
         t.fail = false;
         b.push_and_flush(&mut t, None, &c);
         assert_eq!(t.got[0], b"3".to_vec());
+    }
+
+    #[test]
+    fn documents_are_filed_under_the_profile_and_namespace() {
+        use crate::config::EcsProfile;
+        let mut cfg = AlertsConfig {
+            json: None,
+            ..Default::default()
+        };
+        cfg.syslog.enabled = false;
+        cfg.namespace = "prod".into();
+        let doc = serde_json::json!({"event": {"kind": "alert", "module": "keyward", "dataset": "keyward.process"}});
+        let plain = Sinks::new(&cfg).file(doc.clone());
+        assert_eq!(plain["data_stream"]["dataset"], "keyward.process");
+        assert_eq!(plain["data_stream"]["type"], "logs");
+        assert_eq!(plain["data_stream"]["namespace"], "prod");
+        assert_eq!(plain["event"]["module"], "keyward");
+        cfg.profile = EcsProfile::CloudDefend;
+        let cd = Sinks::new(&cfg);
+        let p = cd.file(doc);
+        assert_eq!(p["event"]["module"], "cloud_defend");
+        assert_eq!(p["event"]["dataset"], "cloud_defend.process");
+        let h = cd.file(serde_json::json!({"event": {"dataset": "keyward.health"}}));
+        assert_eq!(h["data_stream"]["dataset"], "cloud_defend.alerts");
     }
 }
