@@ -599,14 +599,37 @@ impl RawProcess {
 
     /// ECS `process.name`: the executable's basename, except for a
     /// multi-call binary (busybox, toybox), where it is the applet that
-    /// ran, as the kernel's `comm` has it (`tar`, not `busybox`); the
-    /// binary stays in `process.executable`.
+    /// ran (`tar`, not `busybox`), with the binary in
+    /// `process.executable`. The applet is the kernel's `comm` (a forked
+    /// NOEXEC applet has the shell's argv but its own `comm`), unless
+    /// `comm` names the binary itself: then argv\[0\], or argv\[1\] after
+    /// `busybox`. busybox sh runs applets by exec'ing `/proc/self/exe`,
+    /// which makes `comm` "exe".
     pub fn ecs_name(&self) -> String {
         use std::os::unix::ffi::OsStrExt;
-        if crate::rules::is_multicall(self.exe_name().as_bytes()) && !self.comm.is_empty() {
-            self.comm.to_string_lossy().into_owned()
-        } else {
-            name_of(&self.exe)
+        let exe_name = self.exe_name();
+        if !crate::rules::is_multicall(exe_name.as_bytes()) {
+            return name_of(&self.exe);
+        }
+        let own = |n: &[u8]| n.is_empty() || n == b"exe" || crate::rules::is_multicall(n);
+        let comm = self.comm.as_bytes();
+        if !own(comm) {
+            return self.comm.to_string_lossy().into_owned();
+        }
+        let base = |a: &OsString| {
+            std::ffi::OsStr::from_bytes(crate::rules::basename(a.as_bytes()))
+                .to_string_lossy()
+                .into_owned()
+        };
+        match self.args.first() {
+            Some(a0) if !own(crate::rules::basename(a0.as_bytes())) => base(a0),
+            Some(_) => self
+                .args
+                .get(1)
+                .filter(|a1| !a1.as_bytes().starts_with(b"-"))
+                .map(base)
+                .unwrap_or_else(|| name_of(&self.exe)),
+            None => name_of(&self.exe),
         }
     }
 
@@ -677,6 +700,17 @@ mod tests {
         let _ = child.kill();
         let _ = child.wait();
         assert_eq!(name, "sleep", "the applet, not busybox");
+        // Run through /proc/self/exe (comm "exe"), or as `busybox tar`.
+        let mut via = RawProcess::read(std::process::id() as i32).unwrap();
+        via.exe = PathBuf::from(busybox);
+        via.comm = "exe".into();
+        via.args = vec!["sleep".into(), "1".into()];
+        assert_eq!(via.ecs_name(), "sleep");
+        via.comm = "busybox".into();
+        via.args = vec!["busybox".into(), "tar".into(), "cf".into()];
+        assert_eq!(via.ecs_name(), "tar");
+        via.args = vec!["busybox".into(), "--list".into()];
+        assert_eq!(via.ecs_name(), "busybox");
         let me = RawProcess::read(std::process::id() as i32).unwrap();
         assert_eq!(
             me.ecs_name(),
