@@ -271,6 +271,7 @@ pub struct Config {
     pub rules: RulesConfig,
     /// Known-good archiving to tune out; see [`crate::rules::exceptions`].
     pub exceptions: Vec<ExceptionConfig>,
+    pub metrics: MetricsConfig,
 }
 
 impl Default for Config {
@@ -282,6 +283,27 @@ impl Default for Config {
             response: ResponseConfig::default(),
             rules: RulesConfig::default(),
             exceptions: Vec::new(),
+            metrics: MetricsConfig::default(),
+        }
+    }
+}
+
+/// Prometheus metrics over HTTP (`GET /metrics`), opt-in.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    pub enabled: bool,
+    /// Where to listen; loopback by default, so the node's scraper (or a
+    /// sidecar) reaches it and nothing off the host does. Read at start:
+    /// a reload does not move the listener.
+    pub listen: std::net::SocketAddr,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 9477)),
         }
     }
 }

@@ -55,6 +55,8 @@ pub enum DaemonError {
     Control(#[from] ControlError),
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Metrics(#[from] crate::registry::metrics::MetricsError),
     #[error("cannot create runtime directory {path}: {source}")]
     RuntimeDir {
         path: PathBuf,
@@ -153,6 +155,7 @@ fn spawn_intake(
     daemon: &Arc<Service>,
     listener: std::os::unix::net::UnixListener,
     create: Option<Arc<Group>>,
+    metrics: Option<std::net::TcpListener>,
     stop: &Arc<AtomicBool>,
 ) -> Result<Vec<JoinHandle<()>>, DaemonError> {
     let (d, s) = (daemon.clone(), stop.clone());
@@ -176,6 +179,12 @@ fn spawn_intake(
         let (d, s) = (daemon.clone(), stop.clone());
         threads.push(spawn("keyward-create", move || {
             d.registrar.follow_creates(&create, &s)
+        })?);
+    }
+    if let Some(listener) = metrics {
+        let (d, s) = (daemon.clone(), stop.clone());
+        threads.push(spawn("keyward-metrics", move || {
+            crate::registry::metrics::serve(listener, || d.status(), &s)
         })?);
     }
     Ok(threads)
@@ -243,7 +252,20 @@ pub fn run(config_path: Option<&Path>) -> Result<(), DaemonError> {
     daemon.registrar.restore(records);
 
     let listener = control::bind(&cfg.socket)?;
-    let intake = spawn_intake(&daemon, listener, groups.create.clone(), &stops.intake)?;
+    let metrics = if cfg.metrics.enabled {
+        let l = crate::registry::metrics::bind(cfg.metrics.listen)?;
+        log(format!("metrics at http://{}/metrics", cfg.metrics.listen));
+        Some(l)
+    } else {
+        None
+    };
+    let intake = spawn_intake(
+        &daemon,
+        listener,
+        groups.create.clone(),
+        metrics,
+        &stops.intake,
+    )?;
     log(format!(
         "daemon {} serving {} (pid {})",
         env!("CARGO_PKG_VERSION"),

@@ -51,6 +51,8 @@ pub struct AlertStats {
     pub pending: AtomicU64,
     pub rate_limited: AtomicU64,
     pub sinks: Mutex<BTreeMap<String, SinkStats>>,
+    /// Alerts sent, by rule id.
+    pub by_rule: Mutex<BTreeMap<String, u64>>,
 }
 
 /// The alert thread's state between rounds.
@@ -233,6 +235,13 @@ impl Delivery<'_> {
         a.meta = Some(self.inputs.rule_meta(a.rule().0));
         self.sinks.deliver(&a);
         self.stats.sent.fetch_add(1, Ordering::Relaxed);
+        *self
+            .stats
+            .by_rule
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(a.rule().0.to_string())
+            .or_default() += 1;
     }
 
     /// One summary per container whose rate-limit window closed with

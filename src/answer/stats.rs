@@ -81,6 +81,8 @@ pub struct Stats {
     /// Decision latency histogram: bucket i counts decisions that took
     /// less than 2^i microseconds (the last bucket takes the rest).
     pub latency_us: [AtomicU64; LATENCY_BUCKETS],
+    /// The decisions' latencies added up, for the histogram's sum.
+    pub latency_us_total: AtomicU64,
 }
 
 /// Buckets of the latency histogram (up to ~2^23 us = 8 s).
@@ -95,6 +97,9 @@ pub struct LatencySnapshot {
     pub max_bucket_us: u64,
     /// (upper bound in us, count) for every non-empty bucket.
     pub buckets: Vec<(u64, u64)>,
+    /// Every decision's latency added up, in microseconds.
+    #[serde(default)]
+    pub sum_us: u64,
 }
 
 /// A snapshot of [`Stats`].
@@ -172,6 +177,7 @@ impl Stats {
         let us = d.as_micros().min(u64::MAX as u128) as u64;
         let bucket = (u64::BITS - us.leading_zeros()) as usize;
         self.latency_us[bucket.min(LATENCY_BUCKETS - 1)].fetch_add(1, Ordering::Relaxed);
+        self.latency_us_total.fetch_add(us, Ordering::Relaxed);
     }
 
     fn latency(&self) -> LatencySnapshot {
@@ -204,6 +210,7 @@ impl Stats {
                 .filter(|(_, c)| **c > 0)
                 .map(|(i, &c)| (upper(i), c))
                 .collect(),
+            sum_us: self.latency_us_total.load(Ordering::Relaxed),
         }
     }
 

@@ -83,6 +83,9 @@ pub struct StatusReport {
     pub sinks: BTreeMap<String, SinkStats>,
     pub alerts_sent: u64,
     pub alerts_rate_limited: u64,
+    /// Alerts sent, by rule id.
+    #[serde(default)]
+    pub alerts_by_rule: BTreeMap<String, u64>,
     pub pending_runs: u64,
     pub config_errors: Vec<String>,
     /// Matches suppressed by each exception, with its reason.

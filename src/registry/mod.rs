@@ -16,10 +16,12 @@
 //! * [`store`]: the records and their persistence under the runtime
 //!   directory;
 //! * [`reaper`]: a pidfd per container init, so a container is dropped the
-//!   moment it exits.
+//!   moment it exits;
+//! * [`metrics`]: the status report as Prometheus metrics over HTTP.
 
 pub mod control;
 pub mod enrich;
+pub mod metrics;
 pub mod reaper;
 pub mod register;
 pub mod service;

@@ -31,7 +31,8 @@ pub struct Service {
 }
 
 impl Service {
-    fn status(&self) -> StatusReport {
+    /// What `keyward status` and the metrics report.
+    pub fn status(&self) -> StatusReport {
         let idx = self.ctx.index.read().unwrap_or_else(|e| e.into_inner());
         let policy = self.ctx.policy();
         let alerts = &self.alerts;
@@ -50,6 +51,11 @@ impl Service {
                 .clone(),
             alerts_sent: alerts.sent.load(Ordering::Relaxed),
             alerts_rate_limited: alerts.rate_limited.load(Ordering::Relaxed),
+            alerts_by_rule: alerts
+                .by_rule
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
             pending_runs: alerts.pending.load(Ordering::Relaxed),
             config_errors: self
                 .config_errors
