@@ -344,11 +344,11 @@ rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$DPID/status"; }
 # percentiles are bucket upper bounds), cumulative since the daemon started.
 status_field() {
     local v
-    v=$(timeout 10 "$KW" status --socket "$SOCK" | grep -o "\"$1\": *[0-9]*" | sed -n '1s/.*: *//p') || true
+    v=$(timeout 10 "$KW" status --json --socket "$SOCK" | grep -o "\"$1\": *[0-9]*" | sed -n '1s/.*: *//p') || true
     echo "${v:-0}"
 }
-perm_events() { timeout 10 "$KW" status --socket "$SOCK" | grep -o '"perm_events": *[0-9]*' | grep -o '[0-9]*$'; }
-ncontainers() { timeout 10 "$KW" containers --socket "$SOCK" | grep -c '"id"' || true; }
+perm_events() { timeout 10 "$KW" status --json --socket "$SOCK" | grep -o '"perm_events": *[0-9]*' | grep -o '[0-9]*$'; }
+ncontainers() { timeout 10 "$KW" containers --json --socket "$SOCK" | grep -c '"id"' || true; }
 
 # ---------------------------------------------------------------- bundles --
 

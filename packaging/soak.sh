@@ -85,11 +85,11 @@ PY
     PIDS+=($!)
 done
 sleep 5
-S0=$("$KW" status --socket "$W/keyward.sock")
+S0=$("$KW" status --json --socket "$W/keyward.sock")
 RSS_MID=$(rss)
 for p in "${PIDS[@]}"; do wait "$p" || true; done
 sleep 2
-S1=$("$KW" status --socket "$W/keyward.sock")
+S1=$("$KW" status --json --socket "$W/keyward.sock")
 RSS1=$(rss)
 EXPECTED=0
 for i in $(seq "$N"); do EXPECTED=$((EXPECTED + $(cat "$W/c$i/rootfs/tmp/tar-runs" 2>/dev/null || echo 0))); done

@@ -18,11 +18,13 @@
 //! * [`response`]: kill, stop and disconnect.
 //!
 //! [`config`] is read by every stage and imports none; [`daemon`] wires the
-//! stages into threads.
+//! stages into threads; [`cli`] renders what the command line prints for
+//! people.
 
 pub mod alert;
 pub mod answer;
 pub mod attribute;
+pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod hook;

@@ -43,6 +43,9 @@ enum Command {
         socket: Option<PathBuf>,
         #[arg(long)]
         config: Option<PathBuf>,
+        /// JSON instead of tables.
+        #[arg(long)]
+        json: bool,
     },
     /// List the containers the daemon watches.
     Containers {
@@ -50,12 +53,35 @@ enum Command {
         socket: Option<PathBuf>,
         #[arg(long)]
         config: Option<PathBuf>,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// List the rule packs in effect: ids, severity, MITRE ids, archivers
     /// and path patterns.
     Rules {
         #[arg(long)]
         config: Option<PathBuf>,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print recent alerts from the alert file, one per line.
+    Alerts {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The alert file (default: `[alerts] json` of the config).
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// How many of the latest alerts to print.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        lines: usize,
+        /// Keep printing alerts as they are written (follows rotation).
+        #[arg(short, long)]
+        follow: bool,
+        /// The ECS JSON lines as they are, instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Would this command line alert? Why? (No daemon needed.)
     Check {
@@ -105,21 +131,56 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 | keyward::hook::HookOutcome::Deregistered { .. } => {}
             }
         }
-        Command::Status { socket, config } => {
+        Command::Status {
+            socket,
+            config,
+            json,
+        } => {
             let reply = ask(socket_of(socket, config)?, Request::Status)?;
-            println!("{}", serde_json::to_string_pretty(&reply)?);
+            match reply {
+                Reply::Status(r) if !json => print!("{}", keyward::cli::status(&r)),
+                other => println!("{}", serde_json::to_string_pretty(&other)?),
+            }
         }
-        Command::Containers { socket, config } => {
+        Command::Containers {
+            socket,
+            config,
+            json,
+        } => {
             if let Reply::Containers { containers } =
                 ask(socket_of(socket, config)?, Request::Containers)?
             {
-                println!("{}", serde_json::to_string_pretty(&containers)?);
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&containers)?);
+                } else {
+                    print!("{}", keyward::cli::containers(&containers));
+                }
             }
         }
-        Command::Rules { config } => {
+        Command::Rules { config, json } => {
             let cfg = Config::load(config.as_deref())?;
             let rules = keyward::rules::Rules::compile(&cfg.rules)?;
-            println!("{}", serde_json::to_string_pretty(&rules.summaries())?);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rules.summaries())?);
+            } else {
+                print!("{}", keyward::cli::rules(&rules.summaries()));
+            }
+        }
+        Command::Alerts {
+            config,
+            file,
+            lines,
+            follow,
+            json,
+        } => {
+            let path = match file {
+                Some(f) => f,
+                None => Config::load(config.as_deref())?
+                    .alerts
+                    .json
+                    .context("the config has no [alerts] json file; name one with --file")?,
+            };
+            alerts(&path, lines, follow, json)?;
         }
         Command::Check {
             config,
@@ -144,6 +205,68 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `keyward alerts`: the last `n` lines of the alert file, then, with
+/// `follow`, every line appended (reopening the file when it is rotated or
+/// truncated).
+fn alerts(path: &std::path::Path, n: usize, follow: bool, json: bool) -> Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    use std::os::unix::fs::MetadataExt;
+    let open =
+        || std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()));
+    let mut f = open()?;
+    let mut text = String::new();
+    f.read_to_string(&mut text)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    if json {
+        let lines: Vec<&str> = text.lines().collect();
+        for l in &lines[lines.len().saturating_sub(n)..] {
+            println!("{l}");
+        }
+    } else {
+        print!("{}", keyward::cli::alerts(&text, n));
+    }
+    if !follow {
+        return Ok(());
+    }
+    let mut pos = text.len() as u64;
+    let mut ino = f.metadata()?.ino();
+    let mut partial = String::new();
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        // Rotated (a new inode at the path) or truncated: start over.
+        if let Ok(m) = std::fs::metadata(path)
+            && (m.ino() != ino || m.len() < pos)
+            && let Ok(new) = open()
+        {
+            f = new;
+            ino = m.ino();
+            pos = 0;
+            partial.clear();
+        }
+        f.seek(SeekFrom::Start(pos))?;
+        let mut more = String::new();
+        let got = f.read_to_string(&mut more)?;
+        pos += got as u64;
+        partial.push_str(&more);
+        while let Some(i) = partial.find('\n') {
+            let line: String = partial.drain(..=i).collect();
+            let line = line.trim_end();
+            if line.is_empty() {
+                continue;
+            }
+            if json {
+                println!("{line}");
+            } else {
+                let row = match serde_json::from_str::<serde_json::Value>(line) {
+                    Ok(doc) => keyward::cli::alert_row(&doc).join("  "),
+                    Err(e) => format!("unparsable line: {e}"),
+                };
+                println!("{row}");
+            }
+        }
+    }
 }
 
 fn main() -> ExitCode {

@@ -545,7 +545,7 @@ impl Daemon {
             }
             if Instant::now() > deadline {
                 let status = Command::new(KEYWARD)
-                    .args(["status", "--socket"])
+                    .args(["status", "--json", "--socket"])
                     .arg(&self.socket)
                     .output()
                     .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
@@ -572,7 +572,7 @@ impl Daemon {
 
     pub fn status(&self) -> Value {
         let out = Command::new(KEYWARD)
-            .args(["status", "--socket"])
+            .args(["status", "--json", "--socket"])
             .arg(&self.socket)
             .output()
             .unwrap();
