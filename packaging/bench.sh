@@ -2,7 +2,7 @@
 # keyward overhead, measured side by side: watched (hook + daemon) against
 # unwatched (same container, no hook, no daemon), alternating A B A B.
 #
-#   sudo bash packaging/bench.sh
+#   bash packaging/bench.sh       (as root)
 #
 # Knobs (environment): ROUNDS=5 (per arm) EXECS=2000 FILES=10000 OPENS=5000
 # STARTS=20 (start pairs per round: ROUNDS x STARTS pairs) CONTAINERS=50 (kept alive
@@ -63,7 +63,7 @@ say() { echo "bench: $*" >&2; }
 
 [ "$(id -u)" = 0 ] || die "must run as root (runc, fanotify)"
 for t in runc busybox tar gzip date ldd timeout cc awk sort mount; do
-    command -v "$t" >/dev/null || die "missing $t (sudo bash .ci/deps; apt-get install gcc libc6-dev)"
+    command -v "$t" >/dev/null || die "missing $t (as root: bash .ci/deps; apt-get install gcc libc6-dev)"
 done
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)

@@ -7,7 +7,7 @@
 # finding was dropped, no queue overflowed; and it prints the daemon's RSS
 # before and after, the decision latency and the event rate.
 #
-#   sudo bash packaging/soak.sh [CONTAINERS] [SECONDS]
+#   bash packaging/soak.sh [CONTAINERS] [SECONDS]      (as root)
 #
 # Everything runs under timeouts; the daemon it starts is killed by pid;
 # no network is used.
