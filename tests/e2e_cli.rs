@@ -103,6 +103,7 @@ fn status_containers_rules_and_alerts_read_as_tables_and_json() {
     assert_eq!(json.as_array().unwrap().len(), 2);
 
     let alerts = run(&["alerts", "--config", d.config.to_str().unwrap(), "-n", "5"]);
+    eprintln!("{status}\n{table}\n{alerts}");
     assert!(alerts.starts_with("TIME "), "{alerts}");
     let row = alerts
         .lines()
