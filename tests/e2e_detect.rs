@@ -682,3 +682,52 @@ fn an_exec_storm_is_read_a_tick_at_a_time_and_still_judged() {
             && seed_alert(std::slice::from_ref(a), "/root/.ssh/id_rsa").is_some()
     });
 }
+
+#[test]
+fn the_cloud_defend_profile_files_alerts_where_elastics_prebuilt_rule_reads() {
+    if !privileged() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(unique("kw-cd"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let events = dir.join("process.json");
+    let d = Daemon::start_with_alerts(
+        "",
+        &format!("profile = \"cloud_defend\"\nnamespace = \"prod\"\nprocess_events = {events:?}"),
+    );
+    let b = Bundle::new(
+        "kw-cd",
+        &d.socket,
+        "head -c 2000000 /dev/urandom > /app/blob; /usr/bin/tar cf /tmp/c.tar /root/.ssh/id_rsa /app/blob; echo done",
+    );
+    b.run_saying("done");
+    let a = d.wait_alert("cloud_defend alert", |a| {
+        a["container"]["id"] == b.id.as_str()
+    });
+    // What the prebuilt rule asks for: event.kind:alert and
+    // event.module:cloud_defend, on logs-cloud_defend.alerts-*.
+    assert_eq!(a["event"]["kind"], "alert");
+    assert_eq!(a["event"]["module"], "cloud_defend", "{a:#}");
+    assert_eq!(a["data_stream"]["type"], "logs");
+    assert_eq!(a["data_stream"]["dataset"], "cloud_defend.alerts");
+    assert_eq!(a["data_stream"]["namespace"], "prod");
+    assert_eq!(a["event"]["dataset"], "cloud_defend.alerts");
+    assert!(a["message"].as_str().unwrap().contains("/root/.ssh/id_rsa"));
+    // The process events go where the seed EQL (logs-cloud_defend*) reads.
+    wait_until(
+        Duration::from_secs(10),
+        || "no process event for tar".into(),
+        || {
+            std::fs::read_to_string(&events).is_ok_and(|t| {
+                t.lines()
+                    .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                    .any(|e| {
+                        e["process"]["name"] == "tar"
+                            && e["data_stream"]["dataset"] == "cloud_defend.process"
+                            && e["event"]["module"] == "cloud_defend"
+                    })
+            })
+        },
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
