@@ -41,6 +41,22 @@ impl Drop for Sleeper {
     }
 }
 
+/// A registered container with this mount namespace, known by a cgroup
+/// no process here is in.
+fn view(mnt_ns: u64) -> keyward::watch::index::ContainerView {
+    keyward::watch::index::ContainerView {
+        reference: Default::default(),
+        action: keyward::config::Action::Alert,
+        init_pid: 0,
+        init_start: 0,
+        pid_ns: 1,
+        mnt_ns,
+        net_ns: 3,
+        cgroup: Some("0::/not-this-one".into()),
+        annotations: Default::default(),
+    }
+}
+
 fn bench(c: &mut Criterion) {
     let child = Command::new("sleep")
         .arg("600")
@@ -76,20 +92,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| black_box(procfs::pid_ns_chain(black_box(pid))))
     });
     let index = std::sync::RwLock::new(keyward::watch::index::MarkIndex::default());
-    index.write().unwrap().insert(
-        keyward::watch::index::ContainerView {
-            reference: Default::default(),
-            action: keyward::config::Action::Alert,
-            init_pid: 0,
-            init_start: 0,
-            pid_ns: 1,
-            mnt_ns: 2,
-            net_ns: 3,
-            cgroup: Some("0::/not-this-one".into()),
-            annotations: Default::default(),
-        },
-        &[],
-    );
+    index.write().unwrap().insert(view(2), &[]);
     g.bench_function("container_of_outsider", |b| {
         b.iter(|| {
             black_box(keyward::attribute::container::container_of(
@@ -99,20 +102,10 @@ fn bench(c: &mut Criterion) {
         })
     });
     let member = std::sync::RwLock::new(keyward::watch::index::MarkIndex::default());
-    member.write().unwrap().insert(
-        keyward::watch::index::ContainerView {
-            reference: Default::default(),
-            action: keyward::config::Action::Alert,
-            init_pid: 0,
-            init_start: 0,
-            pid_ns: 1,
-            mnt_ns: procfs::ns_inode(pid, "mnt").unwrap(),
-            net_ns: 3,
-            cgroup: Some("0::/not-this-one".into()),
-            annotations: Default::default(),
-        },
-        &[],
-    );
+    member
+        .write()
+        .unwrap()
+        .insert(view(procfs::ns_inode(pid, "mnt").unwrap()), &[]);
     g.bench_function("container_of_member", |b| {
         b.iter(|| {
             black_box(keyward::attribute::container::container_of(

@@ -591,23 +591,9 @@ fn a_flood_of_repeats_cannot_hide_a_new_credential_and_the_summary_reaches_syslo
         s["keyward"]["processes"]["tar"].as_u64().unwrap_or(0) >= 60,
         "{s:#}"
     );
-    wait_until(
-        std::time::Duration::from_secs(5),
-        || {
-            format!(
-                "no syslog summary: {:#?}",
-                d.syslog.messages.lock().unwrap()
-            )
-        },
-        || {
-            d.syslog
-                .messages
-                .lock()
-                .unwrap()
-                .iter()
-                .any(|m| m.contains("keyward.rate-limit") && m.contains(b.id.as_str()))
-        },
-    );
+    d.syslog.wait_for("(the rate-limit summary)", |m| {
+        m.contains("keyward.rate-limit") && m.contains(b.id.as_str())
+    });
 }
 
 #[test]
@@ -698,23 +684,9 @@ fn a_slow_file_list_alerts_within_a_second_then_updates_one_run_until_it_closes(
     assert_eq!(added.len(), 20, "every key is added once: {added:?}");
     let last = run.last().unwrap();
     assert_eq!(last["keyward"]["files"].as_array().unwrap().len(), 20);
-    wait_until(
-        Duration::from_secs(5),
-        || {
-            format!(
-                "the close never reached syslog: {:#?}",
-                d.syslog.messages.lock().unwrap()
-            )
-        },
-        || {
-            d.syslog
-                .messages
-                .lock()
-                .unwrap()
-                .iter()
-                .any(|m| m.contains(&id) && m.contains("run closed"))
-        },
-    );
+    d.syslog.wait_for("(the run's close)", |m| {
+        m.contains(&id) && m.contains("run closed")
+    });
     let _ = child.wait();
 }
 
@@ -765,20 +737,9 @@ fn a_stalled_decision_is_released_and_the_health_alert_reaches_syslog() {
             })
         },
     );
-    wait_until(
-        Duration::from_secs(5),
-        || {
-            format!(
-                "no health alert in syslog: {:#?}",
-                d.syslog.messages.lock().unwrap()
-            )
-        },
-        || {
-            d.syslog.messages.lock().unwrap().iter().any(|m| {
-                m.contains("coverage degraded") && m.contains("stalled decisions released")
-            })
-        },
-    );
+    d.syslog.wait_for("(the health alert)", |m| {
+        m.contains("coverage degraded") && m.contains("stalled decisions released")
+    });
     assert!(d.status()["stats"]["deadline_releases"].as_u64() >= Some(1));
     // Still answering: the next container's archiver alerts.
     let b2 = Bundle::new(

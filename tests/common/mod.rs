@@ -332,6 +332,22 @@ impl Syslog {
     }
 }
 
+impl Syslog {
+    /// Wait up to 5 s for a message that `pred` accepts.
+    pub fn wait_for(&self, what: &str, pred: impl Fn(&str) -> bool) {
+        wait_until(
+            Duration::from_secs(5),
+            || {
+                format!(
+                    "no syslog message {what}: {:#?}",
+                    self.messages.lock().unwrap()
+                )
+            },
+            || self.messages.lock().unwrap().iter().any(|m| pred(m)),
+        );
+    }
+}
+
 /// A running daemon, killed on drop.
 pub struct Daemon {
     pub dir: PathBuf,
