@@ -349,6 +349,18 @@ fn host_files_are_never_marked() {
             );
         }
     }
+    // The permission group (FAN_CLASS_CONTENT) has an unbounded queue:
+    // the kernel allows a permission event it cannot queue.
+    let flags = d.fanotify_flags();
+    let content = flags
+        .iter()
+        .find(|f| *f & 0xc == libc::FAN_CLASS_CONTENT)
+        .unwrap_or_else(|| panic!("no permission group among {flags:x?}"));
+    assert_ne!(
+        content & libc::FAN_UNLIMITED_QUEUE,
+        0,
+        "bounded queue: {content:x}"
+    );
     let mut child = child;
     let _ = child.wait();
 }

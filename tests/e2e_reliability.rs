@@ -752,3 +752,58 @@ fn a_stalled_decision_is_released_and_the_health_alert_reaches_syslog() {
         a["container"]["id"] == b2.id.as_str()
     });
 }
+
+#[test]
+fn a_root_process_in_a_container_that_sees_the_control_socket_is_refused() {
+    if !privileged() {
+        return;
+    }
+    let d = Daemon::start("");
+    // The victim: watched, running.
+    let victim = Bundle::new("kw-victim", &d.socket, "sleep 30");
+    let mut victim_run = victim.spawn();
+    d.wait_registered(1);
+    // The attacker: the daemon's directory bind-mounted in by mistake,
+    // keyward's own binary inside, root.
+    let script = format!(
+        "keyward status --json --socket /kw/keyward.sock; echo \"status rc=$?\"
+         echo '{{\"ociVersion\":\"1.0.2\",\"id\":\"{}\",\"status\":\"stopped\",\"bundle\":\"/\"}}' | keyward hook --socket /kw/keyward.sock; echo \"deregister rc=$?\"",
+        victim.id
+    );
+    let mut attacker = Bundle::new("kw-attacker", &d.socket, &script);
+    copy_with_libs(KEYWARD, &attacker.rootfs, "/usr/bin/keyward");
+    attacker.config["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"destination": "/kw", "type": "bind", "source": d.dir, "options": ["rbind", "rw"]}));
+    let out = attacker.run();
+    let said = text(&out);
+    assert!(said.contains("status rc=1"), "status was answered: {said}");
+    // A poststop hook's failure is only a warning (the container is gone
+    // anyway); the daemon refused it.
+    assert!(
+        said.lines()
+            .any(|l| l.contains("deregistering") && l.contains("refused")),
+        "deregistration was not refused: {said}"
+    );
+    assert!(
+        said.contains("refused: peer pid"),
+        "the refusal is not said: {said}"
+    );
+    // The victim is still watched.
+    let listed = Command::new(KEYWARD)
+        .args(["containers", "--json", "--socket"])
+        .arg(&d.socket)
+        .output()
+        .unwrap();
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["id"] == victim.id.as_str()),
+        "the victim was deregistered: {listed:#}"
+    );
+    stop_wrapped(&mut victim_run);
+}

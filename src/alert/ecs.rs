@@ -189,6 +189,14 @@ impl Degradation {
 
     /// An ECS alert saying coverage was degraded, with the counts.
     pub fn to_ecs(&self, hostname: &str) -> Value {
+        // An overflow means the kernel dropped events: for the permission
+        // group, opens it allowed unjudged. That is critical; the rest is
+        // high.
+        let (severity, risk) = if self.overflows > 0 {
+            ("critical", 99)
+        } else {
+            ("high", 73)
+        };
         json!({
             "@timestamp": rfc3339(SystemTime::now()),
             "message": format!(
@@ -203,11 +211,12 @@ impl Degradation {
                 "category": ["host"],
                 "type": ["info"],
                 "action": "coverage-degraded",
-                "severity": 73,
+                "severity": risk,
+                "risk_score": risk,
             },
             "rule": {"id": "keyward.health.degraded-coverage", "name": "keyward Coverage Degraded"},
             "host": {"hostname": hostname},
-            "keyward": {"health": self},
+            "keyward": {"health": self, "severity": severity},
         })
     }
 }

@@ -46,6 +46,39 @@ pub enum ControlError {
 /// Something that answers requests.
 pub trait Handler: Send + Sync + 'static {
     fn handle(&self, req: Request) -> Reply;
+
+    /// Why the peer `pid` may not talk to the daemon, if it may not
+    /// (beyond being root, which the socket checks first).
+    fn refuse(&self, pid: i32) -> Option<String> {
+        foreign_namespaces(pid)
+    }
+}
+
+/// Why a root peer is refused for its namespaces, if it is: it must share
+/// the daemon's pid namespace and be in the daemon's or the host's mount
+/// namespace (a DaemonSet's daemon has its pod's; the hook runs in the
+/// engine's, the host's). A container's root is uid 0 too, so uid alone
+/// lets a socket bind-mounted into a container by mistake register,
+/// deregister and read; its own pid or mount namespace gives it away.
+pub fn foreign_namespaces(pid: i32) -> Option<String> {
+    use crate::attribute::procfs::ns_inode;
+    let me = std::process::id() as i32;
+    let ns = |p: i32, kind| ns_inode(p, kind).ok();
+    let Some(pid_ns) = ns(pid, "pid") else {
+        return Some(format!("peer pid {pid}: its namespaces cannot be read"));
+    };
+    if Some(pid_ns) != ns(me, "pid") {
+        return Some(format!(
+            "peer pid {pid} is in another pid namespace than the daemon's (a container's?)"
+        ));
+    }
+    let mnt = ns(pid, "mnt");
+    if mnt.is_none() || (mnt != ns(me, "mnt") && mnt != ns(1, "mnt")) {
+        return Some(format!(
+            "peer pid {pid} is in another mount namespace than the daemon's or the host's (a container's?)"
+        ));
+    }
+    None
 }
 
 /// Tell systemd we are ready, natively, if it is listening.
@@ -104,16 +137,19 @@ fn serve_one<H: Handler>(stream: UnixStream, handler: &H) {
     let _ = stream.set_read_timeout(Some(CLIENT_TIMEOUT));
     let _ = stream.set_write_timeout(Some(CLIENT_TIMEOUT));
     let reply = match getsockopt(&stream, PeerCredentials) {
-        Ok(cred) if cred.uid() == 0 => {
-            match protocol::read_line(&mut BufReader::new(&stream))
+        Ok(cred) if cred.uid() == 0 => match handler.refuse(cred.pid()) {
+            Some(why) => Reply::Error {
+                message: format!("refused: {why}"),
+            },
+            None => match protocol::read_line(&mut BufReader::new(&stream))
                 .and_then(|l| protocol::parse_request(&l))
             {
                 Ok(req) => handler.handle(req),
                 Err(e) => Reply::Error {
                     message: format!("bad request: {e}"),
                 },
-            }
-        }
+            },
+        },
         Ok(cred) => Reply::Error {
             message: format!("peer uid {} (pid {}) is not root", cred.uid(), cred.pid()),
         },
@@ -251,6 +287,13 @@ mod tests {
                 },
             }
         }
+    }
+
+    #[test]
+    fn peers_in_the_daemons_namespaces_pass_and_vanished_ones_do_not() {
+        assert_eq!(foreign_namespaces(std::process::id() as i32), None);
+        let gone = foreign_namespaces(i32::MAX).unwrap();
+        assert!(gone.contains("cannot be read"), "{gone}");
     }
 
     /// A socket under a fresh temp dir, served by `handler` on a thread

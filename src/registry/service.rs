@@ -93,6 +93,19 @@ impl Service {
 }
 
 impl Handler for Service {
+    /// A peer in another namespace, or one of a watched container's
+    /// processes, is refused whatever its uid.
+    fn refuse(&self, pid: i32) -> Option<String> {
+        super::control::foreign_namespaces(pid).or_else(|| {
+            self.ctx.container_of(pid).map(|v| {
+                format!(
+                    "peer pid {pid} is a process of watched container {}",
+                    v.reference.id
+                )
+            })
+        })
+    }
+
     fn handle(&self, req: Request) -> Reply {
         match req {
             Request::Register(r) => {

@@ -318,8 +318,17 @@ impl Group {
     }
 
     /// The permission group for credential opens.
+    ///
+    /// Its queue is unbounded: a permission event the kernel cannot queue
+    /// is dropped *and the access allowed*, with an overflow event as the
+    /// only trace. Each queued permission event holds its opener blocked,
+    /// so the queue is bounded by the processes that can block on it, not
+    /// by a count the kernel would overflow silently.
     pub fn permission() -> Result<Self, WatchError> {
-        Self::init("permission", InitFlags::FAN_CLASS_CONTENT)
+        Self::init(
+            "permission",
+            InitFlags::FAN_CLASS_CONTENT | InitFlags::FAN_UNLIMITED_QUEUE,
+        )
     }
 
     /// The notification group for execs.

@@ -433,6 +433,23 @@ impl Daemon {
         );
     }
 
+    /// The init flags of each fanotify group the daemon holds, as its
+    /// `/proc/<pid>/fdinfo` shows them (`fanotify flags:<hex>`).
+    pub fn fanotify_flags(&self) -> Vec<u32> {
+        let pid = self.pid();
+        fs::read_dir(format!("/proc/{pid}/fdinfo"))
+            .unwrap()
+            .flatten()
+            .filter_map(|fd| {
+                let info = fs::read_to_string(fd.path()).ok()?;
+                let hex = info
+                    .lines()
+                    .find_map(|l| l.strip_prefix("fanotify flags:"))?;
+                u32::from_str_radix(hex.split_whitespace().next()?, 16).ok()
+            })
+            .collect()
+    }
+
     /// Inode numbers of every fanotify inode mark the daemon holds, read
     /// from its `/proc/<pid>/fdinfo`.
     pub fn marked_inodes(&self) -> Vec<u64> {

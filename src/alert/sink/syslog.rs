@@ -257,6 +257,13 @@ impl SyslogSink {
             .as_str()
             .unwrap_or("keyward notice")
             .to_string();
+        // Dropped kernel events (a critical health alert) are worth a
+        // page; other notices are warnings.
+        let level = if doc["keyward"]["severity"] == "critical" {
+            Severity::LOG_CRIT
+        } else {
+            Severity::LOG_WARNING
+        };
         let mut out = Vec::new();
         let r = match &self.format {
             Format::R5424(f) => {
@@ -272,11 +279,11 @@ impl SyslogSink {
                     }
                 }
                 sd.insert(SD_ID.into(), params);
-                f.format(&mut out, Severity::LOG_WARNING, (1u32, sd, message.clone()))
+                f.format(&mut out, level, (1u32, sd, message.clone()))
             }
             Format::R3164(f) => f.format(
                 &mut out,
-                Severity::LOG_WARNING,
+                level,
                 format!(
                     "{message} {}",
                     serde_json::to_string(doc).unwrap_or_default()
@@ -299,6 +306,34 @@ impl SyslogSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dropped_kernel_events_are_a_critical_notice() {
+        let sink = SyslogSink::new(&crate::config::SyslogConfig::default(), "h".into());
+        let lost = crate::alert::Degradation {
+            overflows: 1,
+            ..Default::default()
+        }
+        .to_ecs("h");
+        assert_eq!(lost["keyward"]["severity"], "critical");
+        assert_eq!(lost["event"]["risk_score"], 99);
+        let stalled = crate::alert::Degradation {
+            deadline_releases: 1,
+            ..Default::default()
+        }
+        .to_ecs("h");
+        assert_eq!(stalled["keyward"]["severity"], "high");
+        // authpriv (10): <82> is crit, <84> warning.
+        let pri = |doc| {
+            String::from_utf8_lossy(&sink.render_notice(doc))
+                .split('>')
+                .next()
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(pri(&lost), "<82");
+        assert_eq!(pri(&stalled), "<84");
+    }
 
     #[test]
     fn tcp_peer_that_closed_is_detected_before_a_record_is_lost() {
