@@ -39,6 +39,8 @@ use crate::registry::service::Service;
 use crate::registry::store::{Registry, RegistryError};
 use crate::watch::fanotify::{Group, WatchError};
 
+/// How often the rescan thread looks for rescans that are due.
+const RESCAN_TICK: Duration = Duration::from_millis(20);
 /// How often exited containers are reaped (a fallback to the reaper).
 const REAP_EVERY: Duration = Duration::from_secs(2);
 
@@ -161,18 +163,29 @@ fn spawn_intake(
     let (d, s) = (daemon.clone(), stop.clone());
     let control = spawn("keyward-control", move || {
         let ticker = d.clone();
-        let (mut last_reap, mut last_periodic) = (Instant::now(), Instant::now());
+        let mut last_reap = Instant::now();
         control::serve(listener, d, &s, move || {
             if last_reap.elapsed() >= REAP_EVERY {
                 ticker.registrar.reap();
                 last_reap = Instant::now();
             }
-            ticker.registrar.run_rescans(&mut last_periodic);
         })
+    })?;
+    // Rescans run on their own thread, never on the one that accepts
+    // registrations: a container churning its credential directories
+    // must not delay another's start.
+    let (d, s) = (daemon.clone(), stop.clone());
+    let rescans = spawn("keyward-rescan", move || {
+        let mut last_periodic = Instant::now();
+        while !s.load(Ordering::Relaxed) {
+            d.registrar.run_rescans(&mut last_periodic);
+            std::thread::sleep(RESCAN_TICK);
+        }
     })?;
     let (d, s) = (daemon.clone(), stop.clone());
     let mut threads = vec![
         control,
+        rescans,
         spawn("keyward-reaper", move || d.registrar.follow_exits(&s))?,
     ];
     if let Some(create) = create {

@@ -8,7 +8,7 @@
 //! ([`super::store`]), all before the hook is answered: nothing in the
 //! container runs unwatched.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -103,6 +103,9 @@ pub struct Registrar {
     /// Containers whose filesystem cannot report creations: rescanned
     /// every [`PERIODIC_RESCAN`] instead.
     periodic: Mutex<BTreeSet<String>>,
+    /// Per container: held while it is rescanned or marked on a create,
+    /// outside the registry lock.
+    busy: Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
 
 impl Registrar {
@@ -114,6 +117,7 @@ impl Registrar {
             rescans: Mutex::new(BTreeMap::new()),
             create_budget: Default::default(),
             periodic: Mutex::new(BTreeSet::new()),
+            busy: Mutex::new(HashMap::new()),
         }
     }
 
@@ -293,6 +297,10 @@ impl Registrar {
             .remove(id);
         self.ctx.identities.forget(id);
         self.create_budget.forget(id);
+        self.busy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
     }
 
     fn note_coverage(&self, id: &str, report: &InstallReport) {
@@ -319,15 +327,17 @@ impl Registrar {
 
     /// Re-expand a container's patterns and mark what is new.
     fn rescan(&self, id: &str) {
-        let mut reg = self.registry();
-        let Some(mut rec) = reg.get(id).cloned() else {
+        let lock = self.container_lock(id);
+        let _own = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(mut rec) = self.live_record(id) else {
             return;
         };
-        if !rec.alive() {
-            return;
-        }
         let before = rec.placed.marks.len();
-        match self.install(&reg, &mut rec) {
+        // The expansion runs without the registry lock: a container whose
+        // credential directories churn must not hold up another's
+        // registration (the rescan of 1,000 homes took the lock for
+        // hundreds of milliseconds at a time).
+        match self.place(&mut rec) {
             Ok(report) => {
                 if rec.placed.marks.len() != before {
                     log(format!(
@@ -337,13 +347,57 @@ impl Registrar {
                 }
                 self.ctx.stats.rescans.fetch_add(1, Ordering::Relaxed);
                 self.note_coverage(id, &report);
-                reg.insert(rec);
-                if let Err(e) = reg.save() {
+                let mut reg = self.registry();
+                if self.keep(&mut reg, rec)
+                    && let Err(e) = reg.save()
+                {
                     log(e.to_string());
                 }
             }
-            Err(e) => log(format!("rescan of container {id} failed: {e}")),
+            Err(e) => {
+                log(format!("rescan of container {id} failed: {e}"));
+                let mut reg = self.registry();
+                self.keep(&mut reg, rec);
+            }
         }
+    }
+
+    /// The lock that lets one rescan or create-time marking of a container
+    /// run at a time (two would each put back their own copy of its
+    /// record, and one copy's marks would be forgotten).
+    fn container_lock(&self, id: &str) -> Arc<Mutex<()>> {
+        self.busy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(id.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// A copy of `id`'s record, if its init still runs.
+    fn live_record(&self, id: &str) -> Option<ContainerRecord> {
+        let rec = self.registry().get(id).cloned()?;
+        rec.alive().then_some(rec)
+    }
+
+    /// Put back a record updated outside the registry lock, if it is still
+    /// the registration it was copied from. If the container went (or was
+    /// registered anew) meanwhile, what this pass marked is taken out
+    /// again, as a deregistration would have; false then.
+    fn keep(&self, reg: &mut Registry, rec: ContainerRecord) -> bool {
+        let same = reg.get(&rec.id).is_some_and(|cur| {
+            cur.start_time_ticks == rec.start_time_ticks && cur.registered_at == rec.registered_at
+        });
+        if same {
+            reg.insert(rec);
+            return true;
+        }
+        if reg.get(&rec.id).is_none() {
+            let orphaned = self.orphaned(reg, &rec);
+            marks::remove(self.groups.borrow(), &rec.placed, root_of(&rec), &orphaned);
+            self.unindex(&rec.id);
+        }
+        false
     }
 
     /// Mark at once what a create event in container `id` may have made
@@ -352,13 +406,11 @@ impl Registrar {
     /// those). An archiver that starts right after `mkdir -p ~/.ssh` then
     /// races one expansion, not the 100 ms debounce.
     fn mark_now(&self, id: &str) {
-        let mut reg = self.registry();
-        let Some(mut rec) = reg.get(id).cloned() else {
+        let lock = self.container_lock(id);
+        let _own = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(mut rec) = self.live_record(id) else {
             return;
         };
-        if !rec.alive() {
-            return;
-        }
         let policy = self.ctx.policy();
         let Ok((root, _)) = resolve::container_root(rec.pid, &rec.rootfs) else {
             return;
@@ -379,7 +431,7 @@ impl Registrar {
             );
             if let Err(e) = placed {
                 log(format!("marking container {id} on a create failed: {e}"));
-                return;
+                break;
             }
             if rec.placed.create_marks.len() <= dirs_before {
                 break;
@@ -391,7 +443,8 @@ impl Registrar {
                 rec.placed.marks.len()
             ));
         }
-        reg.insert(rec);
+        let mut reg = self.registry();
+        self.keep(&mut reg, rec);
     }
 
     /// The live containers whose rootfs is on the filesystem `fsid`.
