@@ -566,15 +566,10 @@ impl Follow {
             .ok()
             .filter(|p| p.stat.start_time_ticks == t.source_start && !p.args.is_empty());
         let p = match live {
-            // By `comm`, as the reader was described: a busybox applet's
-            // executable is busybox.
-            Some(p) => {
-                let name = p.comm.to_string_lossy().into_owned();
-                ProcessInfo {
-                    name,
-                    ..p.complete()
-                }
-            }
+            // Named as the reader was described (`RawProcess::ecs_name`):
+            // a busybox applet's executable is busybox, and its `comm` is
+            // `exe` when busybox sh ran it through /proc/self/exe.
+            Some(p) => p.complete(),
             None => {
                 let readers = self.readers.lock().unwrap_or_else(|e| e.into_inner());
                 let Some(r) = readers
