@@ -83,6 +83,15 @@ fn list(items: &[String], max: usize) -> String {
     s
 }
 
+/// A two-column table of named counts.
+fn counts(title: &str, rows: &[(&str, u64)]) -> String {
+    let mut t = Table::new(&[title, "count"]);
+    for (name, v) in rows {
+        t.row(vec![name.to_string(), v.to_string()]);
+    }
+    t.render()
+}
+
 /// `keyward status`: the daemon, then what it counted, then the sinks and
 /// exceptions.
 pub fn status(r: &StatusReport) -> String {
@@ -113,34 +122,32 @@ pub fn status(r: &StatusReport) -> String {
         ]);
     out.push_str(&t.render());
     out.push('\n');
-    let mut t = Table::new(&["events", "count"]);
-    for (name, v) in [
-        ("permission events", s.perm_events),
-        ("allowed", s.allowed),
-        ("denied", s.denied),
-        ("exec events", s.exec_events),
-        ("findings", s.findings),
-        ("followed readers", s.followed),
-        ("derived credentials", s.derived),
-        ("pipes tainted", s.pipes_tainted),
-        ("rescans", s.rescans),
-    ] {
-        t.row(vec![name.into(), v.to_string()]);
-    }
-    out.push_str(&t.render());
+    out.push_str(&counts(
+        "events",
+        &[
+            ("permission events", s.perm_events),
+            ("allowed", s.allowed),
+            ("denied", s.denied),
+            ("exec events", s.exec_events),
+            ("findings", s.findings),
+            ("followed readers", s.followed),
+            ("derived credentials", s.derived),
+            ("pipes tainted", s.pipes_tainted),
+            ("rescans", s.rescans),
+        ],
+    ));
     out.push('\n');
-    let mut t = Table::new(&["degraded coverage", "count"]);
-    for (name, v) in [
-        ("watchdog releases", s.deadline_releases),
-        ("fanotify overflows", s.overflows),
-        ("findings dropped", s.queue_drops),
-        ("parse errors", s.parse_errors),
-        ("decision panics", s.panics),
-        ("exec probes too late", s.exec_unsettled),
-    ] {
-        t.row(vec![name.into(), v.to_string()]);
-    }
-    out.push_str(&t.render());
+    out.push_str(&counts(
+        "degraded coverage",
+        &[
+            ("watchdog releases", s.deadline_releases),
+            ("fanotify overflows", s.overflows),
+            ("findings dropped", s.queue_drops),
+            ("parse errors", s.parse_errors),
+            ("decision panics", s.panics),
+            ("exec probes too late", s.exec_unsettled),
+        ],
+    ));
     if !r.sinks.is_empty() {
         out.push('\n');
         let mut t = Table::new(&[
