@@ -152,8 +152,12 @@ impl Alert {
                 }
             }
         }
-        // An open carries fresher attribution than an exec seen earlier.
-        if self.process.args.is_empty() && !f.process.args.is_empty() {
+        // An open carries fresher attribution than an exec seen earlier;
+        // and a process that exec'd since it was first described (a
+        // pipeline member found while it was still its shell's fork) is
+        // named by what it runs now.
+        let execd = !f.process.exe.is_empty() && f.process.exe != self.process.exe;
+        if !f.process.args.is_empty() && (self.process.args.is_empty() || execd) {
             self.process = f.process;
         }
     }

@@ -218,6 +218,27 @@ mod tests {
     }
 
     #[test]
+    fn a_run_is_named_by_what_its_process_runs_after_an_exec() {
+        let mut agg = Aggregator::new(Duration::ZERO, 8);
+        let t0 = Instant::now();
+        // First seen as its shell's fork (a pipeline member before exec)...
+        let mut fork = open(9, 1, "/root/.ssh/id_rsa");
+        fork.process.name = "sh".into();
+        fork.process.exe = "/bin/busybox".into();
+        fork.process.args = vec!["/bin/sh".into(), "-c".into(), "cat k | gzip".into()];
+        agg.add(fork, t0);
+        // ...then as the gzip it exec'd.
+        let mut gz = open(9, 1, "/root/.ssh/id_rsa");
+        gz.process.name = "gzip".into();
+        gz.process.exe = "/usr/bin/gzip".into();
+        gz.process.args = vec!["/usr/bin/gzip".into(), "-c".into()];
+        agg.add(gz, t0);
+        let a = agg.drain_due(t0, true, &gone).pop().unwrap();
+        assert_eq!(a.process.name, "gzip");
+        assert_eq!(a.files.len(), 1);
+    }
+
+    #[test]
     fn reused_pid_with_new_start_time_is_a_new_run() {
         let mut agg = Aggregator::new(Duration::ZERO, 64);
         let t0 = Instant::now();
