@@ -415,9 +415,11 @@ const EQL_CASES: &[(&str, &str, &str)] = &[
         "/usr/bin/zip -q /tmp/10.zip /home/alice/.aws/credentials /app/blob",
         "/home/alice/.aws/credentials",
     ),
-    // The wrapper stays alive beside tar: matched through process.args.
+    // busybox's timeout execs the command itself (its watcher is the
+    // child), so the wrapper's own start event lives microseconds and is
+    // often not seen: what matches is tar's.
     (
-        "via-args",
+        "timeout-wrapper",
         "timeout 10 tar cf /tmp/11.tar /root/.bash_history /app/blob",
         "/root/.bash_history",
     ),
@@ -516,11 +518,6 @@ fn the_seed_eql_run_by_a_real_eql_engine_matches_the_seed_cases_only() {
         "{busybox_tar:#}"
     );
     assert_eq!(busybox_tar["process"]["name"], "tar", "{busybox_tar:#}");
-    let wrapper = matched
-        .iter()
-        .find(|e| args_of(e).first().is_some_and(|a| a == "timeout"))
-        .unwrap_or_else(|| panic!("the timeout wrapper was not matched: {matched:#?}"));
-    assert_eq!(wrapper["process"]["name"], "timeout", "{wrapper:#}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
