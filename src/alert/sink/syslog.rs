@@ -206,40 +206,52 @@ impl SyslogSink {
         } else {
             Severity::LOG_WARNING
         };
+        let (rule_id, _) = alert.rule();
+        let mut params = std::collections::BTreeMap::new();
+        params.insert("container_id".into(), alert.container.id.clone());
+        params.insert("pid".into(), alert.process.pid.to_string());
+        params.insert("process".into(), alert.process.name.clone());
+        params.insert("executable".into(), alert.process.exe.clone());
+        if let Some(p) = doc["file"]["path"].as_str() {
+            params.insert("file".into(), p.to_string());
+        }
+        params.insert("rule".into(), rule_id.to_string());
+        params.insert("action".into(), alert.action.as_str().to_string());
+        params.insert(
+            "outcome".into(),
+            doc["event"]["outcome"].as_str().unwrap_or("").to_string(),
+        );
+        self.format(severity, params, alert.message(), doc)
+    }
+
+    /// One record in the configured format: `message` with `params` as
+    /// structured data (5424), or with the ECS JSON `doc` (3164, which has
+    /// no structured data); the bare message if formatting fails.
+    fn format(
+        &self,
+        severity: Severity,
+        params: std::collections::BTreeMap<String, String>,
+        message: String,
+        doc: &Value,
+    ) -> Vec<u8> {
         let mut out = Vec::new();
         let r = match &self.format {
             Format::R5424(f) => {
                 let mut sd = StructuredData::new();
-                let mut params = std::collections::BTreeMap::new();
-                let (rule_id, _) = alert.rule();
-                params.insert("container_id".into(), alert.container.id.clone());
-                params.insert("pid".into(), alert.process.pid.to_string());
-                params.insert("process".into(), alert.process.name.clone());
-                params.insert("executable".into(), alert.process.exe.clone());
-                if let Some(p) = doc["file"]["path"].as_str() {
-                    params.insert("file".into(), p.to_string());
-                }
-                params.insert("rule".into(), rule_id.to_string());
-                params.insert("action".into(), alert.action.as_str().to_string());
-                params.insert(
-                    "outcome".into(),
-                    doc["event"]["outcome"].as_str().unwrap_or("").to_string(),
-                );
                 sd.insert(SD_ID.into(), params);
-                f.format(&mut out, severity, (1u32, sd, alert.message()))
+                f.format(&mut out, severity, (1u32, sd, message.clone()))
             }
             Format::R3164(f) => f.format(
                 &mut out,
                 severity,
                 format!(
-                    "{} {}",
-                    alert.message(),
+                    "{message} {}",
                     serde_json::to_string(doc).unwrap_or_default()
                 ),
             ),
         };
         if r.is_err() {
-            out = alert.message().into_bytes();
+            out = message.into_bytes();
         }
         out
     }
@@ -264,36 +276,17 @@ impl SyslogSink {
         } else {
             Severity::LOG_WARNING
         };
-        let mut out = Vec::new();
-        let r = match &self.format {
-            Format::R5424(f) => {
-                let mut sd = StructuredData::new();
-                let mut params = std::collections::BTreeMap::new();
-                for (key, value) in [
-                    ("rule", &doc["rule"]["id"]),
-                    ("container_id", &doc["container"]["id"]),
-                    ("action", &doc["event"]["action"]),
-                ] {
-                    if let Some(v) = value.as_str() {
-                        params.insert(key.into(), v.to_string());
-                    }
-                }
-                sd.insert(SD_ID.into(), params);
-                f.format(&mut out, level, (1u32, sd, message.clone()))
+        let mut params = std::collections::BTreeMap::new();
+        for (key, value) in [
+            ("rule", &doc["rule"]["id"]),
+            ("container_id", &doc["container"]["id"]),
+            ("action", &doc["event"]["action"]),
+        ] {
+            if let Some(v) = value.as_str() {
+                params.insert(key.into(), v.to_string());
             }
-            Format::R3164(f) => f.format(
-                &mut out,
-                level,
-                format!(
-                    "{message} {}",
-                    serde_json::to_string(doc).unwrap_or_default()
-                ),
-            ),
-        };
-        if r.is_err() {
-            out = message.into_bytes();
         }
-        out
+        self.format(level, params, message, doc)
     }
 
     /// Deliver a notice (see [`SyslogSink::render_notice`]).
