@@ -272,6 +272,7 @@ pub struct Config {
     /// Known-good archiving to tune out; see [`crate::rules::exceptions`].
     pub exceptions: Vec<ExceptionConfig>,
     pub metrics: MetricsConfig,
+    pub engines: EnginesConfig,
 }
 
 impl Default for Config {
@@ -284,6 +285,26 @@ impl Default for Config {
             rules: RulesConfig::default(),
             exceptions: Vec::new(),
             metrics: MetricsConfig::default(),
+            engines: EnginesConfig::default(),
+        }
+    }
+}
+
+/// Where keyward finds what an engine knows about a container beyond its
+/// OCI spec (see [`crate::registry::enrich`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnginesConfig {
+    /// Docker data roots (`dockerd --data-root`), searched in order for
+    /// `containers/<id>/config.v2.json`, which holds a container's name
+    /// and image. Docker's OCI spec carries neither.
+    pub docker_roots: Vec<PathBuf>,
+}
+
+impl Default for EnginesConfig {
+    fn default() -> Self {
+        Self {
+            docker_roots: vec![PathBuf::from("/var/lib/docker")],
         }
     }
 }
@@ -705,7 +726,11 @@ impl Config {
 
     fn validate_paths(&self) -> Result<(), ConfigError> {
         absolute("socket", &self.socket)?;
-        absolute("daemon.runtime_dir", &self.daemon.runtime_dir)
+        absolute("daemon.runtime_dir", &self.daemon.runtime_dir)?;
+        for root in &self.engines.docker_roots {
+            absolute("engines.docker_roots", root)?;
+        }
+        Ok(())
     }
 }
 

@@ -22,6 +22,21 @@
 //! another container is never taken. containers/storage replaces these files
 //! by rename, so reading them without its lock sees a whole version.
 //!
+//! Docker (through containerd) hands the runtime a bundle in containerd's
+//! task directory, `<containerd state>/io.containerd.runtime.v2.task/moby/<id>`,
+//! and its spec has no name or image either. Docker keeps both in its data
+//! root, which nothing in the bundle names:
+//!
+//! ```text
+//! <data-root>/containers/<id>/config.v2.json   {"ID", "Name": "/web", "Config": {"Image": "app:1"}, "Image": "sha256:…"}
+//! ```
+//!
+//! [`docker_lookup`] reads that file under each configured data root
+//! (`engines.docker_roots`, default `/var/lib/docker`), only for a full
+//! 64-hex id (so the id cannot step out of the directory) whose bundle is
+//! the id's own directory, and only when the record's `ID` is that id.
+//! Docker rewrites the file by rename, so a read sees a whole version.
+//!
 //! Names and images are enrichment: [`enrich`] keeps whatever the annotations
 //! gave and falls back to them on any error.
 
@@ -30,6 +45,8 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+
+use crate::config::EnginesConfig;
 
 /// Largest store file read (`containers.json` with thousands of containers
 /// is a few MiB).
@@ -43,15 +60,15 @@ const CONTAINER_FILES: &[&str] = &["containers.json", "volatile-containers.json"
 /// Errors reading an engine's metadata.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    #[error("cannot read container store {path}: {source}")]
+    #[error("cannot read engine metadata {path}: {source}")]
     Read {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("container store {path} is larger than {MAX_STORE_BYTES} bytes")]
+    #[error("engine metadata {path} is larger than {MAX_STORE_BYTES} bytes")]
     TooLarge { path: PathBuf },
-    #[error("container store {path} is malformed: {source}")]
+    #[error("engine metadata {path} is malformed: {source}")]
     Malformed {
         path: PathBuf,
         #[source]
@@ -126,6 +143,11 @@ struct StoredImage {
 
 /// Read a store file, bounded. `Ok(None)` when it does not exist.
 fn read_store<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<Vec<T>>, EngineError> {
+    read_json(path)
+}
+
+/// Read and parse a JSON file, bounded. `Ok(None)` when it does not exist.
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, EngineError> {
     let file = match fs::File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -206,6 +228,58 @@ pub fn lookup(id: &str, bundle: &Path) -> Result<Option<EngineMeta>, EngineError
     Ok(Some(EngineMeta { name, image }))
 }
 
+/// The parts of Docker's `config.v2.json` keyward reads.
+#[derive(Deserialize)]
+struct DockerContainer {
+    #[serde(rename = "ID")]
+    id: String,
+    #[serde(rename = "Name", default)]
+    name: String,
+    #[serde(rename = "Config", default)]
+    config: DockerRunConfig,
+    /// The image id (`sha256:…`), when the image's name is unknown.
+    #[serde(rename = "Image", default)]
+    image: String,
+}
+
+#[derive(Deserialize, Default)]
+struct DockerRunConfig {
+    /// The image as the user named it (`docker run IMAGE`).
+    #[serde(rename = "Image", default)]
+    image: String,
+}
+
+/// Whether `id` is a full Docker container id: 64 lowercase hex digits.
+fn docker_id(id: &str) -> bool {
+    id.len() == 64 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// The name and image Docker records for container `id`, from the first of
+/// `roots` that has a record of it. `Ok(None)` when `id` is not a Docker
+/// id, the bundle is not `id`'s own directory, or no root knows `id`.
+pub fn docker_lookup(
+    id: &str,
+    bundle: &Path,
+    roots: &[PathBuf],
+) -> Result<Option<EngineMeta>, EngineError> {
+    if !docker_id(id) || bundle.file_name().is_none_or(|n| n != id) {
+        return Ok(None);
+    }
+    for root in roots {
+        let path = root.join("containers").join(id).join("config.v2.json");
+        let Some(c) = read_json::<DockerContainer>(&path)? else {
+            continue;
+        };
+        if c.id != id {
+            continue;
+        }
+        let name = clean(c.name.strip_prefix('/').unwrap_or(&c.name));
+        let image = clean(&c.config.image).or_else(|| clean(&c.image));
+        return Ok(Some(EngineMeta { name, image }));
+    }
+    Ok(None)
+}
+
 /// Fill in what the annotations left out (`known`, as
 /// [`crate::registry::store::name_and_image`] returns it) from the engine's own
 /// metadata. Annotations win; a store that cannot be read changes nothing.
@@ -213,12 +287,17 @@ pub fn enrich(
     id: &str,
     bundle: &Path,
     known: (Option<String>, Option<String>),
+    engines: &EnginesConfig,
 ) -> (Option<String>, Option<String>) {
     let (name, image) = known;
     if name.is_some() && image.is_some() {
         return (name, image);
     }
-    match lookup(id, bundle) {
+    let found = match lookup(id, bundle) {
+        Ok(None) => docker_lookup(id, bundle, &engines.docker_roots),
+        other => other,
+    };
+    match found {
         Ok(Some(m)) => (name.or(m.name), image.or(m.image)),
         Ok(None) | Err(_) => (name, image),
     }
@@ -312,7 +391,7 @@ mod tests {
         let (dir, bundle) = store("enrich", "");
         let root = dir.path();
         assert_eq!(
-            enrich(ID, &bundle, (Some("ann".into()), None)),
+            enrich(ID, &bundle, (Some("ann".into()), None), &Default::default()),
             (Some("ann".into()), Some("localhost/app:1".into()))
         );
         fs::write(root.join("overlay-containers/containers.json"), "{not json").unwrap();
@@ -322,9 +401,88 @@ mod tests {
             "{err}"
         );
         assert_eq!(
-            enrich(ID, &bundle, (None, Some("img".into()))),
+            enrich(ID, &bundle, (None, Some("img".into())), &Default::default()),
             (None, Some("img".into()))
         );
+    }
+
+    /// A Docker data root as dockerd 20.10 wrote it on this machine
+    /// (trimmed), and containerd's task directory as the bundle.
+    fn docker(tag: &str, record: &str) -> (crate::testdir::TempDir, PathBuf, PathBuf) {
+        let dir = crate::testdir::TempDir::new(&format!("docker-{tag}"));
+        let root = dir.path().join("data");
+        fs::create_dir_all(root.join("containers").join(ID)).unwrap();
+        fs::write(
+            root.join("containers").join(ID).join("config.v2.json"),
+            record,
+        )
+        .unwrap();
+        let bundle = dir
+            .path()
+            .join("ctd-state/io.containerd.runtime.v2.task/moby")
+            .join(ID);
+        fs::create_dir_all(&bundle).unwrap();
+        (dir, root, bundle)
+    }
+
+    #[test]
+    fn docker_record_gives_name_and_image() {
+        let record = format!(
+            r#"{{"StreamConfig":{{}},"State":{{"Running":false}},"ID":"{ID}","Path":"/bin/true",
+               "Config":{{"Hostname":"3a69c1","Image":"kwtest:1","Labels":{{}}}},
+               "Image":"sha256:{IMAGE_ID}","Name":"/web2","Driver":"overlay2"}}"#
+        );
+        let (_d, root, bundle) = docker("meta", &record);
+        let roots = vec![PathBuf::from("/nonexistent/docker"), root.clone()];
+        assert_eq!(
+            docker_lookup(ID, &bundle, &roots).unwrap(),
+            Some(EngineMeta {
+                name: Some("web2".into()),
+                image: Some("kwtest:1".into()),
+            })
+        );
+        let engines = EnginesConfig {
+            docker_roots: roots,
+        };
+        assert_eq!(
+            enrich(ID, &bundle, (None, None), &engines),
+            (Some("web2".into()), Some("kwtest:1".into()))
+        );
+        // Annotations still win.
+        assert_eq!(
+            enrich(ID, &bundle, (Some("ann".into()), None), &engines).0,
+            Some("ann".into())
+        );
+    }
+
+    #[test]
+    fn docker_record_of_another_shape_or_id_is_never_taken() {
+        let other = "f".repeat(64);
+        let record = format!(r#"{{"ID":"{other}","Name":"/intruder","Config":{{"Image":"x"}}}}"#);
+        let (d, root, bundle) = docker("other", &record);
+        let roots = [root.clone()];
+        assert_eq!(docker_lookup(ID, &bundle, &roots).unwrap(), None);
+        // Not the id's own bundle directory, or not a full id.
+        assert_eq!(docker_lookup(ID, d.path(), &roots).unwrap(), None);
+        assert_eq!(
+            docker_lookup("../../etc", &bundle.join("../../etc"), &roots).unwrap(),
+            None
+        );
+        assert_eq!(
+            docker_lookup(&ID.to_uppercase(), &bundle, &roots).unwrap(),
+            None
+        );
+        // A broken record is an error that names the file, and changes nothing.
+        fs::write(root.join("containers").join(ID).join("config.v2.json"), "{").unwrap();
+        let err = docker_lookup(ID, &bundle, &roots).unwrap_err().to_string();
+        assert!(
+            err.contains("config.v2.json") && err.contains("malformed"),
+            "{err}"
+        );
+        let engines = EnginesConfig {
+            docker_roots: roots.to_vec(),
+        };
+        assert_eq!(enrich(ID, &bundle, (None, None), &engines), (None, None));
     }
 
     #[test]

@@ -133,6 +133,7 @@ impl Registrar {
         r: Registration,
         default: Action,
         may_lower: bool,
+        engines: &crate::config::EnginesConfig,
     ) -> Result<Reply, RegisterError> {
         let started = Instant::now();
         verify::check_id(&r.id)?;
@@ -164,8 +165,12 @@ impl Registrar {
             });
         }
         let facts = verify::verify_pid(r.pid)?;
-        let (name, image) =
-            super::enrich::enrich(&r.id, &r.bundle, verify::name_and_image(&r.annotations));
+        let (name, image) = super::enrich::enrich(
+            &r.id,
+            &r.bundle,
+            verify::name_and_image(&r.annotations),
+            engines,
+        );
         let mut rec = ContainerRecord {
             id: r.id.clone(),
             pid: r.pid,

@@ -110,15 +110,16 @@ impl Handler for Service {
         match req {
             Request::Register(r) => {
                 let id = r.id.clone();
-                let response = self
-                    .config
-                    .read()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .response
-                    .clone();
-                let registered =
-                    self.registrar
-                        .register(r, response.action, response.annotation_may_lower);
+                let (response, engines) = {
+                    let cfg = self.config.read().unwrap_or_else(|e| e.into_inner());
+                    (cfg.response.clone(), cfg.engines.clone())
+                };
+                let registered = self.registrar.register(
+                    r,
+                    response.action,
+                    response.annotation_may_lower,
+                    &engines,
+                );
                 registered.unwrap_or_else(|e| {
                     let message = e.to_string();
                     log(format!("refused container {id}: {message}"));
