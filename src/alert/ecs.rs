@@ -104,6 +104,9 @@ impl Alert {
                 "response": self.response.clone().unwrap_or(ResponseOutcome::ok(self.action)),
             },
         });
+        if let Some(o) = orchestrator_json(&self.container) {
+            doc["orchestrator"] = o;
+        }
         if let Some(r) = &self.run {
             doc["keyward"]["run"] = json!(r);
             doc["event"]["id"] = json!(format!("{}-{}", r.id, r.seq));
@@ -133,6 +136,19 @@ pub(crate) fn container_json(c: &ContainerRef) -> Value {
         v["runtime"] = json!(r);
     }
     v
+}
+
+/// ECS `orchestrator.*` for a container in a Kubernetes pod.
+fn orchestrator_json(c: &ContainerRef) -> Option<Value> {
+    let pod = c.pod.as_ref()?;
+    let mut v = json!({"type": "kubernetes", "resource": {"type": "pod"}});
+    if let Some(ns) = &pod.namespace {
+        v["namespace"] = json!(ns);
+    }
+    if let Some(name) = &pod.name {
+        v["resource"]["name"] = json!(name);
+    }
+    Some(v)
 }
 
 fn process_json(p: &ProcessInfo) -> Value {
@@ -249,7 +265,7 @@ pub fn process_start_doc(
     p: &ProcessInfo,
     at: SystemTime,
 ) -> Value {
-    json!({
+    let mut doc = json!({
         "@timestamp": rfc3339(at),
         "ecs": {"version": "8.11.0"},
         "event": {"kind": "event", "module": "keyward", "dataset": "keyward.process", "category": ["process"], "type": ["start"], "action": "exec"},
@@ -257,7 +273,11 @@ pub fn process_start_doc(
         "process": process_json(p),
         "host": {"hostname": hostname},
         "user": {"id": p.uid.map(|u| u.to_string())},
-    })
+    });
+    if let Some(o) = orchestrator_json(container) {
+        doc["orchestrator"] = o;
+    }
+    doc
 }
 
 /// RFC 3339 with milliseconds, UTC.

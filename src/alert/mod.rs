@@ -269,6 +269,10 @@ mod tests {
             name: Some("web".into()),
             image: Some("busybox:latest".into()),
             runtime: None,
+            pod: Some(crate::watch::index::PodRef {
+                namespace: Some("shop".into()),
+                name: Some("cart-7f9c4".into()),
+            }),
         };
         agg.add(f, t0);
         let exec = Finding {
@@ -293,6 +297,11 @@ mod tests {
         assert_eq!(doc["container"]["id"], "abc123");
         assert_eq!(doc["container"]["name"], "web");
         assert_eq!(doc["container"]["image"]["name"], "busybox:latest");
+        assert_eq!(
+            doc["orchestrator"],
+            json!({"type": "kubernetes", "namespace": "shop",
+                   "resource": {"type": "pod", "name": "cart-7f9c4"}})
+        );
         assert_eq!(doc["rule"]["id"], crate::rules::EXEC_RULE_ID);
         assert_eq!(doc["process"]["pid"], 42);
         assert_eq!(doc["file"]["path"], "/root/.ssh/id_rsa");

@@ -101,6 +101,7 @@ impl ContainerRecord {
                 name: self.name.clone(),
                 image: self.image.clone(),
                 runtime: self.annotations.get("io.container.manager").cloned(),
+                pod: super::verify::pod_of(&self.annotations),
             },
             action: self.action,
             init_pid: self.pid,

@@ -132,6 +132,23 @@ pub fn name_and_image(a: &BTreeMap<String, String>) -> (Option<String>, Option<S
     (first(NAMES), first(IMAGES))
 }
 
+/// The pod a container belongs to, from the annotations containerd's CRI
+/// plugin (`io.kubernetes.cri.sandbox-*`) and CRI-O (`io.kubernetes.pod.*`)
+/// set. `None` when neither names a namespace or a pod.
+pub fn pod_of(a: &BTreeMap<String, String>) -> Option<crate::watch::index::PodRef> {
+    let first = |keys: &[&str]| {
+        keys.iter()
+            .find_map(|k| a.get(*k).filter(|v| !v.is_empty()).cloned())
+    };
+    let namespace = first(&[
+        "io.kubernetes.cri.sandbox-namespace",
+        "io.kubernetes.pod.namespace",
+    ]);
+    let name = first(&["io.kubernetes.cri.sandbox-name", "io.kubernetes.pod.name"]);
+    (namespace.is_some() || name.is_some())
+        .then_some(crate::watch::index::PodRef { namespace, name })
+}
+
 /// Facts about a pid that registration verifies.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PidFacts {
@@ -207,6 +224,27 @@ pub fn verify_pid(pid: i32) -> Result<PidFacts, VerifyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pods_come_from_containerd_or_cri_o_annotations() {
+        let a = |kv: &[(&str, &str)]| -> BTreeMap<String, String> {
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let pod = pod_of(&a(&[
+            ("io.kubernetes.cri.sandbox-namespace", "shop"),
+            ("io.kubernetes.cri.sandbox-name", "cart-7f9c4"),
+            ("io.kubernetes.pod.namespace", "ignored"),
+        ]))
+        .unwrap();
+        assert_eq!(pod.namespace.as_deref(), Some("shop"));
+        assert_eq!(pod.name.as_deref(), Some("cart-7f9c4"));
+        let pod = pod_of(&a(&[("io.kubernetes.pod.name", "web-0")])).unwrap();
+        assert_eq!((pod.namespace, pod.name.as_deref()), (None, Some("web-0")));
+        assert_eq!(pod_of(&a(&[("io.kubernetes.cri.sandbox-name", "")])), None);
+        assert_eq!(pod_of(&a(&[("io.keyward.name", "x")])), None);
+    }
 
     #[test]
     fn ids_are_checked() {

@@ -21,6 +21,16 @@ pub struct ContainerRef {
     pub name: Option<String>,
     pub image: Option<String>,
     pub runtime: Option<String>,
+    /// The Kubernetes pod the container belongs to, when the engine said.
+    pub pod: Option<PodRef>,
+}
+
+/// A container's pod, from the annotations CRI engines set (ECS
+/// `orchestrator.namespace` and `orchestrator.resource.name`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PodRef {
+    pub namespace: Option<String>,
+    pub name: Option<String>,
 }
 
 /// What the decision threads need to know about a registered container.
