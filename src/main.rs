@@ -83,6 +83,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// OCI runtime wrapper for Docker and containerd (packaging/docker/daemon.json).
+    ///
+    /// Adds the hook to the bundle on create, then runs the real runtime:
+    /// keyward runtime [--socket PATH] [--runtime runc|crun|PATH]
+    /// [--fail-open] [--] RUNTIME-ARGS...
+    #[command(disable_help_flag = true)]
+    Runtime {
+        /// keyward's options, then the runtime's command line, unchanged.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
     /// Would this command line alert? Why? (No daemon needed.)
     Check {
         #[arg(long)]
@@ -130,6 +141,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 keyward::hook::HookOutcome::Watching { .. }
                 | keyward::hook::HookOutcome::Deregistered { .. } => {}
             }
+        }
+        Command::Runtime { args } => {
+            return Err(keyward::hook::runtime::run(args).into());
         }
         Command::Status {
             socket,
@@ -270,6 +284,18 @@ fn alerts(path: &std::path::Path, n: usize, follow: bool, json: bool) -> Result<
 }
 
 fn main() -> ExitCode {
+    // Called through the `keyward-runtime` link (containerd's BinaryName,
+    // `ctr run --runc-binary`), every argument is the runtime's.
+    let mut argv = std::env::args_os();
+    let argv0 = argv.next().unwrap_or_default();
+    if std::path::Path::new(&argv0)
+        .file_name()
+        .is_some_and(|n| n == keyward::hook::runtime::LINK_NAME)
+    {
+        let e = keyward::hook::runtime::run(argv.collect());
+        eprintln!("keyward: {e}");
+        return ExitCode::from(1);
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,

@@ -1,5 +1,7 @@
 //! The OCI hook: register a container with the daemon before its first
-//! process runs, and deregister it when it stops.
+//! process runs, and deregister it when it stops. [`runtime`] is the
+//! wrapper that puts this hook into a bundle for engines that read no
+//! hooks.d (Docker, containerd).
 //!
 //! The hook exits 0 only after the daemon replies `watching`, i.e. after the
 //! marks are in place. If the daemon cannot be reached it fails closed
@@ -10,6 +12,7 @@
 pub mod client;
 pub mod oci;
 pub mod protocol;
+pub mod runtime;
 
 use std::io::Read;
 use std::path::Path;
