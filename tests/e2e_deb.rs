@@ -204,6 +204,39 @@ fn deb_installs_runs_and_removes_cleanly() {
     )
     .unwrap();
     assert_eq!(hook["hook"]["path"], "/usr/bin/keyward");
+    // The runtime wrapper for containerd's BinaryName: a link that resolves
+    // to the installed binary inside the root; and Docker's entry runs it.
+    let link = r.path("/usr/bin/keyward-runtime");
+    assert_eq!(
+        fs::read_link(&link).unwrap(),
+        Path::new("keyward"),
+        "{}",
+        link.display()
+    );
+    same_file(
+        &r.path("/usr/share/doc/keyward/docker/daemon.json"),
+        "packaging/docker/daemon.json",
+    );
+    same_file(
+        &r.path("/usr/share/doc/keyward/containerd/config.toml"),
+        "packaging/containerd/config.toml",
+    );
+    let docker: serde_json::Value = serde_json::from_slice(
+        &fs::read(r.path("/usr/share/doc/keyward/docker/daemon.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(docker["runtimes"]["keyward"]["path"], "/usr/bin/keyward");
+    // The link works as the wrapper: it runs the real runtime it is given.
+    let out = Command::new(&link)
+        .args(["--runtime", "/bin/echo", "--", "state", "some-id"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "state some-id",
+        "{}",
+        text(&out)
+    );
     // The postinst enabled the unit inside the root, not on the host.
     assert!(
         r.path("/etc/systemd/system/multi-user.target.wants/keyward.service")
@@ -249,6 +282,11 @@ fn deb_installs_runs_and_removes_cleanly() {
     let out = r.dpkg(&["-r", "keyward"]);
     assert!(out.status.success(), "dpkg -r: {}", text(&out));
     assert!(!bin.exists());
+    assert!(
+        link.symlink_metadata().is_err(),
+        "dpkg -r leaves {}",
+        link.display()
+    );
     assert!(
         !r.path("/usr/share/containers/oci/hooks.d/keyward.json")
             .exists()
