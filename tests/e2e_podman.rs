@@ -44,6 +44,10 @@ fn ready() -> bool {
 struct Podman {
     dir: PathBuf,
     image: String,
+    /// The OCI runtime podman runs (`--runtime`).
+    runtime: &'static str,
+    /// Run podman in this pid's mount namespace (`nsenter --mount`).
+    enter: Option<i32>,
 }
 
 impl Podman {
@@ -53,13 +57,24 @@ impl Podman {
 
     /// A store whose hooks dir holds `hook_json` as keyward.json.
     fn with_hook(hook_json: &str) -> Self {
+        Self::with_hook_and_runtime(hook_json, "runc", None)
+    }
+
+    /// Like [`Podman::with_hook`], with `runtime` as podman's OCI runtime,
+    /// every podman command run in `enter`'s mount namespace if given.
+    fn with_hook_and_runtime(hook_json: &str, runtime: &'static str, enter: Option<i32>) -> Self {
         let dir = std::env::temp_dir().join(unique("keyward-podman"));
         let _ = fs::remove_dir_all(&dir);
         let hooks = dir.join("hooks.d");
         fs::create_dir_all(&hooks).unwrap();
         fs::write(hooks.join("keyward.json"), hook_json).unwrap();
         let image = format!("localhost/{}:e2e", unique("keyward-img"));
-        let p = Self { dir, image };
+        let p = Self {
+            dir,
+            image,
+            runtime,
+            enter,
+        };
         let tar = p.dir.join("rootfs.tar");
         let out = Command::new("tar")
             .arg("-C")
@@ -77,8 +92,16 @@ impl Podman {
 
     /// `podman` with the private store and hooks dir, under a timeout.
     fn podman<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Output {
-        Command::new("timeout")
-            .args(["-s", "KILL", PODMAN_TIMEOUT_SECS, "podman"])
+        let mut cmd = match self.enter {
+            Some(pid) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--mount=/proc/{pid}/ns/mnt"))
+                    .args(["--", "timeout"]);
+                c
+            }
+            None => Command::new("timeout"),
+        };
+        cmd.args(["-s", "KILL", PODMAN_TIMEOUT_SECS, "podman"])
             .arg("--root")
             .arg(self.dir.join("root"))
             .arg("--runroot")
@@ -93,7 +116,7 @@ impl Podman {
                 "--cgroup-manager",
                 "cgroupfs",
                 "--runtime",
-                "runc",
+                self.runtime,
                 "--events-backend",
                 "file",
             ])
@@ -229,6 +252,45 @@ fn podman_alert_carries_full_id_name_and_image() {
     wait_log(&d, &format!("stopped watching container {id}"));
     let out = p.podman(&["rm", &name]);
     assert!(out.status.success(), "podman rm: {}", text(&out));
+}
+
+/// crun as podman's runtime, the hook from the same hooks.d file. crun 1.8
+/// refuses this machine's hybrid cgroups, so podman and the daemon share a
+/// mount namespace without the unified tree
+/// ([`Daemon::start_without_unified_cgroup`]); the daemon accepts hooks
+/// only from its own or the host's mount namespace.
+#[test]
+fn podman_with_crun_runs_the_hook() {
+    if !(ready() && required("crun", have_command("crun"))) {
+        return;
+    }
+    let d = Daemon::start_without_unified_cgroup("");
+    let p = Podman::with_hook_and_runtime(&hook_file(&d.socket), "crun", Some(d.pid()));
+    let name = unique("kw-podman-crun");
+    let id = p.create(
+        &name,
+        &[],
+        &[
+            "/bin/sh",
+            "-c",
+            "/usr/bin/gzip -c /root/.ssh/id_rsa > /tmp/k.gz",
+        ],
+    );
+    let out = p.podman(&["start", "--attach", &name]);
+    assert!(out.status.success(), "podman start (crun): {}", text(&out));
+    let a = d.wait_alert("gzip in a podman container run by crun", |a| {
+        a["container"]["id"] == id.as_str()
+    });
+    assert_eq!(a["container"]["name"], name.as_str(), "{a:#}");
+    assert_eq!(a["process"]["name"], "gzip", "{a:#}");
+    // podman recorded crun as the container's runtime.
+    let out = p.podman(&["inspect", "--format", "{{.OCIRuntime}}", &name]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "crun",
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]

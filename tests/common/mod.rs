@@ -357,31 +357,58 @@ pub struct Daemon {
     pub syslog: Syslog,
     child: Option<std::process::Child>,
     pub log: PathBuf,
+    /// Run the daemon in a mount namespace of its own without the unified
+    /// cgroup tree ([`Daemon::start_without_unified_cgroup`]).
+    private_mounts: bool,
 }
 
+/// Run `argv` in a new mount namespace where `/sys/fs/cgroup/unified` is
+/// not mounted. `unshare` and `sh` exec, so the pid is `argv`'s.
+const WITHOUT_UNIFIED: &[&str] = &[
+    "unshare",
+    "--mount",
+    "--propagation",
+    "private",
+    "--",
+    "sh",
+    "-c",
+    "umount -l /sys/fs/cgroup/unified 2>/dev/null; exec \"$@\"",
+    "sh",
+];
+
 impl Daemon {
+    /// Like [`Daemon::start`], in a mount namespace of the daemon's own
+    /// where the unified cgroup tree is not mounted, for an engine that
+    /// then joins it (`nsenter --mount=/proc/PID/ns/mnt`). crun 1.8 refuses
+    /// a hybrid host whose unified tree has controllers (this machine's
+    /// has hugetlb); the daemon accepts hooks only from its own or the
+    /// host's mount namespace, so the engine's must be the daemon's.
+    pub fn start_without_unified_cgroup(extra: &str) -> Self {
+        Self::start_inner(extra, None, "", "", true)
+    }
+
     /// Start with extra TOML appended to the test's base config.
     pub fn start(extra: &str) -> Self {
-        Self::start_inner(extra, None, "", "")
+        Self::start_inner(extra, None, "", "", false)
     }
 
     /// Like [`Daemon::start`], with `daemon_keys` (lines of the
     /// `[daemon]` table, e.g. `decision_deadline_ms = 10`) added.
     pub fn start_with_daemon(extra: &str, daemon_keys: &str) -> Self {
-        Self::start_inner(extra, None, "", daemon_keys)
+        Self::start_inner(extra, None, "", daemon_keys, false)
     }
 
     /// Like [`Daemon::start`], but the `[alerts.syslog]` table is
     /// `syslog_table` (e.g. `server = "tcp://127.0.0.1:PORT"`) instead of the
     /// harness's datagram socket. The harness socket is still bound, unused.
     pub fn start_with_syslog(extra: &str, syslog_table: &str) -> Self {
-        Self::start_inner(extra, Some(syslog_table), "", "")
+        Self::start_inner(extra, Some(syslog_table), "", "", false)
     }
 
     /// Like [`Daemon::start`], with `alerts_keys` (lines of the `[alerts]`
     /// table, e.g. `rate_limit_per_minute = 5`) added.
     pub fn start_with_alerts(extra: &str, alerts_keys: &str) -> Self {
-        Self::start_inner(extra, None, alerts_keys, "")
+        Self::start_inner(extra, None, alerts_keys, "", false)
     }
 
     fn start_inner(
@@ -389,6 +416,7 @@ impl Daemon {
         syslog_table: Option<&str>,
         alerts_keys: &str,
         daemon_keys: &str,
+        private_mounts: bool,
     ) -> Self {
         let dir = std::env::temp_dir().join(unique("keyward-e2e"));
         fs::create_dir_all(&dir).unwrap();
@@ -413,6 +441,7 @@ impl Daemon {
             syslog,
             child: None,
             log: PathBuf::new(),
+            private_mounts,
         };
         d.spawn();
         d
@@ -478,7 +507,16 @@ impl Daemon {
             "daemon-{}.log",
             COUNTER.fetch_add(1, Ordering::Relaxed)
         ));
-        let child = Command::new("timeout")
+        let prefix: &[&str] = if self.private_mounts {
+            WITHOUT_UNIFIED
+        } else {
+            &[]
+        };
+        let mut cmd = Command::new(prefix.first().copied().unwrap_or("timeout"));
+        if !prefix.is_empty() {
+            cmd.args(&prefix[1..]).arg("timeout");
+        }
+        let child = cmd
             .args([
                 "-s",
                 "KILL",
