@@ -304,8 +304,9 @@ impl Drop for Engines {
     }
 }
 
-/// The shipped daemon.json with the build under test and the test socket.
-/// Checks the shipped file names what the docs promise.
+/// The shipped daemon.json with the build under test and the test socket,
+/// plus `keyward-broken`, whose real runtime does not exist. Checks the
+/// shipped file names what the docs promise.
 fn daemon_json(socket: &Path) -> String {
     let mut v: Value = serde_json::from_str(DAEMON_JSON).expect("daemon.json is JSON");
     assert_eq!(v["default-runtime"], "keyward", "{v:#}");
@@ -321,6 +322,13 @@ fn daemon_json(socket: &Path) -> String {
     args[at + 1] = Value::String(socket.to_str().unwrap().into());
     assert_eq!(args.last().unwrap(), "--", "keyward's options end with --");
     entry["path"] = Value::String(KEYWARD.into());
+    // The same entry with a real runtime that does not exist: the wrapper's
+    // own failure, before any runtime runs.
+    let mut broken = entry.clone();
+    let args = broken["runtimeArgs"].as_array_mut().unwrap();
+    let at = args.iter().position(|a| a == "--runtime").unwrap();
+    args[at + 1] = Value::String("/nonexistent/runc".into());
+    v["runtimes"]["keyward-broken"] = broken;
     serde_json::to_string_pretty(&v).unwrap()
 }
 
@@ -418,6 +426,24 @@ fn docker_runtime_wrapper_watches_names_and_fails_closed() {
         .collect();
     assert!(noisy.is_empty(), "benign work alerted: {noisy:#?}");
 
+    // When the wrapper itself fails, nothing starts, and Docker shows the
+    // reason it wrote to the runtime's JSON log.
+    let broken = unique("kw-docker-broken");
+    e.create(
+        &broken,
+        &["--runtime", "keyward-broken"],
+        &image,
+        &["/bin/sh", "-c", "echo started-unwatched"],
+    );
+    let out = e.docker(&["start", "--attach", &broken]);
+    let all = text(&out);
+    assert!(!out.status.success(), "started: {all}");
+    assert!(
+        all.contains("keyward: the real runtime") && all.contains("/nonexistent/runc"),
+        "Docker's error lacks the wrapper's reason: {all}"
+    );
+    assert!(!all.contains("started-unwatched"), "{all}");
+
     // With the daemon down, a container does not start, and Docker's error
     // names keyward.
     d.stop();
@@ -436,7 +462,7 @@ fn docker_runtime_wrapper_watches_names_and_fails_closed() {
     );
     let all = text(&out);
     assert!(
-        all.contains("keyward"),
+        all.contains("cannot reach keyward daemon"),
         "error does not name keyward: {all}"
     );
     assert!(!all.contains("started-unwatched"), "{all}");
@@ -558,7 +584,7 @@ fn containerd_runc_binary_link_watches_and_fails_closed() {
     );
     let all = text(&out);
     assert!(
-        all.contains("keyward"),
+        all.contains("cannot reach keyward daemon"),
         "error does not name keyward: {all}"
     );
     assert!(!all.contains("started-unwatched"), "{all}");

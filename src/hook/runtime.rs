@@ -435,7 +435,12 @@ pub fn json_log(args: &[OsString]) -> Option<PathBuf> {
 /// Append an error to the runtime's JSON log in runc's own format.
 pub fn log_error(log: &Path, message: &str) {
     let line = serde_json::json!({"level": "error", "msg": message});
-    if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(log) {
+    // The runtime creates this file itself; failing first, we must.
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+    {
         let _ = writeln!(f, "{line}");
     }
 }
@@ -760,7 +765,7 @@ mod tests {
     fn errors_reach_a_json_log() {
         let tmp = crate::testdir::TempDir::new("runtime-log");
         let log = tmp.path().join("log.json");
-        std::fs::write(&log, "").unwrap();
+        // Not there yet: the runtime would have made it.
         log_error(&log, "keyward: x \"quoted\"");
         let line = std::fs::read_to_string(&log).unwrap();
         let v: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
