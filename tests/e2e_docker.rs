@@ -29,7 +29,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Daemon, KEYWARD, base_rootfs, files, privileged, required, text, unique, wait_until};
+use common::{
+    Daemon, KEYWARD, base_rootfs, files, privileged, remove_engine_dir, required, rootfs_tar, text,
+    unique, wait_until,
+};
 use serde_json::Value;
 
 /// The shipped Docker runtime entry, the template for the test's config.
@@ -134,38 +137,54 @@ impl Engines {
     }
 
     fn start_containerd_in(&mut self, env: &[(&str, &Path)], mut cmd: Command) {
-        let log = fs::File::create(self.dir.join("containerd.log")).unwrap();
-        let child = cmd
-            .arg("--root")
+        cmd.arg("--root")
             .arg(self.dir.join("ctd-root"))
             .arg("--state")
             .arg(self.dir.join("ctd-state"))
             .arg("--address")
             .arg(self.ctd_sock())
-            .envs(env.iter().map(|(k, v)| (k, v.as_os_str())))
+            .envs(env.iter().map(|(k, v)| (k, v.as_os_str())));
+        let engine = self.spawn("containerd", cmd, Duration::from_secs(30), |e| {
+            e.ctr(&["version"]).status.success()
+        });
+        self.containerd = Some(engine);
+    }
+
+    /// Start `cmd` as engine `name`, its output in `<name>.log`, and wait
+    /// until `ready` (the engine answers its clients).
+    fn spawn(
+        &self,
+        name: &'static str,
+        mut cmd: Command,
+        within: Duration,
+        ready: impl Fn(&Self) -> bool,
+    ) -> Engine {
+        let log_name = format!("{name}.log");
+        let log = fs::File::create(self.dir.join(&log_name)).unwrap();
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
-            .expect("start containerd");
-        self.containerd = Some(Engine {
-            name: "containerd",
-            child,
-        });
-        wait_until(
-            Duration::from_secs(30),
-            || format!("containerd never answered:\n{}", self.log("containerd.log")),
-            || self.ctr(&["version"]).status.success(),
-        );
+            .unwrap_or_else(|e| panic!("start {name}: {e}"));
+        let mut engine = Engine { name, child };
+        let deadline = Instant::now() + within;
+        while !ready(self) {
+            if Instant::now() > deadline || matches!(engine.child.try_wait(), Ok(Some(_))) {
+                engine.stop();
+                panic!("{name} never answered:\n{}", self.log(&log_name));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        engine
     }
 
     /// Start dockerd on our containerd with `config` as its daemon.json.
     fn start_dockerd(&mut self, config: &str) {
         let cfg = self.dir.join("daemon.json");
         fs::write(&cfg, config).unwrap();
-        let log = fs::File::create(self.dir.join("dockerd.log")).unwrap();
-        let child = Command::new("dockerd")
-            .arg("--config-file")
+        let mut cmd = Command::new("dockerd");
+        cmd.arg("--config-file")
             .arg(&cfg)
             .arg("--containerd")
             .arg(self.ctd_sock())
@@ -177,21 +196,11 @@ impl Engines {
             .arg(self.dir.join("dockerd.pid"))
             .arg("-H")
             .arg(format!("unix://{}", self.dir.join("docker.sock").display()))
-            .args(["--bridge=none", "--iptables=false", "--ip6tables=false"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start dockerd");
-        self.dockerd = Some(Engine {
-            name: "dockerd",
-            child,
+            .args(["--bridge=none", "--iptables=false", "--ip6tables=false"]);
+        let engine = self.spawn("dockerd", cmd, Duration::from_secs(60), |e| {
+            e.docker(&["version"]).status.success()
         });
-        wait_until(
-            Duration::from_secs(60),
-            || format!("dockerd never answered:\n{}", self.log("dockerd.log")),
-            || self.docker(&["version"]).status.success(),
-        );
+        self.dockerd = Some(engine);
     }
 
     fn log(&self, name: &str) -> String {
@@ -222,15 +231,7 @@ impl Engines {
     /// `docker import` the harness rootfs as `tag`.
     fn import(&self, tag: &str) {
         let tar = self.dir.join("rootfs.tar");
-        let out = Command::new("tar")
-            .arg("-C")
-            .arg(base_rootfs().join("rootfs"))
-            .arg("-cf")
-            .arg(&tar)
-            .arg(".")
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "tar rootfs: {}", text(&out));
+        rootfs_tar(&tar);
         let out = self.docker(&["import".as_ref(), tar.as_os_str(), tag.as_ref()]);
         assert!(out.status.success(), "docker import: {}", text(&out));
     }
@@ -289,18 +290,7 @@ impl Drop for Engines {
         if let Some(mut c) = self.containerd.take() {
             c.stop();
         }
-        // Whatever the engines left mounted under the dir goes first.
-        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut mounts: Vec<&str> = mountinfo
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .filter(|m| Path::new(m).starts_with(&self.dir))
-            .collect();
-        mounts.reverse();
-        for m in mounts {
-            let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
-        }
-        let _ = fs::remove_dir_all(&self.dir);
+        remove_engine_dir(&self.dir);
     }
 }
 
@@ -332,16 +322,20 @@ fn daemon_json(socket: &Path) -> String {
     serde_json::to_string_pretty(&v).unwrap()
 }
 
-fn full_id(id: &str) -> bool {
-    id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())
+/// A start that must have failed because the hook found no daemon: the
+/// engine's error quotes the hook, and the container's command never ran.
+fn refused_for_daemon_down(out: &Output) {
+    let all = text(out);
+    assert!(!out.status.success(), "started with the daemon down: {all}");
+    assert!(
+        all.contains("cannot reach keyward daemon"),
+        "error does not name keyward: {all}"
+    );
+    assert!(!all.contains("started-unwatched"), "{all}");
 }
 
-fn wait_log(d: &Daemon, needle: &str) {
-    wait_until(
-        Duration::from_secs(15),
-        || format!("daemon log never said {needle:?}:\n{}", d.log_text()),
-        || d.log_text().contains(needle),
-    );
+fn full_id(id: &str) -> bool {
+    id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// Docker, wired by the shipped daemon.json: `--runtime keyward` and the
@@ -372,7 +366,7 @@ fn docker_runtime_wrapper_watches_names_and_fails_closed() {
     assert!(full_id(&id), "docker create printed {id:?}, not a full id");
     let out = e.docker(&["start", "--attach", &name]);
     assert!(out.status.success(), "docker start: {}", text(&out));
-    wait_log(&d, &format!("watching container {id} "));
+    d.wait_log(&format!("watching container {id} "));
     let a = d.wait_alert("tar in a Docker container", |a| {
         a["container"]["id"] == id.as_str()
     });
@@ -395,7 +389,7 @@ fn docker_runtime_wrapper_watches_names_and_fails_closed() {
     );
     let out = e.docker(&["start", &quiet]);
     assert!(out.status.success(), "docker start: {}", text(&out));
-    wait_log(&d, &format!("watching container {quiet_id} "));
+    d.wait_log(&format!("watching container {quiet_id} "));
     let out = e.docker(&["exec", &quiet, "/bin/echo", "exec-through-wrapper"]);
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("exec-through-wrapper"),
@@ -418,7 +412,7 @@ fn docker_runtime_wrapper_watches_names_and_fails_closed() {
     assert_eq!(exec_alert["container"]["name"], quiet.as_str());
     let out = e.docker(&["stop", "--time", "1", &quiet]);
     assert!(out.status.success(), "docker stop: {}", text(&out));
-    wait_log(&d, &format!("stopped watching container {quiet_id}"));
+    d.wait_log(&format!("stopped watching container {quiet_id}"));
     let noisy: Vec<Value> = d
         .settled_alerts()
         .into_iter()
@@ -455,17 +449,7 @@ fn docker_runtime_wrapper_watches_names_and_fails_closed() {
         &["/bin/sh", "-c", "echo started-unwatched"],
     );
     let out = e.docker(&["start", "--attach", &down]);
-    assert!(
-        !out.status.success(),
-        "started with the daemon down: {}",
-        text(&out)
-    );
-    let all = text(&out);
-    assert!(
-        all.contains("cannot reach keyward daemon"),
-        "error does not name keyward: {all}"
-    );
-    assert!(!all.contains("started-unwatched"), "{all}");
+    refused_for_daemon_down(&out);
     let out = e.docker(&["inspect", "--format", "{{.State.Status}}", &down]);
     let status = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert_ne!(status, "running", "{}", text(&out));
@@ -577,17 +561,7 @@ fn containerd_runc_binary_link_watches_and_fails_closed() {
     d.stop();
     let down = unique("kw-ctr-down");
     let out = run(&down, &[], &["/bin/sh", "-c", "echo started-unwatched"]);
-    assert!(
-        !out.status.success(),
-        "started with the daemon down: {}",
-        text(&out)
-    );
-    let all = text(&out);
-    assert!(
-        all.contains("cannot reach keyward daemon"),
-        "error does not name keyward: {all}"
-    );
-    assert!(!all.contains("started-unwatched"), "{all}");
+    refused_for_daemon_down(&out);
 }
 
 /// crun as the real runtime behind the wrapper: containerd's shims get

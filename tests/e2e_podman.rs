@@ -21,11 +21,10 @@ mod common;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::Duration;
 
 use common::{
-    Daemon, KEYWARD, base_rootfs, files, have_command, privileged, required, text, unique,
-    wait_until, yaml_block,
+    Daemon, KEYWARD, files, have_command, privileged, remove_engine_dir, required, rootfs_tar,
+    text, unique, yaml_block,
 };
 use serde_json::Value;
 
@@ -76,15 +75,7 @@ impl Podman {
             enter,
         };
         let tar = p.dir.join("rootfs.tar");
-        let out = Command::new("tar")
-            .arg("-C")
-            .arg(base_rootfs().join("rootfs"))
-            .arg("-cf")
-            .arg(&tar)
-            .arg(".")
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "tar rootfs: {}", text(&out));
+        rootfs_tar(&tar);
         let out = p.podman(&["import".as_ref(), tar.as_os_str(), p.image.as_ref()]);
         assert!(out.status.success(), "podman import: {}", text(&out));
         p
@@ -156,18 +147,7 @@ impl Drop for Podman {
     fn drop(&mut self) {
         let _ = self.podman(&["rm", "--all", "--force"]);
         let _ = self.podman(&["rmi", "--all", "--force"]);
-        // Anything podman left mounted under the store goes before the files.
-        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut mounts: Vec<&str> = mountinfo
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .filter(|m| Path::new(m).starts_with(&self.dir))
-            .collect();
-        mounts.reverse();
-        for m in mounts {
-            let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
-        }
-        let _ = fs::remove_dir_all(&self.dir);
+        remove_engine_dir(&self.dir);
     }
 }
 
@@ -206,14 +186,6 @@ fn retarget(text: &str, path: &str, socket: &Path) -> String {
     serde_json::to_string_pretty(&v).unwrap()
 }
 
-fn wait_log(d: &Daemon, needle: &str) {
-    wait_until(
-        Duration::from_secs(10),
-        || format!("daemon log never said {needle:?}:\n{}", d.log_text()),
-        || d.log_text().contains(needle),
-    );
-}
-
 #[test]
 fn podman_alert_carries_full_id_name_and_image() {
     if !ready() {
@@ -233,7 +205,7 @@ fn podman_alert_carries_full_id_name_and_image() {
     );
     let out = p.podman(&["start", "--attach", &name]);
     assert!(out.status.success(), "podman start: {}", text(&out));
-    wait_log(&d, &format!("watching container {id} "));
+    d.wait_log(&format!("watching container {id} "));
 
     let a = d.wait_alert("tar in a podman container", |a| {
         a["container"]["id"] == id.as_str()
@@ -249,7 +221,7 @@ fn podman_alert_carries_full_id_name_and_image() {
     );
 
     // The container has exited: the daemon drops it without any hook.
-    wait_log(&d, &format!("stopped watching container {id}"));
+    d.wait_log(&format!("stopped watching container {id}"));
     let out = p.podman(&["rm", &name]);
     assert!(out.status.success(), "podman rm: {}", text(&out));
 }

@@ -60,8 +60,11 @@ pub fn read_state<R: Read>(r: R) -> Result<State, OciError> {
     serde_json::from_slice(&buf).map_err(OciError::BadState)
 }
 
-/// Read a bundle's config.json, bounded.
-pub fn read_spec(bundle: &Path) -> Result<Spec, OciError> {
+/// A bundle's config.json, parsed as `T`, bounded; with the file's path
+/// and metadata.
+pub fn read_config<T: serde::de::DeserializeOwned>(
+    bundle: &Path,
+) -> Result<(T, PathBuf, std::fs::Metadata), OciError> {
     let path = bundle.join("config.json");
     let err = |source| OciError::ReadConfig {
         path: path.clone(),
@@ -72,7 +75,15 @@ pub fn read_spec(bundle: &Path) -> Result<Spec, OciError> {
         return Err(OciError::ConfigTooLarge { path });
     }
     let bytes = std::fs::read(&path).map_err(err)?;
-    serde_json::from_slice(&bytes).map_err(|source| OciError::BadConfig { path, source })
+    match serde_json::from_slice(&bytes) {
+        Ok(v) => Ok((v, path, meta)),
+        Err(source) => Err(OciError::BadConfig { path, source }),
+    }
+}
+
+/// Read a bundle's config.json, bounded.
+pub fn read_spec(bundle: &Path) -> Result<Spec, OciError> {
+    read_config(bundle).map(|(spec, _, _)| spec)
 }
 
 /// Decide what to do for a state: register at creating/created (and at

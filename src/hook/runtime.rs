@@ -36,7 +36,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
 use crate::config::DEFAULT_SOCKET;
-use crate::hook::oci::MAX_CONFIG_BYTES;
+use crate::hook::oci::{self, OciError};
 
 /// The name of the link that makes the keyward binary act as `keyward
 /// runtime` without any argument of its own.
@@ -55,20 +55,8 @@ pub enum RuntimeError {
     MissingValue(&'static str),
     #[error("no runtime command line after keyward's options")]
     NoCommand,
-    #[error("cannot read bundle config {path}: {source}")]
-    ReadConfig {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("bundle config {path} is larger than {MAX_CONFIG_BYTES} bytes")]
-    ConfigTooLarge { path: PathBuf },
-    #[error("bundle config {path} is malformed: {source}")]
-    BadConfig {
-        path: PathBuf,
-        #[source]
-        source: serde_json::Error,
-    },
+    #[error(transparent)]
+    Config(#[from] OciError),
     #[error("bundle config {path} has a `hooks` that is not an object of arrays")]
     BadHooks { path: PathBuf },
     #[error("cannot add keyward's hook to {path}: {source}")]
@@ -306,21 +294,7 @@ pub enum Added {
 /// other field as it was. The file is replaced by rename, with its mode,
 /// so the runtime never reads half of it.
 pub fn add_hook(bundle: &Path, hook: &serde_json::Value) -> Result<Added, RuntimeError> {
-    let path = bundle.join("config.json");
-    let read_err = |source| RuntimeError::ReadConfig {
-        path: path.clone(),
-        source,
-    };
-    let meta = std::fs::metadata(&path).map_err(read_err)?;
-    if meta.len() > MAX_CONFIG_BYTES {
-        return Err(RuntimeError::ConfigTooLarge { path });
-    }
-    let bytes = std::fs::read(&path).map_err(read_err)?;
-    let mut spec: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|source| RuntimeError::BadConfig {
-            path: path.clone(),
-            source,
-        })?;
+    let (mut spec, path, meta) = oci::read_config::<serde_json::Value>(bundle)?;
     let Some(obj) = spec.as_object_mut() else {
         return Err(RuntimeError::BadHooks { path });
     };
@@ -344,7 +318,8 @@ pub fn add_hook(bundle: &Path, hook: &serde_json::Value) -> Result<Added, Runtim
         return Ok(Added::AlreadyThere);
     }
     list.push(hook.clone());
-    let out = serde_json::to_vec(&spec).map_err(|source| RuntimeError::BadConfig {
+    // A Value that was just parsed always serializes.
+    let out = serde_json::to_vec(&spec).map_err(|source| OciError::BadConfig {
         path: path.clone(),
         source,
     })?;
@@ -744,7 +719,10 @@ mod tests {
             "id",
         ]);
         let e = prepare(&opts, &create, keyward, None).unwrap_err();
-        assert!(matches!(e, RuntimeError::ReadConfig { .. }), "{e}");
+        assert!(
+            matches!(e, RuntimeError::Config(OciError::ReadConfig { .. })),
+            "{e}"
+        );
         opts.fail_open = true;
         let p = prepare(&opts, &create, keyward, None).unwrap();
         assert_eq!(p.runtime, fake);

@@ -635,6 +635,15 @@ impl Daemon {
         }
     }
 
+    /// Wait up to 15 s until the daemon's log contains `needle`.
+    pub fn wait_log(&self, needle: &str) {
+        wait_until(
+            Duration::from_secs(15),
+            || format!("daemon log never said {needle:?}:\n{}", self.log_text()),
+            || self.log_text().contains(needle),
+        );
+    }
+
     /// Let the aggregation window pass, then return the alerts.
     pub fn settled_alerts(&self) -> Vec<Value> {
         std::thread::sleep(Duration::from_millis(1200));
@@ -870,6 +879,35 @@ pub fn yaml_block(yaml: &str, key: &str) -> String {
 }
 
 /// Text of an output, both streams.
+/// Detach every mount under `dir` (deepest first), then remove it: what an
+/// engine left behind in a test's private directory.
+pub fn remove_engine_dir(dir: &Path) {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut mounts: Vec<&str> = mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| Path::new(m).starts_with(dir))
+        .collect();
+    mounts.reverse();
+    for m in mounts {
+        let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
+    }
+    let _ = fs::remove_dir_all(dir);
+}
+
+/// The harness rootfs as a tar at `tar`, for an engine's `import`.
+pub fn rootfs_tar(tar: &Path) {
+    let out = Command::new("tar")
+        .arg("-C")
+        .arg(base_rootfs().join("rootfs"))
+        .arg("-cf")
+        .arg(tar)
+        .arg(".")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "tar rootfs: {}", text(&out));
+}
+
 pub fn text(o: &Output) -> String {
     format!(
         "status {:?}\nstdout:\n{}\nstderr:\n{}",
