@@ -285,7 +285,8 @@ fn alerts(path: &std::path::Path, n: usize, follow: bool, json: bool) -> Result<
 
 fn main() -> ExitCode {
     // Called through the `keyward-runtime` link (containerd's BinaryName,
-    // `ctr run --runc-binary`), every argument is the runtime's.
+    // `ctr run --runc-binary`), it is `keyward runtime`: only the runtime's
+    // command line follows, unless keyward's own options lead.
     let mut argv = std::env::args_os();
     let argv0 = argv.next().unwrap_or_default();
     if std::path::Path::new(&argv0)

@@ -60,12 +60,12 @@ pub fn read_state<R: Read>(r: R) -> Result<State, OciError> {
     serde_json::from_slice(&buf).map_err(OciError::BadState)
 }
 
-/// A bundle's config.json, parsed as `T`, bounded; with the file's path
-/// and metadata.
+/// A runtime config file (a bundle's config.json, or the file crun's
+/// `--config` names), parsed as `T`, bounded; with its metadata.
 pub fn read_config<T: serde::de::DeserializeOwned>(
-    bundle: &Path,
-) -> Result<(T, PathBuf, std::fs::Metadata), OciError> {
-    let path = bundle.join("config.json");
+    path: &Path,
+) -> Result<(T, std::fs::Metadata), OciError> {
+    let path = path.to_path_buf();
     let err = |source| OciError::ReadConfig {
         path: path.clone(),
         source,
@@ -76,14 +76,14 @@ pub fn read_config<T: serde::de::DeserializeOwned>(
     }
     let bytes = std::fs::read(&path).map_err(err)?;
     match serde_json::from_slice(&bytes) {
-        Ok(v) => Ok((v, path, meta)),
+        Ok(v) => Ok((v, meta)),
         Err(source) => Err(OciError::BadConfig { path, source }),
     }
 }
 
 /// Read a bundle's config.json, bounded.
 pub fn read_spec(bundle: &Path) -> Result<Spec, OciError> {
-    read_config(bundle).map(|(spec, _, _)| spec)
+    read_config(&bundle.join("config.json")).map(|(spec, _)| spec)
 }
 
 /// Decide what to do for a state: register at creating/created (and at

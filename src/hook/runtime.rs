@@ -18,6 +18,10 @@
 //! command line to find the command and its bundle, so a runtime feature it
 //! has never heard of still works.
 //!
+//! Where the command line could name the bundle two ways, or the command
+//! could be read two ways, it errs towards adding the hook or refusing
+//! ([`classify`]), never towards a container started without it.
+//!
 //! It keeps the hook's promise: if the hook cannot be added the container
 //! does not start (the runtime is not run and the error names keyward),
 //! unless `--fail-open` was given; if the daemon cannot be reached the hook
@@ -44,6 +48,10 @@ pub const LINK_NAME: &str = "keyward-runtime";
 /// The hook's timeout in the bundle, in seconds: as in the shipped hooks.d
 /// file, above the hook's own limits ([`crate::hook::HOOK_TIMEOUT`]).
 pub const HOOK_TIMEOUT_SECS: u64 = 10;
+/// Set for the real runtime, so a `--runtime` that leads back to the
+/// wrapper (a copy of keyward, a script calling it) is refused instead of
+/// exec'ing forever.
+pub const WRAPPED_ENV: &str = "KEYWARD_RUNTIME_WRAPPED";
 /// Where the real runtime is looked for when `PATH` is unset or empty (a
 /// shim's environment may have none).
 const FALLBACK_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -65,6 +73,16 @@ pub enum RuntimeError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "cannot tell which bundle or config file {arg:?} names (runc and crun read it differently); \
+         give --bundle DIR"
+    )]
+    UnclearBundle { arg: String },
+    #[error(
+        "the wrapper was run again by its own real runtime ({WRAPPED_ENV} is set): \
+         --runtime must name runc, crun or another runtime, not keyward"
+    )]
+    Reentered,
     #[error("cannot find keyward's own binary: {0}")]
     SelfExe(#[source] std::io::Error),
     #[error("the real runtime {runtime:?} is not an executable in {path}")]
@@ -164,8 +182,13 @@ pub fn parse_args(
 /// What the runtime is asked to do, as far as the wrapper cares.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Invocation {
-    /// A command that starts a container from `bundle`'s `config.json`.
-    Create { command: String, bundle: PathBuf },
+    /// A command that starts a container from `config` (the bundle's
+    /// `config.json`, or the file crun's `--config` names).
+    Create { command: String, config: PathBuf },
+    /// A create whose bundle or config file the wrapper cannot tell for
+    /// sure (`arg`): refused, never guessed, so no container starts from a
+    /// file the hook was not added to.
+    Unclear { arg: String },
     /// Anything else: passed through untouched.
     PassThrough,
 }
@@ -212,20 +235,24 @@ const COMMANDS: &[&str] = &[
     "update",
 ];
 
-/// Find the command and, for a create, its bundle (`--bundle`/`-b`, with
-/// `=` or as the next argument, in Go's one- or two-dash spelling; the
-/// current directory by default, as runc has it). `--help` or `-h` after the
-/// command passes through: nothing is started.
-pub fn classify(args: &[OsString]) -> Invocation {
+/// Arguments before the command that make the runtime print and exit.
+const GLOBAL_INFO_OPTIONS: &[&str] = &["-h", "--help", "-v", "--version"];
+
+/// The command word and its index, reading a known value-taking global
+/// option's next argument as its value always (`consume`) or only when it
+/// is not a command name. runc (Go) takes the next argument; crun's
+/// `--rootless` takes only `=VALUE`. `None` for no command, or a global
+/// `--help`/`--version`.
+fn find_command(args: &[OsString], consume: bool) -> Option<(usize, String)> {
     let mut i = 0;
-    let command = loop {
-        let Some(a) = args.get(i) else {
-            return Invocation::PassThrough;
-        };
-        let s = a.to_string_lossy();
+    loop {
+        let s = args.get(i)?.to_string_lossy();
+        if GLOBAL_INFO_OPTIONS.contains(&s.as_ref()) {
+            return None;
+        }
         if !s.starts_with('-') {
             if COMMANDS.contains(&s.as_ref()) {
-                break s.into_owned();
+                return Some((i, s.into_owned()));
             }
             // The value of an option we do not know; the command is later.
             i += 1;
@@ -234,33 +261,72 @@ pub fn classify(args: &[OsString]) -> Invocation {
         let takes_value = GLOBAL_VALUE_OPTIONS.contains(&s.as_ref())
             && args
                 .get(i + 1)
-                .is_some_and(|v| !COMMANDS.contains(&v.to_string_lossy().as_ref()));
+                .is_some_and(|v| consume || !COMMANDS.contains(&v.to_string_lossy().as_ref()));
         i += if takes_value { 2 } else { 1 };
-    };
-    if !CREATE_COMMANDS.contains(&command.as_str()) {
-        return Invocation::PassThrough;
     }
+}
+
+/// Find the command and, for a create, the config file it starts from.
+///
+/// Where the runtimes' parsers could read the global options two ways
+/// (a value that is a command name), the command is a create if either
+/// reading makes it one: an unneeded hook costs nothing, a missing one
+/// leaves a container unwatched. The bundle is `--bundle DIR`,
+/// `--bundle=DIR` or `-b DIR` (the current directory by default, as runc
+/// has it), and crun's `--config FILE`, `--config=FILE` or `-f FILE`
+/// replaces its `config.json`. Other spellings that runc's Go flags and
+/// crun's argp read differently (`-bundle`, `-b=DIR`, `-bDIR`, `--bund`)
+/// are [`Invocation::Unclear`]. `--help` or `-h` passes through: nothing
+/// is started.
+pub fn classify(args: &[OsString]) -> Invocation {
+    let readings = [find_command(args, false), find_command(args, true)];
+    let Some((at, command)) = readings
+        .iter()
+        .flatten()
+        .find(|(_, c)| CREATE_COMMANDS.contains(&c.as_str()))
+        .cloned()
+    else {
+        return Invocation::PassThrough;
+    };
     let mut bundle = None;
-    let mut rest = args[i + 1..].iter();
+    let mut config = None;
+    let mut rest = args[at + 1..].iter();
     while let Some(a) = rest.next() {
-        let s = a.as_bytes();
-        if s == b"--help" || s == b"-h" {
+        let s = a.to_string_lossy();
+        if s == "--help" || s == "-h" {
             return Invocation::PassThrough;
         }
-        if s == b"--" {
+        if s == "--" {
             break;
         }
-        for flag in [&b"--bundle"[..], b"-bundle", b"-b"] {
-            if s == flag {
-                bundle = rest.next().map(PathBuf::from);
-            } else if s.len() > flag.len() && s.starts_with(flag) && s[flag.len()] == b'=' {
-                bundle = Some(PathBuf::from(OsStr::from_bytes(&s[flag.len() + 1..])));
-            }
+        // Past the id too: Go's flags stop there, but crun's argp does not.
+        if !s.starts_with('-') {
+            continue;
         }
+        let (name, inline) = match s.split_once('=') {
+            Some((n, v)) if s.starts_with("--") => (n, Some(PathBuf::from(v))),
+            _ => (s.as_ref(), None),
+        };
+        let unclear = || Invocation::Unclear { arg: s.to_string() };
+        let slot = match name {
+            "--bundle" => &mut bundle,
+            "-b" if inline.is_none() => &mut bundle,
+            "--config" => &mut config,
+            "-f" if inline.is_none() => &mut config,
+            n if n.starts_with("--b") && "--bundle".starts_with(n) => return unclear(),
+            n if n.len() >= 6 && "--config".starts_with(n) => return unclear(),
+            n if n.starts_with("-b") || n.starts_with("-f") => return unclear(),
+            _ => continue,
+        };
+        *slot = match inline {
+            Some(v) => Some(v),
+            None => Some(PathBuf::from(rest.next().cloned().unwrap_or_default())),
+        };
     }
+    let bundle = bundle.unwrap_or_else(|| PathBuf::from("."));
     Invocation::Create {
         command,
-        bundle: bundle.unwrap_or_else(|| PathBuf::from(".")),
+        config: config.unwrap_or_else(|| bundle.join("config.json")),
     }
 }
 
@@ -282,7 +348,7 @@ pub fn hook_entry(keyward: &Path, opts: &Options) -> serde_json::Value {
     })
 }
 
-/// Whether [`add_hook`] changed the bundle.
+/// Whether [`add_hook`] changed the config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Added {
     Added,
@@ -290,11 +356,12 @@ pub enum Added {
     AlreadyThere,
 }
 
-/// Append `hook` to `createRuntime` in `bundle/config.json`, keeping every
-/// other field as it was. The file is replaced by rename, with its mode,
-/// so the runtime never reads half of it.
-pub fn add_hook(bundle: &Path, hook: &serde_json::Value) -> Result<Added, RuntimeError> {
-    let (mut spec, path, meta) = oci::read_config::<serde_json::Value>(bundle)?;
+/// Append `hook` to `createRuntime` in the runtime config at `path`,
+/// keeping every other field as it was. The file is replaced by rename,
+/// with its mode, so the runtime never reads half of it.
+pub fn add_hook(path: &Path, hook: &serde_json::Value) -> Result<Added, RuntimeError> {
+    let path = path.to_path_buf();
+    let (mut spec, meta) = oci::read_config::<serde_json::Value>(&path)?;
     let Some(obj) = spec.as_object_mut() else {
         return Err(RuntimeError::BadHooks { path });
     };
@@ -318,10 +385,11 @@ pub fn add_hook(bundle: &Path, hook: &serde_json::Value) -> Result<Added, Runtim
         return Ok(Added::AlreadyThere);
     }
     list.push(hook.clone());
-    // A Value that was just parsed always serializes.
-    let out = serde_json::to_vec(&spec).map_err(|source| OciError::BadConfig {
+    // A Value that was just parsed always serializes; were it not to, the
+    // write fails and says so.
+    let out = serde_json::to_vec(&spec).map_err(|e| RuntimeError::WriteConfig {
         path: path.clone(),
-        source,
+        source: std::io::Error::other(e),
     })?;
     write_replacing(&path, &out, meta.permissions().mode())?;
     Ok(Added::Added)
@@ -447,18 +515,20 @@ pub fn prepare(
     if same(&runtime, keyward) {
         return Err(RuntimeError::RuntimeIsSelf { runtime });
     }
-    let mut warning = None;
-    if let Invocation::Create { bundle, .. } = classify(args) {
-        match add_hook(&bundle, &hook_entry(keyward, opts)) {
-            Ok(_) => {}
-            Err(e) if opts.fail_open => {
-                warning = Some(format!(
-                    "{e}; the container starts without keyward (--fail-open)"
-                ));
-            }
-            Err(e) => return Err(e),
+    let added = match classify(args) {
+        Invocation::Create { config, .. } => {
+            add_hook(&config, &hook_entry(keyward, opts)).map(Some)
         }
-    }
+        Invocation::Unclear { arg } => Err(RuntimeError::UnclearBundle { arg }),
+        Invocation::PassThrough => Ok(None),
+    };
+    let warning = match added {
+        Ok(_) => None,
+        Err(e) if opts.fail_open => Some(format!(
+            "{e}; the container starts without keyward (--fail-open)"
+        )),
+        Err(e) => return Err(e),
+    };
     Ok(Prepared { runtime, warning })
 }
 
@@ -474,6 +544,9 @@ pub fn run(args: Vec<OsString>) -> RuntimeError {
 }
 
 fn exec_runtime(args: Vec<OsString>) -> Result<std::convert::Infallible, RuntimeError> {
+    if std::env::var_os(WRAPPED_ENV).is_some() {
+        return Err(RuntimeError::Reentered);
+    }
     let (opts, rest) = parse_args(args, Options::from_env(|k| std::env::var_os(k)))?;
     let keyward = std::env::current_exe().map_err(RuntimeError::SelfExe)?;
     let path_var = std::env::var_os("PATH");
@@ -483,8 +556,11 @@ fn exec_runtime(args: Vec<OsString>) -> Result<std::convert::Infallible, Runtime
     }
     // exec(2) keeps every inherited descriptor (the console socket,
     // `--preserve-fds`, the shim's pipes) and the environment.
+    // Runtimes run hooks with the hook's own environment only, so the
+    // marker reaches neither `keyward hook` nor the container.
     let source = std::process::Command::new(&prepared.runtime)
         .args(&rest)
+        .env(WRAPPED_ENV, "1")
         .exec();
     Err(RuntimeError::Exec {
         runtime: prepared.runtime,
@@ -580,32 +656,66 @@ mod tests {
             classify(&docker),
             Invocation::Create {
                 command: "create".into(),
-                bundle: "/s/moby/ID".into()
+                config: "/s/moby/ID/config.json".into()
             }
         );
         assert_eq!(
             json_log(&docker),
             Some(PathBuf::from("/s/moby/ID/log.json"))
         );
-        for (line, bundle) in [
-            (&["run", "-b=/b", "id"][..], "/b"),
+        for (line, config) in [
+            (&["run", "-b", "/b", "id"][..], "/b/config.json"),
             (
                 &["--debug", "--systemd-cgroup", "run", "--bundle=/b2", "id"],
-                "/b2",
+                "/b2/config.json",
             ),
-            (&["--rootless", "create", "-bundle", "/b3", "id"], "/b3"),
-            (&["--unknown-flag", "v", "create", "id"], "."),
+            (
+                &["--rootless", "create", "--bundle", "/b3", "id"],
+                "/b3/config.json",
+            ),
+            (&["--unknown-flag", "v", "create", "id"], "./config.json"),
             (
                 &["restore", "--image-path", "/img", "-b", "/b4", "id"],
-                "/b4",
+                "/b4/config.json",
+            ),
+            // crun's --config replaces the bundle's config.json.
+            (
+                &["create", "--bundle", "/b5", "--config", "/c.json", "id"],
+                "/c.json",
+            ),
+            (&["run", "-f", "/c2.json", "id"], "/c2.json"),
+            (&["run", "id", "--config=/c3.json"], "/c3.json"),
+            // A value that is a command name: either reading is a create.
+            (
+                &["--root", "start", "create", "-b", "/b6", "id"],
+                "/b6/config.json",
+            ),
+            (
+                &["--rootless", "create", "--bundle", "/b7", "x"],
+                "/b7/config.json",
             ),
         ] {
             match classify(&os(line)) {
-                Invocation::Create { bundle: b, .. } => {
-                    assert_eq!(b, PathBuf::from(bundle), "{line:?}")
+                Invocation::Create { config: c, .. } => {
+                    assert_eq!(c, PathBuf::from(config), "{line:?}")
                 }
                 other => panic!("{line:?}: {other:?}"),
             }
+        }
+        // Spellings runc and crun read differently are refused, not guessed.
+        for line in [
+            &["create", "-bundle", "/b", "id"][..],
+            &["create", "-b=/b", "id"],
+            &["create", "-b/b", "id"],
+            &["create", "--bund", "/b", "id"],
+            &["create", "--b=/b", "id"],
+            &["create", "--conf", "/c.json", "id"],
+            &["run", "-f/c.json", "id"],
+        ] {
+            assert!(
+                matches!(classify(&os(line)), Invocation::Unclear { .. }),
+                "{line:?}"
+            );
         }
         for line in [
             &["--root", "/r", "start", "id"][..],
@@ -616,6 +726,7 @@ mod tests {
             &["checkpoint", "--image-path", "/i", "id"],
             &["features"],
             &["create", "--help"],
+            &["--help", "create"],
             &["--version"],
             &[],
         ] {
@@ -645,8 +756,8 @@ mod tests {
             fail_open: true,
         };
         let hook = hook_entry(Path::new("/usr/bin/keyward"), &opts);
-        assert_eq!(add_hook(dir, &hook).unwrap(), Added::Added);
-        assert_eq!(add_hook(dir, &hook).unwrap(), Added::AlreadyThere);
+        assert_eq!(add_hook(&cfg, &hook).unwrap(), Added::Added);
+        assert_eq!(add_hook(&cfg, &hook).unwrap(), Added::AlreadyThere);
         let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg).unwrap()).unwrap();
         assert_eq!(v["x-unknown"]["k"][1], 2);
         assert_eq!(v["hooks"]["prestart"][0]["path"], "/p");
@@ -670,7 +781,7 @@ mod tests {
             r#"{"ociVersion":"1.0.2","hooks":{"createRuntime":null}}"#,
         )
         .unwrap();
-        add_hook(dir, &hook).unwrap();
+        add_hook(&cfg, &hook).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg).unwrap()).unwrap();
         assert_eq!(v["hooks"]["createRuntime"].as_array().unwrap().len(), 1);
     }
@@ -680,8 +791,12 @@ mod tests {
         let tmp = crate::testdir::TempDir::new("runtime-bad");
         let dir = tmp.path();
         let hook = hook_entry(Path::new("/k"), &defaults());
-        let e = add_hook(dir, &hook).unwrap_err().to_string();
-        assert!(e.contains("config.json") && e.contains("keyward"), "{e}");
+        let cfg = dir.join("config.json");
+        let e = add_hook(&cfg, &hook).unwrap_err();
+        assert!(
+            matches!(&e, RuntimeError::Config(OciError::ReadConfig { path, .. }) if *path == cfg),
+            "{e}"
+        );
         for (text, word) in [
             ("{bad", "malformed"),
             ("[1]", "hooks"),
@@ -689,7 +804,7 @@ mod tests {
             (r#"{"hooks":{"createRuntime":{}}}"#, "hooks"),
         ] {
             std::fs::write(dir.join("config.json"), text).unwrap();
-            let e = add_hook(dir, &hook).unwrap_err().to_string();
+            let e = add_hook(&cfg, &hook).unwrap_err().to_string();
             assert!(e.contains("config.json") && e.contains(word), "{text}: {e}");
             // The file is left as it was.
             assert_eq!(
