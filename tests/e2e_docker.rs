@@ -575,7 +575,7 @@ fn wrapper_runs_crun_as_the_real_runtime() {
     if !ready() {
         return;
     }
-    let d = Daemon::start_without_unified_cgroup("");
+    let mut d = Daemon::start_without_unified_cgroup("");
     let mut e = Engines::new();
     let link = runtime_link(&e);
     e.start_containerd_for_crun(
@@ -635,4 +635,24 @@ fn wrapper_runs_crun_as_the_real_runtime() {
         "{} holds {names:?}: not crun's state",
         state.display()
     );
+
+    // With the daemon down crun refuses the container too; its error names
+    // the hook (crun does not quote the hook's stderr, runc does).
+    d.stop();
+    let down = unique("kw-crun-down");
+    let out = ctr_run(
+        &e,
+        &link,
+        &rootfs,
+        &down,
+        &[],
+        &["/bin/sh", "-c", "echo started-unwatched"],
+    );
+    let all = text(&out);
+    assert!(!out.status.success(), "started with the daemon down: {all}");
+    assert!(
+        all.contains("error executing hook") && all.contains(KEYWARD),
+        "crun's error does not name keyward's hook: {all}"
+    );
+    assert!(!all.contains("started-unwatched"), "{all}");
 }

@@ -179,7 +179,7 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, Eng
 }
 
 /// A value fit for an alert: non-empty, no control characters, bounded.
-fn clean(s: &str) -> Option<String> {
+pub(crate) fn clean(s: &str) -> Option<String> {
     if s.is_empty() || s.chars().any(char::is_control) {
         return None;
     }
@@ -462,6 +462,19 @@ mod tests {
         let (d, root, bundle) = docker("other", &record);
         let roots = [root.clone()];
         assert_eq!(docker_lookup(ID, &bundle, &roots).unwrap(), None);
+        // A record of `other` exists, but the bundle is not its directory.
+        fs::create_dir_all(root.join("containers").join(&other)).unwrap();
+        fs::copy(
+            root.join("containers").join(ID).join("config.v2.json"),
+            root.join("containers").join(&other).join("config.v2.json"),
+        )
+        .unwrap();
+        assert!(
+            docker_lookup(&other, &bundle.with_file_name(&other), &roots)
+                .unwrap()
+                .is_some()
+        );
+        assert_eq!(docker_lookup(&other, &bundle, &roots).unwrap(), None);
         // Not the id's own bundle directory, or not a full id.
         assert_eq!(docker_lookup(ID, d.path(), &roots).unwrap(), None);
         assert_eq!(

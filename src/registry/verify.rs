@@ -133,20 +133,25 @@ pub fn name_and_image(a: &BTreeMap<String, String>) -> (Option<String>, Option<S
 }
 
 /// The pod a container belongs to, from the annotations containerd's CRI
-/// plugin (`io.kubernetes.cri.sandbox-*`) and CRI-O (`io.kubernetes.pod.*`)
-/// set. `None` when neither names a namespace or a pod.
+/// plugin (`io.kubernetes.cri.sandbox-*`) or CRI-O (`io.kubernetes.pod.*`)
+/// set, one engine's pair, never a mix. `None` when neither names a
+/// namespace or a pod. Like names and images, these are what whoever
+/// created the container wrote into its spec; the values are cut and
+/// cleaned as [`crate::registry::enrich`] does.
 pub fn pod_of(a: &BTreeMap<String, String>) -> Option<crate::watch::index::PodRef> {
-    let first = |keys: &[&str]| {
-        keys.iter()
-            .find_map(|k| a.get(*k).filter(|v| !v.is_empty()).cloned())
-    };
-    let namespace = first(&[
-        "io.kubernetes.cri.sandbox-namespace",
-        "io.kubernetes.pod.namespace",
-    ]);
-    let name = first(&["io.kubernetes.cri.sandbox-name", "io.kubernetes.pod.name"]);
-    (namespace.is_some() || name.is_some())
-        .then_some(crate::watch::index::PodRef { namespace, name })
+    const PAIRS: &[(&str, &str)] = &[
+        (
+            "io.kubernetes.cri.sandbox-namespace",
+            "io.kubernetes.cri.sandbox-name",
+        ),
+        ("io.kubernetes.pod.namespace", "io.kubernetes.pod.name"),
+    ];
+    PAIRS.iter().find_map(|(ns, name)| {
+        let get = |k: &str| a.get(k).and_then(|v| super::enrich::clean(v));
+        let (namespace, name) = (get(ns), get(name));
+        (namespace.is_some() || name.is_some())
+            .then_some(crate::watch::index::PodRef { namespace, name })
+    })
 }
 
 /// Facts about a pid that registration verifies.
@@ -242,6 +247,18 @@ mod tests {
         assert_eq!(pod.name.as_deref(), Some("cart-7f9c4"));
         let pod = pod_of(&a(&[("io.kubernetes.pod.name", "web-0")])).unwrap();
         assert_eq!((pod.namespace, pod.name.as_deref()), (None, Some("web-0")));
+        // One engine's pair, never a mix.
+        let pod = pod_of(&a(&[
+            ("io.kubernetes.cri.sandbox-namespace", "shop"),
+            ("io.kubernetes.pod.name", "other"),
+        ]))
+        .unwrap();
+        assert_eq!((pod.namespace.as_deref(), pod.name), (Some("shop"), None));
+        assert_eq!(
+            pod_of(&a(&[("io.kubernetes.cri.sandbox-name", "a\nb")])),
+            None,
+            "control characters are dropped"
+        );
         assert_eq!(pod_of(&a(&[("io.kubernetes.cri.sandbox-name", "")])), None);
         assert_eq!(pod_of(&a(&[("io.keyward.name", "x")])), None);
     }

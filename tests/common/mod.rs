@@ -878,7 +878,6 @@ pub fn yaml_block(yaml: &str, key: &str) -> String {
     out
 }
 
-/// Text of an output, both streams.
 /// Detach every mount under `dir` (deepest first), then remove it: what an
 /// engine left behind in a test's private directory.
 pub fn remove_engine_dir(dir: &Path) {
@@ -908,6 +907,7 @@ pub fn rootfs_tar(tar: &Path) {
     assert!(out.status.success(), "tar rootfs: {}", text(&out));
 }
 
+/// Text of an output, both streams.
 pub fn text(o: &Output) -> String {
     format!(
         "status {:?}\nstdout:\n{}\nstderr:\n{}",
