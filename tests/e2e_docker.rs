@@ -21,6 +21,8 @@
 //! containerd snippet documents. Every engine command runs under
 //! `timeout`; engines are stopped by pid, their mounts detached and their
 //! directory removed on drop.
+//! One test needs no engine: a runtime that re-runs the wrapper is
+//! refused, under a timeout that would end a loop.
 
 mod common;
 
@@ -655,4 +657,34 @@ fn wrapper_runs_crun_as_the_real_runtime() {
         "crun's error does not name keyward's hook: {all}"
     );
     assert!(!all.contains("started-unwatched"), "{all}");
+}
+
+/// A real runtime that leads back to the wrapper (here a script that calls
+/// `keyward runtime` naming itself) is refused on its second pass instead of
+/// exec'ing forever. Needs no engine and no privilege.
+#[test]
+fn wrapper_refuses_a_runtime_that_runs_it_again() {
+    let dir = std::env::temp_dir().join(unique("keyward-loop"));
+    fs::create_dir_all(&dir).unwrap();
+    let script = dir.join("looping-runtime");
+    fs::write(
+        &script,
+        format!("#!/bin/sh\nexec {KEYWARD} runtime --runtime \"$0\" -- \"$@\"\n"),
+    )
+    .unwrap();
+    fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = Command::new("timeout")
+        .args(["-s", "KILL", "20", KEYWARD, "runtime", "--runtime"])
+        .arg(&script)
+        .args(["--", "state", "some-id"])
+        .env_remove("KEYWARD_RUNTIME_WRAPPED")
+        .output()
+        .unwrap();
+    let _ = fs::remove_dir_all(&dir);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("run again by its own real runtime"),
+        "{}",
+        text(&out)
+    );
 }
