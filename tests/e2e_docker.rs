@@ -32,8 +32,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    Daemon, KEYWARD, base_rootfs, files, privileged, remove_engine_dir, required, rootfs_tar, text,
-    unique, wait_until,
+    Daemon, KEYWARD, base_rootfs, files, have_command, in_mount_ns_of, privileged,
+    remove_engine_dir, required, rootfs_tar, text, unique, wait_until,
 };
 use serde_json::Value;
 
@@ -51,21 +51,13 @@ fn docker_client() -> &'static str {
     }
 }
 
-fn runs(cmd: &str, arg: &str) -> bool {
-    Command::new(cmd)
-        .arg(arg)
-        .stdin(Stdio::null())
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 fn ready() -> bool {
     privileged()
-        && required("containerd", runs("containerd", "--version"))
-        && required("ctr", runs("ctr", "--version"))
-        && required("dockerd", runs("dockerd", "--version"))
-        && required("docker client", runs(docker_client(), "--version"))
-        && required("crun", runs("crun", "--version"))
+        && required("containerd", have_command("containerd"))
+        && required("ctr", have_command("ctr"))
+        && required("dockerd", have_command("dockerd"))
+        && required("docker client", have_command(docker_client()))
+        && required("crun", have_command("crun"))
 }
 
 /// A process the test started, stopped by pid (SIGTERM, then SIGKILL).
@@ -130,12 +122,9 @@ impl Engines {
     /// with [`Daemon::start_without_unified_cgroup`]: crun 1.8 refuses this
     /// machine's hybrid cgroups ("cgroups in hybrid mode not supported":
     /// the unified tree has hugetlb), and sees plain cgroup v1 there, as
-    /// runc does. `nsenter` execs, so the pid is containerd's.
+    /// runc does.
     fn start_containerd_for_crun(&mut self, env: &[(&str, &Path)], d: &Daemon) {
-        let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--mount=/proc/{}/ns/mnt", d.pid()))
-            .args(["--", "containerd"]);
-        self.start_containerd_in(env, cmd);
+        self.start_containerd_in(env, in_mount_ns_of(d.pid(), "containerd"));
     }
 
     fn start_containerd_in(&mut self, env: &[(&str, &Path)], mut cmd: Command) {

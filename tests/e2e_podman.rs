@@ -23,8 +23,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use common::{
-    Daemon, KEYWARD, files, have_command, privileged, remove_engine_dir, required, rootfs_tar,
-    text, unique, yaml_block,
+    Daemon, KEYWARD, files, have_command, in_mount_ns_of, privileged, remove_engine_dir, required,
+    rootfs_tar, text, unique, yaml_block,
 };
 use serde_json::Value;
 
@@ -84,12 +84,7 @@ impl Podman {
     /// `podman` with the private store and hooks dir, under a timeout.
     fn podman<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Output {
         let mut cmd = match self.enter {
-            Some(pid) => {
-                let mut c = Command::new("nsenter");
-                c.arg(format!("--mount=/proc/{pid}/ns/mnt"))
-                    .args(["--", "timeout"]);
-                c
-            }
+            Some(pid) => in_mount_ns_of(pid, "timeout"),
             None => Command::new("timeout"),
         };
         cmd.args(["-s", "KILL", PODMAN_TIMEOUT_SECS, "podman"])

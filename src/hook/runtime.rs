@@ -146,37 +146,39 @@ pub fn parse_args(
                 it.next();
                 break;
             }
-            b"--fail-open" if inline.is_none() => opts.fail_open = true,
-            b"--socket" | b"--runtime" => {
-                let key = if name == b"--socket" {
-                    "--socket"
-                } else {
-                    "--runtime"
-                };
+            b"--fail-open" if inline.is_none() => {
                 it.next();
-                let value = match inline {
-                    Some(v) => v,
-                    None => it.next().ok_or(RuntimeError::MissingValue(key))?,
-                };
-                if value.is_empty() {
-                    return Err(RuntimeError::MissingValue(key));
-                }
-                if key == "--socket" {
-                    opts.socket = PathBuf::from(value);
-                } else {
-                    opts.runtime = value;
-                }
-                continue;
+                opts.fail_open = true;
+            }
+            b"--socket" => {
+                it.next();
+                opts.socket = option_value("--socket", inline, &mut it)?.into();
+            }
+            b"--runtime" => {
+                it.next();
+                opts.runtime = option_value("--runtime", inline, &mut it)?;
             }
             _ => break,
         }
-        it.next();
     }
     let rest: Vec<OsString> = it.collect();
     if rest.is_empty() {
         return Err(RuntimeError::NoCommand);
     }
     Ok((opts, rest))
+}
+
+/// The value of option `key`: after its `=`, else the next argument; never
+/// empty.
+fn option_value(
+    key: &'static str,
+    inline: Option<OsString>,
+    rest: &mut impl Iterator<Item = OsString>,
+) -> Result<OsString, RuntimeError> {
+    inline
+        .or_else(|| rest.next())
+        .filter(|v| !v.is_empty())
+        .ok_or(RuntimeError::MissingValue(key))
 }
 
 /// What the runtime is asked to do, as far as the wrapper cares.

@@ -141,11 +141,6 @@ struct StoredImage {
     names: Vec<String>,
 }
 
-/// Read a store file, bounded. `Ok(None)` when it does not exist.
-fn read_store<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<Vec<T>>, EngineError> {
-    read_json(path)
-}
-
 /// Read and parse a JSON file, bounded. `Ok(None)` when it does not exist.
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, EngineError> {
     let file = match fs::File::open(path) {
@@ -200,7 +195,7 @@ pub fn lookup(id: &str, bundle: &Path) -> Result<Option<EngineMeta>, EngineError
     let mut found = None;
     for file in CONTAINER_FILES {
         let path = layout.containers_dir.join(file);
-        if let Some(list) = read_store::<StoredContainer>(&path)? {
+        if let Some(list) = read_json::<Vec<StoredContainer>>(&path)? {
             found = list.into_iter().find(|c| c.id == id);
             if found.is_some() {
                 break;
@@ -221,7 +216,7 @@ pub fn lookup(id: &str, bundle: &Path) -> Result<Option<EngineMeta>, EngineError
     let mut image = clean(&meta.image_name);
     if image.is_none() && !c.image.is_empty() {
         let path = layout.images_dir.join("images.json");
-        image = read_store::<StoredImage>(&path)?
+        image = read_json::<Vec<StoredImage>>(&path)?
             .and_then(|list| list.into_iter().find(|i| i.id == c.image))
             .and_then(|i| i.names.first().and_then(|n| clean(n)));
     }

@@ -878,6 +878,15 @@ pub fn yaml_block(yaml: &str, key: &str) -> String {
     out
 }
 
+/// `program` run in the mount namespace of `pid` (`nsenter` execs, so the
+/// pid is `program`'s).
+pub fn in_mount_ns_of(pid: i32, program: &str) -> Command {
+    let mut c = Command::new("nsenter");
+    c.arg(format!("--mount=/proc/{pid}/ns/mnt"))
+        .args(["--", program]);
+    c
+}
+
 /// Detach every mount under `dir` (deepest first), then remove it: what an
 /// engine left behind in a test's private directory.
 pub fn remove_engine_dir(dir: &Path) {
