@@ -17,6 +17,7 @@ mod common;
 use common::*;
 use serde_json::Value;
 use std::fs;
+use std::process::Command;
 use std::time::Duration;
 
 const SEED: &str = "keyward.seed.sensitive-files-compression";
@@ -690,6 +691,113 @@ fn an_exec_storm_is_read_a_tick_at_a_time_and_still_judged() {
         a["container"]["id"] == b.id.as_str()
             && seed_alert(std::slice::from_ref(a), "/root/.ssh/id_rsa").is_some()
     });
+}
+
+#[test]
+fn a_storm_on_its_own_overlay_is_held_and_no_other_container_loses_its_execs() {
+    if !privileged() {
+        return;
+    }
+    // A busybox loop on a container's own overlay gets its busybox held:
+    // the kernel stops reporting that file's execs for a while, so the
+    // daemon sees a fraction of them. An archiver run in the storm is
+    // still judged where it opens the key (a permission event, with its
+    // argv; the file rule is off, so only the seed rule can alert). Meanwhile
+    // a second container, on its own overlay with the same busybox
+    // content, runs an archiver naming a key that does not exist (it
+    // reads a large file, so it lives past its first probe), spaced
+    // out: only the exec path can see it, and the first container's hold
+    // must not blind it.
+    let d = Daemon::start_with_alerts(
+        "[rules.file]\nenabled = false\n",
+        "rate_limit_per_minute = 100000",
+    );
+    let mut quiet = Bundle::new(
+        "kw-hold-b",
+        &d.socket,
+        "dd if=/dev/zero of=/tmp/big bs=1M count=8 2>/dev/null; usleep 300000; \
+         n=0; while [ $n -lt 10 ]; do busybox tar cf /tmp/q.tar /root/.ssh/authorized_keys2 /tmp/big 2>/dev/null; usleep 100000; n=$((n+1)); done; echo finished",
+    );
+    quiet.on_overlay();
+    let mut storm = Bundle::new(
+        "kw-hold-a",
+        &d.socket,
+        "dd if=/dev/zero of=/tmp/big bs=1M count=8 2>/dev/null; \
+         (i=0; while [ $i -lt 6000 ]; do /bin/true; i=$((i+1)); done) & \
+         usleep 300000; \
+         busybox tar cf /tmp/s.tar /root/.ssh/id_rsa /tmp/big; \
+         wait; echo finished",
+    );
+    storm.on_overlay();
+    let child = quiet.spawn();
+    d.wait_registered(1);
+    storm.run_saying("finished");
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let stats = d.status()["stats"].clone();
+    assert!(
+        stats["exec_holds"].as_u64().unwrap() >= 1,
+        "no hold: {stats:#}"
+    );
+    assert!(
+        stats["exec_events"].as_u64().unwrap() < 3000,
+        "most of 6,000 busybox execs were still reported: {stats:#}"
+    );
+    d.wait_alert("the archiver that read the key during the hold", |a| {
+        a["container"]["id"] == storm.id.as_str()
+            && seed_alert(std::slice::from_ref(a), "/root/.ssh/id_rsa").is_some()
+    });
+    // Every one of the ten runs is caught at its exec when nothing
+    // else runs; a hold that reached this container would leave it none.
+    wait_until(
+        Duration::from_secs(5),
+        || {
+            let n = d
+                .alerts()
+                .iter()
+                .filter(|a| a["container"]["id"] == quiet.id.as_str())
+                .count();
+            format!("the other container's archivers: {n} alerts of 10, {stats:#}")
+        },
+        || {
+            d.alerts()
+                .iter()
+                .filter(|a| a["container"]["id"] == quiet.id.as_str())
+                .count()
+                >= 9
+        },
+    );
+}
+
+#[test]
+fn a_storm_on_an_overlay_another_container_shares_is_never_held() {
+    if !privileged() {
+        return;
+    }
+    // Two containers on one overlay superblock: an ignore mark on its
+    // busybox would blind both, so the storm is only batched.
+    let d = Daemon::start("");
+    let mut storm = Bundle::new(
+        "kw-shared-a",
+        &d.socket,
+        "i=0; while [ $i -lt 3000 ]; do /bin/true; i=$((i+1)); done; echo finished",
+    );
+    storm.on_overlay();
+    let mut other = Bundle::new("kw-shared-b", &d.socket, "sleep 30");
+    other.config["root"]["path"] = Value::String(storm.rootfs.to_string_lossy().into_owned());
+    let mut child = other.spawn();
+    d.wait_registered(1);
+    storm.run_saying("finished");
+    let _ = Command::new("runc")
+        .args(["kill", &other.id, "KILL"])
+        .output();
+    let _ = child.wait();
+    let stats = d.status()["stats"].clone();
+    assert!(
+        stats["exec_storms"].as_u64().unwrap() >= 1,
+        "no storm at all: {stats:#}"
+    );
+    assert_eq!(stats["exec_holds"].as_u64(), Some(0), "{stats:#}");
 }
 
 #[test]

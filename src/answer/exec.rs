@@ -1,6 +1,7 @@
 //! The exec loop: exec notifications, judged once each exec has
 //! completed, with nothing to answer.
 
+use std::collections::HashMap;
 use std::os::fd::AsFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,7 +13,7 @@ use super::events::{READ_BUF, TICK, raise_priority, read_batch_timeout, send};
 use super::policy::Context;
 use crate::alert::Finding;
 use crate::attribute::exe::{self, ExeClass};
-use crate::watch::fanotify::{EventSource, RawEvent};
+use crate::watch::fanotify::{self, EventSource, ExecScope, RawEvent};
 use crate::watch::resolve::FileId;
 
 /// An exec event waiting for its exec to complete.
@@ -73,27 +74,46 @@ pub fn exec_loop(src: &dyn EventSource, ctx: &Context, tx: SyncSender<Finding>, 
     let mut events = Vec::with_capacity(64);
     let mut pending: Vec<PendingExec> = Vec::new();
     let mut ignores = Ignores::default();
+    let mut holds = Holds::default();
     let mut storm = Storm::new(Instant::now());
     while !stop.load(Ordering::Relaxed) {
         // Every round, not only when an event comes: a file ignored under
         // the old policy sends no event that could trigger the flush.
-        ignores.refresh(src, ctx);
+        if ignores.refresh(src, ctx) {
+            holds.forget();
+        }
+        let now = Instant::now();
+        holds.lift(src, &mut ignores, now, |id| {
+            let watched = ctx
+                .index
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .container(id)
+                .is_some();
+            watched && !ctx.follow.has_taint(id) && !ctx.process_events.load(Ordering::Relaxed)
+        });
         let timeout = pending
             .iter()
             .map(|p| p.latest)
+            .chain(holds.next_check())
             .min()
             .map_or(TICK, |t| t.saturating_duration_since(Instant::now()));
         let got = if storm.on {
             // Let the kernel queue the storm's events and take them a tick
-            // at a time: one wakeup per tick instead of two per exec.
-            std::thread::sleep(timeout.min(STORM_TICK));
-            read_batch_timeout(src, &mut buf, &ctx.stats, &mut events, Duration::ZERO)
+            // at a time: one wakeup per tick instead of two per exec. Wait
+            // for the first event, though: a held storm sends none, and a
+            // tick timer with nothing to read costs a wakeup all the same.
+            let ready = !pending.is_empty() || src.wait(timeout).unwrap_or(false);
+            if ready {
+                std::thread::sleep(timeout.min(STORM_TICK));
+            }
+            ready && read_batch_timeout(src, &mut buf, &ctx.stats, &mut events, Duration::ZERO)
         } else {
             read_batch_timeout(src, &mut buf, &ctx.stats, &mut events, timeout)
         };
         if got {
             for ev in events.drain(..) {
-                if let Some(mut p) = exec_event(src, ctx, &mut ignores, ev) {
+                if let Some(mut p) = exec_event(src, ctx, &mut ignores, &mut holds, ev) {
                     // Start events promise every exec: no batching then.
                     if p.class == ExeClass::MultiCall && !ctx.process_events.load(Ordering::Relaxed)
                     {
@@ -228,8 +248,9 @@ struct Ignores {
 const MAX_IGNORES: usize = 16 * 1024;
 
 impl Ignores {
-    /// Drop all ignore marks if the verdicts behind them may have changed.
-    fn refresh(&mut self, src: &dyn EventSource, ctx: &Context) {
+    /// Drop all ignore marks if the verdicts behind them may have changed;
+    /// true when the marks are gone (flushed here or by the daemon).
+    fn refresh(&mut self, src: &dyn EventSource, ctx: &Context) -> bool {
         let now = (
             ctx.policy().generation,
             ctx.identities.generation(),
@@ -242,7 +263,9 @@ impl Ignores {
             }
             self.made_under = now;
             self.count = 0;
+            return true;
         }
+        false
     }
 
     /// Ask the kernel to stop reporting execs of this file.
@@ -256,12 +279,219 @@ impl Ignores {
     }
 }
 
+/// Multi-call execs of one file in one container within [`STORM_WINDOW`]
+/// from which that file is held.
+const HOLD_ENTER: u32 = STORM_ENTER;
+/// How long a held file's execs go unreported; then they are counted
+/// again, and a storm that goes on is held again from its 32nd exec.
+const HOLD_FOR: Duration = Duration::from_millis(500);
+/// Files held at once, daemon-wide.
+const MAX_HOLDS: usize = 256;
+/// (file, container) pairs counted before the counts start over.
+const MAX_COUNTED: usize = 4096;
+
+/// One file as one container reaches it: the mount its exec came through,
+/// and the inode.
+type HoldKey = (u64, FileId);
+
+/// A multi-call file whose execs the kernel does not report for now.
+#[derive(Debug)]
+struct Hold {
+    key: HoldKey,
+    container: String,
+    /// The fd the ignore mark was placed through, to take it back.
+    file: std::fs::File,
+    until: Instant,
+}
+
+/// Storms held per container: the second stage of [`Storm`].
+///
+/// Batching still reads every exec event: on an overlay the kernel opens
+/// two files per event, we stat the process, close them again, about
+/// 45 µs of this thread per `busybox true` (docs/performance.md). A
+/// multi-call file that one container execs [`HOLD_ENTER`] times within a
+/// window is *held*: an ignore mark on it, so the kernel stops reporting
+/// its execs, for [`HOLD_FOR`]. Then it is counted again. Only the
+/// storming container's own file is held: the file must have been
+/// reached through that container's root mount, the root must be its own
+/// overlay (no other registered container's root on the same
+/// filesystem), so the inode the mark sits on is one no other container
+/// can exec. Anything else (a shared rootfs directory, a bind-mounted
+/// busybox) is only batched, as before.
+///
+/// What a hold gives up, stated plainly: for up to [`HOLD_FOR`], that
+/// container's applets are not judged at exec, so the seed rule's
+/// argument clause misses an applet that names a credential it never
+/// opens (storm batching already missed most of those). Opens of
+/// credentials are permission events in the other group, judged for
+/// every process as always, with the opener's argv. No hold is made, and
+/// every hold is lifted, while `alerts.process_events` is on (start
+/// events promise every exec) or while the container has a tainted pipe
+/// (an archiver exec'd on it is followed from its exec).
+#[derive(Debug, Default)]
+struct Holds {
+    /// Recent multi-call execs per key: the window's start and count.
+    counts: HashMap<HoldKey, (Instant, u32)>,
+    held: Vec<Hold>,
+    /// Root mount and device of the registered containers, by (id, init
+    /// pid).
+    roots: HashMap<(String, i32), (u64, u64)>,
+}
+
+impl Holds {
+    /// Count one multi-call exec; true when the key reaches the threshold
+    /// in this window and is not held already.
+    fn note(&mut self, key: HoldKey, now: Instant) -> bool {
+        if self.counts.len() >= MAX_COUNTED && !self.counts.contains_key(&key) {
+            self.counts.clear();
+        }
+        let e = self.counts.entry(key).or_insert((now, 0));
+        if now.saturating_duration_since(e.0) >= STORM_WINDOW {
+            *e = (now, 0);
+        }
+        e.1 += 1;
+        e.1 == HOLD_ENTER && self.held.len() < MAX_HOLDS && !self.held.iter().any(|h| h.key == key)
+    }
+
+    /// One multi-call exec by `pid` of `file`: hold the file when its
+    /// container storms and owns it alone.
+    fn consider(
+        &mut self,
+        src: &dyn EventSource,
+        ctx: &Context,
+        ignores: &mut Ignores,
+        fid: FileId,
+        file: &std::fs::File,
+        now: Instant,
+    ) {
+        let Ok((mount, _)) = fanotify::mount_of(file.as_fd()) else {
+            return;
+        };
+        let key = (mount, fid);
+        if !self.note(key, now) {
+            return;
+        }
+        if let Some(container) = self.sole_owner(ctx, mount, file) {
+            self.hold(src, ctx, ignores, key, container, file, now);
+        }
+    }
+
+    /// The container that alone can exec `file`, reached through `mount`;
+    /// `None` when any other container could, or when that cannot be told.
+    /// Found by its root mount, not by the exec'ing pid: in a storm that
+    /// applet is often gone by the time its event is read.
+    fn sole_owner(&mut self, ctx: &Context, mount: u64, file: &std::fs::File) -> Option<String> {
+        if fanotify::exec_scope(file.as_fd()) != ExecScope::Filesystem {
+            return None;
+        }
+        let index = ctx.index.read().unwrap_or_else(|e| e.into_inner());
+        self.roots
+            .retain(|(c, p), _| index.container(c).is_some_and(|v| v.init_pid == *p));
+        let mut owner = None;
+        let mut devs = Vec::with_capacity(index.containers());
+        for v in index.views() {
+            let k = (v.reference.id.clone(), v.init_pid);
+            let root = match self.roots.get(&k) {
+                Some(r) => *r,
+                // A root that cannot be read is a container whose init is
+                // gone: nothing of it runs any more.
+                None => {
+                    match fanotify::mount_of_path(format!("/proc/{}/root", v.init_pid).as_ref()) {
+                        Ok(r) => *self.roots.entry(k).or_insert(r),
+                        Err(_) => continue,
+                    }
+                }
+            };
+            // Through the container's root mount, not a volume or a bind.
+            if root.0 == mount {
+                owner = Some((&v.reference.id, root.1));
+            }
+            devs.push((&v.reference.id, root.1));
+        }
+        let (id, dev) = owner?;
+        // The root's device is its overlay's own (directories always
+        // report it): no other container may have its root there.
+        if devs.iter().any(|(o, d)| *o != id && *d == dev) || ctx.follow.has_taint(id) {
+            return None;
+        }
+        Some(id.clone())
+    }
+
+    /// Place the ignore mark that holds `file` for [`HOLD_FOR`].
+    #[allow(clippy::too_many_arguments)]
+    fn hold(
+        &mut self,
+        src: &dyn EventSource,
+        ctx: &Context,
+        ignores: &mut Ignores,
+        key: HoldKey,
+        container: String,
+        file: &std::fs::File,
+        now: Instant,
+    ) {
+        if ignores.count >= MAX_IGNORES {
+            return;
+        }
+        let Ok(file) = file.try_clone() else {
+            return;
+        };
+        if src.ignore_exec(file.as_fd()).is_err() {
+            return;
+        }
+        ignores.count += 1;
+        ctx.stats.exec_holds.fetch_add(1, Ordering::Relaxed);
+        self.counts.remove(&key);
+        self.held.push(Hold {
+            key,
+            container,
+            file,
+            until: now + HOLD_FOR,
+        });
+    }
+
+    /// Take back the holds that are over, and those whose container
+    /// `keep` no longer allows (gone, tainted, start events on).
+    fn lift(
+        &mut self,
+        src: &dyn EventSource,
+        ignores: &mut Ignores,
+        now: Instant,
+        keep: impl Fn(&str) -> bool,
+    ) {
+        self.held.retain(|h| {
+            if h.until > now && keep(&h.container) {
+                return true;
+            }
+            // A file written since has lost its mark already; nothing to
+            // take back then.
+            let _ = src.unignore_exec(h.file.as_fd());
+            ignores.count = ignores.count.saturating_sub(1);
+            false
+        });
+    }
+
+    /// The kernel dropped every ignore mark (a flush): nothing is held.
+    fn forget(&mut self) {
+        self.held.clear();
+        self.counts.clear();
+    }
+
+    /// When the first hold is over. A taint or a container's end is
+    /// noticed on the loop's next wakeup, not polled for: each wakeup
+    /// costs this VM tens of microseconds, and the follow thread's own
+    /// scans find an archiver on a tainted pipe without its exec event.
+    fn next_check(&self) -> Option<Instant> {
+        self.held.iter().map(|h| h.until).min()
+    }
+}
+
 /// Turn one exec event into a pending probe, or drop it (overflow, an
 /// interpreter or a plain program, an unreadable fd).
 fn exec_event(
     src: &dyn EventSource,
     ctx: &Context,
     ignores: &mut Ignores,
+    holds: &mut Holds,
     ev: RawEvent,
 ) -> Option<PendingExec> {
     if ev.is_overflow() {
@@ -287,6 +517,9 @@ fn exec_event(
     }
     decide::note_exec(ctx, ev.pid);
     let now = Instant::now();
+    if class == ExeClass::MultiCall && !starts {
+        holds.consider(src, ctx, ignores, fid, &file, now);
+    }
     let later = || {
         ctx.stats.exec_plain.fetch_add(1, Ordering::Relaxed);
         let due = now + exe::PLAIN_DELAY;
@@ -357,6 +590,81 @@ mod tests {
         // At the cap, no more marks: those execs are read later instead.
         ign.count = MAX_IGNORES;
         assert!(!ign.add(&src, &c, &file));
+    }
+
+    #[test]
+    fn a_file_is_held_from_its_threshold_per_container_and_lifted_when_over() {
+        let c = ctx();
+        let src = Recording::idle();
+        let file = std::fs::File::open("/bin/true").unwrap();
+        let fid = FileId { dev: 1, ino: 2 };
+        let (a, b) = ((10, fid), (11, fid));
+        let t0 = Instant::now();
+        let mut holds = Holds::default();
+        // The same inode reached through two containers' mounts is counted
+        // apart: neither reaches the threshold on the other's execs.
+        for _ in 1..HOLD_ENTER {
+            assert!(!holds.note(a, t0));
+            assert!(!holds.note(b, t0));
+        }
+        assert!(holds.note(a, t0), "the threshold exec");
+        // Counts start over with each window.
+        let mut late = Holds::default();
+        for i in 0..(4 * HOLD_ENTER) {
+            assert!(!late.note(a, t0 + STORM_WINDOW * i / (HOLD_ENTER / 2)));
+        }
+        let mut ign = Ignores::default();
+        holds.hold(&src, &c, &mut ign, a, "ctr-a".into(), &file, t0);
+        assert_eq!(src.ignored.load(Ordering::Relaxed), 1);
+        assert_eq!(c.stats.exec_holds.load(Ordering::Relaxed), 1);
+        assert_eq!(ign.count, 1, "a hold pins an inode like any ignore mark");
+        // Held: no second hold of the same key.
+        for _ in 0..HOLD_ENTER {
+            assert!(!holds.note(a, t0));
+        }
+        assert_eq!(holds.next_check(), Some(t0 + HOLD_FOR));
+        // Kept while its time runs and its container allows it...
+        holds.lift(&src, &mut ign, t0 + HOLD_FOR / 2, |_| true);
+        assert_eq!(
+            (holds.held.len(), src.unignored.load(Ordering::Relaxed)),
+            (1, 0)
+        );
+        // ...lifted at once when the container no longer does (a taint,
+        // start events, the container gone)...
+        holds.lift(&src, &mut ign, t0 + HOLD_FOR / 2, |id| id != "ctr-a");
+        assert_eq!(
+            (holds.held.len(), src.unignored.load(Ordering::Relaxed)),
+            (0, 1)
+        );
+        assert_eq!(ign.count, 0);
+        assert_eq!(holds.next_check(), None);
+        // ...and when its time is over.
+        holds.hold(&src, &c, &mut ign, a, "ctr-a".into(), &file, t0);
+        holds.lift(&src, &mut ign, t0 + HOLD_FOR, |_| true);
+        assert_eq!(src.unignored.load(Ordering::Relaxed), 2);
+        // After a flush the kernel has dropped the marks: forget, do not
+        // take back.
+        holds.hold(&src, &c, &mut ign, a, "ctr-a".into(), &file, t0);
+        holds.forget();
+        holds.lift(&src, &mut ign, t0 + HOLD_FOR, |_| true);
+        assert_eq!(src.unignored.load(Ordering::Relaxed), 2);
+        // No hold past the ignore-mark cap.
+        let mut full = Ignores {
+            count: MAX_IGNORES,
+            ..Default::default()
+        };
+        holds.hold(&src, &c, &mut full, a, "ctr-a".into(), &file, t0);
+        assert!(holds.held.is_empty());
+    }
+
+    #[test]
+    fn only_a_container_whose_own_overlay_holds_the_file_may_hold_it() {
+        // Nothing registered: no owner, whatever the file.
+        let c = ctx();
+        let file = std::fs::File::open("/bin/true").unwrap();
+        let mut holds = Holds::default();
+        let (mount, _) = fanotify::mount_of(file.as_fd()).unwrap();
+        assert_eq!(holds.sole_owner(&c, mount, &file), None);
     }
 
     #[test]

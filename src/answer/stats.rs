@@ -32,6 +32,9 @@ pub struct Stats {
     /// one, a tick at a time.
     pub exec_storms: AtomicU64,
     pub exec_batched: AtomicU64,
+    /// Multi-call files of one container held (their execs ignored for a
+    /// while) during a storm in that container; see `answer::exec`.
+    pub exec_holds: AtomicU64,
     /// Ignore marks placed in the exec group (ELF interpreters and plain
     /// programs, whose execs the kernel then stops reporting).
     pub exec_ignored: AtomicU64,
@@ -118,6 +121,7 @@ pub struct StatsSnapshot {
     pub exec_applets_skipped: u64,
     pub exec_storms: u64,
     pub exec_batched: u64,
+    pub exec_holds: u64,
     pub exec_unsettled: u64,
     pub exec_timeouts: u64,
     pub findings: u64,
@@ -230,6 +234,7 @@ impl Stats {
             exec_applets_skipped: g(&self.exec_applets_skipped),
             exec_storms: g(&self.exec_storms),
             exec_batched: g(&self.exec_batched),
+            exec_holds: g(&self.exec_holds),
             exec_unsettled: g(&self.exec_unsettled),
             exec_timeouts: g(&self.exec_timeouts),
             findings: g(&self.findings),

@@ -166,6 +166,11 @@ pub trait EventSource: Send + Sync {
     fn ignore_exec(&self, _fd: BorrowedFd<'_>) -> io::Result<()> {
         Err(io::ErrorKind::Unsupported.into())
     }
+    /// Take back one [`EventSource::ignore_exec`]: the file's execs are
+    /// reported again.
+    fn unignore_exec(&self, _fd: BorrowedFd<'_>) -> io::Result<()> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
     /// Drop every ignore mark.
     fn flush_ignores(&self) -> io::Result<()> {
         Ok(())
@@ -255,6 +260,18 @@ impl EventSource for Group {
         self.fan
             .mark::<_, str>(
                 MarkFlags::FAN_MARK_ADD | MarkFlags::FAN_MARK_IGNORED_MASK,
+                MaskFlags::FAN_OPEN_EXEC,
+                fd,
+                None,
+            )
+            .map_err(io::Error::from)
+    }
+    fn unignore_exec(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
+        // Removing the last bit of an inode mark's ignore mask destroys
+        // the mark, so the inode is no longer pinned either.
+        self.fan
+            .mark::<_, str>(
+                MarkFlags::FAN_MARK_REMOVE | MarkFlags::FAN_MARK_IGNORED_MASK,
                 MaskFlags::FAN_OPEN_EXEC,
                 fd,
                 None,
@@ -461,6 +478,39 @@ pub fn exec_scope(root: BorrowedFd<'_>) -> ExecScope {
     }
 }
 
+/// The mount an open fd was reached through (`statx`'s `STATX_MNT_ID`)
+/// and the device its inode reports: together they say which filesystem
+/// instance holds the file, where `st_dev` alone does not (overlayfs
+/// reports a lower layer's device for files it has not copied up).
+pub fn mount_of(fd: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
+    statx_mount(fd.as_raw_fd(), c"", libc::AT_EMPTY_PATH)
+}
+
+/// [`mount_of`] for a path (`/proc/<pid>/root`, a container's root).
+pub fn mount_of_path(path: &std::path::Path) -> io::Result<(u64, u64)> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    statx_mount(libc::AT_FDCWD, &c, 0)
+}
+
+fn statx_mount(dirfd: RawFd, path: &std::ffi::CStr, flags: i32) -> io::Result<(u64, u64)> {
+    // SAFETY: `struct statx` is plain integers; all zeroes is valid.
+    let mut st: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: statx writes at most one `struct statx` into `st`, which
+    // lives for the call; `path` is a valid NUL-terminated string and
+    // `dirfd` is a valid fd or AT_FDCWD.
+    let rc = unsafe { libc::statx(dirfd, path.as_ptr(), flags, libc::STATX_MNT_ID, &mut st) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if st.stx_mask & libc::STATX_MNT_ID == 0 {
+        // Kernels before 5.8 do not report it.
+        return Err(io::ErrorKind::Unsupported.into());
+    }
+    let dev = libc::makedev(st.stx_dev_major, st.stx_dev_minor);
+    Ok((st.stx_mnt_id, dev))
+}
+
 /// The path of an open fd as the kernel names it: the opener's own
 /// spelling, relative to the mount namespace the file was reached in.
 pub fn fd_path(fd: BorrowedFd<'_>) -> Option<std::path::PathBuf> {
@@ -499,6 +549,7 @@ pub(crate) mod testing {
         /// (fd, response, time since the source was made).
         pub answers: Mutex<Vec<(RawFd, u32, Duration)>>,
         pub ignored: AtomicU64,
+        pub unignored: AtomicU64,
         pub flushes: AtomicU64,
     }
 
@@ -520,6 +571,7 @@ pub(crate) mod testing {
                 t0: Instant::now(),
                 answers: Mutex::new(Vec::new()),
                 ignored: AtomicU64::new(0),
+                unignored: AtomicU64::new(0),
                 flushes: AtomicU64::new(0),
             }
         }
@@ -553,6 +605,10 @@ pub(crate) mod testing {
         }
         fn ignore_exec(&self, _fd: BorrowedFd<'_>) -> io::Result<()> {
             self.ignored.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+        fn unignore_exec(&self, _fd: BorrowedFd<'_>) -> io::Result<()> {
+            self.unignored.fetch_add(1, Ordering::Relaxed);
             Ok(())
         }
         fn flush_ignores(&self) -> io::Result<()> {

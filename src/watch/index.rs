@@ -286,6 +286,11 @@ impl MarkIndex {
         self.files.len()
     }
 
+    /// Every registered container.
+    pub fn views(&self) -> impl Iterator<Item = &Arc<ContainerView>> {
+        self.by_id.values()
+    }
+
     /// Number of containers.
     pub fn containers(&self) -> usize {
         self.by_id.len()

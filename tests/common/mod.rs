@@ -680,6 +680,8 @@ pub struct Bundle {
     pub dir: PathBuf,
     pub rootfs: PathBuf,
     pub config: Value,
+    /// The rootfs is an overlay this bundle mounted ([`Bundle::on_overlay`]).
+    overlay: bool,
 }
 
 fn runc_spec_template() -> &'static Value {
@@ -739,7 +741,33 @@ impl Bundle {
             dir,
             rootfs,
             config,
+            overlay: false,
         }
+    }
+
+    /// Run on an overlay of its rootfs copy, as container engines do:
+    /// the copy becomes the lower layer, and the bundle gets its own
+    /// overlay superblock (unmounted when the bundle is dropped).
+    pub fn on_overlay(&mut self) -> &mut Self {
+        let lower = self.dir.join("lower");
+        fs::rename(&self.rootfs, &lower).unwrap();
+        for d in ["upper", "work", "rootfs"] {
+            fs::create_dir_all(self.dir.join(d)).unwrap();
+        }
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lower.display(),
+            self.dir.join("upper").display(),
+            self.dir.join("work").display()
+        );
+        let out = Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o", &opts])
+            .arg(&self.rootfs)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "mount overlay: {}", text(&out));
+        self.overlay = true;
+        self
     }
 
     pub fn annotate(&mut self, key: &str, value: &str) -> &mut Self {
@@ -850,6 +878,18 @@ impl Drop for Bundle {
         let _ = Command::new("runc")
             .args(["delete", "-f", &self.id])
             .output();
+        if self.overlay {
+            let umount = |lazy: bool| {
+                let mut c = Command::new("umount");
+                if lazy {
+                    c.arg("-l");
+                }
+                c.arg(&self.rootfs).status().is_ok_and(|s| s.success())
+            };
+            if !umount(false) {
+                umount(true);
+            }
+        }
         if !std::thread::panicking() {
             let _ = fs::remove_dir_all(&self.dir);
         }
