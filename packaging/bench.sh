@@ -4,7 +4,7 @@
 #
 #   bash packaging/bench.sh       (as root)
 #
-# Knobs (environment): ROUNDS=5 (per arm) EXECS=2000 FILES=10000 OPENS=5000
+# Knobs (environment): ROUNDS=5 (per arm) EXECS=2000 CATS=1000 FILES=10000 OPENS=5000
 # STARTS=20 (start pairs per round: ROUNDS x STARTS pairs) CONTAINERS=50 (kept alive
 # for the RSS figure) CYCLES=200 (start/stop cycles for the leak check)
 # HOST_REPS=5 (host open loops per round) REPS=3 (each workload, per bench
@@ -15,8 +15,9 @@
 # What it does, all under `timeout`, on loopback only, with no fanotify
 # marks of its own (the daemon marks each registered container, nothing
 # else):
-#   1. builds keyward (release) and a busybox-static + GNU tar/gzip/date
-#      rootfs (ldd libraries copied), plus a tiny static C helper
+#   1. builds keyward (release) and a busybox-static (every applet a
+#      link in /bin) + GNU tar/gzip/zip/7z/xz/bzip2/cpio/date rootfs (ldd
+#      libraries copied; those the host lacks are left out), plus a tiny static C helper
 #      (`kwb`: monotonic clock, open(2) latency percentiles);
 #   2. starts its own daemon with a private socket, runtime dir and alert
 #      file under a temp dir, syslog off; stops it by pid;
@@ -30,11 +31,18 @@
 #      and HOST_REPS host open loops;
 #   4. container starts: ROUNDS x STARTS pairs, one start with the hook
 #      and one without, daemon up, the order swapped every pair;
-#   5. exec-path catch rate (CATCH runs a case, file rule off);
-#   6. memory: daemon VmRSS with 0 and CONTAINERS live containers (own
+#   5. exec workloads in that image on an overlay, one detached container
+#      per workload, told to start through a FIFO: the busybox storm, the
+#      busybox cat loop, a GNU true storm; arms A (watched), B and C (both
+#      unwatched: B against C is the noise floor of the same run), ROUNDS
+#      each, the order turned every round. Per workload: wall time, the
+#      container cgroup's CPU time, and in A the daemon's CPU time (all
+#      threads, and the exec thread alone) per exec and its exec events;
+#   6. exec-path catch rate (CATCH runs a case, file rule off, on an overlay);
+#   7. memory: daemon VmRSS with 0 and CONTAINERS live containers (own
 #      overlay rootfs each when overlayfs works), and before/after CYCLES
 #      start/stop cycles;
-#   7. prints medians and watched/unwatched ratios.
+#   8. prints medians and watched/unwatched ratios.
 # Idempotent: everything lives under a fresh mktemp dir that is removed on
 # exit; containers are named kwbench-<pid>-*, and leftovers of an earlier run
 # whose script is gone are deleted first.
@@ -47,6 +55,7 @@ fi
 
 ROUNDS=${ROUNDS:-5}
 EXECS=${EXECS:-2000}
+CATS=${CATS:-1000}
 FILES=${FILES:-10000}
 OPENS=${OPENS:-5000}
 STARTS=${STARTS:-20}
@@ -114,7 +123,7 @@ cleanup() {
         timeout 30 runc delete -f "$id" >/dev/null 2>&1
     done <"$IDS"
     stop_daemon
-    tac "$MOUNTS" | while read -r m; do umount "$m" 2>/dev/null || umount -l "$m"; done
+    tac "$MOUNTS" | while read -r m; do umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null; done
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -145,6 +154,17 @@ build_rootfs() { # dir
     copy_with_libs "$(command -v tar)" "$root" /usr/bin/tar
     copy_with_libs "$(command -v gzip)" "$root" /usr/bin/gzip
     copy_with_libs "$(command -v date)" "$root" /usr/bin/date
+    # The rest of the GNU archivers an image like this carries, where the
+    # host has them (apt-get install zip p7zip-full xz-utils bzip2 cpio).
+    for a in zip xz bzip2 cpio; do
+        command -v "$a" >/dev/null && copy_with_libs "$(command -v "$a")" "$root" "/usr/bin/$a"
+    done
+    if [ -x /usr/lib/p7zip/7z ]; then
+        copy_with_libs /usr/lib/p7zip/7z "$root" /usr/lib/p7zip/7z
+        cp -a /usr/lib/p7zip/. "$root/usr/lib/p7zip/"
+        printf '#!/bin/sh\nexec /usr/lib/p7zip/7z "$@"\n' >"$root/usr/bin/7z"
+        chmod +x "$root/usr/bin/7z"
+    fi
     # coreutils true: what /bin/true is in a glibc image (Debian, Ubuntu,
     # UBI); /bin/true stays busybox's, as in an Alpine or busybox image.
     copy_with_libs /usr/bin/true "$root" /usr/bin/gnu-true
@@ -481,6 +501,93 @@ for p in $(seq "$PAIRS"); do
 done
 stop_daemon
 
+# -------------------------------------------------------- exec workloads --
+
+# The image above on an overlay (as engines run it, and as the daemon then
+# marks it: a filesystem mark on the container's own superblock), one
+# detached container per workload and arm. The container waits on a FIFO
+# (a shell `read`, no exec), so the daemon's CPU is read just before and
+# after the workload itself; the result comes back in a file.
+cg_cpu_ns() { # container id -> its cgroup's CPU time in ns (v1 cpuacct or v2)
+    local f
+    for f in "/sys/fs/cgroup/cpuacct/$1/cpuacct.usage" "/sys/fs/cgroup/cpu,cpuacct/$1/cpuacct.usage"; do
+        [ -r "$f" ] && { cat "$f"; return; }
+    done
+    f="/sys/fs/cgroup/$1/cpu.stat"
+    [ -r "$f" ] && { awk '$1 == "usage_usec" {printf "%d", $2 * 1000}' "$f"; return; }
+    echo 0
+}
+exec_thread_ns() {
+    local t
+    for t in /proc/"$DPID"/task/*; do
+        [ "$(cat "$t/comm" 2>/dev/null)" = keyward-exec ] && { awk '{printf "%d", $1}' "$t/schedstat"; return; }
+    done
+    echo 0
+}
+exec_workload() { # name -> the shell loop
+    case $1 in
+        bb_storm) echo "i=0; while [ \$i -lt $EXECS ]; do /bin/true; i=\$((i+1)); done" ;;
+        bb_cat) echo "i=0; while [ \$i -lt $CATS ]; do cat /etc/passwd /etc/group /etc/hosts >/dev/null; i=\$((i+1)); done" ;;
+        gnu_storm) echo "i=0; while [ \$i -lt $EXECS ]; do /usr/bin/gnu-true; i=\$((i+1)); done" ;;
+    esac
+}
+exec_count() { case $1 in bb_cat) echo "$CATS" ;; *) echo "$EXECS" ;; esac; }
+EXEC_WLS="bb_storm bb_cat gnu_storm"
+EXEC_DIR="$WORK/execwl"
+mkdir -p "$EXEC_DIR"
+exec_one() { # arm workload
+    local arm=$1 wl=$2 hook=0 m="$EXEC_DIR/merged" cg0 cg1 c0=0 c1=0 t0=0 t1=0 e0=0 e1=0 wall
+    [ "$arm" = A ] && hook=1
+    rm -rf "$EXEC_DIR/upper" "$EXEC_DIR/work"
+    mkdir -p "$EXEC_DIR/upper" "$EXEC_DIR/work" "$m"
+    mount -t overlay overlay -o "lowerdir=$BASE,upperdir=$EXEC_DIR/upper,workdir=$EXEC_DIR/work" "$m" ||
+        die "the exec workloads need overlayfs"
+    echo "$m" >>"$MOUNTS"
+    mkfifo "$m/go"
+    write_config "$EXEC_DIR" "$m" "$hook" "read -r x </go; a=\$(/usr/bin/kwb now); $(exec_workload "$wl"); b=\$(/usr/bin/kwb now); echo \$((b-a)) >/result.tmp; mv /result.tmp /result; sleep 600"
+    new_id "exec-$wl"
+    echo "$ID" >>"$IDS"
+    timeout -s KILL "$RUNC_TIMEOUT" runc run -d --bundle "$EXEC_DIR" "$ID" </dev/null >/dev/null 2>"$WORK/runc.err" ||
+        die "exec workload container failed: $(cat "$WORK/runc.err")"
+    sleep 0.3 # registration and its first rescan are over
+    if [ "$arm" = A ]; then c0=$(daemon_cpu_ns); t0=$(exec_thread_ns); e0=$(status_field exec_events); fi
+    cg0=$(cg_cpu_ns "$ID")
+    echo go >"$m/go"
+    for _ in $(seq 12000); do [ -e "$m/result" ] && break; sleep 0.01; done
+    [ -e "$m/result" ] || die "exec workload $wl did not finish"
+    if [ "$arm" = A ]; then c1=$(daemon_cpu_ns); t1=$(exec_thread_ns); e1=$(status_field exec_events); fi
+    cg1=$(cg_cpu_ns "$ID")
+    wall=$(cat "$m/result")
+    timeout 30 runc delete -f "$ID" >/dev/null 2>&1 || true
+    umount "$m" 2>/dev/null || umount -l "$m"
+    record "$arm" "x_${wl}_wall" "$wall"
+    record "$arm" "x_${wl}_cpu" $((cg1 - cg0))
+    if [ "$arm" = A ]; then
+        record A "x_${wl}_daemon" $((c1 - c0))
+        record A "x_${wl}_thread" $((t1 - t0))
+        record A "x_${wl}_events" $((e1 - e0))
+    fi
+    LAST_WALL=$wall
+}
+say "exec workloads in the busybox + GNU archivers image, on an overlay: $ROUNDS rounds of A B C"
+for r in $(seq "$ROUNDS"); do
+    if [ $((r % 2)) = 1 ]; then order="A B C"; else order="C B A"; fi
+    for arm in $order; do
+        [ "$arm" = A ] && start_daemon
+        for wl in $EXEC_WLS; do
+            exec_one "$arm" "$wl"
+            eval "W_${arm}_$wl=$LAST_WALL"
+        done
+        [ "$arm" = A ] && stop_daemon
+    done
+    for wl in $EXEC_WLS; do
+        eval "a=\$W_A_$wl b=\$W_B_$wl c=\$W_C_$wl"
+        record D "x_${wl}_ratio" "$(awk -v a="$a" -v b="$b" 'BEGIN {printf "%.4f", a / b}')"
+        record D "x_${wl}_noise" "$(awk -v c="$c" -v b="$b" 'BEGIN {printf "%.4f", c / b}')"
+    done
+    say "exec workloads round $r done"
+done
+
 # ------------------------------------------------------------ catch rate --
 
 # What the exec path catches of archivers that exit at once: CATCH runs
@@ -515,13 +622,22 @@ EOF
             tar-*) cmd="/usr/bin/tar cf /dev/null /root/.aws/config 2>/dev/null" ;;
         esac
         case $c in *-spaced) cmd="$cmd; usleep 20000" ;; esac
-        write_config "$CATCH_BUNDLE" "$BASE" 1 "i=0; while [ \$i -lt $CATCH ]; do $cmd; i=\$((i+1)); done"
+        # Its own overlay, as engines run a container (and as the exec
+        # loop's holds need: docs/design.md, "Exec storms").
+        rm -rf "$CATCH_BUNDLE/upper" "$CATCH_BUNDLE/work"
+        mkdir -p "$CATCH_BUNDLE/upper" "$CATCH_BUNDLE/work" "$CATCH_BUNDLE/merged"
+        mount -t overlay overlay -o "lowerdir=$BASE,upperdir=$CATCH_BUNDLE/upper,workdir=$CATCH_BUNDLE/work" \
+            "$CATCH_BUNDLE/merged" || die "the catch-rate phase needs overlayfs"
+        echo "$CATCH_BUNDLE/merged" >>"$MOUNTS"
+        write_config "$CATCH_BUNDLE" "$CATCH_BUNDLE/merged" 1 "i=0; while [ \$i -lt $CATCH ]; do $cmd; i=\$((i+1)); done"
         new_id "catch-$c"
         run_container "$CATCH_BUNDLE" "$ID" >/dev/null
+        umount "$CATCH_BUNDLE/merged" 2>/dev/null || umount -l "$CATCH_BUNDLE/merged"
         sleep 1 # the alert thread writes after the decision
         CAUGHT[$c]=$(grep -c "\"id\":\"$ID\"" "$WORK/alerts-catch.json" || true)
     done
     CATCH_STORMS=$(status_field exec_storms)
+    CATCH_HOLDS=$(status_field exec_holds)
     stop_daemon
 fi
 
@@ -677,8 +793,26 @@ if [ "$CATCH" -gt 0 ]; then
     echo "exec-path catch rate, file rule off, archivers that exit at once on a missing key (alerts of $CATCH):"
     printf '  %-44s %5s tight loop, %5s 20 ms apart\n' "busybox gzip -c /root/.ssh/id_ed25519" "${CAUGHT[gzip-tight]}" "${CAUGHT[gzip-spaced]}"
     printf '  %-44s %5s tight loop, %5s 20 ms apart\n' "GNU tar cf /dev/null /root/.aws/config" "${CAUGHT[tar-tight]}" "${CAUGHT[tar-spaced]}"
-    echo "  exec storms the daemon counted: $CATCH_STORMS (a tight busybox loop is one: see docs/design.md)"
+    echo "  exec storms the daemon counted: $CATCH_STORMS, holds: $CATCH_HOLDS (a tight busybox loop is one: see docs/design.md)"
 fi
+echo
+echo "exec workloads: busybox (all applet links) + GNU archivers image on an overlay, one container per workload; $ROUNDS rounds of A (watched) / B, C (unwatched), medians"
+printf '%-34s %10s %10s %8s %8s %10s %10s %8s %9s %9s %8s\n' workload "A ms" "B ms" "A/B" "C/B" "A cpu ms" "B cpu ms" "cpu A/B" "dmn us/x" "thr us/x" "events"
+for wl in $EXEC_WLS; do
+    n=$(exec_count "$wl")
+    case $wl in
+        bb_storm) label="$n x /bin/true (busybox)" ;;
+        bb_cat) label="$n x busybox cat of 3 files" ;;
+        gnu_storm) label="$n x true (coreutils, glibc)" ;;
+    esac
+    awk -v l="$label" -v n="$n" -v aw="$(median A "x_${wl}_wall")" -v bw="$(median B "x_${wl}_wall")" \
+        -v r="$(median D "x_${wl}_ratio")" -v nz="$(median D "x_${wl}_noise")" \
+        -v ac="$(median A "x_${wl}_cpu")" -v bc="$(median B "x_${wl}_cpu")" \
+        -v d="$(median A "x_${wl}_daemon")" -v t="$(median A "x_${wl}_thread")" -v e="$(median A "x_${wl}_events")" \
+        'BEGIN {printf "%-34s %10.1f %10.1f %8.3f %8.3f %10.1f %10.1f %8.3f %9.1f %9.1f %8d\n", l, aw / 1e6, bw / 1e6, r, nz, ac / 1e6, bc / 1e6, (bc > 0 ? ac / bc : 0), d / n / 1e3, t / n / 1e3, e}'
+done
+echo "  A/B, C/B: medians of the per-round ratios of wall time; C/B compares two unwatched runs (the noise floor)."
+echo "  cpu: the container cgroup's CPU time; dmn: the daemon's CPU (all threads) during the workload per exec; thr: the exec thread's."
 echo
 echo "memory (daemon VmRSS)"
 printf '  %-50s %8d kB\n' "0 containers" "$RSS0"
