@@ -4,7 +4,8 @@
 #
 #   bash packaging/bench.sh       (as root)
 #
-# Knobs (environment): ROUNDS=5 (per arm) EXECS=2000 CATS=1000 FILES=10000 OPENS=5000
+# Knobs (environment): ROUNDS=5 (per arm) EXEC_ROUNDS=$ROUNDS (rounds of the
+# exec workloads) EXECS=2000 CATS=1000 FILES=10000 OPENS=5000
 # STARTS=20 (start pairs per round: ROUNDS x STARTS pairs) CONTAINERS=50 (kept alive
 # for the RSS figure) CYCLES=200 (start/stop cycles for the leak check)
 # HOST_REPS=5 (host open loops per round) REPS=3 (each workload, per bench
@@ -56,6 +57,7 @@ fi
 ROUNDS=${ROUNDS:-5}
 EXECS=${EXECS:-2000}
 CATS=${CATS:-1000}
+EXEC_ROUNDS=${EXEC_ROUNDS:-$ROUNDS}
 FILES=${FILES:-10000}
 OPENS=${OPENS:-5000}
 STARTS=${STARTS:-20}
@@ -550,7 +552,13 @@ exec_one() { # arm workload
     timeout -s KILL "$RUNC_TIMEOUT" runc run -d --bundle "$EXEC_DIR" "$ID" </dev/null >/dev/null 2>"$WORK/runc.err" ||
         die "exec workload container failed: $(cat "$WORK/runc.err")"
     sleep 0.3 # registration and its first rescan are over
-    if [ "$arm" = A ]; then c0=$(daemon_cpu_ns); t0=$(exec_thread_ns); e0=$(status_field exec_events); fi
+    if [ "$arm" = A ]; then
+        # The daemon's floor: its CPU while the container waits.
+        c0=$(daemon_cpu_ns)
+        sleep 1
+        record A x_idle_ns_per_s $(( $(daemon_cpu_ns) - c0 ))
+        c0=$(daemon_cpu_ns); t0=$(exec_thread_ns); e0=$(status_field exec_events)
+    fi
     cg0=$(cg_cpu_ns "$ID")
     echo go >"$m/go"
     for _ in $(seq 12000); do [ -e "$m/result" ] && break; sleep 0.01; done
@@ -569,8 +577,8 @@ exec_one() { # arm workload
     fi
     LAST_WALL=$wall
 }
-say "exec workloads in the busybox + GNU archivers image, on an overlay: $ROUNDS rounds of A B C"
-for r in $(seq "$ROUNDS"); do
+say "exec workloads in the busybox + GNU archivers image, on an overlay: $EXEC_ROUNDS rounds of A B C"
+for r in $(seq "$EXEC_ROUNDS"); do
     if [ $((r % 2)) = 1 ]; then order="A B C"; else order="C B A"; fi
     for arm in $order; do
         [ "$arm" = A ] && start_daemon
@@ -796,7 +804,7 @@ if [ "$CATCH" -gt 0 ]; then
     echo "  exec storms the daemon counted: $CATCH_STORMS, holds: $CATCH_HOLDS (a tight busybox loop is one: see docs/design.md)"
 fi
 echo
-echo "exec workloads: busybox (all applet links) + GNU archivers image on an overlay, one container per workload; $ROUNDS rounds of A (watched) / B, C (unwatched), medians"
+echo "exec workloads: busybox (all applet links) + GNU archivers image on an overlay, one container per workload; $EXEC_ROUNDS rounds of A (watched) / B, C (unwatched), medians"
 printf '%-34s %10s %10s %8s %8s %10s %10s %8s %9s %9s %8s\n' workload "A ms" "B ms" "A/B" "C/B" "A cpu ms" "B cpu ms" "cpu A/B" "dmn us/x" "thr us/x" "events"
 for wl in $EXEC_WLS; do
     n=$(exec_count "$wl")
@@ -813,6 +821,7 @@ for wl in $EXEC_WLS; do
 done
 echo "  A/B, C/B: medians of the per-round ratios of wall time; C/B compares two unwatched runs (the noise floor)."
 echo "  cpu: the container cgroup's CPU time; dmn: the daemon's CPU (all threads) during the workload per exec; thr: the exec thread's."
+awk -v i="$(median A x_idle_ns_per_s)" 'BEGIN {printf "  the daemon idle, one container registered and waiting: %.2f ms CPU a second (in dmn above)\n", i / 1e6}'
 echo
 echo "memory (daemon VmRSS)"
 printf '  %-50s %8d kB\n' "0 containers" "$RSS0"

@@ -39,8 +39,9 @@ use crate::registry::service::Service;
 use crate::registry::store::{Registry, RegistryError};
 use crate::watch::fanotify::{Group, WatchError};
 
-/// How often the rescan thread looks for rescans that are due.
-const RESCAN_TICK: Duration = Duration::from_millis(20);
+/// Longest sleep of the rescan thread (it wakes earlier when a rescan is
+/// scheduled or due): how soon it sees the stop flag.
+const RESCAN_TICK: Duration = Duration::from_millis(200);
 /// How often exited containers are reaped (a fallback to the reaper).
 const REAP_EVERY: Duration = Duration::from_secs(2);
 
@@ -179,7 +180,7 @@ fn spawn_intake(
         let mut last_periodic = Instant::now();
         while !s.load(Ordering::Relaxed) {
             d.registrar.run_rescans(&mut last_periodic);
-            std::thread::sleep(RESCAN_TICK);
+            d.registrar.wait_for_rescans(last_periodic, RESCAN_TICK);
         }
     })?;
     let (d, s) = (daemon.clone(), stop.clone());

@@ -651,6 +651,14 @@ fn a_reload_judges_ignored_programs_again() {
     let _ = child.wait();
 }
 
+/// 6,000 busybox execs in the background, and a `busybox tar` of a key
+/// (with a large file, so that it lives for many ticks) in the middle.
+const STORM_WITH_TAR: &str = "dd if=/dev/zero of=/tmp/big bs=1M count=32 2>/dev/null; \
+     (i=0; while [ $i -lt 6000 ]; do /bin/true; i=$((i+1)); done) & \
+     usleep 300000; \
+     busybox tar cf /tmp/s.tar /root/.ssh/id_rsa /tmp/big; \
+     wait; echo finished";
+
 #[test]
 fn an_exec_storm_is_read_a_tick_at_a_time_and_still_judged() {
     if !privileged() {
@@ -663,15 +671,7 @@ fn an_exec_storm_is_read_a_tick_at_a_time_and_still_judged() {
     // from the exec path; the archiver reads a large file so that it lives
     // for many ticks.
     let d = Daemon::start("[rules.file]\nenabled = false\n");
-    let b = Bundle::new(
-        "kw-storm",
-        &d.socket,
-        "dd if=/dev/zero of=/tmp/big bs=1M count=32 2>/dev/null; \
-         (i=0; while [ $i -lt 6000 ]; do /bin/true; i=$((i+1)); done) & \
-         usleep 300000; \
-         busybox tar cf /tmp/s.tar /root/.ssh/id_rsa /tmp/big; \
-         wait; echo finished",
-    );
+    let b = Bundle::new("kw-storm", &d.socket, STORM_WITH_TAR);
     let out = b.run();
     assert!(
         out.status.success() && String::from_utf8_lossy(&out.stdout).contains("finished"),
@@ -719,15 +719,7 @@ fn a_storm_on_its_own_overlay_is_held_and_no_other_container_loses_its_execs() {
          n=0; while [ $n -lt 10 ]; do busybox tar cf /tmp/q.tar /root/.ssh/authorized_keys2 /tmp/big 2>/dev/null; usleep 100000; n=$((n+1)); done; echo finished",
     );
     quiet.on_overlay();
-    let mut storm = Bundle::new(
-        "kw-hold-a",
-        &d.socket,
-        "dd if=/dev/zero of=/tmp/big bs=1M count=8 2>/dev/null; \
-         (i=0; while [ $i -lt 6000 ]; do /bin/true; i=$((i+1)); done) & \
-         usleep 300000; \
-         busybox tar cf /tmp/s.tar /root/.ssh/id_rsa /tmp/big; \
-         wait; echo finished",
-    );
+    let mut storm = Bundle::new("kw-hold-a", &d.socket, STORM_WITH_TAR);
     storm.on_overlay();
     let child = quiet.spawn();
     d.wait_registered(1);

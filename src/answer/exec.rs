@@ -285,6 +285,12 @@ const HOLD_ENTER: u32 = STORM_ENTER;
 /// How long a held file's execs go unreported; then they are counted
 /// again, and a storm that goes on is held again from its 32nd exec.
 const HOLD_FOR: Duration = Duration::from_millis(500);
+/// A storm held again within this long of its lift is the same storm: its
+/// next hold is twice as long, up to [`HOLD_MAX`]. Each new hold costs the
+/// 32 execs that show the storm again, probed one by one.
+const HOLD_AGAIN: Duration = Duration::from_millis(200);
+/// The longest hold.
+const HOLD_MAX: Duration = Duration::from_secs(2);
 /// Files held at once, daemon-wide.
 const MAX_HOLDS: usize = 256;
 /// (file, container) pairs counted before the counts start over.
@@ -302,6 +308,7 @@ struct Hold {
     /// The fd the ignore mark was placed through, to take it back.
     file: std::fs::File,
     until: Instant,
+    length: Duration,
 }
 
 /// Storms held per container: the second stage of [`Storm`].
@@ -311,7 +318,9 @@ struct Hold {
 /// 45 µs of this thread per `busybox true` (docs/performance.md). A
 /// multi-call file that one container execs [`HOLD_ENTER`] times within a
 /// window is *held*: an ignore mark on it, so the kernel stops reporting
-/// its execs, for [`HOLD_FOR`]. Then it is counted again. Only the
+/// its execs, for [`HOLD_FOR`]. Then it is counted again; a storm that
+/// is held again at once is held twice as long each time, up to
+/// [`HOLD_MAX`]. Only the
 /// storming container's own file is held: the file must have been
 /// reached through that container's root mount, the root must be its own
 /// overlay (no other registered container's root on the same
@@ -319,7 +328,7 @@ struct Hold {
 /// can exec. Anything else (a shared rootfs directory, a bind-mounted
 /// busybox) is only batched, as before.
 ///
-/// What a hold gives up, stated plainly: for up to [`HOLD_FOR`], that
+/// What a hold gives up, stated plainly: for up to [`HOLD_MAX`], that
 /// container's applets are not judged at exec, so the seed rule's
 /// argument clause misses an applet that names a credential it never
 /// opens (storm batching already missed most of those). Opens of
@@ -333,6 +342,8 @@ struct Holds {
     /// Recent multi-call execs per key: the window's start and count.
     counts: HashMap<HoldKey, (Instant, u32)>,
     held: Vec<Hold>,
+    /// Holds that ran their time: when, and how long they were.
+    ended: HashMap<HoldKey, (Instant, Duration)>,
     /// Root mount and device of the registered containers, by (id, init
     /// pid).
     roots: HashMap<(String, i32), (u64, u64)>,
@@ -441,11 +452,18 @@ impl Holds {
         ignores.count += 1;
         ctx.stats.exec_holds.fetch_add(1, Ordering::Relaxed);
         self.counts.remove(&key);
+        let length = match self.ended.remove(&key) {
+            Some((at, last)) if now.saturating_duration_since(at) < HOLD_AGAIN => {
+                (last * 2).min(HOLD_MAX)
+            }
+            _ => HOLD_FOR,
+        };
         self.held.push(Hold {
             key,
             container,
             file,
-            until: now + HOLD_FOR,
+            until: now + length,
+            length,
         });
     }
 
@@ -458,9 +476,18 @@ impl Holds {
         now: Instant,
         keep: impl Fn(&str) -> bool,
     ) {
+        if self.ended.len() >= MAX_COUNTED {
+            self.ended.clear();
+        }
         self.held.retain(|h| {
-            if h.until > now && keep(&h.container) {
+            let over = h.until <= now;
+            if !over && keep(&h.container) {
                 return true;
+            }
+            // Only a hold that ran its time makes the next one longer: one
+            // lifted for a taint or start events starts over.
+            if over {
+                self.ended.insert(h.key, (now, h.length));
             }
             // A file written since has lost its mark already; nothing to
             // take back then.
@@ -474,6 +501,7 @@ impl Holds {
     fn forget(&mut self) {
         self.held.clear();
         self.counts.clear();
+        self.ended.clear();
     }
 
     /// When the first hold is over. A taint or a container's end is
@@ -642,12 +670,30 @@ mod tests {
         holds.hold(&src, &c, &mut ign, a, "ctr-a".into(), &file, t0);
         holds.lift(&src, &mut ign, t0 + HOLD_FOR, |_| true);
         assert_eq!(src.unignored.load(Ordering::Relaxed), 2);
+        // The same storm held again at once is held twice as long, up to
+        // the longest hold; a later one starts over.
+        let mut t = t0 + HOLD_FOR;
+        let mut want = HOLD_FOR;
+        for _ in 0..6 {
+            t += HOLD_AGAIN / 2;
+            holds.hold(&src, &c, &mut ign, a, "ctr-a".into(), &file, t);
+            want = (want * 2).min(HOLD_MAX);
+            assert_eq!(holds.next_check(), Some(t + want));
+            t += want;
+            holds.lift(&src, &mut ign, t, |_| true);
+        }
+        assert_eq!(want, HOLD_MAX);
+        t += HOLD_AGAIN;
+        holds.hold(&src, &c, &mut ign, a, "ctr-a".into(), &file, t);
+        assert_eq!(holds.next_check(), Some(t + HOLD_FOR));
+        holds.lift(&src, &mut ign, t, |_| false);
+        assert_eq!(src.unignored.load(Ordering::Relaxed), 9);
         // After a flush the kernel has dropped the marks: forget, do not
         // take back.
         holds.hold(&src, &c, &mut ign, a, "ctr-a".into(), &file, t0);
         holds.forget();
         holds.lift(&src, &mut ign, t0 + HOLD_FOR, |_| true);
-        assert_eq!(src.unignored.load(Ordering::Relaxed), 2);
+        assert_eq!(src.unignored.load(Ordering::Relaxed), 9);
         // No hold past the ignore-mark cap.
         let mut full = Ignores {
             count: MAX_IGNORES,

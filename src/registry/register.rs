@@ -98,6 +98,8 @@ pub struct Registrar {
     registry: Mutex<Registry>,
     /// Containers due for a rescan (coverage over time), and when.
     rescans: Mutex<BTreeMap<String, Instant>>,
+    /// Wakes the rescan thread when a rescan is scheduled.
+    rescan_due: std::sync::Condvar,
     /// Create-time markings per container in the current second.
     create_budget: crate::answer::stats::PerSecond<CREATE_MARKS_PER_SEC>,
     /// Containers whose filesystem cannot report creations: rescanned
@@ -115,6 +117,7 @@ impl Registrar {
             groups,
             registry: Mutex::new(registry),
             rescans: Mutex::new(BTreeMap::new()),
+            rescan_due: std::sync::Condvar::new(),
             create_budget: Default::default(),
             periodic: Mutex::new(BTreeSet::new()),
             busy: Mutex::new(HashMap::new()),
@@ -328,6 +331,34 @@ impl Registrar {
         for id in ids {
             r.entry(id).or_insert(due);
         }
+        self.rescan_due.notify_one();
+    }
+
+    /// Sleep until a rescan is due (a scheduled one, or the periodic ones
+    /// after `last_periodic`), for `most` at the longest. The rescan thread
+    /// used to poll every 20 ms: 50 wakeups a second with nothing to do,
+    /// each tens of microseconds of CPU on a small VM.
+    pub fn wait_for_rescans(&self, last_periodic: Instant, most: Duration) {
+        let r = self.rescans.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let periodic = !self
+            .periodic
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty();
+        let next = r
+            .values()
+            .copied()
+            .chain(periodic.then_some(last_periodic + PERIODIC_RESCAN))
+            .min();
+        let wait = next.map_or(most, |t| t.saturating_duration_since(now).min(most));
+        if wait.is_zero() {
+            return;
+        }
+        let _ = self
+            .rescan_due
+            .wait_timeout(r, wait)
+            .unwrap_or_else(|e| e.into_inner());
     }
 
     /// Re-expand a container's patterns and mark what is new.

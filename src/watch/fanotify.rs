@@ -228,6 +228,19 @@ pub struct Group {
 }
 
 impl Group {
+    /// Add or remove `FAN_OPEN_EXEC` in the ignore mask of the inode
+    /// behind `fd`.
+    fn exec_ignore_mask(&self, op: MarkFlags, fd: BorrowedFd<'_>) -> io::Result<()> {
+        self.fan
+            .mark::<_, str>(
+                op | MarkFlags::FAN_MARK_IGNORED_MASK,
+                MaskFlags::FAN_OPEN_EXEC,
+                fd,
+                None,
+            )
+            .map_err(io::Error::from)
+    }
+
     /// The inode numbers this group holds inode marks on, from the
     /// kernel's own list (`/proc/self/fdinfo/<fd>`, one `fanotify ino:`
     /// line per mark). A mark lives exactly as long as its inode, so this
@@ -257,26 +270,12 @@ impl EventSource for Group {
     fn ignore_exec(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
         // No FAN_MARK_IGNORED_SURV_MODIFY: a write to the file drops the
         // ignore mark, so a replaced interpreter is judged again.
-        self.fan
-            .mark::<_, str>(
-                MarkFlags::FAN_MARK_ADD | MarkFlags::FAN_MARK_IGNORED_MASK,
-                MaskFlags::FAN_OPEN_EXEC,
-                fd,
-                None,
-            )
-            .map_err(io::Error::from)
+        self.exec_ignore_mask(MarkFlags::FAN_MARK_ADD, fd)
     }
     fn unignore_exec(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
         // Removing the last bit of an inode mark's ignore mask destroys
         // the mark, so the inode is no longer pinned either.
-        self.fan
-            .mark::<_, str>(
-                MarkFlags::FAN_MARK_REMOVE | MarkFlags::FAN_MARK_IGNORED_MASK,
-                MaskFlags::FAN_OPEN_EXEC,
-                fd,
-                None,
-            )
-            .map_err(io::Error::from)
+        self.exec_ignore_mask(MarkFlags::FAN_MARK_REMOVE, fd)
     }
     /// Drop every inode mark of the group. In the exec group those are
     /// only the ignore marks of [`EventSource::ignore_exec`] (its real marks
