@@ -280,17 +280,19 @@ impl Ignores {
 }
 
 /// Multi-call execs of one file in one container within [`STORM_WINDOW`]
-/// from which that file is held.
-const HOLD_ENTER: u32 = STORM_ENTER;
+/// from which that file is held (320 a second). Every exec before that is
+/// probed one by one, several wakeups each: the threshold is what each
+/// hold costs.
+const HOLD_ENTER: u32 = 16;
 /// How long a held file's execs go unreported; then they are counted
-/// again, and a storm that goes on is held again from its 32nd exec.
-const HOLD_FOR: Duration = Duration::from_millis(500);
+/// again, and a storm that goes on is held again from its 16th exec.
+const HOLD_FOR: Duration = Duration::from_secs(1);
 /// A storm held again within this long of its lift is the same storm: its
 /// next hold is twice as long, up to [`HOLD_MAX`]. Each new hold costs the
-/// 32 execs that show the storm again, probed one by one.
+/// execs that show the storm again, probed one by one.
 const HOLD_AGAIN: Duration = Duration::from_millis(200);
 /// The longest hold.
-const HOLD_MAX: Duration = Duration::from_secs(2);
+const HOLD_MAX: Duration = Duration::from_secs(4);
 /// Files held at once, daemon-wide.
 const MAX_HOLDS: usize = 256;
 /// (file, container) pairs counted before the counts start over.
