@@ -15,7 +15,9 @@
 //! * `keyward-reaper` drops a container the moment its init exits, and
 //!   `keyward-create` schedules rescans when credential directories appear
 //!   ([`crate::registry::register`]);
-//! * the main thread waits for SIGTERM/SIGINT (stop) and SIGHUP (reload).
+//! * the main thread waits for SIGTERM/SIGINT (stop), SIGHUP (reload) and
+//!   SIGUSR2 (upgrade: stop as for SIGTERM, then re-exec the installed
+//!   binary with the groups and socket kept open; see [`crate::upgrade`]).
 //!
 //! On start the persisted registry is re-validated and every surviving
 //! container's marks are re-installed *before* the socket is served.
@@ -37,6 +39,7 @@ use crate::registry::control::{self, ControlError};
 use crate::registry::register::{OwnedGroups, Registrar};
 use crate::registry::service::Service;
 use crate::registry::store::{Registry, RegistryError};
+use crate::upgrade::Carried;
 use crate::watch::fanotify::{Group, WatchError};
 
 /// Longest sleep of the rescan thread (it wakes earlier when a rescan is
@@ -68,6 +71,8 @@ pub enum DaemonError {
     },
     #[error("cannot install signal handlers: {0}")]
     Signals(#[source] std::io::Error),
+    #[error(transparent)]
+    Upgrade(#[from] crate::upgrade::UpgradeError),
     #[error("cannot start thread {name}: {source}")]
     Thread {
         name: &'static str,
@@ -216,8 +221,31 @@ struct Stops {
     last: Arc<AtomicBool>,
 }
 
-/// Run the daemon in the foreground until SIGTERM or SIGINT.
+/// How one run of [`serve`] ended.
+enum Ended {
+    Stopped,
+    /// SIGUSR2: what to hand the next binary.
+    Upgrade(Carried),
+}
+
+/// Run the daemon in the foreground until SIGTERM or SIGINT. On SIGUSR2 it
+/// re-execs its binary, keeping its fanotify groups and control socket;
+/// if the exec fails, this process carries on with them.
 pub fn run(config_path: Option<&Path>) -> Result<(), DaemonError> {
+    let mut carried = crate::upgrade::from_env()?;
+    loop {
+        match serve(config_path, carried.take())? {
+            Ended::Stopped => return Ok(()),
+            Ended::Upgrade(c) => {
+                let e = crate::upgrade::exec_self(&c);
+                log(format!("{e}; carrying on in this process"));
+                carried = Some(c);
+            }
+        }
+    }
+}
+
+fn serve(config_path: Option<&Path>, carried: Option<Carried>) -> Result<Ended, DaemonError> {
     let cfg = Config::load(config_path)?;
     let policy = Policy::from_config(&cfg)?;
     std::fs::create_dir_all(&cfg.daemon.runtime_dir).map_err(|source| DaemonError::RuntimeDir {
@@ -229,10 +257,26 @@ pub fn run(config_path: Option<&Path>) -> Result<(), DaemonError> {
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGHUP,
+        signal_hook::consts::SIGUSR2,
     ])
     .map_err(DaemonError::Signals)?;
 
-    let groups = OwnedGroups::open()?;
+    let adopted = carried.is_some();
+    let (groups, listener) = match carried {
+        Some(c) => {
+            // Marks this process has no state for: ignore marks (holds
+            // included) and the follower's close-after-write arming. Both
+            // are made again as execs and reads come.
+            if let Err(e) = c.groups.exec.flush_marks() {
+                log(format!("cannot drop the exec group's ignore marks: {e}"));
+            }
+            if let Err(e) = c.groups.write.flush_marks() {
+                log(format!("cannot drop the write group's marks: {e}"));
+            }
+            (c.groups, Some(c.listener))
+        }
+        None => (OwnedGroups::open()?, None),
+    };
     let ctx = Arc::new(Context::new(policy));
     ctx.process_events
         .store(cfg.alerts.process_events.is_some(), Ordering::Relaxed);
@@ -242,6 +286,19 @@ pub fn run(config_path: Option<&Path>) -> Result<(), DaemonError> {
     let (cfg_tx, cfg_rx) = mpsc::channel::<Config>();
     let alerts = Arc::new(AlertStats::default());
 
+    let (registry, records, errors) = Registry::load(&cfg.daemon.runtime_dir);
+    for e in errors {
+        log(format!("{e}; that container is not restored"));
+    }
+    if adopted {
+        // Adopted groups still hold the marks, and events may be waiting
+        // in them: the index must know every container before the first
+        // one is read.
+        let n = crate::registry::register::preload(&ctx, &records);
+        log(format!(
+            "upgraded in place: {n} containers known before the first event"
+        ));
+    }
     let decisions = spawn_decisions(&groups, &ctx, tx, &cfg, &stops)?;
     let alert_thread = {
         let (a, s, c, x) = (alerts.clone(), stops.last.clone(), cfg.clone(), ctx.clone());
@@ -250,10 +307,6 @@ pub fn run(config_path: Option<&Path>) -> Result<(), DaemonError> {
         })?
     };
 
-    let (registry, records, errors) = Registry::load(&cfg.daemon.runtime_dir);
-    for e in errors {
-        log(format!("{e}; that container is not restored"));
-    }
     let daemon = Arc::new(Service {
         config: RwLock::new(cfg.clone()),
         config_path: config_path.map(Path::to_path_buf),
@@ -265,7 +318,16 @@ pub fn run(config_path: Option<&Path>) -> Result<(), DaemonError> {
     });
     daemon.registrar.restore(records);
 
-    let listener = control::bind(&cfg.socket)?;
+    let listener = match listener {
+        Some(l) => l,
+        None => control::bind(&cfg.socket)?,
+    };
+    // The control thread gets a duplicate: the original outlives it, for
+    // the next binary on an upgrade.
+    let served = listener.try_clone().map_err(|source| ControlError::Bind {
+        path: cfg.socket.clone(),
+        source,
+    })?;
     let metrics = if cfg.metrics.enabled {
         let l = crate::registry::metrics::bind(cfg.metrics.listen)?;
         log(format!("metrics at http://{}/metrics", cfg.metrics.listen));
@@ -275,7 +337,7 @@ pub fn run(config_path: Option<&Path>) -> Result<(), DaemonError> {
     };
     let intake = spawn_intake(
         &daemon,
-        listener,
+        served,
         groups.create.clone(),
         metrics,
         &stops.intake,
@@ -288,12 +350,18 @@ pub fn run(config_path: Option<&Path>) -> Result<(), DaemonError> {
     ));
     control::notify_ready();
 
+    let mut upgrade = false;
     for sig in signals.forever() {
         if sig == signal_hook::consts::SIGHUP {
             daemon.reload(&cfg_tx);
             continue;
         }
-        log(format!("signal {sig}: stopping"));
+        upgrade = sig == signal_hook::consts::SIGUSR2;
+        log(if upgrade {
+            "signal SIGUSR2: upgrading; permission events wait in the kernel meanwhile".to_string()
+        } else {
+            format!("signal {sig}: stopping")
+        });
         break;
     }
     stops.intake.store(true, Ordering::Relaxed);
@@ -305,10 +373,20 @@ pub fn run(config_path: Option<&Path>) -> Result<(), DaemonError> {
         let _ = t.join();
     }
     let _ = alert_thread.join();
+    drop(signals);
+    if upgrade {
+        log(format!(
+            "threads stopped, every permission event read was answered; exec {}",
+            crate::upgrade::own_binary()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|e| e.to_string())
+        ));
+        return Ok(Ended::Upgrade(Carried { groups, listener }));
+    }
     let _ = std::fs::remove_file(&cfg.socket);
     // The registry stays on disk: the containers are still running and a
     // restarted daemon picks them up. Closing the groups releases any
     // pending permission event (the kernel allows it).
     log("stopped");
-    Ok(())
+    Ok(Ended::Stopped)
 }

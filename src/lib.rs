@@ -18,8 +18,9 @@
 //! * [`response`]: kill, stop and disconnect.
 //!
 //! [`config`] is read by every stage and imports none; [`daemon`] wires the
-//! stages into threads; [`cli`] renders what the command line prints for
-//! people.
+//! stages into threads, and [`upgrade`] hands its fanotify groups and
+//! socket to the binary it re-execs; [`cli`] renders what the command line
+//! prints for people.
 
 pub mod alert;
 pub mod answer;
@@ -33,4 +34,5 @@ pub mod response;
 pub mod rules;
 #[cfg(test)]
 mod testdir;
+pub mod upgrade;
 pub mod watch;

@@ -807,3 +807,101 @@ fn a_root_process_in_a_container_that_sees_the_control_socket_is_refused() {
     );
     stop_wrapped(&mut victim_run);
 }
+
+#[test]
+fn an_upgrade_in_deny_mode_holds_an_open_in_the_kernel_and_denies_it_after() {
+    if !privileged() {
+        return;
+    }
+    // The daemon runs from a copy of its binary, as from /usr/bin. The
+    // "new version" renamed over that path, as dpkg does, is a script that
+    // waits 1.5 s and then execs the real binary (a shell's exec keeps the
+    // handed-on fds), so the window between the old daemon's last answer
+    // and the new one's first read is long and certain. Inside it a
+    // container's tar opens a key. With a restart the kernel would allow
+    // that open when the old groups closed; here it must stay blocked in
+    // the kernel, be denied by the new daemon, and alert from it.
+    let mut d = Daemon::start_installed("[response]\naction = \"deny\"\n");
+    let b = Bundle::new(
+        "kw-upgrade",
+        &d.socket,
+        "until [ -e /tmp/go ]; do usleep 20000; done; \
+         /usr/bin/tar cf /tmp/k.tar /root/.ssh/id_rsa 2>/tmp/tar.err; echo $? > /tmp/rc; sleep 30",
+    );
+    let mut child = b.spawn();
+    d.wait_registered(1);
+    let pid = d.pid();
+
+    let next = d.dir.join("bin/keyward.new");
+    std::fs::write(
+        &next,
+        format!("#!/bin/sh\nsleep 1.5\nexec {KEYWARD} \"$@\"\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&next, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&next, d.installed()).unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGUSR2).unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        || format!("the old daemon never handed over: {}", d.log_text()),
+        || {
+            d.log_text()
+                .contains("every permission event read was answered")
+        },
+    );
+    touch(&b, "/tmp/go");
+    // Half a second on, no daemon has read anything yet (the script still
+    // sleeps): the tar is held in open(2), not done.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        d.log_text().matches("serving").count(),
+        1,
+        "{}",
+        d.log_text()
+    );
+    assert!(
+        b.read("/tmp/rc").is_none(),
+        "tar was not held: {:?}",
+        b.read("/tmp/tar.err")
+    );
+
+    let a = d.wait_alert("the open judged by the new daemon", |a| {
+        a["container"]["id"] == b.id.as_str() && !a["keyward"]["response"].is_null()
+    });
+    assert_eq!(a["keyward"]["response"]["action"], "deny", "{a:#}");
+    assert!(
+        files(&a).contains(&"/root/.ssh/id_rsa".to_string()),
+        "{a:#}"
+    );
+    wait_until(
+        Duration::from_secs(5),
+        || "tar never finished".into(),
+        || b.read("/tmp/rc").is_some(),
+    );
+    let rc = String::from_utf8(b.read("/tmp/rc").unwrap()).unwrap();
+    assert_ne!(
+        rc.trim(),
+        "0",
+        "tar read the key: {:?}",
+        b.read("/tmp/tar.err")
+    );
+    let archive = b.read("/tmp/k.tar").unwrap_or_default();
+    assert!(
+        !String::from_utf8_lossy(&archive).contains("ROOT-RSA-PRIVATE-KEY"),
+        "the key is in the archive"
+    );
+    // One daemon throughout: the same pid, its container still watched,
+    // serving on the same socket.
+    let log = d.log_text();
+    assert!(log.contains("upgraded in place: 1 containers"), "{log}");
+    assert_eq!(d.pid(), pid);
+    let st = d.status();
+    assert_eq!(
+        (st["pid"].as_i64(), st["containers"].as_u64()),
+        (Some(pid as i64), Some(1)),
+        "{st:#}"
+    );
+    let _ = Command::new("runc").args(["kill", &b.id, "KILL"]).output();
+    let _ = child.wait();
+    d.stop();
+}

@@ -61,6 +61,32 @@ pub struct OwnedGroups {
     pub create: Option<Arc<Group>>,
 }
 
+/// Fill the index from persisted records, without opening anything: what
+/// a daemon that adopted its predecessor's groups does before it reads a
+/// permission event. Those groups still hold the marks, and events may be
+/// waiting; judging one before the index knows its container would let it
+/// through. (Restoring, which comes after, reopens marked files, and the
+/// permission loop must already be running for that.) Only records whose
+/// init is still the process registered are loaded.
+pub fn preload(ctx: &Context, records: &[ContainerRecord]) -> usize {
+    let mut index = ctx.index.write().unwrap_or_else(|e| e.into_inner());
+    let mut n = 0;
+    for rec in records {
+        if !rec.alive() {
+            continue;
+        }
+        let marks: Vec<_> = rec
+            .placed
+            .marks
+            .iter()
+            .map(|m| (m.id, m.path.clone(), m.is_dir))
+            .collect();
+        index.insert(rec.view(), &marks);
+        n += 1;
+    }
+    n
+}
+
 impl OwnedGroups {
     /// Open the four groups; without a create group (an old kernel), new
     /// credential directories are found by periodic rescans.
@@ -644,6 +670,7 @@ impl Registrar {
                     rec.id, rec.pid
                 ));
                 reg.forget(&rec.id);
+                self.unindex(&rec.id);
                 continue;
             }
             match self.install(&reg, &mut rec) {

@@ -283,22 +283,7 @@ impl EventSource for Group {
     /// flushing them when a container goes keeps deleted rootfs files from
     /// living on. Files still in use are ignored again on their next exec.
     fn flush_ignores(&self) -> io::Result<()> {
-        // SAFETY: fanotify_mark with FAN_MARK_FLUSH takes no path; the
-        // group fd is valid for the call (borrowed from self).
-        let rc = unsafe {
-            libc::fanotify_mark(
-                self.fan.as_fd().as_raw_fd(),
-                libc::FAN_MARK_FLUSH,
-                0,
-                libc::AT_FDCWD,
-                std::ptr::null(),
-            )
-        };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
+        self.flush(0)
     }
 }
 
@@ -331,6 +316,43 @@ impl Group {
             source,
         })?;
         Ok(Self { fan, name })
+    }
+
+    /// A group handed on by the daemon this process replaced (see
+    /// `crate::upgrade`), with the marks it holds.
+    pub fn adopt(name: &'static str, fd: OwnedFd) -> Self {
+        // SAFETY: the caller checked that `fd` is a fanotify group (its
+        // /proc/self/fd link is `anon_inode:[fanotify]`) and owns it.
+        let fan = unsafe { Fanotify::from_owned_fd(fd) };
+        Self { fan, name }
+    }
+
+    /// Drop every mark of the group: inode, mount and filesystem ones.
+    pub fn flush_marks(&self) -> io::Result<()> {
+        for kind in [0, libc::FAN_MARK_MOUNT, libc::FAN_MARK_FILESYSTEM] {
+            self.flush(kind)?;
+        }
+        Ok(())
+    }
+
+    /// Drop the group's marks of one kind (0: inode marks).
+    fn flush(&self, kind: libc::c_uint) -> io::Result<()> {
+        // SAFETY: fanotify_mark with FAN_MARK_FLUSH takes no path; the
+        // group fd is valid for the call (borrowed from self).
+        let rc = unsafe {
+            libc::fanotify_mark(
+                self.fan.as_fd().as_raw_fd(),
+                libc::FAN_MARK_FLUSH | kind,
+                0,
+                libc::AT_FDCWD,
+                std::ptr::null(),
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
     }
 
     /// The permission group for credential opens.

@@ -360,6 +360,9 @@ pub struct Daemon {
     /// Run the daemon in a mount namespace of its own without the unified
     /// cgroup tree ([`Daemon::start_without_unified_cgroup`]).
     private_mounts: bool,
+    /// The daemon's binary, when it runs from a copy of its own
+    /// ([`Daemon::start_installed`]).
+    binary: Option<PathBuf>,
 }
 
 /// Run `argv` in a new mount namespace where `/sys/fs/cgroup/unified` is
@@ -392,6 +395,26 @@ impl Daemon {
         Self::start_inner(extra, None, "", "", false)
     }
 
+    /// Like [`Daemon::start`], from a copy of the binary in the test's
+    /// dir ([`Daemon::installed`]), as a package installs it: a test can
+    /// then put a new version at that path.
+    pub fn start_installed(extra: &str) -> Self {
+        let mut d = Self::unspawned(extra, None, "", "", false);
+        let bin = d.dir.join("bin/keyward");
+        fs::create_dir_all(bin.parent().unwrap()).unwrap();
+        fs::copy(KEYWARD, &bin).unwrap();
+        d.binary = Some(bin);
+        d.spawn();
+        d
+    }
+
+    /// Where [`Daemon::start_installed`] put the binary.
+    pub fn installed(&self) -> &Path {
+        self.binary
+            .as_deref()
+            .expect("started with start_installed")
+    }
+
     /// Like [`Daemon::start`], with `daemon_keys` (lines of the
     /// `[daemon]` table, e.g. `decision_deadline_ms = 10`) added.
     pub fn start_with_daemon(extra: &str, daemon_keys: &str) -> Self {
@@ -418,6 +441,24 @@ impl Daemon {
         daemon_keys: &str,
         private_mounts: bool,
     ) -> Self {
+        let mut d = Self::unspawned(
+            extra,
+            syslog_table,
+            alerts_keys,
+            daemon_keys,
+            private_mounts,
+        );
+        d.spawn();
+        d
+    }
+
+    fn unspawned(
+        extra: &str,
+        syslog_table: Option<&str>,
+        alerts_keys: &str,
+        daemon_keys: &str,
+        private_mounts: bool,
+    ) -> Self {
         let dir = std::env::temp_dir().join(unique("keyward-e2e"));
         fs::create_dir_all(&dir).unwrap();
         let socket = dir.join("keyward.sock");
@@ -433,7 +474,7 @@ impl Daemon {
             dir.join("run"),
         );
         fs::write(&config, text).unwrap();
-        let mut d = Self {
+        Self {
             dir,
             socket,
             alerts,
@@ -442,9 +483,8 @@ impl Daemon {
             child: None,
             log: PathBuf::new(),
             private_mounts,
-        };
-        d.spawn();
-        d
+            binary: None,
+        }
     }
 
     /// Wait until the daemon watches exactly `n` containers.
@@ -516,15 +556,11 @@ impl Daemon {
         if !prefix.is_empty() {
             cmd.args(&prefix[1..]).arg("timeout");
         }
+        let binary = self.binary.clone().unwrap_or_else(|| KEYWARD.into());
         let child = cmd
-            .args([
-                "-s",
-                "KILL",
-                &DAEMON_TIMEOUT_SECS.to_string(),
-                KEYWARD,
-                "daemon",
-                "--config",
-            ])
+            .args(["-s", "KILL", &DAEMON_TIMEOUT_SECS.to_string()])
+            .arg(&binary)
+            .args(["daemon", "--config"])
             .arg(&self.config)
             .stdin(Stdio::null())
             .stdout(fs::File::create(&log).unwrap())
