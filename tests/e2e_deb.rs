@@ -161,6 +161,35 @@ fn deb_installs_runs_and_removes_cleanly() {
         deb.display()
     );
 
+    // An upgrade neither stops nor restarts the daemon (either closes the
+    // fanotify groups, and the kernel allows what is pending): the prerm
+    // stops it on remove only, and the postinst sends SIGUSR2, which
+    // re-execs the new binary in place (tests/e2e_reliability.rs tests
+    // that re-exec).
+    let script = |name: &str| {
+        let dir = std::env::temp_dir().join(unique("kw-deb-control"));
+        let out = Command::new("dpkg-deb")
+            .arg("-e")
+            .arg(&deb)
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "dpkg-deb -e: {}", text(&out));
+        let s = fs::read_to_string(dir.join(name)).unwrap_or_default();
+        let _ = fs::remove_dir_all(&dir);
+        s
+    };
+    let postinst = script("postinst");
+    assert!(
+        postinst.contains("--signal=USR2 keyward.service")
+            && !postinst.contains("deb-systemd-invoke restart"),
+        "postinst: {postinst}"
+    );
+    let prerm = script("prerm");
+    assert!(
+        !prerm.contains("stop") || prerm.contains("\"$1\" = remove"),
+        "prerm stops the daemon on upgrade: {prerm}"
+    );
     let host_wants = Path::new("/etc/systemd/system/multi-user.target.wants/keyward.service");
     let host_had_unit = host_wants.symlink_metadata().is_ok();
     let r = Root::new();
