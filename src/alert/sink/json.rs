@@ -45,9 +45,16 @@ impl Transport for AppendFile {
             );
         }
         let f = self.file.as_mut().expect("opened above");
+        let before = f.metadata().map(|m| m.len());
         // One write per line: O_APPEND makes each line land whole.
         let r = f.write_all(record);
         if r.is_err() {
+            // A full filesystem can take part of a line before ENOSPC: cut
+            // it off again, so the retry lands whole and the file stays one
+            // JSON object per line.
+            if let Ok(len) = before {
+                let _ = f.set_len(len);
+            }
             self.file = None;
         }
         r
