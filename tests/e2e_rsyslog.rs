@@ -340,6 +340,28 @@ fn tcp_octet_counting_and_a_collector_restart_lose_nothing() {
     assert_eq!(stats["backlog"], 0, "{stats:#}");
     assert_eq!(stats["delivered"], delivered + 3, "{stats:#}");
     assert_eq!(stats["dropped"], 0, "{stats:#}");
-    // Nothing from before the restart was sent twice.
-    assert_eq!(rs.records().iter().filter(|r| of(id.clone())(r)).count(), 2);
+    // At least once: the records written in the 2 s before the connection
+    // was lost come again on the new one (a stopped collector can take
+    // them into its buffer and never write them out), each the same
+    // record, so a collector sees each alert once or twice, never not.
+    let again: Vec<Value> = rs
+        .records()
+        .into_iter()
+        .filter(|r| of(id.clone())(r))
+        .collect();
+    assert!((2..=4).contains(&again.len()), "{again:#?}");
+    for a in &alerts {
+        let pid = format!(" pid=\"{}\"", a["process"]["pid"]);
+        let copies: Vec<&Value> = again
+            .iter()
+            .filter(|r| r["sd"].as_str().is_some_and(|sd| sd.contains(&pid)))
+            .collect();
+        assert!(
+            (1..=2).contains(&copies.len())
+                && copies
+                    .iter()
+                    .all(|r| r["sd"] == copies[0]["sd"] && r["msg"] == copies[0]["msg"]),
+            "{copies:#?}"
+        );
+    }
 }

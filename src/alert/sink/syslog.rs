@@ -4,13 +4,21 @@
 //! The `syslog` crate formats; it never reconnects, so the transport here is
 //! our own and is rebuilt after any error. Undelivered records wait in the
 //! sink's backlog, so a syslog restart loses nothing that was queued.
+//!
+//! TCP has no acknowledgement a sender can see: a record the kernel took
+//! can still die unread in the buffer of a collector that is stopped. So
+//! delivery over TCP is *at least once*: records written in the last
+//! [`RESEND_WINDOW`] are written again, first, on the connection that
+//! replaces a lost one. A collector restart can then show a few records
+//! twice (same run id and sequence number), never none.
 
+use std::collections::VecDeque;
 use std::io::Write;
 use std::net::{TcpStream, ToSocketAddrs, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sys::socket::MsgFlags;
@@ -29,6 +37,10 @@ use crate::config::{self, SyslogConfig, SyslogFormat, SyslogServer};
 /// RFC 5424 suggests for private use).
 const SD_ID: &str = "keyward@32473";
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// How far back records are written again after a lost TCP connection.
+const RESEND_WINDOW: Duration = Duration::from_secs(2);
+/// Most records kept for that.
+const RESEND_MAX: usize = 1024;
 
 /// Where records go: the local socket, or the configured server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +61,17 @@ enum Conn {
 pub(super) struct Socket {
     target: Target,
     conn: Conn,
+    /// TCP records written lately, and when (see the module docs).
+    recent: VecDeque<(Instant, Vec<u8>)>,
+    /// A TCP connection was lost since the last write that succeeded.
+    lost: bool,
+}
+
+/// RFC 6587 octet counting: "LEN SP MSG".
+fn framed(record: &[u8]) -> Vec<u8> {
+    let mut f = format!("{} ", record.len()).into_bytes();
+    f.extend_from_slice(record);
+    f
 }
 
 impl Socket {
@@ -100,29 +123,67 @@ fn peer_closed(s: &TcpStream) -> bool {
     }
 }
 
+impl Socket {
+    fn new(target: Target) -> Self {
+        Self {
+            target,
+            conn: Conn::None,
+            recent: VecDeque::new(),
+            lost: false,
+        }
+    }
+
+    /// On a new TCP connection after a lost one: the recent records again.
+    fn resend(&mut self) -> std::io::Result<()> {
+        let Conn::Tcp(s) = &mut self.conn else {
+            return Ok(());
+        };
+        if !self.lost {
+            return Ok(());
+        }
+        let now = Instant::now();
+        self.recent
+            .retain(|(t, _)| now.saturating_duration_since(*t) < RESEND_WINDOW);
+        for (_, r) in &self.recent {
+            s.write_all(&framed(r))?;
+        }
+        self.lost = false;
+        Ok(())
+    }
+}
+
 impl Transport for Socket {
     fn send(&mut self, record: &[u8]) -> std::io::Result<()> {
         if let Conn::Tcp(s) = &self.conn
             && peer_closed(s)
         {
             self.conn = Conn::None;
+            self.lost = true;
         }
         if matches!(self.conn, Conn::None) {
             self.connect()?;
         }
-        let r = match (&mut self.conn, &self.target) {
-            (Conn::Unix(s), Target::Unix(path)) => s.send_to(record, path).map(|_| ()),
-            (Conn::Udp(s), _) => s.send(record).map(|_| ()),
-            (Conn::Tcp(s), _) => {
-                // RFC 6587 octet counting: "LEN SP MSG".
-                let mut framed = format!("{} ", record.len()).into_bytes();
-                framed.extend_from_slice(record);
-                s.write_all(&framed)
+        let r = self
+            .resend()
+            .and_then(|()| match (&mut self.conn, &self.target) {
+                (Conn::Unix(s), Target::Unix(path)) => s.send_to(record, path).map(|_| ()),
+                (Conn::Udp(s), _) => s.send(record).map(|_| ()),
+                (Conn::Tcp(s), _) => s.write_all(&framed(record)),
+                _ => Err(std::io::Error::other("syslog transport mismatch")),
+            });
+        match (&r, &self.conn) {
+            (Ok(()), Conn::Tcp(_)) => {
+                if self.recent.len() >= RESEND_MAX {
+                    self.recent.pop_front();
+                }
+                self.recent.push_back((Instant::now(), record.to_vec()));
             }
-            _ => Err(std::io::Error::other("syslog transport mismatch")),
-        };
-        if r.is_err() {
-            self.conn = Conn::None;
+            (Err(_), Conn::Tcp(_)) => {
+                self.conn = Conn::None;
+                self.lost = true;
+            }
+            (Err(_), _) => self.conn = Conn::None,
+            _ => {}
         }
         r
     }
@@ -190,10 +251,7 @@ impl SyslogSink {
             }),
         };
         Self {
-            out: Buffered::new(Socket {
-                target,
-                conn: Conn::None,
-            }),
+            out: Buffered::new(Socket::new(target)),
             format,
         }
     }
@@ -355,10 +413,7 @@ mod tests {
                 }
             }
         };
-        let mut s = Socket {
-            target: Target::Server(SyslogServer::Tcp(addr)),
-            conn: Conn::None,
-        };
+        let mut s = Socket::new(Target::Server(SyslogServer::Tcp(addr)));
         s.send(b"one").unwrap();
         let first = accept("one");
         // The collector closes the connection (a restart) but keeps listening.
@@ -368,15 +423,36 @@ mod tests {
         drop(first);
         std::thread::sleep(Duration::from_millis(50));
         // Without the EOF check this write would "succeed" into the dead
-        // connection and the record would be gone.
+        // connection and the record would be gone. The new connection
+        // starts with what was written lately (at least once: "one" may
+        // have died unread in the collector), then the record.
         s.send(b"two").unwrap();
         let mut second = accept("two");
-        (&second).read_exact(&mut got).unwrap();
-        assert_eq!(&got, b"3 two");
-        // A live connection is reused, not reopened.
+        let mut both = [0u8; 10];
+        (&second).read_exact(&mut both).unwrap();
+        assert_eq!(&both, b"3 one3 two");
+        // A live connection is reused, not reopened, and nothing is resent.
         s.send(b"333").unwrap();
         second.read_exact(&mut got).unwrap();
         assert_eq!(&got, b"3 333");
+        drop(second);
+        // A collector that dies with records unread (its buffer goes with
+        // it, the kernel answers RST): they were "sent", and come again.
+        std::thread::sleep(Duration::from_millis(50));
+        s.send(b"four").unwrap();
+        let third = accept("four");
+        s.send(b"five").unwrap();
+        drop(third);
+        std::thread::sleep(Duration::from_millis(50));
+        s.send(b"six").unwrap();
+        let fourth = accept("six");
+        let mut rest = Vec::new();
+        (&fourth).take(64).read_to_end(&mut rest).ok();
+        let rest = String::from_utf8_lossy(&rest);
+        assert!(
+            rest.contains("4 four") && rest.contains("4 five") && rest.ends_with("3 six"),
+            "{rest:?}"
+        );
     }
 
     #[test]
@@ -384,10 +460,7 @@ mod tests {
         let tmp = crate::testdir::TempDir::new("syslog");
         let dir = tmp.path().to_path_buf();
         let path = dir.join("log.sock");
-        let mut s = Socket {
-            target: Target::Unix(path.clone()),
-            conn: Conn::None,
-        };
+        let mut s = Socket::new(Target::Unix(path.clone()));
         assert!(s.send(b"lost").is_err());
         let rx = UnixDatagram::bind(&path).unwrap();
         s.send(b"hello").unwrap();
