@@ -63,8 +63,10 @@ pub(super) struct Socket {
     conn: Conn,
     /// TCP records written lately, and when (see the module docs).
     recent: VecDeque<(Instant, Vec<u8>)>,
-    /// A TCP connection was lost since the last write that succeeded.
-    lost: bool,
+    /// When a TCP connection was found lost, if it was since the last
+    /// write that succeeded: what was written in the window before that
+    /// goes again, however long the collector stays down.
+    lost: Option<Instant>,
 }
 
 /// RFC 6587 octet counting: "LEN SP MSG".
@@ -129,7 +131,7 @@ impl Socket {
             target,
             conn: Conn::None,
             recent: VecDeque::new(),
-            lost: false,
+            lost: None,
         }
     }
 
@@ -138,16 +140,15 @@ impl Socket {
         let Conn::Tcp(s) = &mut self.conn else {
             return Ok(());
         };
-        if !self.lost {
+        let Some(at) = self.lost else {
             return Ok(());
-        }
-        let now = Instant::now();
+        };
         self.recent
-            .retain(|(t, _)| now.saturating_duration_since(*t) < RESEND_WINDOW);
+            .retain(|(t, _)| at.saturating_duration_since(*t) < RESEND_WINDOW);
         for (_, r) in &self.recent {
             s.write_all(&framed(r))?;
         }
-        self.lost = false;
+        self.lost = None;
         Ok(())
     }
 }
@@ -158,7 +159,7 @@ impl Transport for Socket {
             && peer_closed(s)
         {
             self.conn = Conn::None;
-            self.lost = true;
+            self.lost.get_or_insert_with(Instant::now);
         }
         if matches!(self.conn, Conn::None) {
             self.connect()?;
@@ -173,14 +174,20 @@ impl Transport for Socket {
             });
         match (&r, &self.conn) {
             (Ok(()), Conn::Tcp(_)) => {
-                if self.recent.len() >= RESEND_MAX {
+                let now = Instant::now();
+                while self.recent.len() >= RESEND_MAX
+                    || self
+                        .recent
+                        .front()
+                        .is_some_and(|(t, _)| now.saturating_duration_since(*t) >= RESEND_WINDOW)
+                {
                     self.recent.pop_front();
                 }
-                self.recent.push_back((Instant::now(), record.to_vec()));
+                self.recent.push_back((now, record.to_vec()));
             }
             (Err(_), Conn::Tcp(_)) => {
                 self.conn = Conn::None;
-                self.lost = true;
+                self.lost.get_or_insert_with(Instant::now);
             }
             (Err(_), _) => self.conn = Conn::None,
             _ => {}
