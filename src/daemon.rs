@@ -357,6 +357,11 @@ fn serve(config_path: Option<&Path>, carried: Option<Carried>) -> Result<Ended, 
             continue;
         }
         upgrade = sig == signal_hook::consts::SIGUSR2;
+        if upgrade && let Err(e) = crate::upgrade::preflight(config_path) {
+            log(e.to_string());
+            upgrade = false;
+            continue;
+        }
         log(if upgrade {
             "signal SIGUSR2: upgrading; permission events wait in the kernel meanwhile".to_string()
         } else {

@@ -61,6 +61,8 @@ pub enum UpgradeError {
         #[source]
         source: io::Error,
     },
+    #[error("not upgrading: {path} check --config ... failed ({why}); this daemon carries on")]
+    Preflight { path: PathBuf, why: String },
     #[error("cannot re-exec {path}: {source}")]
     Exec {
         path: PathBuf,
@@ -209,6 +211,55 @@ pub fn own_binary() -> Result<PathBuf, UpgradeError> {
         Some(p) => PathBuf::from(unsafe { OsString::from_encoded_bytes_unchecked(p.to_vec()) }),
         None => exe,
     })
+}
+
+/// How long the new binary may take to load the config.
+const PREFLIGHT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Before anything stops: the binary at the daemon's path must run, and
+/// take the config (`keyward check --config FILE --json -- true` prints
+/// JSON only when it does). A new version that cannot start, or a config
+/// edited into something it refuses, would otherwise end the daemon after
+/// its threads stopped, and the kernel would allow what is pending.
+pub fn preflight(config: Option<&std::path::Path>) -> Result<PathBuf, UpgradeError> {
+    let path = own_binary()?;
+    let fail = |why: String| UpgradeError::Preflight {
+        path: path.clone(),
+        why,
+    };
+    let mut cmd = std::process::Command::new(&path);
+    cmd.arg("check");
+    if let Some(c) = config {
+        cmd.arg("--config").arg(c);
+    }
+    let mut child = cmd
+        .args(["--json", "--", "true"])
+        .env_remove(ENV)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| fail(e.to_string()))?;
+    let deadline = std::time::Instant::now() + PREFLIGHT_TIMEOUT;
+    while child.try_wait().map_err(|e| fail(e.to_string()))?.is_none() {
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(fail(format!("no answer in {PREFLIGHT_TIMEOUT:?}")));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().map_err(|e| fail(e.to_string()))?;
+    match serde_json::from_slice::<serde_json::Value>(&out.stdout) {
+        Ok(v) if v.is_object() => Ok(path),
+        _ => Err(fail(
+            String::from_utf8_lossy(&out.stderr)
+                .trim()
+                .chars()
+                .take(300)
+                .collect(),
+        )),
+    }
 }
 
 /// Exec the installed binary with the same arguments, handing `c` on.

@@ -905,3 +905,48 @@ fn an_upgrade_in_deny_mode_holds_an_open_in_the_kernel_and_denies_it_after() {
     let _ = child.wait();
     d.stop();
 }
+
+#[test]
+fn an_upgrade_to_a_binary_that_cannot_start_is_refused_and_the_daemon_goes_on() {
+    if !privileged() {
+        return;
+    }
+    // A broken new version (here: one that only fails) must not end the
+    // daemon after its threads stopped: the old daemon runs the new one's
+    // `check` first, refuses, and keeps watching.
+    let d = Daemon::start_installed("");
+    let b = Bundle::new(
+        "kw-upgrade-refused",
+        &d.socket,
+        "until [ -e /tmp/go ]; do usleep 20000; done; /usr/bin/tar cf /tmp/k.tar /root/.ssh/id_rsa; echo done",
+    );
+    let mut child = b.spawn();
+    d.wait_registered(1);
+    let pid = d.pid();
+    let next = d.dir.join("bin/keyward.new");
+    std::fs::write(&next, "#!/bin/sh\necho 'broken build' >&2\nexit 1\n").unwrap();
+    std::fs::set_permissions(&next, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&next, d.installed()).unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGUSR2).unwrap();
+    wait_until(
+        Duration::from_secs(15),
+        || format!("no refusal: {}", d.log_text()),
+        || d.log_text().contains("not upgrading"),
+    );
+    let log = d.log_text();
+    assert!(
+        log.contains("broken build") && !log.contains("threads stopped"),
+        "{log}"
+    );
+    let st = d.status();
+    assert_eq!(
+        (st["pid"].as_i64(), st["containers"].as_u64()),
+        (Some(pid as i64), Some(1)),
+        "{st:#}"
+    );
+    touch(&b, "/tmp/go");
+    d.wait_alert("after the refused upgrade", |a| {
+        a["container"]["id"] == b.id.as_str() && files(a).contains(&"/root/.ssh/id_rsa".to_string())
+    });
+    let _ = child.wait();
+}
