@@ -138,7 +138,9 @@ fn parse(spec: &str) -> Result<Vec<(String, RawFd)>, UpgradeError> {
         let (name, fd) = entry.split_once('=').ok_or_else(bad)?;
         let fd: RawFd = fd.parse().map_err(|_| bad())?;
         let known = ["perm", "exec", "write", "create", "control"];
-        if fd < 0 || !known.contains(&name) || out.iter().any(|(n, _)| n == name) {
+        // Each fd is owned once: a number named twice would be closed
+        // twice.
+        if fd < 0 || !known.contains(&name) || out.iter().any(|(n, f)| n == name || *f == fd) {
             return Err(bad());
         }
         out.push((name.to_string(), fd));
@@ -163,7 +165,8 @@ fn take(
     set_cloexec(fd, true)?;
     // SAFETY: the fd is open (checked just now through /proc or fstat),
     // was handed to this process to own, and nothing else here owns it:
-    // `parse` refuses a name given twice, and each name is taken once.
+    // `parse` refuses a name or an fd given twice, and each name is taken
+    // once.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
@@ -322,6 +325,7 @@ mod tests {
             "perm=3,perm=4",
             "stdin=0",
             "perm=3,,exec=4",
+            "perm=3,exec=3",
         ] {
             let e = parse(bad).unwrap_err().to_string();
             assert!(
