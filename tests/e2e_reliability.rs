@@ -808,6 +808,20 @@ fn a_root_process_in_a_container_that_sees_the_control_socket_is_refused() {
     stop_wrapped(&mut victim_run);
 }
 
+/// Put a "new version" (a shell script with `body`) at the daemon's
+/// installed path, renamed over it as dpkg does, and send SIGUSR2.
+fn upgrade_to(d: &Daemon, body: &str) {
+    let next = d.dir.join("bin/keyward.new");
+    std::fs::write(&next, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&next, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&next, d.installed()).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(d.pid()),
+        nix::sys::signal::SIGUSR2,
+    )
+    .unwrap();
+}
+
 #[test]
 fn an_upgrade_in_deny_mode_holds_an_open_in_the_kernel_and_denies_it_after() {
     if !privileged() {
@@ -832,15 +846,7 @@ fn an_upgrade_in_deny_mode_holds_an_open_in_the_kernel_and_denies_it_after() {
     d.wait_registered(1);
     let pid = d.pid();
 
-    let next = d.dir.join("bin/keyward.new");
-    std::fs::write(
-        &next,
-        format!("#!/bin/sh\nsleep 1.5\nexec {KEYWARD} \"$@\"\n"),
-    )
-    .unwrap();
-    std::fs::set_permissions(&next, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::rename(&next, d.installed()).unwrap();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGUSR2).unwrap();
+    upgrade_to(&d, &format!("sleep 1.5\nexec {KEYWARD} \"$@\""));
     wait_until(
         Duration::from_secs(10),
         || format!("the old daemon never handed over: {}", d.log_text()),
@@ -923,11 +929,7 @@ fn an_upgrade_to_a_binary_that_cannot_start_is_refused_and_the_daemon_goes_on() 
     let mut child = b.spawn();
     d.wait_registered(1);
     let pid = d.pid();
-    let next = d.dir.join("bin/keyward.new");
-    std::fs::write(&next, "#!/bin/sh\necho 'broken build' >&2\nexit 1\n").unwrap();
-    std::fs::set_permissions(&next, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::rename(&next, d.installed()).unwrap();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGUSR2).unwrap();
+    upgrade_to(&d, "echo 'broken build' >&2\nexit 1");
     wait_until(
         Duration::from_secs(15),
         || format!("no refusal: {}", d.log_text()),
