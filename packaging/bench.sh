@@ -10,7 +10,8 @@
 # for the RSS figure) CYCLES=200 (start/stop cycles for the leak check)
 # HOST_REPS=5 (host open loops per round) REPS=3 (each workload, per bench
 # container) CATCH=300 (runs per exec-path catch-rate case; 0 skips them)
-# KEYWARD=/path/to/keyward (skip `cargo build --release`)
+# KEYWARD=/path/to/keyward (skip `cargo build --release`) KEEP=1 (keep the
+# work dir, daemon log included)
 # BENCH_TIMEOUT=3600 (seconds for the whole run).
 #
 # What it does, all under `timeout`, on loopback only, with no fanotify
@@ -66,6 +67,12 @@ REPS=${REPS:-3}
 CATCH=${CATCH:-300}
 CONTAINERS=${CONTAINERS:-50}
 CYCLES=${CYCLES:-200}
+CHURN_STARTS=${CHURN_STARTS:-30}
+CHURN_HOMES=${CHURN_HOMES:-1000}
+# Which parts run (all by default): rounds starts churn exec catch memory
+# (and profile, with PROFILE=1).
+PHASES=${PHASES:-rounds starts churn exec catch memory profile}
+phase() { case " $PHASES " in *" $1 "*) return 0 ;; esac; return 1; }
 RUNC_TIMEOUT=120
 DAEMON_TIMEOUT=$(( ${BENCH_TIMEOUT:-3600} + 60 ))
 
@@ -126,7 +133,11 @@ cleanup() {
     done <"$IDS"
     stop_daemon
     tac "$MOUNTS" | while read -r m; do umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null; done
-    rm -rf "$WORK"
+    if [ "${KEEP:-0}" = 1 ]; then
+        say "kept $WORK (KEEP=1)"
+    else
+        rm -rf "$WORK"
+    fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -467,13 +478,15 @@ one_round() { # arm: A (watched) or B (unwatched)
     if [ "$arm" = A ]; then stop_daemon; fi
 }
 
-say "A/B rounds: $ROUNDS each (A = watched, B = unwatched)"
-for r in $(seq "$ROUNDS"); do
-    for arm in A B; do
-        one_round "$arm"
-        say "round $r $arm done"
+if phase rounds; then
+    say "A/B rounds: $ROUNDS each (A = watched, B = unwatched)"
+    for r in $(seq "$ROUNDS"); do
+        for arm in A B; do
+            one_round "$arm"
+            say "round $r $arm done"
+        done
     done
-done
+fi
 
 # Container starts: wall time of `runc run` of `true` (create, hook, run,
 # delete), in pairs with and without the hook, one after the other, the
@@ -484,24 +497,109 @@ done
 # container without the hook is not registered, so the daemon has nothing
 # to do for it (the host loop above shows 0 events outside containers).
 PAIRS=$((ROUNDS * STARTS))
-say "container starts: $PAIRS pairs, with and without the hook"
-start_daemon
-write_config "$START_BUNDLE" "$BASE" 1 "true"
-write_config "$NOHOOK_BUNDLE" "$BASE" 0 "true"
-for p in $(seq "$PAIRS"); do
-    if [ $((p % 2)) = 1 ]; then order="A B"; else order="B A"; fi
-    for arm in $order; do
-        if [ "$arm" = A ]; then bundle=$START_BUNDLE; else bundle=$NOHOOK_BUNDLE; fi
-        a=$("$WORK/kwb" now)
-        new_id start
-        run_container "$bundle" "$ID" >/dev/null
-        b=$("$WORK/kwb" now)
-        record "$arm" start_ns $((b - a))
-        [ "$arm" = A ] && ta=$((b - a)) || tb=$((b - a))
+if phase starts; then
+    say "container starts: $PAIRS pairs, with and without the hook"
+    start_daemon
+    write_config "$START_BUNDLE" "$BASE" 1 "true"
+    write_config "$NOHOOK_BUNDLE" "$BASE" 0 "true"
+    for p in $(seq "$PAIRS"); do
+        if [ $((p % 2)) = 1 ]; then order="A B"; else order="B A"; fi
+        for arm in $order; do
+            if [ "$arm" = A ]; then bundle=$START_BUNDLE; else bundle=$NOHOOK_BUNDLE; fi
+            a=$("$WORK/kwb" now)
+            new_id start
+            run_container "$bundle" "$ID" >/dev/null
+            b=$("$WORK/kwb" now)
+            record "$arm" start_ns $((b - a))
+            [ "$arm" = A ] && ta=$((b - a)) || tb=$((b - a))
+        done
+        record D start_diff_ns $((ta - tb))
     done
-    record D start_diff_ns $((ta - tb))
-done
-stop_daemon
+    stop_daemon
+fi
+
+# ----------------------------------------------------------------- churn --
+
+# A neighbour that churns its credential directories: CHURN_HOMES homes,
+# each `mkdir -p /home/uN/.ssh` and an authorized_keys written, then all
+# removed, over and over, in a detached container on its own overlay.
+# Two such neighbours, one watched (hook) and one not, both frozen
+# (`runc pause`) between their turns. Each triple of starts of an
+# unrelated watched container (the start bundle above, `true`): one with
+# both neighbours frozen (idle), one with the watched neighbour churning,
+# one with the unwatched neighbour churning (what the churn itself costs
+# two shared cores, keyward or not), the order rotated every triple. The
+# daemon's own figure for each registration (its log's "in N us") comes
+# beside the wall times.
+CHURN_SCRIPT="n=0; while :; do i=0; while [ \$i -lt $CHURN_HOMES ]; do mkdir -p /home/u\$i/.ssh; echo k >/home/u\$i/.ssh/authorized_keys; i=\$((i+1)); done; rm -rf /home/u*; n=\$((n+1)); echo \$n >/rounds; done"
+churn_neighbour() { # name hook -> sets ID; the container is left frozen
+    local dir="$WORK/churn-$1" m
+    m="$dir/merged"
+    mkdir -p "$dir/upper" "$dir/work" "$m"
+    mount -t overlay overlay -o "lowerdir=$BASE,upperdir=$dir/upper,workdir=$dir/work" "$m" ||
+        die "the churn phase needs overlayfs"
+    echo "$m" >>"$MOUNTS"
+    write_config "$dir" "$m" "$2" "$CHURN_SCRIPT"
+    new_id "churn-$1"
+    echo "$ID" >>"$IDS"
+    timeout -s KILL "$RUNC_TIMEOUT" runc run -d --bundle "$dir" "$ID" </dev/null >/dev/null 2>"$WORK/runc.err" ||
+        die "churn container failed: $(cat "$WORK/runc.err")"
+    # One full turn first, so the daemon has met every home once.
+    for _ in $(seq 600); do [ -s "$m/rounds" ] && break; sleep 0.1; done
+    [ -s "$m/rounds" ] || die "churn neighbour $1 made no round in 60 s"
+    timeout 30 runc pause "$ID" || die "cannot freeze $ID (freezer cgroup)"
+}
+# The daemon's registration time for container ID, from its log.
+registered_us() {
+    grep -o "watching container $1 (.* in [0-9]* us" "$WORK/daemon.log" | grep -o '[0-9]* us$' | cut -d' ' -f1 | tail -1
+}
+if phase churn; then
+    say "churn: $CHURN_STARTS triples of starts beside an idle and a churning neighbour ($CHURN_HOMES homes)"
+    start_daemon
+    write_config "$START_BUNDLE" "$BASE" 1 "true"
+    churn_neighbour watched 1
+    CW=$ID
+    churn_neighbour unwatched 0
+    CU=$ID
+    [ "$(ncontainers)" = 1 ] || die "expected the watched neighbour alone registered"
+    r0=$(status_field rescans)
+    for p in $(seq "$CHURN_STARTS"); do
+        case $((p % 3)) in
+            1) order="I W U" ;;
+            2) order="W U I" ;;
+            0) order="U I W" ;;
+        esac
+        for arm in $order; do
+            case $arm in
+                W) timeout 30 runc resume "$CW" ;;
+                U) timeout 30 runc resume "$CU" ;;
+            esac
+            # Churning for a while (or, idle, the daemon done with what
+            # the last turn left) before the start.
+            sleep 0.5
+            a=$("$WORK/kwb" now)
+            new_id start
+            run_container "$START_BUNDLE" "$ID" >/dev/null
+            b=$("$WORK/kwb" now)
+            record "$arm" churn_start_ns $((b - a))
+            us=$(registered_us "$ID")
+            [ -n "$us" ] && record "$arm" churn_register_us "$us"
+            case $arm in
+                W) timeout 30 runc pause "$CW"; tw=$((b - a)) ;;
+                U) timeout 30 runc pause "$CU"; tu=$((b - a)) ;;
+                I) ti=$((b - a)) ;;
+            esac
+        done
+        record D churn_ratio_w "$(awk -v a="$tw" -v b="$ti" 'BEGIN {printf "%.4f", a / b}')"
+        record D churn_ratio_u "$(awk -v a="$tu" -v b="$ti" 'BEGIN {printf "%.4f", a / b}')"
+    done
+    CHURN_RESCANS=$(( $(status_field rescans) - r0 ))
+    CHURN_ROUNDS_W=$(cat "$WORK/churn-watched/merged/rounds")
+    CHURN_ROUNDS_U=$(cat "$WORK/churn-unwatched/merged/rounds")
+    CHURN_MARKS=$(timeout 10 "$KW" containers --json --socket "$SOCK" | grep -o '"marks": *[0-9]*' | head -1 | grep -o '[0-9]*$')
+    for id in "$CW" "$CU"; do timeout 30 runc delete -f "$id" >/dev/null 2>&1 || true; done
+    stop_daemon
+fi
 
 # -------------------------------------------------------- exec workloads --
 
@@ -577,24 +675,26 @@ exec_one() { # arm workload
     fi
     LAST_WALL=$wall
 }
-say "exec workloads in the busybox + GNU archivers image, on an overlay: $EXEC_ROUNDS rounds of A B C"
-for r in $(seq "$EXEC_ROUNDS"); do
-    if [ $((r % 2)) = 1 ]; then order="A B C"; else order="C B A"; fi
-    for arm in $order; do
-        [ "$arm" = A ] && start_daemon
-        for wl in $EXEC_WLS; do
-            exec_one "$arm" "$wl"
-            eval "W_${arm}_$wl=$LAST_WALL"
+if phase exec; then
+    say "exec workloads in the busybox + GNU archivers image, on an overlay: $EXEC_ROUNDS rounds of A B C"
+    for r in $(seq "$EXEC_ROUNDS"); do
+        if [ $((r % 2)) = 1 ]; then order="A B C"; else order="C B A"; fi
+        for arm in $order; do
+            [ "$arm" = A ] && start_daemon
+            for wl in $EXEC_WLS; do
+                exec_one "$arm" "$wl"
+                eval "W_${arm}_$wl=$LAST_WALL"
+            done
+            [ "$arm" = A ] && stop_daemon
         done
-        [ "$arm" = A ] && stop_daemon
+        for wl in $EXEC_WLS; do
+            eval "a=\$W_A_$wl b=\$W_B_$wl c=\$W_C_$wl"
+            record D "x_${wl}_ratio" "$(awk -v a="$a" -v b="$b" 'BEGIN {printf "%.4f", a / b}')"
+            record D "x_${wl}_noise" "$(awk -v c="$c" -v b="$b" 'BEGIN {printf "%.4f", c / b}')"
+        done
+        say "exec workloads round $r done"
     done
-    for wl in $EXEC_WLS; do
-        eval "a=\$W_A_$wl b=\$W_B_$wl c=\$W_C_$wl"
-        record D "x_${wl}_ratio" "$(awk -v a="$a" -v b="$b" 'BEGIN {printf "%.4f", a / b}')"
-        record D "x_${wl}_noise" "$(awk -v c="$c" -v b="$b" 'BEGIN {printf "%.4f", c / b}')"
-    done
-    say "exec workloads round $r done"
-done
+fi
 
 # ------------------------------------------------------------ catch rate --
 
@@ -606,7 +706,7 @@ done
 # counted by container id.
 declare -A CAUGHT=()
 CATCH_STORMS=0
-if [ "$CATCH" -gt 0 ]; then
+if phase catch && [ "$CATCH" -gt 0 ]; then
     say "exec-path catch rate: $CATCH runs a case"
     cat >"$WORK/keyward-exec.toml" <<EOF
 socket = "$SOCK"
@@ -651,58 +751,60 @@ fi
 
 # ---------------------------------------------------------------- memory --
 
-say "memory: $CONTAINERS live containers, then $CYCLES start/stop cycles"
-start_daemon
-sleep 1
-RSS0=$(rss_kb)
-OVERLAY=1
-declare -a LIVE=()
-for n in $(seq "$CONTAINERS"); do
-    b="$WORK/live/$n"
-    mkdir -p "$b/upper" "$b/work" "$b/rootfs"
-    root="$BASE"
-    if [ "$OVERLAY" = 1 ]; then
-        if mount -t overlay overlay -o "lowerdir=$BASE,upperdir=$b/upper,workdir=$b/work" "$b/rootfs" 2>/dev/null; then
-            echo "$b/rootfs" >>"$MOUNTS"
-            root="$b/rootfs"
-        else
-            OVERLAY=0
-            say "overlayfs unavailable: live containers share one rootfs directory"
+if phase memory; then
+    say "memory: $CONTAINERS live containers, then $CYCLES start/stop cycles"
+    start_daemon
+    sleep 1
+    RSS0=$(rss_kb)
+    OVERLAY=1
+    declare -a LIVE=()
+    for n in $(seq "$CONTAINERS"); do
+        b="$WORK/live/$n"
+        mkdir -p "$b/upper" "$b/work" "$b/rootfs"
+        root="$BASE"
+        if [ "$OVERLAY" = 1 ]; then
+            if mount -t overlay overlay -o "lowerdir=$BASE,upperdir=$b/upper,workdir=$b/work" "$b/rootfs" 2>/dev/null; then
+                echo "$b/rootfs" >>"$MOUNTS"
+                root="$b/rootfs"
+            else
+                OVERLAY=0
+                say "overlayfs unavailable: live containers share one rootfs directory"
+            fi
         fi
-    fi
-    write_config "$b" "$root" 1 "sleep 3600"
-    new_id live
-    id=$ID
-    echo "$id" >>"$IDS"
-    timeout -s KILL "$RUNC_TIMEOUT" runc run -d --bundle "$b" "$id" </dev/null >/dev/null 2>"$WORK/runc.err" \
-        || die "live container $n failed: $(cat "$WORK/runc.err"; tail -5 "$WORK/daemon.log")"
-    LIVE+=("$id")
-done
-sleep 1
-REGISTERED=$(ncontainers)
-RSSN=$(rss_kb)
-for id in "${LIVE[@]}"; do
-    timeout 30 runc delete -f "$id" >/dev/null 2>&1 || true
-done
-sleep 3 # the reaper runs every 2 s
-RSS_AFTER_LIVE=$(rss_kb)
-LEFT=$(ncontainers)
+        write_config "$b" "$root" 1 "sleep 3600"
+        new_id live
+        id=$ID
+        echo "$id" >>"$IDS"
+        timeout -s KILL "$RUNC_TIMEOUT" runc run -d --bundle "$b" "$id" </dev/null >/dev/null 2>"$WORK/runc.err" \
+            || die "live container $n failed: $(cat "$WORK/runc.err"; tail -5 "$WORK/daemon.log")"
+        LIVE+=("$id")
+    done
+    sleep 1
+    REGISTERED=$(ncontainers)
+    RSSN=$(rss_kb)
+    for id in "${LIVE[@]}"; do
+        timeout 30 runc delete -f "$id" >/dev/null 2>&1 || true
+    done
+    sleep 3 # the reaper runs every 2 s
+    RSS_AFTER_LIVE=$(rss_kb)
+    LEFT=$(ncontainers)
 
-write_config "$START_BUNDLE" "$BASE" 1 "true"
-for _ in $(seq 20); do
-    new_id warm
-    run_container "$START_BUNDLE" "$ID" >/dev/null
-done
-RSS_C0=$(rss_kb)
-for c in $(seq "$CYCLES"); do
-    new_id cycle
-    run_container "$START_BUNDLE" "$ID" >/dev/null
-    [ "$c" = $((CYCLES / 2)) ] && RSS_CHALF=$(rss_kb)
-done
-sleep 1
-RSS_C1=$(rss_kb)
-LEFT_CYCLES=$(ncontainers)
-stop_daemon
+    write_config "$START_BUNDLE" "$BASE" 1 "true"
+    for _ in $(seq 20); do
+        new_id warm
+        run_container "$START_BUNDLE" "$ID" >/dev/null
+    done
+    RSS_C0=$(rss_kb)
+    for c in $(seq "$CYCLES"); do
+        new_id cycle
+        run_container "$START_BUNDLE" "$ID" >/dev/null
+        [ "$c" = $((CYCLES / 2)) ] && RSS_CHALF=$(rss_kb)
+    done
+    sleep 1
+    RSS_C1=$(rss_kb)
+    LEFT_CYCLES=$(ncontainers)
+    stop_daemon
+fi
 
 # --------------------------------------------------------------- profile --
 
@@ -722,7 +824,7 @@ profiled() {
     kill -INT "$tpid" 2>/dev/null || true
     wait "$tpid" 2>/dev/null || true
 }
-if [ "${PROFILE:-0}" = 1 ]; then
+if phase profile && [ "${PROFILE:-0}" = 1 ]; then
     PROFILE_OUT="$WORK/profile.txt"
     : >"$PROFILE_OUT"
     start_daemon
@@ -756,10 +858,13 @@ median() { # arm key
 
 echo
 echo "keyward bench: $(nproc) cores, $(uname -r), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
-echo "rounds: $ROUNDS x A (watched: hook + daemon) / B (unwatched: no hook, no daemon), alternating, each workload $REPS times a round; medians of all samples"
-echo "container starts: $PAIRS pairs, with (A) and without (B) the hook, daemon up, alternating per start"
-echo "host loops: beside a container on $SLEEP_FS in both arms"
-printf '%-44s %14s %14s %9s\n' metric watched unwatched ratio
+if phase rounds; then
+    echo "rounds: $ROUNDS x A (watched: hook + daemon) / B (unwatched: no hook, no daemon), alternating, each workload $REPS times a round; medians of all samples"
+    echo "host loops: beside a container on $SLEEP_FS in both arms"
+fi
+if phase starts; then
+    echo "container starts: $PAIRS pairs, with (A) and without (B) the hook, daemon up, alternating per start"
+fi
 row() { # label key unit(ms|us)
     local a b div
     a=$(median A "$2"); b=$(median B "$2")
@@ -767,72 +872,95 @@ row() { # label key unit(ms|us)
     awk -v l="$1" -v a="$a" -v b="$b" -v d="$div" -v u="$3" \
         'BEGIN {printf "%-44s %11.2f %-2s %11.2f %-2s %9.3f\n", l, a / d, u, b / d, u, (b > 0 ? a / b : 0)}'
 }
-row "exec storm: $EXECS x true (coreutils, glibc)" exec_storm_ns ms
-row "exec storm: $EXECS x true (busybox applet)" exec_storm_bb_ns ms
-row "tar cf - over $FILES files" tar_files_ns ms
-row "$OPENS opens of /etc/passwd (shell read <)" opens_shell_ns ms
-row "$OPENS x cat /etc/passwd" opens_cat_ns ms
-row "$FILES small files written, no credential read" writes_ns ms
-row "$FILES small files written, a reader alive" writes_reader_ns ms
-row "  the same, writer's on-CPU time, no reader" writes_cpu_ns ms
-row "  the same, writer's on-CPU time, reader alive" writes_reader_cpu_ns ms
-awk -v r="$(median A writes_reader_cpu_ns)" -v n="$(median A writes_cpu_ns)" -v f="$FILES" \
-    'BEGIN {printf "%-44s %11.2f us\n", "follow cost per file written once armed (A)", (r - n) / f / 1e3}'
-row "open(2) of /etc/passwd, p50 (kwb)" open_p50_ns us
-row "open(2) of /etc/passwd, p99 (kwb)" open_p99_ns us
-row "host: $OPENS opens of host /etc/passwd" host_opens_ns ms
-row "host: open(2) p50" host_open_p50_ns us
-row "container start (runc run true; see below)" start_ns ms
-awk -v a="$(median A start_ns)" -v b="$(median B start_ns)" \
-    'BEGIN {printf "%-44s %11.2f ms\n", "hook cost per start (difference of medians)", (a - b) / 1e6}'
-awk -v d="$(median D start_diff_ns)" \
-    'BEGIN {printf "%-44s %11.2f ms\n", "hook cost per start (median of pair diffs)", d / 1e6}'
-awk -v a="$(median A opens_shell_ns)" -v b="$(median B opens_shell_ns)" -v n="$OPENS" \
-    'BEGIN {printf "%-44s %11.2f us\n", "cost per permission event ((A-B)/opens)", (a - b) / n / 1e3}'
-awk -v a="$(median A open_p50_ns)" -v b="$(median B open_p50_ns)" \
-    'BEGIN {printf "%-44s %11.2f us\n", "decision latency p50 (open p50 A - B)", (a - b) / 1e3}'
-awk -v a="$(median A open_p99_ns)" -v b="$(median B open_p50_ns)" \
-    'BEGIN {printf "%-44s %11.2f us\n", "decision latency p99 (open p99 A - p50 B)", (a - b) / 1e3}'
-echo "decision latency from keyward status (daemon side, bucket upper bounds): p50 <= $(median A hist_p50_us) us, p99 <= $(median A hist_p99_us) us"
-echo "permission events caused by the host loop while a container was registered: $(median A host_perm_events)"
-awk -v e="$(median A perm_events_per_round)" -v c="$(median A daemon_cpu_ns_per_round)" \
-    'BEGIN {printf "daemon per watched bench container: %d permission events, %.1f ms CPU (all threads, incl. exec loop), %.1f us CPU per permission event\n", e, c / 1e6, (e > 0 ? c / e / 1e3 : 0)}'
-if [ "$CATCH" -gt 0 ]; then
+if phase rounds; then
+    printf '%-44s %14s %14s %9s\n' metric watched unwatched ratio
+    row "exec storm: $EXECS x true (coreutils, glibc)" exec_storm_ns ms
+    row "exec storm: $EXECS x true (busybox applet)" exec_storm_bb_ns ms
+    row "tar cf - over $FILES files" tar_files_ns ms
+    row "$OPENS opens of /etc/passwd (shell read <)" opens_shell_ns ms
+    row "$OPENS x cat /etc/passwd" opens_cat_ns ms
+    row "$FILES small files written, no credential read" writes_ns ms
+    row "$FILES small files written, a reader alive" writes_reader_ns ms
+    row "  the same, writer's on-CPU time, no reader" writes_cpu_ns ms
+    row "  the same, writer's on-CPU time, reader alive" writes_reader_cpu_ns ms
+    awk -v r="$(median A writes_reader_cpu_ns)" -v n="$(median A writes_cpu_ns)" -v f="$FILES" \
+        'BEGIN {printf "%-44s %11.2f us\n", "follow cost per file written once armed (A)", (r - n) / f / 1e3}'
+    row "open(2) of /etc/passwd, p50 (kwb)" open_p50_ns us
+    row "open(2) of /etc/passwd, p99 (kwb)" open_p99_ns us
+    row "host: $OPENS opens of host /etc/passwd" host_opens_ns ms
+    row "host: open(2) p50" host_open_p50_ns us
+    awk -v a="$(median A opens_shell_ns)" -v b="$(median B opens_shell_ns)" -v n="$OPENS" \
+        'BEGIN {printf "%-44s %11.2f us\n", "cost per permission event ((A-B)/opens)", (a - b) / n / 1e3}'
+    awk -v a="$(median A open_p50_ns)" -v b="$(median B open_p50_ns)" \
+        'BEGIN {printf "%-44s %11.2f us\n", "decision latency p50 (open p50 A - B)", (a - b) / 1e3}'
+    awk -v a="$(median A open_p99_ns)" -v b="$(median B open_p50_ns)" \
+        'BEGIN {printf "%-44s %11.2f us\n", "decision latency p99 (open p99 A - p50 B)", (a - b) / 1e3}'
+    echo "decision latency from keyward status (daemon side, bucket upper bounds): p50 <= $(median A hist_p50_us) us, p99 <= $(median A hist_p99_us) us"
+    echo "permission events caused by the host loop while a container was registered: $(median A host_perm_events)"
+    awk -v e="$(median A perm_events_per_round)" -v c="$(median A daemon_cpu_ns_per_round)" \
+        'BEGIN {printf "daemon per watched bench container: %d permission events, %.1f ms CPU (all threads, incl. exec loop), %.1f us CPU per permission event\n", e, c / 1e6, (e > 0 ? c / e / 1e3 : 0)}'
+fi
+if phase starts; then
+    row "container start (runc run true; see below)" start_ns ms
+    awk -v a="$(median A start_ns)" -v b="$(median B start_ns)" \
+        'BEGIN {printf "%-44s %11.2f ms\n", "hook cost per start (difference of medians)", (a - b) / 1e6}'
+    awk -v d="$(median D start_diff_ns)" \
+        'BEGIN {printf "%-44s %11.2f ms\n", "hook cost per start (median of pair diffs)", d / 1e6}'
+fi
+if phase catch && [ "$CATCH" -gt 0 ]; then
     echo "exec-path catch rate, file rule off, archivers that exit at once on a missing key (alerts of $CATCH):"
     printf '  %-44s %5s tight loop, %5s 20 ms apart\n' "busybox gzip -c /root/.ssh/id_ed25519" "${CAUGHT[gzip-tight]}" "${CAUGHT[gzip-spaced]}"
     printf '  %-44s %5s tight loop, %5s 20 ms apart\n' "GNU tar cf /dev/null /root/.aws/config" "${CAUGHT[tar-tight]}" "${CAUGHT[tar-spaced]}"
     echo "  exec storms the daemon counted: $CATCH_STORMS, holds: $CATCH_HOLDS (a tight busybox loop is one: see docs/design.md)"
 fi
 echo
-echo "exec workloads: busybox (all applet links) + GNU archivers image on an overlay, one container per workload; $EXEC_ROUNDS rounds of A (watched) / B, C (unwatched), medians"
-printf '%-34s %10s %10s %8s %8s %10s %10s %8s %9s %9s %8s\n' workload "A ms" "B ms" "A/B" "C/B" "A cpu ms" "B cpu ms" "cpu A/B" "dmn us/x" "thr us/x" "events"
-for wl in $EXEC_WLS; do
-    n=$(exec_count "$wl")
-    case $wl in
-        bb_storm) label="$n x /bin/true (busybox)" ;;
-        bb_cat) label="$n x busybox cat of 3 files" ;;
-        gnu_storm) label="$n x true (coreutils, glibc)" ;;
-    esac
-    awk -v l="$label" -v n="$n" -v aw="$(median A "x_${wl}_wall")" -v bw="$(median B "x_${wl}_wall")" \
-        -v r="$(median D "x_${wl}_ratio")" -v nz="$(median D "x_${wl}_noise")" \
-        -v ac="$(median A "x_${wl}_cpu")" -v bc="$(median B "x_${wl}_cpu")" \
-        -v d="$(median A "x_${wl}_daemon")" -v t="$(median A "x_${wl}_thread")" -v e="$(median A "x_${wl}_events")" \
-        'BEGIN {printf "%-34s %10.1f %10.1f %8.3f %8.3f %10.1f %10.1f %8.3f %9.1f %9.1f %8d\n", l, aw / 1e6, bw / 1e6, r, nz, ac / 1e6, bc / 1e6, (bc > 0 ? ac / bc : 0), d / n / 1e3, t / n / 1e3, e}'
-done
-echo "  A/B, C/B: medians of the per-round ratios of wall time; C/B compares two unwatched runs (the noise floor)."
-echo "  cpu: the container cgroup's CPU time; dmn: the daemon's CPU (all threads) during the workload per exec; thr: the exec thread's."
-awk -v i="$(median A x_idle_ns_per_s)" 'BEGIN {printf "  the daemon idle, one container registered and waiting: %.2f ms CPU a second (in dmn above)\n", i / 1e6}'
-echo
-echo "memory (daemon VmRSS)"
-printf '  %-50s %8d kB\n' "0 containers" "$RSS0"
-printf '  %-50s %8d kB\n' "$REGISTERED registered live containers$([ "$OVERLAY" = 1 ] && echo ' (own overlay each)')" "$RSSN"
-awk -v a="$RSSN" -v b="$RSS0" -v n="$REGISTERED" \
-    'BEGIN {printf "  %-50s %8.1f kB\n", "per container", (n > 0 ? (a - b) / n : 0)}'
-printf '  %-50s %8d kB (%s left registered)\n' "after they stopped" "$RSS_AFTER_LIVE" "$LEFT"
-printf '  %-50s %8d kB\n' "before $CYCLES start/stop cycles" "$RSS_C0"
-printf '  %-50s %8d kB\n' "after $((CYCLES / 2)) cycles" "${RSS_CHALF:-0}"
-printf '  %-50s %8d kB (%s left registered)\n' "after $CYCLES cycles" "$RSS_C1" "$LEFT_CYCLES"
-echo
+if phase churn; then
+    echo "churn: $CHURN_STARTS triples of starts of a watched container (runc run true): neighbours frozen (I), a watched neighbour churning $CHURN_HOMES homes (W), an unwatched one churning (U); order rotated"
+    for arm in I W U; do
+        awk -v l="$arm" -v s="$(median "$arm" churn_start_ns)" -v r="$(median "$arm" churn_register_us)" \
+            'BEGIN {printf "  %-2s start median %8.2f ms, daemon registration median %8.0f us\n", l, s / 1e6, r}'
+    done
+    awk -v w="$(median W churn_start_ns)" -v u="$(median U churn_start_ns)" -v i="$(median I churn_start_ns)" \
+        -v pw="$(median D churn_ratio_w)" -v pu="$(median D churn_ratio_u)" \
+        'BEGIN {printf "  W/I %.3f (median of triple ratios %.3f); U/I %.3f (%.3f): target W/I <= 1.5\n", w / i, pw, u / i, pu}'
+    echo "  rescans during the phase: $CHURN_RESCANS; turns of $CHURN_HOMES homes: watched $CHURN_ROUNDS_W, unwatched $CHURN_ROUNDS_U; the watched neighbour's marks at the end: $CHURN_MARKS"
+    echo
+fi
+if phase exec; then
+    echo "exec workloads: busybox (all applet links) + GNU archivers image on an overlay, one container per workload; $EXEC_ROUNDS rounds of A (watched) / B, C (unwatched), medians"
+    printf '%-34s %10s %10s %8s %8s %10s %10s %8s %9s %9s %8s\n' workload "A ms" "B ms" "A/B" "C/B" "A cpu ms" "B cpu ms" "cpu A/B" "dmn us/x" "thr us/x" "events"
+    for wl in $EXEC_WLS; do
+        n=$(exec_count "$wl")
+        case $wl in
+            bb_storm) label="$n x /bin/true (busybox)" ;;
+            bb_cat) label="$n x busybox cat of 3 files" ;;
+            gnu_storm) label="$n x true (coreutils, glibc)" ;;
+        esac
+        awk -v l="$label" -v n="$n" -v aw="$(median A "x_${wl}_wall")" -v bw="$(median B "x_${wl}_wall")" \
+            -v r="$(median D "x_${wl}_ratio")" -v nz="$(median D "x_${wl}_noise")" \
+            -v ac="$(median A "x_${wl}_cpu")" -v bc="$(median B "x_${wl}_cpu")" \
+            -v d="$(median A "x_${wl}_daemon")" -v t="$(median A "x_${wl}_thread")" -v e="$(median A "x_${wl}_events")" \
+            'BEGIN {printf "%-34s %10.1f %10.1f %8.3f %8.3f %10.1f %10.1f %8.3f %9.1f %9.1f %8d\n", l, aw / 1e6, bw / 1e6, r, nz, ac / 1e6, bc / 1e6, (bc > 0 ? ac / bc : 0), d / n / 1e3, t / n / 1e3, e}'
+    done
+    echo "  A/B, C/B: medians of the per-round ratios of wall time; C/B compares two unwatched runs (the noise floor)."
+    echo "  cpu: the container cgroup's CPU time; dmn: the daemon's CPU (all threads) during the workload per exec; thr: the exec thread's."
+    awk -v i="$(median A x_idle_ns_per_s)" 'BEGIN {printf "  the daemon idle, one container registered and waiting: %.2f ms CPU a second (in dmn above)\n", i / 1e6}'
+    echo
+    echo
+fi
+if phase memory; then
+    echo "memory (daemon VmRSS)"
+    printf '  %-50s %8d kB\n' "0 containers" "$RSS0"
+    printf '  %-50s %8d kB\n' "$REGISTERED registered live containers$([ "$OVERLAY" = 1 ] && echo ' (own overlay each)')" "$RSSN"
+    awk -v a="$RSSN" -v b="$RSS0" -v n="$REGISTERED" \
+        'BEGIN {printf "  %-50s %8.1f kB\n", "per container", (n > 0 ? (a - b) / n : 0)}'
+    printf '  %-50s %8d kB (%s left registered)\n' "after they stopped" "$RSS_AFTER_LIVE" "$LEFT"
+    printf '  %-50s %8d kB\n' "before $CYCLES start/stop cycles" "$RSS_C0"
+    printf '  %-50s %8d kB\n' "after $((CYCLES / 2)) cycles" "${RSS_CHALF:-0}"
+    printf '  %-50s %8d kB (%s left registered)\n' "after $CYCLES cycles" "$RSS_C1" "$LEFT_CYCLES"
+    echo
+fi
+
 if [ -n "$PROFILE_OUT" ]; then
     echo "profile (PROFILE=1):"
     cat "$PROFILE_OUT"
