@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use crate::alert::Finding;
 use crate::alert::deliver::{self, AlertStats};
-use crate::answer::permission::Inflight;
+use crate::answer::permission::Lanes;
 use crate::answer::policy::{Context, Policy, PolicyError};
 use crate::answer::{exec, follow, permission};
 use crate::config::{Config, ConfigError};
@@ -106,21 +106,26 @@ fn spawn_decisions(
     cfg: &Config,
     stops: &Stops,
 ) -> Result<Vec<JoinHandle<()>>, DaemonError> {
-    let inflight = Arc::new(Inflight::default());
+    let lanes = Arc::new(Lanes::default());
     let deadline = Duration::from_millis(cfg.daemon.decision_deadline_ms);
-    let (p, c, t, s, i) = (
+    let (p, c, t, s, l) = (
         groups.perm.clone(),
         ctx.clone(),
         tx.clone(),
         stops.last.clone(),
-        inflight.clone(),
+        lanes.clone(),
     );
     let perm = spawn("keyward-perm", move || {
-        permission::permission_loop(&*p, &c, t, &i, &s)
+        permission::permission_loop(&*p, &c, t, &l.main, &s)
     })?;
-    let (p, c, s) = (groups.perm.clone(), ctx.clone(), stops.last.clone());
+    let (p, c, s, t) = (
+        groups.perm.clone(),
+        ctx.clone(),
+        stops.last.clone(),
+        tx.clone(),
+    );
     let watchdog = spawn("keyward-watchdog", move || {
-        permission::watchdog(&*p, &c, &inflight, deadline, &s)
+        permission::watchdog(&*p, &c, t, &lanes, deadline, &s)
     })?;
     let (e, c, s) = (groups.exec.clone(), ctx.clone(), stops.intake.clone());
     let t = tx.clone();

@@ -548,6 +548,59 @@ fn marks_on_a_shared_rootfs_stay_until_its_last_container_goes() {
 }
 
 #[test]
+fn an_overlay_over_another_containers_marked_rootfs_never_holds_the_daemon() {
+    if !privileged() {
+        return;
+    }
+    // A plain-directory container's credential files carry permission
+    // marks on the real inodes. A second container runs on an overlay
+    // whose lower layer is that directory. When the daemon reads the
+    // event of an open through the overlay, the kernel opens the overlay
+    // file for the event's fd, overlayfs opens the backing file, and that
+    // open is reported to the daemon as its own: the permission thread
+    // waited on itself, every later opener of a marked file hung, and
+    // registrations with them (seen with a churning neighbour: every
+    // other container's hook timed out). Now a rescue reader answers the
+    // daemon's own event.
+    let d = Daemon::start("");
+    let plain = Bundle::new(
+        "kw-lower",
+        &d.socket,
+        "until [ -e /tmp/go ]; do sleep 0.05; done",
+    );
+    let mut plain_child = plain.spawn();
+    d.wait_registered(1);
+    let mut over = Bundle::new(
+        "kw-over",
+        &d.socket,
+        "timeout 10 cat /root/.ssh/id_rsa >/dev/null && echo read-ok;
+         timeout 10 /usr/bin/tar cf /tmp/k.tar /root/.aws/credentials 2>/dev/null; echo tar-done",
+    );
+    over.on_overlay_of(&plain.rootfs);
+    let out = over.run_saying("tar-done");
+    assert!(text(&out).contains("read-ok"), "{}", text(&out));
+    d.wait_alert("the overlay container's tar", |a| {
+        a["container"]["id"] == over.id.as_str()
+            && files(a).iter().any(|f| f.contains(".aws/credentials"))
+    });
+    // The daemon still answers: another container registers and its
+    // archiver is caught.
+    let third = Bundle::new(
+        "kw-after",
+        &d.socket,
+        "/usr/bin/tar cf /tmp/s.tar /etc/shadow; echo after",
+    );
+    third.run_saying("after");
+    d.wait_alert("the third container's tar", |a| {
+        a["container"]["id"] == third.id.as_str()
+    });
+    let rescues = d.status()["stats"]["rescues"].as_u64().unwrap_or(0);
+    assert!(rescues >= 1, "no rescue reader ran: {}", d.status());
+    touch(&plain, "/tmp/go");
+    let _ = plain_child.wait();
+}
+
+#[test]
 fn a_flood_of_repeats_cannot_hide_a_new_credential_and_the_summary_reaches_syslog() {
     if !privileged() {
         return;

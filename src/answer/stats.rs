@@ -50,6 +50,9 @@ pub struct Stats {
     pub overflows: AtomicU64,
     pub panics: AtomicU64,
     pub deadline_releases: AtomicU64,
+    /// Rescue readers started because the permission loop was stuck on an
+    /// event of the daemon's own (see `answer::permission`).
+    pub rescues: AtomicU64,
     /// Rescans of containers for credential paths created after start.
     pub rescans: AtomicU64,
     /// `io.keyward.response` annotations refused for lowering the host's
@@ -132,6 +135,8 @@ pub struct StatsSnapshot {
     pub overflows: u64,
     pub panics: u64,
     pub deadline_releases: u64,
+    #[serde(default)]
+    pub rescues: u64,
     pub rescans: u64,
     #[serde(default)]
     pub annotations_refused: u64,
@@ -245,6 +250,7 @@ impl Stats {
             overflows: g(&self.overflows),
             panics: g(&self.panics),
             deadline_releases: g(&self.deadline_releases),
+            rescues: g(&self.rescues),
             rescans: g(&self.rescans),
             annotations_refused: g(&self.annotations_refused),
             create_marks: g(&self.create_marks),

@@ -607,8 +607,12 @@ pub(crate) mod testing {
     }
 
     impl EventSource for Recording {
-        fn wait(&self, _t: Duration) -> io::Result<bool> {
-            Ok(self.feed.is_some())
+        fn wait(&self, t: Duration) -> io::Result<bool> {
+            // As the kernel's group: readable only while records wait.
+            match &self.feed {
+                Some(f) => wait_fd(f.as_fd(), t),
+                None => Ok(false),
+            }
         }
         fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
             use std::io::Read;

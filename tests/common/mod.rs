@@ -787,6 +787,17 @@ impl Bundle {
     pub fn on_overlay(&mut self) -> &mut Self {
         let lower = self.dir.join("lower");
         fs::rename(&self.rootfs, &lower).unwrap();
+        self.overlay_of(&lower)
+    }
+
+    /// Run on an overlay whose lower layer is `lower` (another bundle's
+    /// rootfs, say), instead of its own copy.
+    pub fn on_overlay_of(&mut self, lower: &Path) -> &mut Self {
+        fs::remove_dir_all(&self.rootfs).unwrap();
+        self.overlay_of(lower)
+    }
+
+    fn overlay_of(&mut self, lower: &Path) -> &mut Self {
         for d in ["upper", "work", "rootfs"] {
             fs::create_dir_all(self.dir.join(d)).unwrap();
         }
