@@ -468,6 +468,7 @@ mod tests {
             // SAFETY: fd is a fresh descriptor we own.
             fd: Some(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }),
             fsid: None,
+            dir_entry: None,
         }];
         // A decision stuck for 600 ms, as on a blocked /proc read.
         let stuck = |_pid, _fd: BorrowedFd<'_>| {

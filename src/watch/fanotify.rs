@@ -66,6 +66,130 @@ pub struct RawEvent {
     /// may be gone when its event is read; the filesystem still says which
     /// containers it can be in.
     pub fsid: Option<[i32; 2]>,
+    /// For a group that reports directory ids and names (the create
+    /// group, `FAN_REPORT_DFID_NAME`): the directory the event happened in
+    /// and the name of the entry, so the work it makes is that entry's, not
+    /// the whole container's.
+    pub dir_entry: Option<DirEntry>,
+}
+
+/// A directory's file handle as fanotify reports it (and as
+/// [`handle_of`] computes it for a directory we mark), with its
+/// filesystem: together they name one directory.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct DirHandle {
+    pub fsid: [i32; 2],
+    pub kind: i32,
+    pub bytes: Vec<u8>,
+}
+
+/// The `FAN_EVENT_INFO_TYPE_DFID_NAME` record of an event: where, and the
+/// entry's name (raw bytes, not UTF-8 checked).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    pub dir: DirHandle,
+    pub name: std::ffi::OsString,
+}
+
+/// Longest file handle read from an event or asked of the kernel
+/// (`MAX_HANDLE_SZ`).
+pub const MAX_HANDLE_BYTES: usize = 128;
+const INFO_FID: u8 = 1;
+const INFO_DFID_NAME: u8 = 2;
+const INFO_DFID: u8 = 3;
+
+/// What the info records after an event's metadata say: the first
+/// file-id record's fsid, and the directory entry of a `DFID_NAME` one.
+/// Records of other types are stepped over; a record whose length does
+/// not fit ends the walk (the event itself stands).
+fn parse_info(mut info: &[u8]) -> (Option<[i32; 2]>, Option<DirEntry>) {
+    let (mut fsid, mut entry) = (None, None);
+    while info.len() >= 4 {
+        let kind = info[0];
+        let len = u16::from_ne_bytes([info[2], info[3]]) as usize;
+        if len < 4 || len > info.len() {
+            break;
+        }
+        let rec = &info[..len];
+        info = &info[len..];
+        if !matches!(kind, INFO_FID | INFO_DFID_NAME | INFO_DFID) || rec.len() < 20 {
+            continue;
+        }
+        let int = |at: usize| i32::from_ne_bytes(rec[at..at + 4].try_into().unwrap_or_default());
+        let this_fsid = [int(4), int(8)];
+        fsid.get_or_insert(this_fsid);
+        if kind != INFO_DFID_NAME || entry.is_some() {
+            continue;
+        }
+        let handle_bytes = u32::from_ne_bytes(rec[12..16].try_into().unwrap_or_default()) as usize;
+        let start: usize = 20;
+        let Some(end) = start
+            .checked_add(handle_bytes)
+            .filter(|&e| e <= rec.len() && handle_bytes <= MAX_HANDLE_BYTES)
+        else {
+            continue;
+        };
+        // The name follows the handle, NUL-terminated and padded.
+        let tail = &rec[end..];
+        let name = &tail[..tail.iter().position(|&b| b == 0).unwrap_or(tail.len())];
+        if name.is_empty() {
+            continue;
+        }
+        entry = Some(DirEntry {
+            dir: DirHandle {
+                fsid: this_fsid,
+                kind: int(16),
+                bytes: rec[start..end].to_vec(),
+            },
+            name: <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(name).to_os_string(),
+        });
+    }
+    (fsid, entry)
+}
+
+/// The file handle of the directory `fd` as fanotify reports it in its
+/// events (`name_to_handle_at` with `AT_HANDLE_FID`: an id, even on a
+/// filesystem whose handles cannot be opened, overlayfs among them), with
+/// the filesystem's id.
+pub fn handle_of(fd: BorrowedFd<'_>) -> io::Result<DirHandle> {
+    #[repr(C)]
+    struct FileHandle {
+        handle_bytes: u32,
+        handle_type: i32,
+        f_handle: [u8; MAX_HANDLE_BYTES],
+    }
+    const AT_HANDLE_FID: libc::c_int = 0x200;
+    let mut h = FileHandle {
+        handle_bytes: MAX_HANDLE_BYTES as u32,
+        handle_type: 0,
+        f_handle: [0; MAX_HANDLE_BYTES],
+    };
+    let mut mount_id: libc::c_int = 0;
+    // SAFETY: `h` is a `struct file_handle` with room for MAX_HANDLE_SZ
+    // bytes (its handle_bytes says so); the path is an empty C string with
+    // AT_EMPTY_PATH, so only `fd` is looked at; `mount_id` is a valid int.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_name_to_handle_at,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            &mut h as *mut FileHandle,
+            &mut mount_id as *mut libc::c_int,
+            libc::AT_EMPTY_PATH | AT_HANDLE_FID,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let id = fstatfs(fd).map_err(io::Error::from)?.filesystem_id();
+    // SAFETY: as in `fsid_of`: two plain ints.
+    let fsid: [i32; 2] = unsafe { std::mem::transmute(id) };
+    let n = (h.handle_bytes as usize).min(MAX_HANDLE_BYTES);
+    Ok(DirHandle {
+        fsid,
+        kind: h.handle_type,
+        bytes: h.f_handle[..n].to_vec(),
+    })
 }
 
 impl RawEvent {
@@ -123,19 +247,15 @@ pub fn parse_events(buf: &[u8], out: &mut Vec<RawEvent>) -> Result<usize, ParseE
         } else {
             None
         };
-        // An info record (header of 4 bytes, then the fsid) follows the
-        // metadata only in groups that report file ids.
-        let info = &rec[metadata_len.min(event_len)..event_len];
-        let fsid = (info.len() >= 12).then(|| {
-            let a = i32::from_ne_bytes(info[4..8].try_into().unwrap_or_default());
-            let b = i32::from_ne_bytes(info[8..12].try_into().unwrap_or_default());
-            [a, b]
-        });
+        // Info records follow the metadata only in groups that report
+        // file ids.
+        let (fsid, dir_entry) = parse_info(&rec[metadata_len.min(event_len)..event_len]);
         out.push(RawEvent {
             mask,
             pid,
             fd,
             fsid,
+            dir_entry,
         });
         off += event_len;
     }
@@ -687,5 +807,125 @@ mod tests {
         // A trailing partial header is left unconsumed.
         let part = record(0, -1, 1);
         assert_eq!(parse_events(&part[..10], &mut Vec::new()).unwrap(), 0);
+    }
+
+    /// A `DFID_NAME` info record as the kernel lays it out.
+    fn dfid_name(fsid: [i32; 2], kind: i32, handle: &[u8], name: &[u8]) -> Vec<u8> {
+        let mut body = Vec::new();
+        body.extend_from_slice(&fsid[0].to_ne_bytes());
+        body.extend_from_slice(&fsid[1].to_ne_bytes());
+        body.extend_from_slice(&(handle.len() as u32).to_ne_bytes());
+        body.extend_from_slice(&kind.to_ne_bytes());
+        body.extend_from_slice(handle);
+        body.extend_from_slice(name);
+        body.push(0);
+        while (body.len() + 4) % 4 != 0 {
+            body.push(0);
+        }
+        let mut rec = vec![INFO_DFID_NAME, 0];
+        rec.extend_from_slice(&((body.len() + 4) as u16).to_ne_bytes());
+        rec.extend_from_slice(&body);
+        rec
+    }
+
+    fn with_info(mask: u64, info: &[u8]) -> Vec<u8> {
+        let mut r = record(mask, -1, 7);
+        r[0..4].copy_from_slice(&((METADATA_LEN + info.len()) as u32).to_ne_bytes());
+        r.extend_from_slice(info);
+        r
+    }
+
+    #[test]
+    fn a_dfid_name_record_gives_the_directory_and_the_name() {
+        let info = dfid_name([3, 4], 1, &[9, 8, 7, 6, 5, 4, 3, 2], b"u\xffx");
+        let buf = with_info(libc::FAN_CREATE, &info);
+        let mut out = Vec::new();
+        assert_eq!(parse_events(&buf, &mut out).unwrap(), buf.len());
+        assert_eq!(out[0].fsid, Some([3, 4]));
+        let e = out[0].dir_entry.as_ref().unwrap();
+        assert_eq!(e.dir.fsid, [3, 4]);
+        assert_eq!(e.dir.kind, 1);
+        assert_eq!(e.dir.bytes, [9, 8, 7, 6, 5, 4, 3, 2]);
+        assert_eq!(e.name.as_encoded_bytes(), b"u\xffx", "names are raw bytes");
+    }
+
+    #[test]
+    fn broken_info_records_leave_the_event_without_an_entry() {
+        let good = dfid_name([1, 2], 1, &[1; 8], b"x");
+        // A handle longer than its record, a length past the end, a
+        // record too short for a file id, an empty name: no entry, and
+        // the events themselves stand.
+        let mut long_handle = good.clone();
+        long_handle[12..16].copy_from_slice(&4000u32.to_ne_bytes());
+        let mut past_end = good.clone();
+        past_end[2..4].copy_from_slice(&200u16.to_ne_bytes());
+        let short = vec![INFO_DFID_NAME, 0, 8, 0, 1, 2, 3, 4];
+        let no_name = dfid_name([1, 2], 1, &[1; 8], b"");
+        for info in [long_handle, past_end, short, no_name] {
+            let buf = with_info(libc::FAN_CREATE, &info);
+            let mut out = Vec::new();
+            assert_eq!(parse_events(&buf, &mut out).unwrap(), buf.len());
+            assert_eq!(out.len(), 1);
+            assert!(out[0].dir_entry.is_none(), "{info:?}");
+        }
+    }
+
+    /// The handle we compute for a directory we mark is the one the
+    /// kernel reports in that directory's create events (on the test
+    /// machine's filesystem and on an overlay): the create loop finds the
+    /// directory by it. Needs root (fanotify, mount).
+    #[test]
+    fn a_marked_directorys_handle_is_the_one_its_events_carry() {
+        if !nix::unistd::Uid::effective().is_root() {
+            assert!(std::env::var_os("CI").is_none(), "CI runs the unit tests as root");
+            return;
+        }
+        let tmp = crate::testdir::TempDir::new("handles");
+        let plain = tmp.path().join("plain");
+        std::fs::create_dir_all(&plain).unwrap();
+        let mut dirs = vec![plain.clone()];
+        let merged = tmp.path().join("merged");
+        for d in ["lower/sub", "upper", "work", "merged"] {
+            std::fs::create_dir_all(tmp.path().join(d)).unwrap();
+        }
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            tmp.path().join("lower").display(),
+            tmp.path().join("upper").display(),
+            tmp.path().join("work").display()
+        );
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o", &opts])
+            .arg(&merged)
+            .status()
+            .is_ok_and(|s| s.success());
+        if mounted {
+            // A lower directory seen through the overlay.
+            dirs.push(merged.join("sub"));
+        }
+        let group = Group::create().expect("create group");
+        for dir in &dirs {
+            let fd = nix::fcntl::open(
+                dir.as_path(),
+                nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY,
+                nix::sys::stat::Mode::empty(),
+            )
+            .unwrap();
+            group.mark_creates(fd.as_fd(), true, "test dir").unwrap();
+            let want = handle_of(fd.as_fd()).unwrap();
+            std::fs::create_dir(dir.join("new")).unwrap();
+            assert!(group.wait(Duration::from_secs(5)).unwrap());
+            let mut buf = vec![0u8; 4096];
+            let n = group.read(&mut buf).unwrap();
+            let mut out = Vec::new();
+            parse_events(&buf[..n], &mut out).unwrap();
+            let e = out[0].dir_entry.as_ref().expect("a DFID_NAME record");
+            assert_eq!(e.dir, want, "{}", dir.display());
+            assert_eq!(e.name, "new");
+        }
+        drop(group);
+        if mounted {
+            let _ = std::process::Command::new("umount").arg(&merged).status();
+        }
     }
 }
