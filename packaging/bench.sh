@@ -536,7 +536,10 @@ churn_neighbour() { # name hook -> sets ID; the container is left frozen
     local dir="$WORK/churn-$1" m
     m="$dir/merged"
     mkdir -p "$dir/upper" "$dir/work" "$m"
-    mount -t overlay overlay -o "lowerdir=$BASE,upperdir=$dir/upper,workdir=$dir/work" "$m" ||
+    # A lower layer of their own: BASE is the start container's plain
+    # rootfs, whose credential files the daemon marks as real inodes.
+    [ -d "$WORK/churn-base" ] || cp -a "$BASE" "$WORK/churn-base"
+    mount -t overlay overlay -o "lowerdir=$WORK/churn-base,upperdir=$dir/upper,workdir=$dir/work" "$m" ||
         die "the churn phase needs overlayfs"
     echo "$m" >>"$MOUNTS"
     write_config "$dir" "$m" "$2" "$CHURN_SCRIPT"

@@ -273,6 +273,8 @@ pub struct Config {
     pub exceptions: Vec<ExceptionConfig>,
     pub metrics: MetricsConfig,
     pub engines: EnginesConfig,
+    /// What one container may make the daemon do.
+    pub limits: LimitsConfig,
 }
 
 impl Default for Config {
@@ -286,7 +288,68 @@ impl Default for Config {
             exceptions: Vec::new(),
             metrics: MetricsConfig::default(),
             engines: EnginesConfig::default(),
+            limits: LimitsConfig::default(),
         }
+    }
+}
+
+/// Bounds on the work one container can make the daemon do, so that what
+/// a container does cannot slow another's registration or decisions. Each
+/// bound reached is counted (`keyward status`) and reported in a health
+/// alert that names the container.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Kernel marks per container: credential files and directories, and
+    /// the directories watched for new entries. Each pins an inode in the
+    /// kernel. Past this, further credential paths of that container are
+    /// left unmarked (an open of one is then judged by the exec path and
+    /// its directory's mark only).
+    pub marks_per_container: usize,
+    /// Derived credentials (copies a reader wrote) per container; past
+    /// this, further copies are not marked.
+    pub derived_per_container: usize,
+    /// Create events per container per second marked at once, each for
+    /// the entry it made; past this, that container's creates wait for one
+    /// full rescan.
+    pub creates_per_second: u32,
+    /// Least time between two full rescans of one container.
+    pub rescan_interval_ms: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            marks_per_container: 16_384,
+            derived_per_container: 10_000,
+            creates_per_second: 2_000,
+            rescan_interval_ms: 2_000,
+        }
+    }
+}
+
+impl LimitsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        within(
+            "limits.marks_per_container",
+            self.marks_per_container,
+            64..=1_048_576,
+        )?;
+        within(
+            "limits.derived_per_container",
+            self.derived_per_container,
+            0..=1_048_576,
+        )?;
+        within(
+            "limits.creates_per_second",
+            self.creates_per_second,
+            1..=1_000_000,
+        )?;
+        within(
+            "limits.rescan_interval_ms",
+            self.rescan_interval_ms,
+            100..=600_000,
+        )
     }
 }
 
@@ -716,6 +779,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_paths()?;
         self.daemon.validate()?;
+        self.limits.validate()?;
         self.alerts.validate()?;
         self.rules.validate()?;
         for (index, e) in self.exceptions.iter().enumerate() {

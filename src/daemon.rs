@@ -156,6 +156,7 @@ fn spawn_decisions(
             identities: &c.identities,
             scan_pipes: &scan_pipes,
             behaviour_window: &|| c.policy().rules.behaviour_window,
+            derived_limit: &|| c.policy().limits.derived_per_container,
         };
         follow::follow_loop(&w, &c.follow, out, &s)
     })?;

@@ -42,6 +42,11 @@ pub trait Inputs {
     fn rule_meta(&self, rule_id: &str) -> RuleMeta;
     /// The counters whose growth means degraded coverage.
     fn degradation(&self) -> Degradation;
+    /// The per-container bounds reached since the last call: (bound,
+    /// container id, times).
+    fn bounds_reached(&self) -> Vec<(crate::answer::stats::Bound, String, u64)> {
+        Vec::new()
+    }
 }
 
 /// Counters from the alert thread, read by `keyward status`.
@@ -264,6 +269,13 @@ impl Delivery<'_> {
             self.sinks.deliver_health(&delta);
             self.reported = now;
             self.last_health = Instant::now();
+        }
+        for (bound, id, times) in self.inputs.bounds_reached() {
+            let view = self.inputs.container(&id);
+            let doc =
+                super::ecs::bound_doc(self.sinks.hostname(), bound, &id, times, view.as_ref());
+            eprintln!("keyward: {}", doc["message"].as_str().unwrap_or_default());
+            self.sinks.deliver_bound(doc);
         }
     }
 

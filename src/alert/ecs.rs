@@ -187,6 +187,9 @@ pub struct Degradation {
     pub parse_errors: u64,
     /// Decisions that panicked (and were allowed).
     pub panics: u64,
+    /// Per-container bounds reached (each also gets an alert of its own
+    /// naming the container: [`bound_doc`]).
+    pub bounds: u64,
 }
 
 impl Degradation {
@@ -199,6 +202,7 @@ impl Degradation {
             queue_drops: self.queue_drops - before.queue_drops.min(self.queue_drops),
             parse_errors: self.parse_errors - before.parse_errors.min(self.parse_errors),
             panics: self.panics - before.panics.min(self.panics),
+            bounds: self.bounds - before.bounds.min(self.bounds),
         };
         (d != Degradation::default()).then_some(d)
     }
@@ -216,8 +220,8 @@ impl Degradation {
         json!({
             "@timestamp": rfc3339(SystemTime::now()),
             "message": format!(
-                "keyward coverage degraded: {} stalled decisions released, {} queue overflows, {} findings dropped, {} unparsable batches, {} decision panics",
-                self.deadline_releases, self.overflows, self.queue_drops, self.parse_errors, self.panics
+                "keyward coverage degraded: {} stalled decisions released, {} queue overflows, {} findings dropped, {} unparsable batches, {} decision panics, {} per-container bounds reached",
+                self.deadline_releases, self.overflows, self.queue_drops, self.parse_errors, self.panics, self.bounds
             ),
             "ecs": {"version": "8.11.0"},
             "event": {
@@ -235,6 +239,54 @@ impl Degradation {
             "keyward": {"health": self, "severity": severity},
         })
     }
+}
+
+/// A health alert for one container that reached one of its bounds
+/// (`[limits]`): which, how many times since the last report, and what it
+/// costs. `container` is the registry's view of it, when it is still
+/// registered.
+pub fn bound_doc(
+    hostname: &str,
+    bound: crate::answer::stats::Bound,
+    id: &str,
+    times: u64,
+    container: Option<&crate::watch::index::ContainerView>,
+) -> Value {
+    let mut c = json!({"id": id});
+    if let Some(v) = container {
+        if let Some(n) = &v.reference.name {
+            c["name"] = json!(n);
+        }
+        if let Some(i) = &v.reference.image {
+            c["image"] = json!({"name": i});
+        }
+    }
+    json!({
+        "@timestamp": rfc3339(SystemTime::now()),
+        "message": format!(
+            "keyward: container {id} reached its bound {} ({times} times since the last report): {}",
+            bound.as_str(),
+            bound.effect()
+        ),
+        "ecs": {"version": "8.11.0"},
+        "event": {
+            "kind": "alert",
+            "module": "keyward",
+            "dataset": "keyward.health",
+            "category": ["host"],
+            "type": ["info"],
+            "action": "bound-reached",
+            "severity": 73,
+            "risk_score": 73,
+        },
+        "rule": {"id": "keyward.health.bound-reached", "name": "keyward Container Bound Reached"},
+        "container": c,
+        "host": {"hostname": hostname},
+        "keyward": {
+            "health": {"bound": bound.as_str(), "times": times, "effect": bound.effect()},
+            "severity": "high",
+        },
+    })
 }
 
 /// A process start time in clock ticks since boot, as a wall-clock time

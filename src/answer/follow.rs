@@ -56,9 +56,6 @@ use std::time::SystemTime;
 
 /// Readers followed at once before the oldest are let go.
 const MAX_READERS: usize = 16 * 1024;
-/// Derived credentials per container; past this, further copies are
-/// counted (`derived_dropped`) and not marked.
-pub const MAX_DERIVED: usize = 10_000;
 /// How long a reader that exited is kept for the writes it queued.
 const GONE_GRACE: Duration = Duration::from_secs(10);
 /// How often readers that exited are forgotten, and containers with
@@ -434,6 +431,9 @@ impl Follow {
             }
             if of.len() >= MAX_TAINTED {
                 stats.pipes_dropped.fetch_add(1, Ordering::Relaxed);
+                stats
+                    .bounds
+                    .hit(crate::answer::stats::Bound::Pipes, &r.container);
                 continue;
             }
             let via = std::fs::read_link(format!("/proc/{pid}/fd/{}", p.fd.to_string_lossy()))
@@ -821,8 +821,12 @@ impl Follow {
         {
             let mut derived = self.derived.lock().unwrap_or_else(|e| e.into_inner());
             let marked = derived.entry(r.container.clone()).or_default();
-            if marked.len() >= MAX_DERIVED {
+            // `limits.derived_per_container`.
+            if marked.len() >= (out.derived_limit)() {
                 stats.derived_dropped.fetch_add(1, Ordering::Relaxed);
+                stats
+                    .bounds
+                    .hit(crate::answer::stats::Bound::Derived, &r.container);
                 return;
             }
             // The index learns the inode before the kernel marks it, so the
@@ -838,6 +842,7 @@ impl Follow {
                 path: fd_path(file).unwrap_or_default(),
                 id: fid,
                 is_dir: false,
+                handle: None,
             });
         }
         let what = format!(
@@ -871,6 +876,9 @@ pub struct Outputs<'a> {
     pub scan_pipes: &'a (dyn Fn(&str) + Sync),
     /// The current policy's behaviour window (`rules.file.behaviour_window_s`).
     pub behaviour_window: &'a (dyn Fn() -> Duration + Sync),
+    /// The current policy's bound on derived credentials per container
+    /// (`limits.derived_per_container`).
+    pub derived_limit: &'a (dyn Fn() -> usize + Sync),
 }
 
 /// A behaviour match waiting to be reported.

@@ -33,6 +33,8 @@ pub struct Policy {
     pub rules: Rules,
     pub default_action: Action,
     pub exceptions: Exceptions,
+    /// What one container may make the daemon do.
+    pub limits: crate::config::LimitsConfig,
     /// Unique per compiled policy, for caches made under it.
     pub generation: u64,
 }
@@ -49,6 +51,7 @@ impl Policy {
             rules: Rules::compile(&cfg.rules)?,
             default_action: cfg.response.action,
             exceptions: Exceptions::compile(&cfg.exceptions)?,
+            limits: cfg.limits.clone(),
             generation: POLICY_GENERATION.fetch_add(1, Ordering::Relaxed),
         })
     }
@@ -159,5 +162,9 @@ impl crate::alert::deliver::Inputs for Context {
 
     fn degradation(&self) -> crate::alert::Degradation {
         self.stats.degradation()
+    }
+
+    fn bounds_reached(&self) -> Vec<(super::stats::Bound, String, u64)> {
+        self.stats.bounds.take_recent()
     }
 }

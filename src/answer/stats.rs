@@ -1,7 +1,7 @@
 //! Counters the decision threads bump, and the decision-latency
 //! histogram; `keyward status` reads a [`StatsSnapshot`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -84,6 +84,13 @@ pub struct Stats {
     pub pipe_readers: AtomicU64,
     pub pipe_scans: AtomicU64,
     pub pipe_scans_deferred: AtomicU64,
+    /// Per-container bounds reached (`[limits]`), with the containers.
+    pub bounds: BoundHits,
+    /// Create events marked at once for the entry they made, and those
+    /// that could not be (no handle known for their directory, so a full
+    /// rescan of the container was asked instead).
+    pub creates_incremental: AtomicU64,
+    pub creates_unresolved: AtomicU64,
     /// Decision latency histogram: bucket i counts decisions that took
     /// less than 2^i microseconds (the last bucket takes the rest).
     pub latency_us: [AtomicU64; LATENCY_BUCKETS],
@@ -165,6 +172,13 @@ pub struct StatsSnapshot {
     pub pipe_scans: u64,
     #[serde(default)]
     pub pipe_scans_deferred: u64,
+    /// Bounds reached, by bound (see `[limits]`).
+    #[serde(default)]
+    pub bounds: BTreeMap<String, u64>,
+    #[serde(default)]
+    pub creates_incremental: u64,
+    #[serde(default)]
+    pub creates_unresolved: u64,
     pub latency: LatencySnapshot,
 }
 
@@ -178,6 +192,7 @@ impl Stats {
             queue_drops: g(&self.queue_drops),
             parse_errors: g(&self.parse_errors),
             panics: g(&self.panics),
+            bounds: self.bounds.total(),
         }
     }
 
@@ -268,6 +283,9 @@ impl Stats {
             pipe_readers: g(&self.pipe_readers),
             pipe_scans: g(&self.pipe_scans),
             pipe_scans_deferred: g(&self.pipe_scans_deferred),
+            bounds: self.bounds.counts(),
+            creates_incremental: g(&self.creates_incremental),
+            creates_unresolved: g(&self.creates_unresolved),
             latency: self.latency(),
         }
     }
@@ -293,6 +311,119 @@ mod tests {
     }
 }
 
+/// A per-container bound of the daemon's work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Bound {
+    /// `limits.marks_per_container`: credential paths left unmarked.
+    Marks,
+    /// `limits.derived_per_container`: copies a reader wrote left unmarked.
+    Derived,
+    /// Tainted pipes per container (`follow::MAX_TAINTED`): further pipes
+    /// not followed.
+    Pipes,
+    /// `limits.creates_per_second`: creates left to a full rescan.
+    Creates,
+    /// An expansion cut short (a directory of more entries, or a pattern
+    /// matching more paths, than the resolver reads).
+    Expansion,
+}
+
+impl Bound {
+    const ALL: [Bound; 5] = [
+        Bound::Marks,
+        Bound::Derived,
+        Bound::Pipes,
+        Bound::Creates,
+        Bound::Expansion,
+    ];
+
+    /// The setting (or fixed bound) by name, as status and alerts say it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Bound::Marks => "marks_per_container",
+            Bound::Derived => "derived_per_container",
+            Bound::Pipes => "tainted_pipes_per_container",
+            Bound::Creates => "creates_per_second",
+            Bound::Expansion => "expansion",
+        }
+    }
+
+    /// What reaching it costs, for the health alert.
+    pub fn effect(self) -> &'static str {
+        match self {
+            Bound::Marks => {
+                "further credential paths of this container are left unmarked: an open of one is judged only through its directory's mark and the exec rule"
+            }
+            Bound::Derived => {
+                "further copies of credentials written in this container are not marked as derived credentials"
+            }
+            Bound::Pipes => {
+                "further pipes a credential goes into in this container are not followed"
+            }
+            Bound::Creates => {
+                "this container's new credential paths are marked by a full rescan (at most one per limits.rescan_interval_ms) instead of at once"
+            }
+            Bound::Expansion => {
+                "a directory or pattern matched more entries than are read: paths past the bound are not marked"
+            }
+        }
+    }
+
+    fn slot(self) -> usize {
+        self as usize
+    }
+}
+
+/// Most containers remembered per bound between two health reports.
+const BOUND_CONTAINERS: usize = 64;
+
+/// Counts of bounds reached, and which containers reached them since the
+/// last health report.
+#[derive(Debug, Default)]
+pub struct BoundHits {
+    counts: [AtomicU64; 5],
+    recent: Mutex<BTreeMap<(Bound, String), u64>>,
+}
+
+impl BoundHits {
+    /// Container `id` reached bound `b` (once more).
+    pub fn hit(&self, b: Bound, id: &str) {
+        self.counts[b.slot()].fetch_add(1, Ordering::Relaxed);
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (b, id.to_string());
+        if let Some(n) = recent.get_mut(&key) {
+            *n += 1;
+        } else if recent.keys().filter(|(k, _)| *k == b).count() < BOUND_CONTAINERS {
+            recent.insert(key, 1);
+        }
+    }
+
+    /// The (bound, container, times) reached since the last call.
+    pub fn take_recent(&self) -> Vec<(Bound, String, u64)> {
+        std::mem::take(&mut *self.recent.lock().unwrap_or_else(|e| e.into_inner()))
+            .into_iter()
+            .map(|((b, id), n)| (b, id, n))
+            .collect()
+    }
+
+    fn counts(&self) -> BTreeMap<String, u64> {
+        Bound::ALL
+            .iter()
+            .map(|b| {
+                (
+                    b.as_str().to_string(),
+                    self.counts[b.slot()].load(Ordering::Relaxed),
+                )
+            })
+            .collect()
+    }
+
+    fn total(&self) -> u64 {
+        self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+}
+
 /// At most `N` uses a second per key (a container id): a budget that
 /// keeps one container's work from filling a thread every container
 /// shares.
@@ -304,13 +435,19 @@ pub struct PerSecond<const N: u32> {
 impl<const N: u32> PerSecond<N> {
     /// Whether `key` may have one more use now (and take it).
     pub fn allow(&self, key: &str) -> bool {
+        self.allow_up_to(key, N)
+    }
+
+    /// [`PerSecond::allow`] with the budget `n` given at the call (a
+    /// setting that a reload may change).
+    pub fn allow_up_to(&self, key: &str, n: u32) -> bool {
         let mut uses = self.uses.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         let e = uses.entry(key.to_string()).or_insert((now, 0));
         if now.duration_since(e.0) >= Duration::from_secs(1) {
             *e = (now, 0);
         }
-        if e.1 >= N {
+        if e.1 >= n {
             return false;
         }
         e.1 += 1;

@@ -19,21 +19,71 @@ use super::reaper::{Exits, Init};
 use super::store::{ContainerRecord, Registry};
 use super::verify::{self, VerifyError};
 use crate::answer::policy::Context;
+use crate::answer::stats::Bound;
 use crate::attribute::procfs;
 use crate::config::Action;
 use crate::hook::protocol::{ContainerSummary, Registration, Reply};
-use crate::watch::fanotify::{EventSource, Group, WatchError, parse_events};
-use crate::watch::marks::{self, Groups, InstallReport, MarkError, Orphaned, Root};
+use crate::watch::fanotify::{DirHandle, EventSource, Group, WatchError, parse_events};
+use crate::watch::marks::{self, Groups, InstallReport, MarkError, MarkRecord, Orphaned, Root};
 use crate::watch::resolve;
 
-/// A burst of creations in one container makes one rescan this long after
-/// the first.
+/// A burst of creations that could not be marked at once (an unknown
+/// directory, a full queue, a container over its budget) makes one full
+/// rescan this long after the first, at the soonest.
 const RESCAN_DEBOUNCE: Duration = Duration::from_millis(100);
-/// Create-time markings per container per second (see
-/// [`Registrar::may_mark_now`]).
-const CREATE_MARKS_PER_SEC: u32 = 20;
 /// Rescan interval for containers whose filesystem cannot report creations.
 const PERIODIC_RESCAN: Duration = Duration::from_secs(5);
+/// The create loop's read buffer: a `DFID_NAME` record is about 60 bytes.
+const CREATE_BUF: usize = 64 * 1024;
+
+/// The create group's directories by the handle their events carry, and
+/// whose (container id, container path) each is: a create event names its
+/// directory by that handle, so the entry it made is known without asking
+/// the container anything.
+#[derive(Debug, Default)]
+struct CreateDirs {
+    by_handle: HashMap<DirHandle, Vec<(String, PathBuf)>>,
+}
+
+impl CreateDirs {
+    /// Container `id`'s directories are now `marks`, all of them.
+    fn set(&mut self, id: &str, marks: &[MarkRecord]) {
+        self.forget(id);
+        self.add(id, marks);
+    }
+
+    /// Container `id` has these directories too.
+    fn add(&mut self, id: &str, marks: &[MarkRecord]) {
+        for m in marks {
+            if let Some(h) = &m.handle {
+                let owners = self.by_handle.entry(h.clone()).or_default();
+                owners.retain(|(i, _)| i != id);
+                owners.push((id.to_string(), m.path.clone()));
+            }
+        }
+    }
+
+    fn forget(&mut self, id: &str) {
+        self.by_handle.retain(|_, owners| {
+            owners.retain(|(i, _)| i != id);
+            !owners.is_empty()
+        });
+    }
+
+    /// The containers (and their paths) of the entry `name` made in the
+    /// directory `dir`.
+    fn entry(&self, dir: &DirHandle, name: &std::ffi::OsStr) -> Vec<(String, PathBuf)> {
+        self.by_handle
+            .get(dir)
+            .map(|owners| {
+                owners
+                    .iter()
+                    .map(|(id, path)| (id.clone(), path.join(name)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
 
 /// Why a registration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -126,8 +176,14 @@ pub struct Registrar {
     rescans: Mutex<BTreeMap<String, Instant>>,
     /// Wakes the rescan thread when a rescan is scheduled.
     rescan_due: std::sync::Condvar,
-    /// Create-time markings per container in the current second.
-    create_budget: crate::answer::stats::PerSecond<CREATE_MARKS_PER_SEC>,
+    /// Create events marked at once per container in the current second
+    /// (`limits.creates_per_second`).
+    create_budget: crate::answer::stats::PerSecond<0>,
+    /// The create group's directories, by handle.
+    create_dirs: Mutex<CreateDirs>,
+    /// When each container's last full rescan started
+    /// (`limits.rescan_interval_ms` apart at the least).
+    last_full: Mutex<HashMap<String, Instant>>,
     /// Containers whose filesystem cannot report creations: rescanned
     /// every [`PERIODIC_RESCAN`] instead.
     periodic: Mutex<BTreeSet<String>>,
@@ -145,6 +201,8 @@ impl Registrar {
             rescans: Mutex::new(BTreeMap::new()),
             rescan_due: std::sync::Condvar::new(),
             create_budget: Default::default(),
+            create_dirs: Mutex::new(CreateDirs::default()),
+            last_full: Mutex::new(HashMap::new()),
             periodic: Mutex::new(BTreeSet::new()),
             busy: Mutex::new(HashMap::new()),
         }
@@ -217,12 +275,22 @@ impl Registrar {
             registered_at: crate::alert::rfc3339(std::time::SystemTime::now()),
             placed: Default::default(),
         };
-        let mut reg = self.registry();
-        // A second hook stage for the same container re-registers it.
-        if reg.get(&rec.id).is_some() {
-            self.drop_container(&mut reg, &rec.id);
+        // One registration (or rescan) of a container at a time; the
+        // registry itself is held only to look and to insert, never while
+        // marks go in, so no registration waits behind another's marks.
+        let lock = self.container_lock(&rec.id);
+        let _own = lock.lock().unwrap_or_else(|e| e.into_inner());
+        {
+            let mut reg = self.registry();
+            // A second hook stage for the same container re-registers it.
+            if reg.get(&rec.id).is_some() {
+                self.drop_container(&mut reg, &rec.id);
+                if let Err(e) = reg.save_only(&rec.id) {
+                    log(e.to_string());
+                }
+            }
         }
-        let report = self.install(&reg, &mut rec)?;
+        let report = self.install(&mut rec)?;
         self.note_coverage(&rec.id, &report);
         log(format!(
             "watching container {} (pid {}, action {}): {} files, {} dirs, exec mark {:?}, in {} us",
@@ -235,10 +303,17 @@ impl Registrar {
             started.elapsed().as_micros()
         ));
         let id = rec.id.clone();
+        self.create_dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set(&id, &rec.placed.create_marks);
+        let mut reg = self.registry();
         reg.insert(rec);
-        if let Err(e) = reg.save() {
+        // This record only: another container's may be large.
+        if let Err(e) = reg.save_only(&id) {
             log(e.to_string());
         }
+        drop(reg);
         Ok(Reply::Watching {
             id,
             report,
@@ -247,15 +322,11 @@ impl Registrar {
     }
 
     /// Mark `rec`'s files; on failure, take out what this attempt marked
-    /// that no other container in `reg` holds.
-    fn install(
-        &self,
-        reg: &Registry,
-        rec: &mut ContainerRecord,
-    ) -> Result<InstallReport, MarkError> {
+    /// that no other container holds.
+    fn install(&self, rec: &mut ContainerRecord) -> Result<InstallReport, MarkError> {
         let r = self.place(rec);
         if r.is_err() {
-            let orphaned = self.orphaned(reg, rec);
+            let orphaned = self.orphaned(&self.registry(), rec);
             marks::remove(self.groups.borrow(), &rec.placed, root_of(rec), &orphaned);
             self.unindex(&rec.id);
         }
@@ -287,13 +358,29 @@ impl Registrar {
                 &self.ctx.index,
                 root.as_fd(),
                 &mut rec.placed,
+                policy.limits.marks_per_container,
             )
             .map(|report| InstallReport { pivoted, ..report });
             if let Err(panic) = learner.join() {
                 std::panic::resume_unwind(panic);
             }
+            if let Ok(r) = &marked {
+                self.note_bounds(&id, r.capped, r.truncated);
+            }
             marked
         })
+    }
+
+    /// Count (and report, in the next health alert) the bounds a marking
+    /// of container `id` reached.
+    fn note_bounds(&self, id: &str, capped: bool, truncated: bool) {
+        let bounds = &self.ctx.stats.bounds;
+        if capped {
+            bounds.hit(Bound::Marks, id);
+        }
+        if truncated {
+            bounds.hit(Bound::Expansion, id);
+        }
     }
 
     /// The marks `rec` holds alone, among the containers in `reg` other
@@ -331,6 +418,14 @@ impl Registrar {
             .remove(id);
         self.ctx.identities.forget(id);
         self.create_budget.forget(id);
+        self.create_dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .forget(id);
+        self.last_full
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
         self.busy
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -346,15 +441,24 @@ impl Registrar {
         }
     }
 
-    /// Ask for a rescan of `id` (or every container) soon.
+    /// Ask for a full rescan of `id` (or every container) soon: after
+    /// [`RESCAN_DEBOUNCE`], and `limits.rescan_interval_ms` after its last
+    /// one at the soonest, so that however often a container asks, its
+    /// full rescans take a bounded share of the rescan thread.
     pub fn schedule_rescan(&self, id: Option<&str>) {
-        let due = Instant::now() + RESCAN_DEBOUNCE;
+        let now = Instant::now();
+        let interval = Duration::from_millis(self.ctx.policy().limits.rescan_interval_ms);
         let ids: Vec<String> = match id {
             Some(id) => vec![id.to_string()],
             None => self.registry().all().map(|c| c.id.clone()).collect(),
         };
+        let last = self.last_full.lock().unwrap_or_else(|e| e.into_inner());
         let mut r = self.rescans.lock().unwrap_or_else(|e| e.into_inner());
         for id in ids {
+            let due = last
+                .get(&id)
+                .map_or(now, |t| *t + interval)
+                .max(now + RESCAN_DEBOUNCE);
             r.entry(id).or_insert(due);
         }
         self.rescan_due.notify_one();
@@ -387,11 +491,19 @@ impl Registrar {
             .unwrap_or_else(|e| e.into_inner());
     }
 
-    /// Re-expand a container's patterns and mark what is new.
+    /// Re-expand a container's patterns and mark what is new: the full
+    /// rescan, rate-limited per container (see
+    /// [`Registrar::schedule_rescan`]). It also forgets what the container
+    /// removed since the last one (marks die with their inodes) and saves
+    /// the record.
     fn rescan(&self, id: &str) {
         let lock = self.container_lock(id);
         let _own = lock.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(mut rec) = self.live_record(id) else {
+        self.last_full
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_string(), Instant::now());
+        let Some(mut rec) = self.take_live(id) else {
             return;
         };
         let before = rec.placed.marks.len();
@@ -401,32 +513,37 @@ impl Registrar {
         // hundreds of milliseconds at a time).
         match self.place(&mut rec) {
             Ok(report) => {
-                if rec.placed.marks.len() != before {
-                    log(format!(
-                        "rescanned container {id}: {} marks (was {before})",
-                        rec.placed.marks.len()
-                    ));
-                }
+                // At most one a `limits.rescan_interval_ms` per container.
+                log(format!(
+                    "rescanned container {id}: {} marks (was {before})",
+                    rec.placed.marks.len()
+                ));
                 self.ctx.stats.rescans.fetch_add(1, Ordering::Relaxed);
                 self.note_coverage(id, &report);
-                let mut reg = self.registry();
-                if self.keep(&mut reg, rec)
-                    && let Err(e) = reg.save()
-                {
-                    log(e.to_string());
+                let dirs = rec.placed.create_marks.clone();
+                if self.put_back(rec) {
+                    self.create_dirs
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .set(id, &dirs);
                 }
             }
             Err(e) => {
                 log(format!("rescan of container {id} failed: {e}"));
-                let mut reg = self.registry();
-                self.keep(&mut reg, rec);
+                self.put_back(rec);
             }
+        }
+        // Every record changed since the last save (this one, and the
+        // marks creates added), written after the registry is let go.
+        let writes = self.registry().take_writes();
+        if let Err(e) = writes.apply() {
+            log(e.to_string());
         }
     }
 
-    /// The lock that lets one rescan or create-time marking of a container
-    /// run at a time (two would each put back their own copy of its
-    /// record, and one copy's marks would be forgotten).
+    /// The lock that lets one registration, rescan or create-time marking
+    /// of a container run at a time (two would each put back their own
+    /// copy of its marks, and one copy would be forgotten).
     fn container_lock(&self, id: &str) -> Arc<Mutex<()>> {
         self.busy
             .lock()
@@ -436,96 +553,103 @@ impl Registrar {
             .clone()
     }
 
-    /// A copy of `id`'s record, if its init still runs.
-    fn live_record(&self, id: &str) -> Option<ContainerRecord> {
-        let rec = self.registry().get(id).cloned()?;
-        rec.alive().then_some(rec)
+    /// Container `id`'s record with its marks taken out of the registry
+    /// (the registry keeps the rest, with no marks, until
+    /// [`Registrar::put_back`]), if its init still runs. Taking them
+    /// instead of copying them: a churning container holds thousands, and
+    /// a copy per create event was most of the create loop's time. Call
+    /// with the container's lock held.
+    fn take_live(&self, id: &str) -> Option<ContainerRecord> {
+        let (pid, start) = {
+            let reg = self.registry();
+            let rec = reg.get(id)?;
+            (rec.pid, rec.start_time_ticks)
+        };
+        // Outside the registry: a /proc read.
+        if !procfs::stat(pid).is_ok_and(|s| s.start_time_ticks == start) {
+            return None;
+        }
+        let mut reg = self.registry();
+        let rec = reg.get_mut(id)?;
+        let placed = std::mem::take(&mut rec.placed);
+        let mut taken = rec.clone();
+        taken.placed = placed;
+        Some(taken)
     }
 
-    /// Put back a record updated outside the registry lock, if it is still
-    /// the registration it was copied from. If the container went (or was
+    /// Put back what [`Registrar::take_live`] took, if the registration is
+    /// still the one it was taken from. If the container went (or was
     /// registered anew) meanwhile, what this pass marked is taken out
     /// again, as a deregistration would have; false then.
-    fn keep(&self, reg: &mut Registry, rec: ContainerRecord) -> bool {
-        let same = reg.get(&rec.id).is_some_and(|cur| {
-            cur.start_time_ticks == rec.start_time_ticks && cur.registered_at == rec.registered_at
-        });
-        if same {
-            reg.insert(rec);
+    fn put_back(&self, rec: ContainerRecord) -> bool {
+        let mut reg = self.registry();
+        if let Some(cur) = reg.get_mut(&rec.id)
+            && cur.start_time_ticks == rec.start_time_ticks
+            && cur.registered_at == rec.registered_at
+        {
+            cur.placed = rec.placed;
             return true;
         }
         if reg.get(&rec.id).is_none() {
-            let orphaned = self.orphaned(reg, &rec);
+            let orphaned = self.orphaned(&reg, &rec);
             marks::remove(self.groups.borrow(), &rec.placed, root_of(&rec), &orphaned);
+            drop(reg);
             self.unindex(&rec.id);
         }
         false
     }
 
-    /// Mark at once what a create event in container `id` may have made
-    /// a credential: the marks only, without the identity learning and
-    /// the save of a full rescan (the debounced one that follows does
-    /// those). An archiver that starts right after `mkdir -p ~/.ssh` then
-    /// races one expansion, not the 100 ms debounce.
-    fn mark_now(&self, id: &str) {
+    /// Mark what the rules want below the entries `made` (container paths
+    /// a create event reported) in container `id`, and nothing else (see
+    /// [`marks::place_under`]). An archiver that starts right after
+    /// `mkdir -p ~/.ssh; cp key ~/.ssh/` then races a few `openat2`
+    /// calls, not a rescan of every home.
+    fn mark_under(&self, id: &str, made: &[PathBuf]) {
         let lock = self.container_lock(id);
         let _own = lock.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(mut rec) = self.live_record(id) else {
+        let Some(mut rec) = self.take_live(id) else {
             return;
         };
         let policy = self.ctx.policy();
-        let Ok((root, _)) = resolve::container_root(rec.pid, &rec.rootfs) else {
-            return;
-        };
-        let before = rec.placed.marks.len();
-        // A directory made inside a new one before its create mark went
-        // in (`mkdir -p ~/.ssh` makes two) reported nothing: when a pass
-        // marks new directories, a second pass finds what they hold.
-        for _ in 0..2 {
-            let dirs_before = rec.placed.create_marks.len();
-            let placed = marks::place(
-                self.groups.borrow(),
-                &policy.rules,
-                rec.view(),
-                &self.ctx.index,
-                root.as_fd(),
-                &mut rec.placed,
-            );
-            if let Err(e) = placed {
+        let root = match resolve::container_root(rec.pid, &rec.rootfs) {
+            Ok((root, _)) => root,
+            Err(e) => {
                 log(format!("marking container {id} on a create failed: {e}"));
-                break;
+                self.put_back(rec);
+                return;
             }
-            if rec.placed.create_marks.len() <= dirs_before {
-                break;
-            }
+        };
+        let before = rec.placed.create_marks.len();
+        let view = rec.view();
+        let placed = marks::place_under(
+            self.groups.borrow(),
+            &policy.rules,
+            &view,
+            &self.ctx.index,
+            root.as_fd(),
+            &mut rec.placed,
+            made,
+            policy.limits.marks_per_container,
+        );
+        let new_dirs: Vec<MarkRecord> =
+            rec.placed.create_marks[before.min(rec.placed.create_marks.len())..].to_vec();
+        match placed {
+            Ok(r) => self.note_bounds(id, r.capped, r.truncated),
+            Err(e) => log(format!("marking container {id} on a create failed: {e}")),
         }
-        if rec.placed.marks.len() != before {
-            log(format!(
-                "rescanned container {id} on a create: {} marks (was {before})",
-                rec.placed.marks.len()
-            ));
+        // Directories re-marked in place (an inode number made again)
+        // keep their slot: hand every directory of this pass to the map.
+        let again: Vec<MarkRecord> = rec.placed.create_marks
+            [..before.min(rec.placed.create_marks.len())]
+            .iter()
+            .filter(|m| made.iter().any(|p| m.path.starts_with(p)))
+            .cloned()
+            .collect();
+        if self.put_back(rec) {
+            let mut dirs = self.create_dirs.lock().unwrap_or_else(|e| e.into_inner());
+            dirs.add(id, &new_dirs);
+            dirs.add(id, &again);
         }
-        let mut reg = self.registry();
-        self.keep(&mut reg, rec);
-    }
-
-    /// The live containers whose rootfs is on the filesystem `fsid`.
-    fn containers_on(&self, fsid: [i32; 2]) -> Vec<String> {
-        let reg = self.registry();
-        reg.all()
-            .filter(|c| c.alive())
-            .filter(|c| crate::watch::fanotify::fsid_of(&c.rootfs) == Some(fsid))
-            .map(|c| c.id.clone())
-            .collect()
-    }
-
-    /// Whether container `id` may have a create-time marking now: at most
-    /// [`CREATE_MARKS_PER_SEC`] a second, so a container that creates
-    /// directories in a loop cannot hold the registry (and other
-    /// containers' registrations) with back-to-back expansions; past that
-    /// its creates wait for the debounced rescan.
-    fn may_mark_now(&self, id: &str) -> bool {
-        self.create_budget.allow(id)
     }
 
     /// Run the rescans that are due, and the periodic ones.
@@ -593,7 +717,7 @@ impl Registrar {
         let Some(n) = self.drop_container(&mut reg, id) else {
             return not_registered();
         };
-        if let Err(e) = reg.save() {
+        if let Err(e) = reg.save_only(id) {
             log(e.to_string());
         }
         log(format!(
@@ -644,10 +768,22 @@ impl Registrar {
 
     /// Deregister containers whose init has exited without a poststop hook.
     pub fn reap(&self) {
-        let dead = self.registry().dead();
-        for id in dead {
-            log(format!("container {id} exited; dropping it"));
-            self.deregister(&id);
+        // Listed under the registry, looked at in /proc outside it.
+        let inits: Vec<(String, i32, u64)> = self
+            .registry()
+            .all()
+            .map(|c| (c.id.clone(), c.pid, c.start_time_ticks))
+            .collect();
+        for (id, pid, start) in inits {
+            if procfs::stat(pid).is_ok_and(|s| s.start_time_ticks == start) {
+                continue;
+            }
+            // Only the registration whose init this was: the id may have
+            // been registered again meanwhile.
+            let same = |c: &ContainerRecord| c.pid == pid && c.start_time_ticks == start;
+            if let Reply::Deregistered { .. } = self.deregister_if(&id, same) {
+                log(format!("container {id} exited; dropped it"));
+            }
         }
     }
 
@@ -657,7 +793,6 @@ impl Registrar {
         // its own file: keep one.
         records.sort_by(|a, b| a.id.cmp(&b.id));
         records.dedup_by(|a, b| a.id == b.id);
-        let mut reg = self.registry();
         for mut rec in records {
             let same = verify::verify_pid(rec.pid).is_ok_and(|f| {
                 f.start_time_ticks == rec.start_time_ticks
@@ -669,26 +804,34 @@ impl Registrar {
                     "container {} (pid {}) is gone; not restoring it",
                     rec.id, rec.pid
                 ));
-                reg.forget(&rec.id);
+                self.registry().forget(&rec.id);
                 self.unindex(&rec.id);
                 continue;
             }
-            match self.install(&reg, &mut rec) {
+            // Marks go in without the registry held, as at registration.
+            let lock = self.container_lock(&rec.id);
+            let _own = lock.lock().unwrap_or_else(|e| e.into_inner());
+            match self.install(&mut rec) {
                 Ok(rep) => {
                     self.note_coverage(&rec.id, &rep);
                     log(format!(
                         "restored container {}: {} files, {} dirs",
                         rec.id, rep.files, rep.dirs
                     ));
-                    reg.insert(rec);
+                    self.create_dirs
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .set(&rec.id, &rec.placed.create_marks);
+                    self.registry().insert(rec);
                 }
                 Err(e) => {
                     log(format!("cannot restore container {}: {e}", rec.id));
-                    reg.forget(&rec.id);
+                    self.registry().forget(&rec.id);
                 }
             }
         }
-        if let Err(e) = reg.save() {
+        let writes = self.registry().take_writes();
+        if let Err(e) = writes.apply() {
             log(e.to_string());
         }
     }
@@ -711,11 +854,14 @@ impl Registrar {
             .collect()
     }
 
-    /// Read directory-creation events and schedule rescans of the
-    /// containers they happened in (every container when the creator is
-    /// not in one, or the queue overflowed).
+    /// Read the create group's events and mark what each made: the
+    /// entry's directory is found by the handle the event carries, and
+    /// only the patterns through that entry are expanded, from there.
+    /// What cannot be placed that way (a directory with no known handle, a
+    /// full queue, a container past `limits.creates_per_second`) waits for
+    /// a full rescan of the container(s) it may be in.
     pub fn follow_creates(&self, group: &Group, stop: &AtomicBool) {
-        let mut buf = vec![0u8; 16 * 1024];
+        let mut buf = vec![0u8; CREATE_BUF];
         let mut events = Vec::new();
         while !stop.load(Ordering::Relaxed) {
             if !matches!(group.wait(Duration::from_millis(200)), Ok(true)) {
@@ -726,38 +872,107 @@ impl Registrar {
             };
             let read_at = Instant::now();
             events.clear();
-            let _ = parse_events(&buf[..n], &mut events);
-            // One marking per container per batch: creates that arrive
-            // while it runs are read in the next batch.
-            let mut now: Vec<String> = Vec::new();
-            for ev in events.drain(..) {
-                let container = (!ev.is_overflow())
-                    .then(|| self.ctx.container_of(ev.pid))
-                    .flatten()
-                    .map(|c| c.reference.id.clone());
-                self.schedule_rescan(container.as_deref());
-                // `mkdir` is often gone when its event is read: the
-                // containers on the event's filesystem are the candidates.
-                let ids = match (container, ev.fsid) {
-                    (Some(id), _) => vec![id],
-                    (None, Some(fsid)) => self.containers_on(fsid),
-                    (None, None) => Vec::new(),
-                };
-                for id in ids {
-                    if !now.contains(&id) && self.may_mark_now(&id) {
-                        now.push(id);
+            if parse_events(&buf[..n], &mut events).is_err() {
+                self.ctx.stats.parse_errors.fetch_add(1, Ordering::Relaxed);
+            }
+            let (made, rescan) = self.sort_creates(events.drain(..));
+            for id in &rescan {
+                self.schedule_rescan(id.as_deref());
+            }
+            let budget = self.ctx.policy().limits.creates_per_second;
+            for (id, paths) in made {
+                let mut now = Vec::with_capacity(paths.len());
+                let mut over = false;
+                for p in paths {
+                    if self.create_budget.allow_up_to(&id, budget) {
+                        now.push(p);
+                    } else {
+                        over = true;
                     }
                 }
-            }
-            for id in now {
-                self.mark_now(&id);
-                let took = read_at.elapsed().as_micros() as u64;
-                let s = &self.ctx.stats;
-                s.create_marks.fetch_add(1, Ordering::Relaxed);
-                s.create_mark_us_total.fetch_add(took, Ordering::Relaxed);
-                s.create_mark_us_max.fetch_max(took, Ordering::Relaxed);
+                if over {
+                    self.ctx.stats.bounds.hit(Bound::Creates, &id);
+                }
+                if !now.is_empty() {
+                    self.mark_under(&id, &now);
+                    let took = read_at.elapsed().as_micros() as u64;
+                    let s = &self.ctx.stats;
+                    s.create_marks.fetch_add(1, Ordering::Relaxed);
+                    s.create_mark_us_total.fetch_add(took, Ordering::Relaxed);
+                    s.create_mark_us_max.fetch_max(took, Ordering::Relaxed);
+                }
+                // The full rescan after a container's creates: it forgets
+                // what was removed, saves the record, and catches what an
+                // entry's own marking could not (at most one per
+                // `limits.rescan_interval_ms`).
+                self.schedule_rescan(Some(&id));
             }
         }
+    }
+
+    /// Sort one batch of create events: the entries made, per container
+    /// (by their directory's handle), and the containers to rescan in
+    /// full instead (`None`: every container).
+    fn sort_creates(
+        &self,
+        events: impl Iterator<Item = crate::watch::fanotify::RawEvent>,
+    ) -> (BTreeMap<String, Vec<PathBuf>>, BTreeSet<Option<String>>) {
+        let mut made: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
+        let mut rescan = BTreeSet::new();
+        let stats = &self.ctx.stats;
+        for ev in events {
+            if ev.is_overflow() {
+                // Lost events could be anyone's.
+                rescan.insert(None);
+                continue;
+            }
+            let owners = ev
+                .dir_entry
+                .as_ref()
+                .map(|e| {
+                    self.create_dirs
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .entry(&e.dir, &e.name)
+                })
+                .unwrap_or_default();
+            if owners.is_empty() {
+                stats.creates_unresolved.fetch_add(1, Ordering::Relaxed);
+                // The creator's container, or (`mkdir` is often gone when
+                // its event is read) the containers on its filesystem.
+                let container = self
+                    .ctx
+                    .container_of(ev.pid)
+                    .map(|c| c.reference.id.clone());
+                match (container, ev.fsid) {
+                    (Some(id), _) => {
+                        rescan.insert(Some(id));
+                    }
+                    (None, Some(fsid)) => {
+                        rescan.extend(self.containers_on(fsid).into_iter().map(Some))
+                    }
+                    (None, None) => {}
+                }
+                continue;
+            }
+            stats.creates_incremental.fetch_add(1, Ordering::Relaxed);
+            for (id, path) in owners {
+                let paths = made.entry(id).or_default();
+                if !paths.contains(&path) {
+                    paths.push(path);
+                }
+            }
+        }
+        (made, rescan)
+    }
+
+    /// The live containers whose rootfs is on the filesystem `fsid`.
+    fn containers_on(&self, fsid: [i32; 2]) -> Vec<String> {
+        let reg = self.registry();
+        reg.all()
+            .filter(|c| crate::watch::fanotify::fsid_of(&c.rootfs) == Some(fsid))
+            .map(|c| c.id.clone())
+            .collect()
     }
 }
 

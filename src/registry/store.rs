@@ -120,6 +120,60 @@ impl ContainerRecord {
     }
 }
 
+/// Record files to write (or, with no bytes, to remove), taken from the
+/// registry by [`Registry::take_writes`].
+#[derive(Debug)]
+#[must_use]
+pub struct Writes {
+    dir: PathBuf,
+    files: Vec<(PathBuf, Option<std::io::Result<Vec<u8>>>)>,
+    legacy: Option<PathBuf>,
+}
+
+impl Writes {
+    /// Write them: temp file + rename, mode 0600; remove the files of
+    /// removed records.
+    pub fn apply(self) -> Result<(), RegistryError> {
+        let err = |path: &Path, source| RegistryError::Save {
+            path: path.to_path_buf(),
+            source,
+        };
+        if self.files.is_empty() && self.legacy.is_none() {
+            return Ok(());
+        }
+        fs::create_dir_all(&self.dir).map_err(|e| err(&self.dir, e))?;
+        // No fsync: the files only have to survive the daemon (a crash or
+        // SIGKILL leaves the page cache intact, and the rename is atomic).
+        // After a power loss or kernel crash every container they name is
+        // gone anyway. An fsync cost each start and stop milliseconds.
+        for (path, bytes) in self.files {
+            let Some(bytes) = bytes else {
+                match fs::remove_file(&path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(err(&path, e));
+                    }
+                    _ => continue,
+                }
+            };
+            let bytes = bytes.map_err(|e| err(&path, e))?;
+            let tmp = path.with_extension("json.tmp");
+            let mut f = fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(|e| err(&tmp, e))?;
+            f.write_all(&bytes).map_err(|e| err(&tmp, e))?;
+            fs::rename(&tmp, &path).map_err(|e| err(&path, e))?;
+        }
+        if let Some(legacy) = self.legacy {
+            let _ = fs::remove_file(legacy);
+        }
+        Ok(())
+    }
+}
+
 /// The persisted set of containers: one JSON file per container under
 /// `runtime_dir/containers/`, so a registration writes one small file
 /// instead of rewriting every record (500 containers made that half a
@@ -216,42 +270,47 @@ impl Registry {
     /// Write the records changed since the last save (temp file + rename,
     /// mode 0600) and remove the files of removed ones.
     pub fn save(&mut self) -> Result<(), RegistryError> {
-        let err = |path: &Path, source| RegistryError::Save {
-            path: path.to_path_buf(),
-            source,
-        };
-        fs::create_dir_all(&self.dir).map_err(|e| err(&self.dir, e))?;
-        // No fsync: the files only have to survive the daemon (a crash or
-        // SIGKILL leaves the page cache intact, and the rename is atomic).
-        // After a power loss or kernel crash every container they name is
-        // gone anyway. An fsync cost each start and stop milliseconds.
-        for id in std::mem::take(&mut self.dirty) {
-            let path = self.file_of(&id);
-            let Some(rec) = self.containers.get(&id) else {
-                match fs::remove_file(&path) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                        return Err(err(&path, e));
-                    }
-                    _ => continue,
-                }
-            };
-            let bytes =
-                serde_json::to_vec(rec).map_err(|e| err(&path, std::io::Error::other(e)))?;
-            let tmp = path.with_extension("json.tmp");
-            let mut f = fs::OpenOptions::new()
-                .create(true)
-                .write(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(|e| err(&tmp, e))?;
-            f.write_all(&bytes).map_err(|e| err(&tmp, e))?;
-            fs::rename(&tmp, &path).map_err(|e| err(&path, e))?;
+        self.take_writes().apply()
+    }
+
+    /// [`Registry::save`] for container `id` alone: what a registration
+    /// writes while it holds the registry, so that it never waits on
+    /// another container's record (a churning container's holds
+    /// thousands of marks). The others stay changed for their next save.
+    pub fn save_only(&mut self, id: &str) -> Result<(), RegistryError> {
+        if !self.dirty.remove(id) {
+            return Ok(());
         }
-        if let Some(legacy) = self.legacy.take() {
-            let _ = fs::remove_file(legacy);
+        self.writes_of(std::iter::once(id.to_string())).apply()
+    }
+
+    /// What [`Registry::save`] would write, taken now (the records are
+    /// serialized here), to be written by [`Writes::apply`] after the
+    /// registry is let go: a big record is then written without holding
+    /// up registrations.
+    pub fn take_writes(&mut self) -> Writes {
+        let ids = std::mem::take(&mut self.dirty);
+        let mut w = self.writes_of(ids.into_iter());
+        w.legacy = self.legacy.take();
+        w
+    }
+
+    fn writes_of(&self, ids: impl Iterator<Item = String>) -> Writes {
+        let files = ids
+            .map(|id| {
+                let path = self.file_of(&id);
+                let bytes = self
+                    .containers
+                    .get(&id)
+                    .map(|rec| serde_json::to_vec(rec).map_err(std::io::Error::other));
+                (path, bytes)
+            })
+            .collect();
+        Writes {
+            dir: self.dir.clone(),
+            files,
+            legacy: None,
         }
-        Ok(())
     }
 
     pub fn insert(&mut self, rec: ContainerRecord) {
@@ -269,6 +328,14 @@ impl Registry {
         self.containers.get(id)
     }
 
+    /// Container `id`'s record to change in place; it is saved at the
+    /// next save.
+    pub fn get_mut(&mut self, id: &str) -> Option<&mut ContainerRecord> {
+        let rec = self.containers.get_mut(id)?;
+        self.dirty.insert(id.to_string());
+        Some(rec)
+    }
+
     pub fn all(&self) -> impl Iterator<Item = &ContainerRecord> {
         self.containers.values()
     }
@@ -279,15 +346,6 @@ impl Registry {
 
     pub fn is_empty(&self) -> bool {
         self.containers.is_empty()
-    }
-
-    /// Ids of containers whose init has exited.
-    pub fn dead(&self) -> Vec<String> {
-        self.containers
-            .values()
-            .filter(|c| !c.alive())
-            .map(|c| c.id.clone())
-            .collect()
     }
 }
 
@@ -323,6 +381,7 @@ mod tests {
                     path: "/etc/shadow".into(),
                     id: FileId { dev: 1, ino: 2 },
                     is_dir: false,
+                    handle: None,
                 }],
                 exec_scope: Some(ExecScope::Mount),
                 create_marks: Vec::new(),

@@ -76,7 +76,9 @@ pub struct RawEvent {
 /// A directory's file handle as fanotify reports it (and as
 /// [`handle_of`] computes it for a directory we mark), with its
 /// filesystem: together they name one directory.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct DirHandle {
     pub fsid: [i32; 2],
     pub kind: i32,
@@ -141,7 +143,8 @@ fn parse_info(mut info: &[u8]) -> (Option<[i32; 2]>, Option<DirEntry>) {
                 kind: int(16),
                 bytes: rec[start..end].to_vec(),
             },
-            name: <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(name).to_os_string(),
+            name: <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(name)
+                .to_os_string(),
         });
     }
     (fsid, entry)
@@ -877,7 +880,10 @@ mod tests {
     #[test]
     fn a_marked_directorys_handle_is_the_one_its_events_carry() {
         if !nix::unistd::Uid::effective().is_root() {
-            assert!(std::env::var_os("CI").is_none(), "CI runs the unit tests as root");
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI runs the unit tests as root"
+            );
             return;
         }
         let tmp = crate::testdir::TempDir::new("handles");

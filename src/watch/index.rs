@@ -148,6 +148,28 @@ impl MarkIndex {
         view
     }
 
+    /// Add marked inodes to registered container `id` (what a create event
+    /// made), keeping what it has; an inode it already has takes the new
+    /// path (a removed file's inode number, made again). False when the
+    /// container is not in the index.
+    pub fn add(&mut self, id: &str, marks: &[(FileId, PathBuf, bool)]) -> bool {
+        let Some(view) = self.by_id.get(id).cloned() else {
+            return false;
+        };
+        self.generation += 1;
+        for (fid, path, is_dir) in marks {
+            let ms = self.files.entry(*fid).or_default();
+            ms.retain(|m| m.container.reference.id != id || m.derived.is_some());
+            ms.push(MarkedPath {
+                container: view.clone(),
+                path: path.clone(),
+                is_dir: *is_dir,
+                derived: None,
+            });
+        }
+        true
+    }
+
     /// Remove a container; returns the inodes no other container marks.
     pub fn remove(&mut self, id: &str) -> Vec<FileId> {
         let Some(view) = self.by_id.remove(id) else {

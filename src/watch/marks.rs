@@ -10,7 +10,7 @@ use std::sync::RwLock;
 
 use serde::{Deserialize, Serialize};
 
-use super::fanotify::{self, ExecScope, Group, WatchError};
+use super::fanotify::{self, DirHandle, ExecScope, Group, WatchError};
 use super::index::{ContainerView, MarkIndex};
 use super::resolve::{self, FileId, ResolveError};
 use crate::rules::Rules;
@@ -21,6 +21,10 @@ pub struct MarkRecord {
     pub path: PathBuf,
     pub id: FileId,
     pub is_dir: bool,
+    /// For a directory in the create group: the handle its events carry,
+    /// by which a create event finds it (see [`place_under`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handle: Option<DirHandle>,
 }
 
 /// The marks one container holds.
@@ -61,6 +65,14 @@ pub struct InstallReport {
     pub exec: Option<ExecScope>,
     /// Whether the container had already pivoted into its rootfs.
     pub pivoted: bool,
+    /// Whether the container's marks reached the bound (`limits.marks`),
+    /// so some credential paths found were left unmarked.
+    #[serde(default)]
+    pub capped: bool,
+    /// Whether an expansion was cut short (a directory of more than
+    /// 65,536 entries, or a pattern matching more than 16,384 paths).
+    #[serde(default)]
+    pub truncated: bool,
 }
 
 /// The fanotify groups that marks go into (the write group is armed by
@@ -76,7 +88,9 @@ pub struct Groups<'a> {
 }
 
 /// Install every mark of the container `view` under its root (see
-/// [`resolve::container_root`]), recording them in `placed` and the index.
+/// [`resolve::container_root`]), recording them in `placed` and the index:
+/// at most `limit` marks in all (credential files and directories first,
+/// then the create group's directories).
 pub fn place(
     groups: Groups<'_>,
     rules: &Rules,
@@ -84,10 +98,16 @@ pub fn place(
     index: &RwLock<MarkIndex>,
     root: BorrowedFd<'_>,
     placed: &mut Placed,
+    limit: usize,
 ) -> Result<InstallReport, MarkError> {
     let id = view.reference.id.clone();
     let mut expander = resolve::Expander::new(root);
-    let found = credential_files(rules, &view, &mut expander);
+    let mut found = credential_files(rules, &view, &mut expander);
+    let mut report = InstallReport::default();
+    if found.len() > limit {
+        found.truncate(limit);
+        report.capped = true;
+    }
     let earlier = std::mem::take(&mut placed.marks);
     placed.marks = found
         .iter()
@@ -95,6 +115,7 @@ pub fn place(
             path: f.path.clone(),
             id: f.id,
             is_dir: f.is_dir,
+            handle: None,
         })
         .collect();
     placed
@@ -113,7 +134,6 @@ pub fn place(
         id: id.clone(),
         source,
     };
-    let mut report = InstallReport::default();
     for f in &found {
         let what = format!("{} in container {id}", f.path.display());
         groups
@@ -128,8 +148,12 @@ pub fn place(
     }
     placed.create_marks.clear();
     if let Some(create) = groups.create {
-        report.create_watched = mark_creates(create, rules, &id, root, &mut expander, placed);
+        let room = limit.saturating_sub(found.len());
+        let (watched, capped) = mark_creates(create, rules, &id, root, &mut expander, placed, room);
+        report.create_watched = watched;
+        report.capped |= capped;
     }
+    report.truncated = expander.truncated();
     let scope = fanotify::exec_scope(root);
     let what = format!("root of container {id} ({scope:?})");
     groups
@@ -180,12 +204,32 @@ fn credential_files(
     view: &ContainerView,
     expander: &mut resolve::Expander<'_>,
 ) -> Vec<resolve::Found> {
+    credential_files_below(rules, view, expander, Path::new("/"))
+}
+
+/// [`credential_files`] below the container path `base` only (`base`
+/// itself included when a pattern names it).
+fn credential_files_below(
+    rules: &Rules,
+    view: &ContainerView,
+    expander: &mut resolve::Expander<'_>,
+    base: &Path,
+) -> Vec<resolve::Found> {
     let mut found = Vec::new();
     for pattern in rules.mark_patterns() {
-        found.extend(expander.expand(&pattern));
+        if let Some(rest) = resolve::rest_below(&resolve::components(&pattern), base) {
+            found.extend(expander.expand_below(base, &rest));
+        }
     }
     for dir in rules.watch_dirs() {
-        found.extend(expander.expand(dir).into_iter().filter(|f| f.is_dir));
+        if let Some(rest) = resolve::rest_below(&resolve::components(dir), base) {
+            found.extend(
+                expander
+                    .expand_below(base, &rest)
+                    .into_iter()
+                    .filter(|f| f.is_dir),
+            );
+        }
     }
     let mut seen = std::collections::HashSet::new();
     found.retain(|f| seen.insert(f.id));
@@ -201,11 +245,168 @@ fn credential_files(
     found
 }
 
+/// What [`place_under`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UnderReport {
+    /// Credential files and directories marked (again, if an earlier
+    /// mark went with its inode).
+    pub marks: usize,
+    /// Directories added to the create group.
+    pub creates: usize,
+    pub capped: bool,
+    pub truncated: bool,
+}
+
+/// Mark what the rules want below each of the container paths `unders`
+/// (entries a create event reported), and nothing else: the work of one
+/// `mkdir` is the patterns that pass through the new entry, expanded from
+/// there (`/home/u5` made: `/home/u5/.ssh/id_rsa`, ..., and the create
+/// group's `/home/u5`, `/home/u5/.ssh`, ...), not the whole container.
+///
+/// Everything found is marked, even an inode already in `placed`: a file
+/// removed and made again may get the same inode number, and its mark went
+/// with the old inode (`FAN_MARK_ADD` on a marked inode changes nothing).
+/// The index learns each inode before the kernel marks it. At most `limit`
+/// marks in `placed` in all.
+#[allow(clippy::too_many_arguments)]
+pub fn place_under(
+    groups: Groups<'_>,
+    rules: &Rules,
+    view: &ContainerView,
+    index: &RwLock<MarkIndex>,
+    root: BorrowedFd<'_>,
+    placed: &mut Placed,
+    unders: &[PathBuf],
+    limit: usize,
+) -> Result<UnderReport, MarkError> {
+    let id = &view.reference.id;
+    let mut report = UnderReport::default();
+    let mut expander = resolve::Expander::new(root);
+    let mut seen = std::collections::HashSet::new();
+    let mut found: Vec<resolve::Found> = Vec::new();
+    for under in unders {
+        for f in credential_files_below(rules, view, &mut expander, under) {
+            if seen.insert(f.id) {
+                found.push(f);
+            }
+        }
+    }
+    let mut at: std::collections::HashMap<FileId, usize> = placed
+        .marks
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (m.id, i))
+        .collect();
+    let used = placed.marks.len() + placed.create_marks.len();
+    let new = found.iter().filter(|f| !at.contains_key(&f.id)).count();
+    if new > limit.saturating_sub(used) {
+        // Keep the ones already recorded; cut the new ones.
+        let mut room = limit.saturating_sub(used);
+        found.retain(|f| {
+            at.contains_key(&f.id) || {
+                let keep = room > 0;
+                room = room.saturating_sub(1);
+                keep
+            }
+        });
+        report.capped = true;
+    }
+    if !found.is_empty() {
+        let entries: Vec<(FileId, PathBuf, bool)> = found
+            .iter()
+            .map(|f| (f.id, f.path.clone(), f.is_dir))
+            .collect();
+        index
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .add(id, &entries);
+    }
+    for f in &found {
+        let what = format!("{} in container {id}", f.path.display());
+        groups
+            .perm
+            .mark_credential(f.fd.as_fd(), f.is_dir, true, &what)
+            .map_err(|source| MarkError::Watch {
+                id: id.clone(),
+                source,
+            })?;
+        let rec = MarkRecord {
+            path: f.path.clone(),
+            id: f.id,
+            is_dir: f.is_dir,
+            handle: None,
+        };
+        match at.get(&f.id) {
+            Some(&i) => placed.marks[i] = rec,
+            None => {
+                at.insert(f.id, placed.marks.len());
+                placed.marks.push(rec);
+            }
+        }
+        report.marks += 1;
+    }
+    if let Some(create) = groups.create {
+        let prefixes: Vec<Vec<u8>> = create_prefixes(rules)
+            .into_iter()
+            .map(|(_, p)| p.into_bytes())
+            .collect();
+        let mut at: std::collections::HashMap<FileId, usize> = placed
+            .create_marks
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.id, i))
+            .collect();
+        let mut seen = std::collections::HashSet::new();
+        for under in unders {
+            for prefix in &prefixes {
+                let comps: Vec<&[u8]> = prefix
+                    .split(|&b| b == b'/')
+                    .filter(|c| !c.is_empty())
+                    .collect();
+                let Some(rest) = resolve::rest_below(&comps, under) else {
+                    continue;
+                };
+                for d in expander.expand_below(under, &rest) {
+                    if !d.is_dir || !seen.insert(d.id) {
+                        continue;
+                    }
+                    let known = at.get(&d.id).copied();
+                    if known.is_none() && placed.marks.len() + placed.create_marks.len() >= limit {
+                        report.capped = true;
+                        continue;
+                    }
+                    let what = format!("{} in container {id}", d.path.display());
+                    if create.mark_creates(d.fd.as_fd(), true, &what).is_err() {
+                        continue;
+                    }
+                    let rec = MarkRecord {
+                        path: d.path,
+                        id: d.id,
+                        is_dir: true,
+                        handle: fanotify::handle_of(d.fd.as_fd()).ok(),
+                    };
+                    match known {
+                        Some(i) => placed.create_marks[i] = rec,
+                        None => {
+                            at.insert(d.id, placed.create_marks.len());
+                            placed.create_marks.push(rec);
+                        }
+                    }
+                    report.creates += 1;
+                }
+            }
+        }
+    }
+    report.truncated = expander.truncated();
+    Ok(report)
+}
+
 /// Coverage over time: every directory on the way to a credential path
 /// (/root, /home, /home/*, /home/*/.ssh, /etc, ...) reports new entries,
-/// so a .ssh made after the start is marked on the next rescan. Returns
-/// how many directories report; 0 when the filesystem cannot (overlayfs
-/// without file handles, say), and the daemon then rescans periodically.
+/// so a .ssh made after the start is marked at once (see [`place_under`]).
+/// At most `room` directories. Returns how many directories report (0 when
+/// the filesystem cannot, and the daemon then rescans periodically), and
+/// whether `room` cut them short.
 fn mark_creates(
     create: &Group,
     rules: &Rules,
@@ -213,7 +414,8 @@ fn mark_creates(
     root: BorrowedFd<'_>,
     expander: &mut resolve::Expander<'_>,
     placed: &mut Placed,
-) -> usize {
+    room: usize,
+) -> (usize, bool) {
     let mut watched = 0;
     let mut seen_dirs = std::collections::HashSet::new();
     for (k, prefix) in create_prefixes(rules) {
@@ -238,19 +440,23 @@ fn mark_creates(
             if !seen_dirs.insert(fid) {
                 continue;
             }
+            if watched >= room {
+                return (watched, true);
+            }
             let what = format!("{prefix} in container {id}");
             if create.mark_creates(fd.as_fd(), true, &what).is_err() {
-                return 0;
+                return (0, false);
             }
             placed.create_marks.push(MarkRecord {
                 path,
                 id: fid,
                 is_dir: true,
+                handle: fanotify::handle_of(fd.as_fd()).ok(),
             });
             watched += 1;
         }
     }
-    watched
+    (watched, false)
 }
 
 /// Every directory prefix of the rules' patterns, with its depth. The

@@ -206,6 +206,36 @@ pub(crate) fn list_dir(dir: BorrowedFd<'_>) -> Vec<OsString> {
     out
 }
 
+/// A pattern's (or a path's) components, empty ones dropped.
+pub fn components(pattern: &str) -> Vec<&[u8]> {
+    pattern
+        .as_bytes()
+        .split(|&b| b == b'/')
+        .filter(|c| !c.is_empty())
+        .collect()
+}
+
+/// What is left of `pattern` below the container path `base`: the
+/// pattern's components after those that match `base`'s, if they all do
+/// (an empty rest when `base` matches the whole pattern); `None` when
+/// `base` is not on the pattern's way, or goes past its end.
+pub fn rest_below<'p>(pattern: &[&'p [u8]], base: &Path) -> Option<Vec<&'p [u8]>> {
+    let names: Vec<&[u8]> = base
+        .as_os_str()
+        .as_bytes()
+        .split(|&b| b == b'/')
+        .filter(|c| !c.is_empty())
+        .collect();
+    if names.len() > pattern.len() {
+        return None;
+    }
+    names
+        .iter()
+        .zip(pattern)
+        .all(|(n, p)| component_matches(p, n))
+        .then(|| pattern[names.len()..].to_vec())
+}
+
 /// Expand an EQL-style pattern (`*`, `?`, case-insensitive per component)
 /// against the tree under `root`, returning every existing match, opened.
 ///
@@ -225,6 +255,9 @@ pub struct Expander<'a> {
     /// that pass through them (`/root`, `/home/*/.ssh`): each was opened
     /// again per pattern, 200 of the ~450 `openat2` calls of a start.
     dirs: std::collections::HashMap<PathBuf, Option<std::rc::Rc<OwnedFd>>>,
+    /// Whether a bound cut an expansion short ([`MAX_EXPANSION`] paths for
+    /// one pattern, [`MAX_DIR_ENTRIES`] entries of one directory).
+    truncated: bool,
 }
 
 impl<'a> Expander<'a> {
@@ -233,7 +266,13 @@ impl<'a> Expander<'a> {
             root,
             listings: std::collections::HashMap::new(),
             dirs: std::collections::HashMap::new(),
+            truncated: false,
         }
+    }
+
+    /// Whether a bound cut any expansion of this expander short.
+    pub fn truncated(&self) -> bool {
+        self.truncated
     }
 
     fn dir(&mut self, path: &Path) -> Option<std::rc::Rc<OwnedFd>> {
@@ -245,23 +284,54 @@ impl<'a> Expander<'a> {
     }
 
     fn listing(&mut self, path: &Path, dir: BorrowedFd<'_>) -> std::rc::Rc<Vec<OsString>> {
+        let truncated = &mut self.truncated;
         self.listings
             .entry(path.to_path_buf())
-            .or_insert_with(|| std::rc::Rc::new(list_dir(dir)))
+            .or_insert_with(|| {
+                let names = list_dir(dir);
+                if names.len() >= MAX_DIR_ENTRIES {
+                    *truncated = true;
+                }
+                std::rc::Rc::new(names)
+            })
             .clone()
     }
 
     /// Every existing match of `pattern`, opened.
     pub fn expand(&mut self, pattern: &str) -> Vec<Found> {
+        self.expand_below(Path::new("/"), &components(pattern))
+    }
+
+    /// Every existing match of the pattern components `rest` below the
+    /// container path `base` (whose own components are taken as they are,
+    /// not as a pattern); an empty `rest` is `base` itself, if it exists.
+    /// This is the work a create event makes: what the patterns want
+    /// below the one entry that was made.
+    pub fn expand_below(&mut self, base: &Path, rest: &[&[u8]]) -> Vec<Found> {
         let root = self.root;
-        let comps: Vec<&[u8]> = pattern
-            .as_bytes()
-            .split(|&b| b == b'/')
-            .filter(|c| !c.is_empty())
-            .collect();
+        let base_is_root = base
+            .components()
+            .all(|c| c == std::path::Component::RootDir);
+        let start = if base_is_root {
+            None
+        } else if rest.is_empty() {
+            let Some(fd) = open_in_root(root, base, false).ok() else {
+                return Vec::new();
+            };
+            Some(std::rc::Rc::new(fd))
+        } else {
+            match self.dir(base) {
+                Some(fd) => Some(fd),
+                None => return Vec::new(),
+            }
+        };
+        if rest.is_empty() && base_is_root {
+            return Vec::new();
+        }
         // Frontier of (canonical path so far, dir fd).
         let mut frontier: Vec<(PathBuf, Option<std::rc::Rc<OwnedFd>>)> =
-            vec![(PathBuf::from("/"), None)];
+            vec![(base.to_path_buf(), start)];
+        let comps = rest;
         for (i, comp) in comps.iter().enumerate() {
             let last = i + 1 == comps.len();
             let mut next = Vec::new();
@@ -292,6 +362,8 @@ impl<'a> Expander<'a> {
                     };
                     if next.len() < MAX_EXPANSION {
                         next.push((path, Some(fd)));
+                    } else {
+                        self.truncated = true;
                     }
                 }
             }
@@ -303,8 +375,9 @@ impl<'a> Expander<'a> {
         frontier
             .into_iter()
             .filter_map(|(path, fd)| {
-                // The last component was opened for this pattern alone, so
-                // the fd is not shared.
+                // The last component (or `base` itself, for an empty
+                // `rest`) was opened for this pattern alone, so the fd is
+                // not shared.
                 let fd = std::rc::Rc::try_unwrap(fd?).ok()?;
                 let (id, is_dir) = FileId::of(fd.as_fd()).ok()?;
                 Some(Found {

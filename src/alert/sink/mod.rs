@@ -239,6 +239,13 @@ impl Sinks {
         self.deliver_notice(&doc);
     }
 
+    /// Deliver a per-container bound alert (see `ecs::bound_doc`) to the
+    /// JSON and syslog sinks, filed as health alerts are.
+    pub fn deliver_bound(&mut self, doc: serde_json::Value) {
+        let doc = self.file(doc);
+        self.deliver_notice(&doc);
+    }
+
     /// Retry what earlier deliveries could not send.
     pub fn retry(&mut self) {
         if let Some(j) = &mut self.json {
