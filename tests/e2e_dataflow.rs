@@ -5,9 +5,9 @@
 //! shows that keyward judges the credential instead.
 //! * A key moved out of its credential directory stays a credential: the
 //!   move is followed by a new credential file, which makes the daemon
-//!   rescan the container (the step that used to forget the inode), and
-//!   the test checks from the daemon's log that the rescan ran before it
-//!   archives the moved key. The alert must name the key's origin and the
+//!   prune (or rescan) the container's records (the step that used to
+//!   forget the inode), and the test checks from the daemon's log that it
+//!   ran before it archives the moved key. The alert must name the key's origin and the
 //!   path tar used.
 //! * The seed rule's own name-service files (`/etc/passwd`, `/etc/group`,
 //!   `/etc/hosts`) are not marked in alert mode, so an archiver naming one
@@ -24,8 +24,8 @@
 //!   ordinary file and ordinary data piped into gzip stay quiet, and make
 //!   nothing derived.
 //! * A credential directory made and archived 20 ms later alerts: the
-//!   marks go in on the create event, not after the rescan debounce; and
-//!   a copy made before survives the rescan that the directory causes.
+//!   marks go in on the create event, for the entry it made; and a copy
+//!   made before survives the prune that the directory causes.
 //! * The write mark is removed when the last reader is gone, and armed
 //!   again by the next reader.
 //! * An archiver by behaviour: a rebuilt gzip (its build-id changed)
@@ -43,20 +43,21 @@ fn a_moved_credential_keeps_its_origin_across_rescans() {
         return;
     }
     let d = Daemon::start("");
-    // A new key for carol changes the container's marks, so the rescan
-    // is logged; it comes at most 5 s after the creation (at once where
-    // the filesystem reports creations, by the periodic rescan where it
-    // cannot), and the archive waits 6 s.
+    // A new key for carol makes the daemon look at the container's marks
+    // again: the prune that follows creates (where the filesystem reports
+    // creations) or the periodic rescan (where it cannot), each of which
+    // used to forget the moved inode. It comes at most 5 s after the
+    // creation, and the archive waits 6 s.
     let script = "mv /root/.ssh/id_rsa /tmp/stash \
         && mkdir -p /home/carol/.ssh && echo CAROL > /home/carol/.ssh/id_rsa \
         && sleep 6 && /usr/bin/tar cf /tmp/o.tar /tmp/stash && echo archived";
     let b = Bundle::new("kw-moved", &d.socket, script);
     b.run_saying("archived");
+    let log = d.log_text();
     assert!(
-        d.log_text()
-            .contains(&format!("rescanned container {}", b.id)),
-        "no rescan ran: {}",
-        d.log_text()
+        log.contains(&format!("pruned container {}", b.id))
+            || log.contains(&format!("rescanned container {}", b.id)),
+        "no prune or rescan ran: {log}"
     );
     let a = d.wait_alert("moved key", |a| has_arg(a, "/tmp/o.tar"));
     assert_eq!(a["container"]["id"], b.id.as_str());
@@ -293,11 +294,10 @@ fn a_credential_directory_made_and_archived_at_once_alerts() {
         return;
     }
     let d = Daemon::start("");
-    // The key and its directories are made 20 ms before tar starts: far
-    // inside the 100 ms rescan debounce, so only marks placed on the
-    // create event itself can see the open.
+    // The key and its directories are made 20 ms before tar starts: only
+    // marks placed on the create events themselves can see the open.
     // A copy made before stays a credential across the marking and the
-    // rescan that the new directory causes.
+    // prune that the new directory causes.
     let script = "cp /root/.ssh/id_rsa /tmp/early && sleep 0.2
         mkdir -p /home/dave/.ssh && echo DAVE-KEY > /home/dave/.ssh/id_rsa \
         && sleep 0.02 && /usr/bin/tar cf /tmp/late.tar /home/dave/.ssh
@@ -316,9 +316,15 @@ fn a_credential_directory_made_and_archived_at_once_alerts() {
         "{a:#}"
     );
     let stats = &d.status()["stats"];
-    assert!(stats["rescans"].as_u64().unwrap_or(0) >= 1, "{stats:#}");
+    // Marked by the create events' own marking (their directories known
+    // by handle), and the prune that follows creates ran.
+    assert!(stats["prunes"].as_u64().unwrap_or(0) >= 1, "{stats:#}");
     assert!(
         stats["create_marks"].as_u64().unwrap_or(0) >= 1,
+        "{stats:#}"
+    );
+    assert!(
+        stats["creates_incremental"].as_u64().unwrap_or(0) >= 1 && stats["creates_unresolved"] == 0,
         "{stats:#}"
     );
     eprintln!(

@@ -91,6 +91,8 @@ pub struct Stats {
     /// rescan of the container was asked instead).
     pub creates_incremental: AtomicU64,
     pub creates_unresolved: AtomicU64,
+    /// Passes that forgot what a container removed (`marks::prune`).
+    pub prunes: AtomicU64,
     /// Decision latency histogram: bucket i counts decisions that took
     /// less than 2^i microseconds (the last bucket takes the rest).
     pub latency_us: [AtomicU64; LATENCY_BUCKETS],
@@ -179,6 +181,8 @@ pub struct StatsSnapshot {
     pub creates_incremental: u64,
     #[serde(default)]
     pub creates_unresolved: u64,
+    #[serde(default)]
+    pub prunes: u64,
     pub latency: LatencySnapshot,
 }
 
@@ -286,6 +290,7 @@ impl Stats {
             bounds: self.bounds.counts(),
             creates_incremental: g(&self.creates_incremental),
             creates_unresolved: g(&self.creates_unresolved),
+            prunes: g(&self.prunes),
             latency: self.latency(),
         }
     }

@@ -35,6 +35,20 @@ const RESCAN_DEBOUNCE: Duration = Duration::from_millis(100);
 const PERIODIC_RESCAN: Duration = Duration::from_secs(5);
 /// The create loop's read buffer: a `DFID_NAME` record is about 60 bytes.
 const CREATE_BUF: usize = 64 * 1024;
+/// How long the create loop gathers events into one marking, and how many
+/// at most.
+const COALESCE: Duration = Duration::from_millis(2);
+const COALESCE_EVENTS: usize = 1024;
+
+/// A pass over one container's marks that the rescan thread owes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Pass {
+    at: Instant,
+    /// A full rescan (re-expand every pattern); else a prune (forget what
+    /// was removed, see [`marks::prune`]). A full one does a prune's work
+    /// too.
+    full: bool,
+}
 
 /// The create group's directories by the handle their events carry, and
 /// whose (container id, container path) each is: a create event names its
@@ -59,6 +73,18 @@ impl CreateDirs {
                 let owners = self.by_handle.entry(h.clone()).or_default();
                 owners.retain(|(i, _)| i != id);
                 owners.push((id.to_string(), m.path.clone()));
+            }
+        }
+    }
+
+    /// Container `id` no longer has these directories.
+    fn remove(&mut self, id: &str, marks: &[MarkRecord]) {
+        for h in marks.iter().filter_map(|m| m.handle.as_ref()) {
+            if let Some(owners) = self.by_handle.get_mut(h) {
+                owners.retain(|(i, _)| i != id);
+                if owners.is_empty() {
+                    self.by_handle.remove(h);
+                }
             }
         }
     }
@@ -173,7 +199,7 @@ pub struct Registrar {
     groups: OwnedGroups,
     registry: Mutex<Registry>,
     /// Containers due for a rescan (coverage over time), and when.
-    rescans: Mutex<BTreeMap<String, Instant>>,
+    rescans: Mutex<BTreeMap<String, Pass>>,
     /// Wakes the rescan thread when a rescan is scheduled.
     rescan_due: std::sync::Condvar,
     /// Create events marked at once per container in the current second
@@ -181,6 +207,11 @@ pub struct Registrar {
     create_budget: crate::answer::stats::PerSecond<0>,
     /// The create group's directories, by handle.
     create_dirs: Mutex<CreateDirs>,
+    /// The current policy's [`marks::Plan`], by policy generation.
+    plan: Mutex<(u64, Arc<marks::Plan>)>,
+    /// Each live container's root, opened once (see
+    /// [`Registrar::root_of_live`]).
+    roots: Mutex<HashMap<String, (i32, u64, Arc<std::os::fd::OwnedFd>)>>,
     /// When each container's last full rescan started
     /// (`limits.rescan_interval_ms` apart at the least).
     last_full: Mutex<HashMap<String, Instant>>,
@@ -203,6 +234,8 @@ impl Registrar {
             create_budget: Default::default(),
             create_dirs: Mutex::new(CreateDirs::default()),
             last_full: Mutex::new(HashMap::new()),
+            plan: Mutex::new((0, Arc::default())),
+            roots: Mutex::new(HashMap::new()),
             periodic: Mutex::new(BTreeSet::new()),
             busy: Mutex::new(HashMap::new()),
         }
@@ -354,6 +387,7 @@ impl Registrar {
             let marked = marks::place(
                 self.groups.borrow(),
                 &policy.rules,
+                &self.plan(&policy),
                 view,
                 &self.ctx.index,
                 root.as_fd(),
@@ -369,6 +403,36 @@ impl Registrar {
             }
             marked
         })
+    }
+
+    /// The marks plan of `policy`, made once per policy.
+    fn plan(&self, policy: &crate::answer::policy::Policy) -> Arc<marks::Plan> {
+        let mut cached = self.plan.lock().unwrap_or_else(|e| e.into_inner());
+        if cached.0 != policy.generation {
+            *cached = (policy.generation, Arc::new(marks::Plan::of(&policy.rules)));
+        }
+        cached.1.clone()
+    }
+
+    /// The root of live container `rec`, opened once per init: a create's
+    /// marking would otherwise open `/proc/<pid>/root` and the rootfs in it
+    /// for every event. The caller has checked that the init is still the
+    /// one registered ([`Registrar::take_live`]), so the pid names it.
+    fn root_of_live(
+        &self,
+        rec: &ContainerRecord,
+    ) -> Result<Arc<std::os::fd::OwnedFd>, resolve::ResolveError> {
+        let mut roots = self.roots.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((pid, start, fd)) = roots.get(&rec.id)
+            && *pid == rec.pid
+            && *start == rec.start_time_ticks
+        {
+            return Ok(fd.clone());
+        }
+        let (fd, _) = resolve::container_root(rec.pid, &rec.rootfs)?;
+        let fd = Arc::new(fd);
+        roots.insert(rec.id.clone(), (rec.pid, rec.start_time_ticks, fd.clone()));
+        Ok(fd)
     }
 
     /// Count (and report, in the next health alert) the bounds a marking
@@ -426,6 +490,10 @@ impl Registrar {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(id);
+        self.roots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
         self.busy
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -443,23 +511,35 @@ impl Registrar {
 
     /// Ask for a full rescan of `id` (or every container) soon: after
     /// [`RESCAN_DEBOUNCE`], and `limits.rescan_interval_ms` after its last
-    /// one at the soonest, so that however often a container asks, its
-    /// full rescans take a bounded share of the rescan thread.
+    /// pass at the soonest, so that however often a container asks, its
+    /// passes take a bounded share of the rescan thread.
     pub fn schedule_rescan(&self, id: Option<&str>) {
-        let now = Instant::now();
-        let interval = Duration::from_millis(self.ctx.policy().limits.rescan_interval_ms);
         let ids: Vec<String> = match id {
             Some(id) => vec![id.to_string()],
             None => self.registry().all().map(|c| c.id.clone()).collect(),
         };
+        self.schedule(ids, true);
+    }
+
+    /// Ask for a prune of `id`'s records (see [`marks::prune`]), as
+    /// [`Registrar::schedule_rescan`] times it: what a container's
+    /// creates leave behind once it removes what it made.
+    fn schedule_prune(&self, id: &str) {
+        self.schedule(vec![id.to_string()], false);
+    }
+
+    fn schedule(&self, ids: Vec<String>, full: bool) {
+        let now = Instant::now();
+        let interval = Duration::from_millis(self.ctx.policy().limits.rescan_interval_ms);
         let last = self.last_full.lock().unwrap_or_else(|e| e.into_inner());
         let mut r = self.rescans.lock().unwrap_or_else(|e| e.into_inner());
         for id in ids {
-            let due = last
+            let at = last
                 .get(&id)
                 .map_or(now, |t| *t + interval)
                 .max(now + RESCAN_DEBOUNCE);
-            r.entry(id).or_insert(due);
+            let pass = r.entry(id).or_insert(Pass { at, full });
+            pass.full |= full;
         }
         self.rescan_due.notify_one();
     }
@@ -478,7 +558,7 @@ impl Registrar {
             .is_empty();
         let next = r
             .values()
-            .copied()
+            .map(|p| p.at)
             .chain(periodic.then_some(last_periodic + PERIODIC_RESCAN))
             .min();
         let wait = next.map_or(most, |t| t.saturating_duration_since(now).min(most));
@@ -535,6 +615,46 @@ impl Registrar {
         }
         // Every record changed since the last save (this one, and the
         // marks creates added), written after the registry is let go.
+        let writes = self.registry().take_writes();
+        if let Err(e) = writes.apply() {
+            log(e.to_string());
+        }
+    }
+
+    /// Forget what container `id` removed since its last pass, and save
+    /// its record (see [`marks::prune`]).
+    fn prune(&self, id: &str) {
+        let lock = self.container_lock(id);
+        let _own = lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.last_full
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_string(), Instant::now());
+        let Some(mut rec) = self.take_live(id) else {
+            return;
+        };
+        let before = (rec.placed.marks.len(), rec.placed.create_marks.len());
+        let pruned = marks::prune(self.groups.borrow(), &mut rec.placed);
+        // At most one a `limits.rescan_interval_ms` per container.
+        log(format!(
+            "pruned container {id}: {} marks (was {}), {} directories watched (was {})",
+            rec.placed.marks.len(),
+            before.0,
+            rec.placed.create_marks.len(),
+            before.1
+        ));
+        self.ctx
+            .index
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .forget_files(id, &pruned.marks);
+        self.ctx.stats.prunes.fetch_add(1, Ordering::Relaxed);
+        if self.put_back(rec) {
+            self.create_dirs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(id, &pruned.create_dirs);
+        }
         let writes = self.registry().take_writes();
         if let Err(e) = writes.apply() {
             log(e.to_string());
@@ -611,8 +731,8 @@ impl Registrar {
             return;
         };
         let policy = self.ctx.policy();
-        let root = match resolve::container_root(rec.pid, &rec.rootfs) {
-            Ok((root, _)) => root,
+        let root = match self.root_of_live(&rec) {
+            Ok(root) => root,
             Err(e) => {
                 log(format!("marking container {id} on a create failed: {e}"));
                 self.put_back(rec);
@@ -624,6 +744,7 @@ impl Registrar {
         let placed = marks::place_under(
             self.groups.borrow(),
             &policy.rules,
+            &self.plan(&policy),
             &view,
             &self.ctx.index,
             root.as_fd(),
@@ -631,44 +752,40 @@ impl Registrar {
             made,
             policy.limits.marks_per_container,
         );
-        let new_dirs: Vec<MarkRecord> =
-            rec.placed.create_marks[before.min(rec.placed.create_marks.len())..].to_vec();
+        let new_dirs: Vec<MarkRecord> = rec.placed.create_marks[before..].to_vec();
         match placed {
             Ok(r) => self.note_bounds(id, r.capped, r.truncated),
             Err(e) => log(format!("marking container {id} on a create failed: {e}")),
         }
-        // Directories re-marked in place (an inode number made again)
-        // keep their slot: hand every directory of this pass to the map.
-        let again: Vec<MarkRecord> = rec.placed.create_marks
-            [..before.min(rec.placed.create_marks.len())]
-            .iter()
-            .filter(|m| made.iter().any(|p| m.path.starts_with(p)))
-            .cloned()
-            .collect();
         if self.put_back(rec) {
-            let mut dirs = self.create_dirs.lock().unwrap_or_else(|e| e.into_inner());
-            dirs.add(id, &new_dirs);
-            dirs.add(id, &again);
+            self.create_dirs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .add(id, &new_dirs);
         }
     }
 
     /// Run the rescans that are due, and the periodic ones.
     pub fn run_rescans(&self, last_periodic: &mut Instant) {
         let now = Instant::now();
-        let due: Vec<String> = {
+        let due: Vec<(String, bool)> = {
             let mut r = self.rescans.lock().unwrap_or_else(|e| e.into_inner());
-            let due: Vec<String> = r
+            let due: Vec<(String, bool)> = r
                 .iter()
-                .filter(|(_, t)| **t <= now)
-                .map(|(k, _)| k.clone())
+                .filter(|(_, p)| p.at <= now)
+                .map(|(k, p)| (k.clone(), p.full))
                 .collect();
-            for k in &due {
+            for (k, _) in &due {
                 r.remove(k);
             }
             due
         };
-        for id in due {
-            self.rescan(&id);
+        for (id, full) in due {
+            if full {
+                self.rescan(&id);
+            } else {
+                self.prune(&id);
+            }
         }
         if last_periodic.elapsed() >= PERIODIC_RESCAN {
             *last_periodic = Instant::now();
@@ -867,13 +984,24 @@ impl Registrar {
             if !matches!(group.wait(Duration::from_millis(200)), Ok(true)) {
                 continue;
             }
-            let Ok(n) = group.read(&mut buf) else {
-                continue;
-            };
             let read_at = Instant::now();
             events.clear();
-            if parse_events(&buf[..n], &mut events).is_err() {
-                self.ctx.stats.parse_errors.fetch_add(1, Ordering::Relaxed);
+            // A `mkdir -p` and the file written after it come as a few
+            // events microseconds apart: gathered for a moment, they are
+            // one marking (one look at the registry and the container)
+            // instead of one each. The directory marks already report
+            // opens inside them meanwhile.
+            while events.len() < COALESCE_EVENTS {
+                let Ok(n) = group.read(&mut buf) else {
+                    break;
+                };
+                if parse_events(&buf[..n], &mut events).is_err() {
+                    self.ctx.stats.parse_errors.fetch_add(1, Ordering::Relaxed);
+                }
+                let left = COALESCE.saturating_sub(read_at.elapsed());
+                if left.is_zero() || !matches!(group.wait(left), Ok(true)) {
+                    break;
+                }
             }
             let (made, rescan) = self.sort_creates(events.drain(..));
             for id in &rescan {
@@ -901,11 +1029,14 @@ impl Registrar {
                     s.create_mark_us_total.fetch_add(took, Ordering::Relaxed);
                     s.create_mark_us_max.fetch_max(took, Ordering::Relaxed);
                 }
-                // The full rescan after a container's creates: it forgets
-                // what was removed, saves the record, and catches what an
-                // entry's own marking could not (at most one per
-                // `limits.rescan_interval_ms`).
-                self.schedule_rescan(Some(&id));
+                // What the container makes it may remove: a prune follows
+                // (at most one a `limits.rescan_interval_ms`), and saves the
+                // record. Creates past the budget wait for a full rescan.
+                if over {
+                    self.schedule_rescan(Some(&id));
+                } else {
+                    self.schedule_prune(&id);
+                }
             }
         }
     }

@@ -170,6 +170,23 @@ impl MarkIndex {
         true
     }
 
+    /// Forget these inodes of container `id` (gone from its records, see
+    /// `marks::prune`); derived credentials stay.
+    pub fn forget_files(&mut self, id: &str, fids: &[FileId]) {
+        if fids.is_empty() {
+            return;
+        }
+        self.generation += 1;
+        for fid in fids {
+            if let Some(ms) = self.files.get_mut(fid) {
+                ms.retain(|m| m.container.reference.id != id || m.derived.is_some());
+                if ms.is_empty() {
+                    self.files.remove(fid);
+                }
+            }
+        }
+    }
+
     /// Remove a container; returns the inodes no other container marks.
     pub fn remove(&mut self, id: &str) -> Vec<FileId> {
         let Some(view) = self.by_id.remove(id) else {

@@ -87,13 +87,58 @@ pub struct Groups<'a> {
     pub create: Option<&'a Group>,
 }
 
+/// The rules' path patterns split once into components, and the
+/// directory prefixes the create group watches: a container's life
+/// expands them many times (a create's marking, per event), and each
+/// expansion used to split and join them again.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    /// Patterns whose matches are marked (files or directories).
+    marks: Vec<Vec<Vec<u8>>>,
+    /// Directories marked to report opens of their children.
+    dirs: Vec<Vec<Vec<u8>>>,
+    /// Every distinct directory prefix of either, shortest first (the
+    /// empty one is `/`).
+    prefixes: Vec<Vec<Vec<u8>>>,
+}
+
+impl Plan {
+    pub fn of(rules: &Rules) -> Self {
+        let split = |p: &str| -> Vec<Vec<u8>> {
+            resolve::components(p)
+                .into_iter()
+                .map(<[u8]>::to_vec)
+                .collect()
+        };
+        let marks: Vec<Vec<Vec<u8>>> = rules.mark_patterns().iter().map(|p| split(p)).collect();
+        let dirs: Vec<Vec<Vec<u8>>> = rules.watch_dirs().iter().map(|p| split(p)).collect();
+        let mut prefixes: Vec<Vec<Vec<u8>>> = Vec::new();
+        for pattern in marks.iter().chain(&dirs) {
+            for k in 0..pattern.len() {
+                let prefix = pattern[..k].to_vec();
+                if !prefixes.contains(&prefix) {
+                    prefixes.push(prefix);
+                }
+            }
+        }
+        prefixes.sort_by_key(Vec::len);
+        Self {
+            marks,
+            dirs,
+            prefixes,
+        }
+    }
+}
+
 /// Install every mark of the container `view` under its root (see
 /// [`resolve::container_root`]), recording them in `placed` and the index:
 /// at most `limit` marks in all (credential files and directories first,
 /// then the create group's directories).
+#[allow(clippy::too_many_arguments)]
 pub fn place(
     groups: Groups<'_>,
     rules: &Rules,
+    plan: &Plan,
     view: ContainerView,
     index: &RwLock<MarkIndex>,
     root: BorrowedFd<'_>,
@@ -102,7 +147,7 @@ pub fn place(
 ) -> Result<InstallReport, MarkError> {
     let id = view.reference.id.clone();
     let mut expander = resolve::Expander::new(root);
-    let mut found = credential_files(rules, &view, &mut expander);
+    let mut found = credential_files_below(rules, plan, &view, &mut expander, Path::new("/"));
     let mut report = InstallReport::default();
     if found.len() > limit {
         found.truncate(limit);
@@ -149,7 +194,7 @@ pub fn place(
     placed.create_marks.clear();
     if let Some(create) = groups.create {
         let room = limit.saturating_sub(found.len());
-        let (watched, capped) = mark_creates(create, rules, &id, root, &mut expander, placed, room);
+        let (watched, capped) = mark_creates(create, plan, &id, root, &mut expander, placed, room);
         report.create_watched = watched;
         report.capped |= capped;
     }
@@ -197,35 +242,28 @@ fn moved_away(perm: &Group, found: &[resolve::Found], earlier: Vec<MarkRecord>) 
     kept
 }
 
-/// The credential files and directories of the rules that exist under the
-/// root, each once.
-fn credential_files(
-    rules: &Rules,
-    view: &ContainerView,
-    expander: &mut resolve::Expander<'_>,
-) -> Vec<resolve::Found> {
-    credential_files_below(rules, view, expander, Path::new("/"))
-}
-
-/// [`credential_files`] below the container path `base` only (`base`
-/// itself included when a pattern names it).
+/// The credential files and directories of the rules that exist below the
+/// container path `base` (`base` itself included when a pattern names
+/// it), each once.
 fn credential_files_below(
     rules: &Rules,
+    plan: &Plan,
     view: &ContainerView,
     expander: &mut resolve::Expander<'_>,
     base: &Path,
 ) -> Vec<resolve::Found> {
+    let names = resolve::path_names(base);
     let mut found = Vec::new();
-    for pattern in rules.mark_patterns() {
-        if let Some(rest) = resolve::rest_below(&resolve::components(&pattern), base) {
-            found.extend(expander.expand_below(base, &rest));
+    for pattern in &plan.marks {
+        if let Some(rest) = resolve::rest_below(pattern, &names) {
+            found.extend(expander.expand_below(base, rest));
         }
     }
-    for dir in rules.watch_dirs() {
-        if let Some(rest) = resolve::rest_below(&resolve::components(dir), base) {
+    for dir in &plan.dirs {
+        if let Some(rest) = resolve::rest_below(dir, &names) {
             found.extend(
                 expander
-                    .expand_below(base, &rest)
+                    .expand_below(base, rest)
                     .into_iter()
                     .filter(|f| f.is_dir),
             );
@@ -267,11 +305,13 @@ pub struct UnderReport {
 /// removed and made again may get the same inode number, and its mark went
 /// with the old inode (`FAN_MARK_ADD` on a marked inode changes nothing).
 /// The index learns each inode before the kernel marks it. At most `limit`
-/// marks in `placed` in all.
+/// marks in `placed` in all. New directories of the create group are the
+/// ones at the end of `placed.create_marks` past its length before.
 #[allow(clippy::too_many_arguments)]
 pub fn place_under(
     groups: Groups<'_>,
     rules: &Rules,
+    plan: &Plan,
     view: &ContainerView,
     index: &RwLock<MarkIndex>,
     root: BorrowedFd<'_>,
@@ -285,30 +325,20 @@ pub fn place_under(
     let mut seen = std::collections::HashSet::new();
     let mut found: Vec<resolve::Found> = Vec::new();
     for under in unders {
-        for f in credential_files_below(rules, view, &mut expander, under) {
+        for f in credential_files_below(rules, plan, view, &mut expander, under) {
             if seen.insert(f.id) {
                 found.push(f);
             }
         }
     }
-    let mut at: std::collections::HashMap<FileId, usize> = placed
-        .marks
-        .iter()
-        .enumerate()
-        .map(|(i, m)| (m.id, i))
-        .collect();
+    // Everything found is recorded anew, after what `placed` has: one
+    // inode found again (made again under the same number) is recorded
+    // twice until the next [`prune`], which keeps the newest. Looking each
+    // up instead cost a map of the container's marks per event, thousands
+    // for a busy container.
     let used = placed.marks.len() + placed.create_marks.len();
-    let new = found.iter().filter(|f| !at.contains_key(&f.id)).count();
-    if new > limit.saturating_sub(used) {
-        // Keep the ones already recorded; cut the new ones.
-        let mut room = limit.saturating_sub(used);
-        found.retain(|f| {
-            at.contains_key(&f.id) || {
-                let keep = room > 0;
-                room = room.saturating_sub(1);
-                keep
-            }
-        });
+    if found.len() > limit.saturating_sub(used) {
+        found.truncate(limit.saturating_sub(used));
         report.capped = true;
     }
     if !found.is_empty() {
@@ -330,48 +360,27 @@ pub fn place_under(
                 id: id.clone(),
                 source,
             })?;
-        let rec = MarkRecord {
+        placed.marks.push(MarkRecord {
             path: f.path.clone(),
             id: f.id,
             is_dir: f.is_dir,
             handle: None,
-        };
-        match at.get(&f.id) {
-            Some(&i) => placed.marks[i] = rec,
-            None => {
-                at.insert(f.id, placed.marks.len());
-                placed.marks.push(rec);
-            }
-        }
+        });
         report.marks += 1;
     }
     if let Some(create) = groups.create {
-        let prefixes: Vec<Vec<u8>> = create_prefixes(rules)
-            .into_iter()
-            .map(|(_, p)| p.into_bytes())
-            .collect();
-        let mut at: std::collections::HashMap<FileId, usize> = placed
-            .create_marks
-            .iter()
-            .enumerate()
-            .map(|(i, m)| (m.id, i))
-            .collect();
         let mut seen = std::collections::HashSet::new();
         for under in unders {
-            for prefix in &prefixes {
-                let comps: Vec<&[u8]> = prefix
-                    .split(|&b| b == b'/')
-                    .filter(|c| !c.is_empty())
-                    .collect();
-                let Some(rest) = resolve::rest_below(&comps, under) else {
+            let names = resolve::path_names(under);
+            for prefix in &plan.prefixes {
+                let Some(rest) = resolve::rest_below(prefix, &names) else {
                     continue;
                 };
-                for d in expander.expand_below(under, &rest) {
+                for d in expander.expand_below(under, rest) {
                     if !d.is_dir || !seen.insert(d.id) {
                         continue;
                     }
-                    let known = at.get(&d.id).copied();
-                    if known.is_none() && placed.marks.len() + placed.create_marks.len() >= limit {
+                    if placed.marks.len() + placed.create_marks.len() >= limit {
                         report.capped = true;
                         continue;
                     }
@@ -379,19 +388,12 @@ pub fn place_under(
                     if create.mark_creates(d.fd.as_fd(), true, &what).is_err() {
                         continue;
                     }
-                    let rec = MarkRecord {
+                    placed.create_marks.push(MarkRecord {
+                        handle: fanotify::handle_of(d.fd.as_fd()).ok(),
                         path: d.path,
                         id: d.id,
                         is_dir: true,
-                        handle: fanotify::handle_of(d.fd.as_fd()).ok(),
-                    };
-                    match known {
-                        Some(i) => placed.create_marks[i] = rec,
-                        None => {
-                            at.insert(d.id, placed.create_marks.len());
-                            placed.create_marks.push(rec);
-                        }
-                    }
+                    });
                     report.creates += 1;
                 }
             }
@@ -399,6 +401,57 @@ pub fn place_under(
     }
     report.truncated = expander.truncated();
     Ok(report)
+}
+
+/// What [`prune`] took out.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Credential inodes gone (with their marks), or recorded twice.
+    pub marks: Vec<FileId>,
+    /// Create-group directories gone.
+    pub create_dirs: Vec<MarkRecord>,
+}
+
+/// Forget what a container removed: a mark lives exactly as long as its
+/// inode, so a record whose inode no group marks any longer is of a file
+/// or directory that is gone (a credential moved elsewhere keeps its mark,
+/// and its record). Of an inode recorded twice (made again under the same
+/// number, see [`place_under`]) the newest record stays. The index is not
+/// touched here; the caller drops `Pruned::marks` from it. Cheap beside a
+/// rescan: one read of each group's mark list, no lookup in the container.
+pub fn prune(groups: Groups<'_>, placed: &mut Placed) -> Pruned {
+    let mut pruned = Pruned::default();
+    let alive = groups.perm.marked_inodes();
+    let mut newest = std::collections::HashSet::new();
+    let mut keep = vec![false; placed.marks.len()];
+    for (i, m) in placed.marks.iter().enumerate().rev() {
+        keep[i] = alive.contains(&m.id.ino) && newest.insert(m.id);
+    }
+    let mut k = keep.iter();
+    placed.marks.retain(|m| {
+        let kept = *k.next().unwrap_or(&true);
+        if !kept && !newest.contains(&m.id) {
+            pruned.marks.push(m.id);
+        }
+        kept
+    });
+    if let Some(create) = groups.create {
+        let alive = create.marked_inodes();
+        let mut newest = std::collections::HashSet::new();
+        let mut keep = vec![false; placed.create_marks.len()];
+        for (i, m) in placed.create_marks.iter().enumerate().rev() {
+            keep[i] = alive.contains(&m.id.ino) && newest.insert(m.id);
+        }
+        let mut k = keep.iter();
+        placed.create_marks.retain(|m| {
+            let kept = *k.next().unwrap_or(&true);
+            if !kept {
+                pruned.create_dirs.push(m.clone());
+            }
+            kept
+        });
+    }
+    pruned
 }
 
 /// Coverage over time: every directory on the way to a credential path
@@ -409,7 +462,7 @@ pub fn place_under(
 /// whether `room` cut them short.
 fn mark_creates(
     create: &Group,
-    rules: &Rules,
+    plan: &Plan,
     id: &str,
     root: BorrowedFd<'_>,
     expander: &mut resolve::Expander<'_>,
@@ -418,9 +471,9 @@ fn mark_creates(
 ) -> (usize, bool) {
     let mut watched = 0;
     let mut seen_dirs = std::collections::HashSet::new();
-    for (k, prefix) in create_prefixes(rules) {
-        let dirs = if k == 0 {
-            resolve::open_in_root(root, Path::new("/"), true)
+    for prefix in &plan.prefixes {
+        let dirs = if prefix.is_empty() {
+            resolve::path_in_root(root, Path::new("/"), true)
                 .ok()
                 .and_then(|fd| {
                     FileId::of(fd.as_fd())
@@ -430,7 +483,7 @@ fn mark_creates(
                 .unwrap_or_default()
         } else {
             expander
-                .expand(&prefix)
+                .expand_below(Path::new("/"), prefix)
                 .into_iter()
                 .filter(|f| f.is_dir)
                 .map(|f| (f.fd, f.id, f.path))
@@ -443,7 +496,7 @@ fn mark_creates(
             if watched >= room {
                 return (watched, true);
             }
-            let what = format!("{prefix} in container {id}");
+            let what = format!("{} in container {id}", path.display());
             if create.mark_creates(fd.as_fd(), true, &what).is_err() {
                 return (0, false);
             }
@@ -457,26 +510,6 @@ fn mark_creates(
         }
     }
     (watched, false)
-}
-
-/// Every directory prefix of the rules' patterns, with its depth. The
-/// patterns share most of their parent directories (/root, /home/*,
-/// /etc): each distinct prefix is expanded once.
-fn create_prefixes(rules: &Rules) -> Vec<(usize, String)> {
-    let mut all: Vec<String> = rules.mark_patterns();
-    all.extend(rules.watch_dirs().iter().cloned());
-    let mut prefixes = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    for pattern in &all {
-        let comps: Vec<&str> = pattern.split('/').filter(|c| !c.is_empty()).collect();
-        for k in 0..comps.len() {
-            let prefix = format!("/{}", comps[..k].join("/"));
-            if seen.insert(prefix.clone()) {
-                prefixes.push((k, prefix));
-            }
-        }
-    }
-    prefixes
 }
 
 /// Where a container's files are found again for removal.
@@ -540,7 +573,7 @@ pub fn remove(groups: Groups<'_>, placed: &Placed, at: Root<'_>, orphaned: &Orph
     // the marked inode: a path swapped since then must not unmark (or
     // trip over) another file.
     let reopen = |m: &MarkRecord| {
-        resolve::open_in_root(root.as_fd(), Path::new(&m.path), false)
+        resolve::path_in_root(root.as_fd(), Path::new(&m.path), false)
             .ok()
             .filter(|fd| FileId::of(fd.as_fd()).map(|(id, _)| id).ok() == Some(m.id))
     };
@@ -584,4 +617,169 @@ pub fn remove(groups: Groups<'_>, placed: &Placed, at: Root<'_>, orphaned: &Orph
         }
     }
     removed
+}
+
+#[cfg(test)]
+mod tests {
+    //! With real fanotify groups (root; CI runs these as root), on a
+    //! throwaway tree: what a create's marking adds, and what a prune
+    //! takes out once the files are gone. No exec or mount mark is made.
+    use super::*;
+    use crate::config::{Action, RulesConfig};
+    use crate::watch::index::ContainerRef;
+
+    fn view(id: &str) -> ContainerView {
+        ContainerView {
+            reference: ContainerRef {
+                id: id.into(),
+                ..Default::default()
+            },
+            action: Action::Alert,
+            init_pid: 1,
+            init_start: 1,
+            pid_ns: 1,
+            mnt_ns: 2,
+            net_ns: 0,
+            cgroup: None,
+            annotations: Default::default(),
+        }
+    }
+
+    fn fid(path: &Path) -> FileId {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).unwrap();
+        FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+        }
+    }
+
+    #[test]
+    fn an_entry_made_is_marked_below_itself_and_pruned_once_gone() {
+        if !nix::unistd::Uid::effective().is_root() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI runs the unit tests as root"
+            );
+            return;
+        }
+        let tmp = crate::testdir::TempDir::new("place-under");
+        let root_path = tmp.path().join("rootfs");
+        for d in ["home/alice", "root", "etc"] {
+            std::fs::create_dir_all(root_path.join(d)).unwrap();
+        }
+        let (perm, exec, create) = (
+            Group::permission().unwrap(),
+            Group::exec().unwrap(),
+            Group::create().unwrap(),
+        );
+        let groups = Groups {
+            perm: &perm,
+            exec: &exec,
+            create: Some(&create),
+        };
+        let rules = Rules::compile(&RulesConfig::default()).unwrap();
+        let plan = Plan::of(&rules);
+        let index = RwLock::new(MarkIndex::default());
+        index.write().unwrap().insert(view("c1"), &[]);
+        let root = nix::fcntl::open(
+            root_path.as_path(),
+            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY,
+            nix::sys::stat::Mode::empty(),
+        )
+        .unwrap();
+        let mut placed = Placed::default();
+        // The whole tree first, as from "/": the create group's
+        // directories below / (/home, /home/alice, /root, /etc; a full
+        // `place` marks / itself) and no file.
+        let r = place_under(
+            groups,
+            &rules,
+            &plan,
+            &view("c1"),
+            &index,
+            root.as_fd(),
+            &mut placed,
+            &["/".into()],
+            1000,
+        )
+        .unwrap();
+        assert_eq!(r.creates, 4, "{r:?} {placed:?}");
+        assert!(placed.create_marks.iter().all(|m| m.handle.is_some()));
+        // bob's home and key, made after: the entry /home/bob is all the
+        // work.
+        std::fs::create_dir_all(root_path.join("home/bob/.ssh")).unwrap();
+        let key = root_path.join("home/bob/.ssh/id_rsa");
+        std::fs::write(&key, "k").unwrap();
+        let before = placed.create_marks.len();
+        let r = place_under(
+            groups,
+            &rules,
+            &plan,
+            &view("c1"),
+            &index,
+            root.as_fd(),
+            &mut placed,
+            &["/home/bob".into()],
+            1000,
+        )
+        .unwrap();
+        assert_eq!(r.marks, 2, "the key and its directory: {placed:?}");
+        let dirs: Vec<&Path> = placed.create_marks[before..]
+            .iter()
+            .map(|m| m.path.as_path())
+            .collect();
+        assert_eq!(dirs, [Path::new("/home/bob"), Path::new("/home/bob/.ssh")]);
+        assert!(
+            perm.marked_inodes().contains(&fid(&key).ino),
+            "the kernel marks the key"
+        );
+        let lookup = index
+            .read()
+            .unwrap()
+            .lookup(fid(&key), Some("c1"))
+            .map(|m| m.path.clone());
+        assert_eq!(lookup.as_deref(), Some(Path::new("/home/bob/.ssh/id_rsa")));
+        // Past the bound nothing more is marked, and it says so.
+        std::fs::create_dir_all(root_path.join("home/carol/.ssh")).unwrap();
+        std::fs::write(root_path.join("home/carol/.ssh/id_rsa"), "k").unwrap();
+        let full = placed.marks.len() + placed.create_marks.len();
+        let r = place_under(
+            groups,
+            &rules,
+            &plan,
+            &view("c1"),
+            &index,
+            root.as_fd(),
+            &mut placed,
+            &["/home/carol".into()],
+            full,
+        )
+        .unwrap();
+        assert!(r.capped && r.marks == 0 && r.creates == 0, "{r:?}");
+        // bob leaves: his records go at the prune, alice's stay.
+        let key_id = fid(&key);
+        std::fs::remove_dir_all(root_path.join("home/bob")).unwrap();
+        let pruned = prune(groups, &mut placed);
+        assert!(pruned.marks.contains(&key_id), "{pruned:?}");
+        assert!(
+            placed
+                .marks
+                .iter()
+                .all(|m| !m.path.starts_with("/home/bob"))
+        );
+        assert!(
+            placed
+                .create_marks
+                .iter()
+                .all(|m| !m.path.starts_with("/home/bob"))
+        );
+        assert!(
+            placed
+                .create_marks
+                .iter()
+                .any(|m| m.path == Path::new("/home/alice"))
+        );
+        assert_eq!(pruned.create_dirs.len(), 2, "{pruned:?}");
+    }
 }

@@ -145,7 +145,31 @@ pub fn open_in_root(root: BorrowedFd<'_>, rel: &Path, dir: bool) -> Result<Owned
     openat2(root, rel, how)
 }
 
-/// A path inside the container that exists, opened.
+/// [`open_in_root`] with `O_PATH`: for what is only marked, stat'ed or
+/// used as a directory to open from. Such an open reads nothing, so it
+/// reports no open to any fanotify group (a file in a marked directory
+/// would otherwise be a permission event of the daemon's own), and on an
+/// overlay it opens no backing file.
+pub fn path_in_root(root: BorrowedFd<'_>, rel: &Path, dir: bool) -> Result<OwnedFd, Errno> {
+    let rel = rel.strip_prefix("/").unwrap_or(rel);
+    let rel: &Path = if rel.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        rel
+    };
+    // openat2 takes nothing but these beside O_PATH.
+    let mut flags = OFlag::O_PATH | OFlag::O_CLOEXEC;
+    if dir {
+        flags |= OFlag::O_DIRECTORY;
+    }
+    let how = OpenHow::new()
+        .flags(flags)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    openat2(root, rel, how)
+}
+
+/// A path inside the container that exists, opened (`O_PATH`: see
+/// [`path_in_root`]).
 #[derive(Debug)]
 pub struct Found {
     /// The canonical container path, as the pattern spelled it with
@@ -215,25 +239,29 @@ pub fn components(pattern: &str) -> Vec<&[u8]> {
         .collect()
 }
 
-/// What is left of `pattern` below the container path `base`: the
-/// pattern's components after those that match `base`'s, if they all do
-/// (an empty rest when `base` matches the whole pattern); `None` when
-/// `base` is not on the pattern's way, or goes past its end.
-pub fn rest_below<'p>(pattern: &[&'p [u8]], base: &Path) -> Option<Vec<&'p [u8]>> {
-    let names: Vec<&[u8]> = base
-        .as_os_str()
+/// A container path's names, in order (`/home/u5` is `home`, `u5`).
+pub fn path_names(path: &Path) -> Vec<&[u8]> {
+    path.as_os_str()
         .as_bytes()
         .split(|&b| b == b'/')
         .filter(|c| !c.is_empty())
-        .collect();
+        .collect()
+}
+
+/// What is left of `pattern` below a container path whose names are
+/// `names` ([`path_names`]): the pattern's components after those that
+/// match the names, if they all do (an empty rest when the path matches
+/// the whole pattern); `None` when the path is not on the pattern's way,
+/// or goes past its end.
+pub fn rest_below<'p, C: AsRef<[u8]>>(pattern: &'p [C], names: &[&[u8]]) -> Option<&'p [C]> {
     if names.len() > pattern.len() {
         return None;
     }
     names
         .iter()
         .zip(pattern)
-        .all(|(n, p)| component_matches(p, n))
-        .then(|| pattern[names.len()..].to_vec())
+        .all(|(n, p)| component_matches(p.as_ref(), n))
+        .then(|| &pattern[names.len()..])
 }
 
 /// Expand an EQL-style pattern (`*`, `?`, case-insensitive per component)
@@ -279,7 +307,7 @@ impl<'a> Expander<'a> {
         let root = self.root;
         self.dirs
             .entry(path.to_path_buf())
-            .or_insert_with(|| open_in_root(root, path, true).ok().map(std::rc::Rc::new))
+            .or_insert_with(|| path_in_root(root, path, true).ok().map(std::rc::Rc::new))
             .clone()
     }
 
@@ -307,7 +335,7 @@ impl<'a> Expander<'a> {
     /// not as a pattern); an empty `rest` is `base` itself, if it exists.
     /// This is the work a create event makes: what the patterns want
     /// below the one entry that was made.
-    pub fn expand_below(&mut self, base: &Path, rest: &[&[u8]]) -> Vec<Found> {
+    pub fn expand_below<C: AsRef<[u8]>>(&mut self, base: &Path, rest: &[C]) -> Vec<Found> {
         let root = self.root;
         let base_is_root = base
             .components()
@@ -315,7 +343,7 @@ impl<'a> Expander<'a> {
         let start = if base_is_root {
             None
         } else if rest.is_empty() {
-            let Some(fd) = open_in_root(root, base, false).ok() else {
+            let Some(fd) = path_in_root(root, base, false).ok() else {
                 return Vec::new();
             };
             Some(std::rc::Rc::new(fd))
@@ -343,7 +371,7 @@ impl<'a> Expander<'a> {
                 // List the directory so the match is case-insensitive, as
                 // EQL's `:` is: `/ROOT/.SSH/ID_RSA` matches `/root/.ssh/id_rsa`.
                 for name in self.listing(&prefix, dir).iter() {
-                    if !component_matches(comp, name.as_bytes()) {
+                    if !component_matches(comp.as_ref(), name.as_bytes()) {
                         continue;
                     }
                     let path = prefix.join(name);
@@ -351,7 +379,7 @@ impl<'a> Expander<'a> {
                     // absolute symlink inside the container resolves as the
                     // container sees it (and still never leaves the root).
                     let fd = if last {
-                        open_in_root(root, Path::new(&path), false)
+                        path_in_root(root, Path::new(&path), false)
                             .ok()
                             .map(std::rc::Rc::new)
                     } else {
