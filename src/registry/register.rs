@@ -40,6 +40,10 @@ const CREATE_BUF: usize = 64 * 1024;
 const COALESCE: Duration = Duration::from_millis(2);
 const COALESCE_EVENTS: usize = 1024;
 
+/// A live container's root, opened once: (init pid, its start time, the
+/// root).
+type LiveRoot = (i32, u64, Arc<std::os::fd::OwnedFd>);
+
 /// A pass over one container's marks that the rescan thread owes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Pass {
@@ -211,7 +215,7 @@ pub struct Registrar {
     plan: Mutex<(u64, Arc<marks::Plan>)>,
     /// Each live container's root, opened once (see
     /// [`Registrar::root_of_live`]).
-    roots: Mutex<HashMap<String, (i32, u64, Arc<std::os::fd::OwnedFd>)>>,
+    roots: Mutex<HashMap<String, LiveRoot>>,
     /// When each container's last full rescan started
     /// (`limits.rescan_interval_ms` apart at the least).
     last_full: Mutex<HashMap<String, Instant>>,
