@@ -600,6 +600,153 @@ fn an_overlay_over_another_containers_marked_rootfs_never_holds_the_daemon() {
     let _ = plain_child.wait();
 }
 
+/// A neighbour that makes and removes `homes` homes, each with a
+/// `.ssh/authorized_keys`, over and over until `/tmp/stop` exists, on an
+/// overlay of its own; every tenth turn it also runs `/usr/local/bin/late`,
+/// which makes a new user's key and archives it a second later. (A script
+/// of its own: the loop's `sh -c` line names no archiver.)
+fn churner(d: &Daemon, homes: u32) -> Bundle {
+    let script = format!(
+        "t=0; while [ ! -e /tmp/stop ]; do t=$((t+1)); i=0
+           while [ $i -lt {homes} ]; do mkdir -p /home/u$i/.ssh; echo k >/home/u$i/.ssh/authorized_keys; i=$((i+1)); done
+           if [ $((t % 10)) = 1 ]; then /usr/local/bin/late $t; fi
+           rm -rf /home/u*; echo $t >/tmp/turns
+         done"
+    );
+    let mut b = Bundle::new("kw-churn", &d.socket, &script);
+    let late = b.rootfs.join("usr/local/bin/late");
+    std::fs::create_dir_all(late.parent().unwrap()).unwrap();
+    std::fs::write(
+        &late,
+        "#!/bin/sh\nmkdir -p /home/late$1/.ssh && echo LATE >/home/late$1/.ssh/id_rsa && sleep 1 && /usr/bin/tar cf /tmp/late$1.tar /home/late$1/.ssh/id_rsa\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&late, std::fs::Permissions::from_mode(0o755)).unwrap();
+    b.on_overlay();
+    b
+}
+
+#[test]
+fn a_churning_neighbour_neither_blocks_starts_nor_hides_an_archiver() {
+    if !privileged() {
+        return;
+    }
+    // One container churns its credential directories (300 homes made
+    // and removed in a loop, as issue 16 describes with 1,000) while
+    // others start one after another and archive a key. Every start
+    // registers (a hook that timed out fails the start), every archiver
+    // is caught and named with its own container, and the churner's own
+    // fresh keys, archived a second after they exist, are caught too,
+    // named by their own paths (not a removed file's whose inode number
+    // they took). Its
+    // creates are marked for the entries they made (no directory unknown)
+    // and pruned after. How long the starts take is the bench's to say
+    // (`PHASES=churn bash packaging/bench.sh`), not a timed test's.
+    let d = Daemon::start("");
+    let churn = churner(&d, 300);
+    let mut child = churn.spawn();
+    d.wait_registered(1);
+    wait_until(
+        Duration::from_secs(60),
+        || "the churner made no turn".into(),
+        || churn.read("/tmp/turns").is_some(),
+    );
+    for n in 0..6 {
+        let b = Bundle::new(
+            "kw-beside",
+            &d.socket,
+            "/usr/bin/tar cf /tmp/k.tar /root/.ssh/id_rsa /root/.aws/credentials; echo archived",
+        );
+        b.run_saying("archived");
+        d.wait_alert(&format!("start {n} beside the churner"), |a| {
+            a["container"]["id"] == b.id.as_str()
+                && files(a).iter().any(|f| f == "/root/.ssh/id_rsa")
+        });
+    }
+    wait_until(
+        Duration::from_secs(90),
+        || "the churner did not reach its 11th turn".into(),
+        || {
+            churn
+                .read("/tmp/turns")
+                .and_then(|t| String::from_utf8_lossy(&t).trim().parse::<u32>().ok())
+                .is_some_and(|t| t >= 11)
+        },
+    );
+    for t in [1, 11] {
+        let archive = format!("/tmp/late{t}.tar");
+        let key = format!("/home/late{t}/.ssh/id_rsa");
+        let a = d.wait_alert(&format!("the churner's fresh key {key}"), |a| {
+            has_arg(a, &archive)
+        });
+        assert_eq!(a["container"]["id"], churn.id.as_str());
+        assert!(files(&a).contains(&key), "{a:#}");
+    }
+    std::fs::write(churn.rootfs.join("tmp/stop"), "").unwrap();
+    let _ = child.wait();
+    let stats = &d.status()["stats"];
+    assert!(
+        stats["creates_incremental"].as_u64().unwrap_or(0) >= 600,
+        "{stats:#}"
+    );
+    assert_eq!(stats["creates_unresolved"], 0, "{stats:#}");
+    assert!(stats["prunes"].as_u64().unwrap_or(0) >= 1, "{stats:#}");
+    assert_eq!(stats["deadline_releases"], 0, "{stats:#}");
+}
+
+#[test]
+fn a_container_past_its_bounds_is_named_in_a_health_alert_and_others_go_on() {
+    if !privileged() {
+        return;
+    }
+    // Low bounds: 64 marks, 50 creates a second. A container that makes
+    // 120 homes with keys reaches both; each is counted, and a health
+    // alert names the container and the bound, in the JSON file and in
+    // syslog. Another container, with its own budget, is still caught.
+    let d = Daemon::start("[limits]\nmarks_per_container = 64\ncreates_per_second = 50\n");
+    let busy = Bundle::new(
+        "kw-bounded",
+        &d.socket,
+        "i=0; while [ $i -lt 120 ]; do mkdir -p /home/b$i/.ssh; echo k >/home/b$i/.ssh/id_rsa; i=$((i+1)); done; sleep 1; echo made",
+    );
+    busy.run_saying("made");
+    for bound in ["marks_per_container", "creates_per_second"] {
+        wait_until(
+            Duration::from_secs(25),
+            || format!("no health alert for {bound}: {:#?}", d.alerts()),
+            || {
+                d.alerts().iter().any(|a| {
+                    a["rule"]["id"] == "keyward.health.bound-reached"
+                        && a["container"]["id"] == busy.id.as_str()
+                        && a["keyward"]["health"]["bound"] == bound
+                        && a["keyward"]["health"]["times"].as_u64() >= Some(1)
+                })
+            },
+        );
+    }
+    d.syslog.wait_for("(the bound alert)", |m| {
+        m.contains(&busy.id) && m.contains("reached its bound marks_per_container")
+    });
+    let bounds = &d.status()["stats"]["bounds"];
+    assert!(
+        bounds["marks_per_container"].as_u64() >= Some(1),
+        "{bounds:#}"
+    );
+    assert!(
+        bounds["creates_per_second"].as_u64() >= Some(1),
+        "{bounds:#}"
+    );
+    let other = Bundle::new(
+        "kw-unbounded",
+        &d.socket,
+        "/usr/bin/tar cf /tmp/k.tar /root/.ssh/id_rsa; echo archived",
+    );
+    other.run_saying("archived");
+    d.wait_alert("the other container's tar", |a| {
+        a["container"]["id"] == other.id.as_str()
+    });
+}
+
 #[test]
 fn a_flood_of_repeats_cannot_hide_a_new_credential_and_the_summary_reaches_syslog() {
     if !privileged() {

@@ -689,6 +689,37 @@ impl Follow {
         }
     }
 
+    /// Forget the derived credentials of container `id` whose inodes are
+    /// gone (not in `alive`, the permission group's marked inodes): a
+    /// removed copy's inode number, made again by any new file, must not
+    /// make that file a copy of a credential. Returns them.
+    pub fn prune_derived(&self, id: &str, alive: &HashSet<u64>) -> Vec<FileId> {
+        let mut derived = self.derived.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(marked) = derived.get_mut(id) else {
+            return Vec::new();
+        };
+        let mut gone = Vec::new();
+        marked.retain(|m| {
+            let alive = alive.contains(&m.id.ino);
+            if !alive {
+                gone.push(m.id);
+            }
+            alive
+        });
+        gone
+    }
+
+    /// The containers that hold derived credentials.
+    pub fn containers_with_derived(&self) -> Vec<String> {
+        self.derived
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(_, m)| !m.is_empty())
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
     /// Forget a container (it went): its readers, and the derived
     /// credentials it holds, whose marks the caller removes.
     pub fn forget_container(&self, id: &str) -> Vec<MarkRecord> {

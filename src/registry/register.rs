@@ -638,7 +638,10 @@ impl Registrar {
             return;
         };
         let before = (rec.placed.marks.len(), rec.placed.create_marks.len());
-        let pruned = marks::prune(self.groups.borrow(), &mut rec.placed);
+        let alive = self.groups.perm.marked_inodes();
+        let pruned = marks::prune(self.groups.borrow(), &mut rec.placed, &alive);
+        // The copies its readers wrote, too.
+        let copies = self.ctx.follow.prune_derived(id, &alive);
         // At most one a `limits.rescan_interval_ms` per container.
         log(format!(
             "pruned container {id}: {} marks (was {}), {} directories watched (was {})",
@@ -651,7 +654,12 @@ impl Registrar {
             .index
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .forget_files(id, &pruned.marks);
+            .forget_files(id, &pruned.marks, false);
+        self.ctx
+            .index
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .forget_files(id, &copies, true);
         self.ctx.stats.prunes.fetch_add(1, Ordering::Relaxed);
         if self.put_back(rec) {
             self.create_dirs
@@ -802,6 +810,10 @@ impl Registrar {
                 .collect();
             for id in ids {
                 self.rescan(&id);
+            }
+            // Copies its readers wrote may have been removed since.
+            for id in self.ctx.follow.containers_with_derived() {
+                self.schedule_prune(&id);
             }
         }
     }

@@ -158,8 +158,11 @@ impl MarkIndex {
         };
         self.generation += 1;
         for (fid, path, is_dir) in marks {
+            // What this container knew of the inode before is older: a
+            // file at a credential path now (a copy moved there, or a
+            // removed copy's inode number made again).
             let ms = self.files.entry(*fid).or_default();
-            ms.retain(|m| m.container.reference.id != id || m.derived.is_some());
+            ms.retain(|m| m.container.reference.id != id);
             ms.push(MarkedPath {
                 container: view.clone(),
                 path: path.clone(),
@@ -171,15 +174,15 @@ impl MarkIndex {
     }
 
     /// Forget these inodes of container `id` (gone from its records, see
-    /// `marks::prune`); derived credentials stay.
-    pub fn forget_files(&mut self, id: &str, fids: &[FileId]) {
+    /// `marks::prune`); derived credentials stay unless `derived`.
+    pub fn forget_files(&mut self, id: &str, fids: &[FileId], derived: bool) {
         if fids.is_empty() {
             return;
         }
         self.generation += 1;
         for fid in fids {
             if let Some(ms) = self.files.get_mut(fid) {
-                ms.retain(|m| m.container.reference.id != id || m.derived.is_some());
+                ms.retain(|m| m.container.reference.id != id || (m.derived.is_some() && !derived));
                 if ms.is_empty() {
                     self.files.remove(fid);
                 }

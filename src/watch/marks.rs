@@ -416,12 +416,17 @@ pub struct Pruned {
 /// inode, so a record whose inode no group marks any longer is of a file
 /// or directory that is gone (a credential moved elsewhere keeps its mark,
 /// and its record). Of an inode recorded twice (made again under the same
-/// number, see [`place_under`]) the newest record stays. The index is not
-/// touched here; the caller drops `Pruned::marks` from it. Cheap beside a
-/// rescan: one read of each group's mark list, no lookup in the container.
-pub fn prune(groups: Groups<'_>, placed: &mut Placed) -> Pruned {
+/// number, see [`place_under`]) the newest record stays. `alive` is the
+/// permission group's marked inodes (`Group::marked_inodes`), read once by
+/// the caller. The index is not touched here; the caller drops
+/// `Pruned::marks` from it. Cheap beside a rescan: one read of each
+/// group's mark list, no lookup in the container.
+pub fn prune(
+    groups: Groups<'_>,
+    placed: &mut Placed,
+    alive: &std::collections::HashSet<u64>,
+) -> Pruned {
     let mut pruned = Pruned::default();
-    let alive = groups.perm.marked_inodes();
     let mut newest = std::collections::HashSet::new();
     let mut keep = vec![false; placed.marks.len()];
     for (i, m) in placed.marks.iter().enumerate().rev() {
@@ -760,7 +765,7 @@ mod tests {
         // bob leaves: his records go at the prune, alice's stay.
         let key_id = fid(&key);
         std::fs::remove_dir_all(root_path.join("home/bob")).unwrap();
-        let pruned = prune(groups, &mut placed);
+        let pruned = prune(groups, &mut placed, &perm.marked_inodes());
         assert!(pruned.marks.contains(&key_id), "{pruned:?}");
         assert!(
             placed
