@@ -35,7 +35,7 @@ const MAX_ANCESTRY: usize = 16;
 /// The daemon's own pid namespace (the host's, for a daemon on the host).
 fn own_pid_ns() -> u64 {
     static OWN: OnceLock<u64> = OnceLock::new();
-    *OWN.get_or_init(|| procfs::ns_inode(std::process::id() as i32, "pid").unwrap_or(0))
+    *OWN.get_or_init(|| procfs::fixed_ns(false, "pid").unwrap_or(0))
 }
 
 /// The container `pid` belongs to, if any.

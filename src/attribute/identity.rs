@@ -137,6 +137,14 @@ impl Scope {
 /// is hashed again.
 type Version = (FileId, i64, i64);
 
+/// What names one file's content for its build-id: inode number, size and
+/// change time to the nanosecond, without the device. An overlay gives each
+/// container's view of one image layer a device of its own, so with the
+/// device every container start read its image's archivers again; the
+/// change time is set by the kernel at every change, so no other file has
+/// all three by chance or by a container's doing.
+type ContentKey = (u64, u64, i64, i64);
+
 /// Known archiver build-ids, the host's and each container's apart, and a
 /// cache of executables already hashed.
 ///
@@ -152,7 +160,7 @@ pub struct Identities {
     generation: std::sync::atomic::AtomicU64,
     host: RwLock<Scope>,
     containers: RwLock<HashMap<String, Scope>>,
-    cache: Mutex<HashMap<Version, Option<Vec<u8>>>>,
+    cache: Mutex<HashMap<ContentKey, Option<Vec<u8>>>>,
     /// SHA-256 of executables, for exceptions that name content.
     digests: Mutex<HashMap<Version, Option<[u8; 32]>>>,
 }
@@ -179,11 +187,44 @@ fn version_of(f: &File) -> Option<Version> {
     ))
 }
 
+fn content_key(f: &File) -> Option<ContentKey> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = f.metadata().ok()?;
+    Some((meta.ino(), meta.size(), meta.ctime(), meta.ctime_nsec()))
+}
+
+/// A file read at positions (`pread`): a seek is no syscall, so the ELF
+/// walk's seek-then-read pairs cost one each.
+struct Positional<'a> {
+    file: &'a File,
+    at: u64,
+}
+
+impl Read for Positional<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = std::os::unix::fs::FileExt::read_at(self.file, buf, self.at)?;
+        self.at += n as u64;
+        Ok(n)
+    }
+}
+
+impl Seek for Positional<'_> {
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        let at = match to {
+            SeekFrom::Start(n) => Some(n),
+            SeekFrom::Current(d) => self.at.checked_add_signed(d),
+            SeekFrom::End(d) => self.file.metadata()?.len().checked_add_signed(d),
+        };
+        self.at = at.ok_or_else(|| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        Ok(self.at)
+    }
+}
+
 /// Look `version` up in `cache`, or compute and keep it (the cache is
 /// emptied when full).
-fn cached<T: Clone>(
-    cache: &Mutex<HashMap<Version, T>>,
-    version: Version,
+fn cached<K: std::hash::Hash + Eq, T: Clone>(
+    cache: &Mutex<HashMap<K, T>>,
+    version: K,
     make: impl FnOnce() -> T,
 ) -> T {
     if let Some(v) = cache
@@ -232,8 +273,9 @@ impl Identities {
             };
             for entry in crate::watch::resolve::list_dir(dirfd.as_fd()) {
                 let entry = entry.to_string_lossy().into_owned();
+                // Read once per file content, whichever container's view.
                 let id =
-                    || open_regular(root, &rel.join(&entry)).and_then(|mut f| build_id(&mut f));
+                    || open_regular(root, &rel.join(&entry)).and_then(|f| self.build_id_of(&f));
                 if entry == "busybox" {
                     busybox = id().or(busybox);
                 } else if let Some(name) = names.iter().find(|n| n.eq_ignore_ascii_case(&entry)) {
@@ -348,7 +390,9 @@ impl Identities {
 
     /// The build-id of `f`, hashed once per version of the file.
     fn build_id_of(&self, f: &File) -> Option<Vec<u8>> {
-        cached(&self.cache, version_of(f)?, || build_id(&mut &*f))
+        cached(&self.cache, content_key(f)?, || {
+            build_id(&mut Positional { file: f, at: 0 })
+        })
     }
 
     /// The SHA-256 of the whole file `f`, once per version of the file;

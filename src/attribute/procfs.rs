@@ -297,7 +297,7 @@ const MAX_SCAN: usize = 65_536;
 /// readdir and one `ns/` stat per process; a process that made its own
 /// namespaces inside the container is not listed.
 pub fn members(pid_ns: u64, mnt_ns: u64) -> Vec<i32> {
-    let own = ns_inode(std::process::id() as i32, "pid").unwrap_or(0);
+    let own = fixed_ns(false, "pid").unwrap_or(0);
     let (ns, want) = if pid_ns != 0 && pid_ns != own {
         ("pid", pid_ns)
     } else {
@@ -440,6 +440,44 @@ pub fn ns_inode(pid: i32, ns: &'static str) -> Result<u64, AttributionError> {
     let path = format!("/proc/{pid}/ns/{ns}");
     let m = fs::metadata(path).map_err(|e| io_err(pid, "ns", e))?;
     Ok(m.ino())
+}
+
+/// A namespace of the daemon's own (`pid` `None`) or of pid 1 (the host's),
+/// read once: neither changes while the daemon runs, and registrations and
+/// control-socket peers are checked against them each time. `None` when it
+/// cannot be read (pid 1's namespaces are hidden in some sandboxes).
+pub fn fixed_ns(init: bool, ns: &'static str) -> Option<u64> {
+    type Slot = std::sync::OnceLock<Option<u64>>;
+    static OWN: [Slot; 3] = [Slot::new(), Slot::new(), Slot::new()];
+    static INIT: [Slot; 3] = [Slot::new(), Slot::new(), Slot::new()];
+    let i = ["pid", "mnt", "net"].iter().position(|k| *k == ns)?;
+    let (slots, pid) = if init {
+        (&INIT, 1)
+    } else {
+        (&OWN, std::process::id() as i32)
+    };
+    *slots[i].get_or_init(|| ns_inode(pid, ns).ok())
+}
+
+/// The cgroups of pid 1 and of the daemon, as at most a few seconds ago:
+/// every registration compares the container's with them, and they change
+/// seldom if ever.
+pub fn host_cgroups() -> Vec<CgroupLine> {
+    static CACHE: std::sync::Mutex<Option<(std::time::Instant, Vec<CgroupLine>)>> =
+        std::sync::Mutex::new(None);
+    let mut c = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((at, lines)) = c.as_ref()
+        && at.elapsed() < std::time::Duration::from_secs(5)
+    {
+        return lines.clone();
+    }
+    let lines: Vec<CgroupLine> = [1, std::process::id() as i32]
+        .into_iter()
+        .filter_map(|p| cgroups(p).ok())
+        .flatten()
+        .collect();
+    *c = Some((std::time::Instant::now(), lines.clone()));
+    lines
 }
 
 /// One line of `/proc/<pid>/cgroup`: the hierarchy (`0:` for the unified

@@ -61,19 +61,18 @@ pub trait Handler: Send + Sync + 'static {
 /// lets a socket bind-mounted into a container by mistake register,
 /// deregister and read; its own pid or mount namespace gives it away.
 pub fn foreign_namespaces(pid: i32) -> Option<String> {
-    use crate::attribute::procfs::ns_inode;
-    let me = std::process::id() as i32;
+    use crate::attribute::procfs::{fixed_ns as procfs_fixed, ns_inode};
     let ns = |p: i32, kind| ns_inode(p, kind).ok();
     let Some(pid_ns) = ns(pid, "pid") else {
         return Some(format!("peer pid {pid}: its namespaces cannot be read"));
     };
-    if Some(pid_ns) != ns(me, "pid") {
+    if Some(pid_ns) != procfs_fixed(false, "pid") {
         return Some(format!(
             "peer pid {pid} is in another pid namespace than the daemon's (a container's?)"
         ));
     }
     let mnt = ns(pid, "mnt");
-    if mnt.is_none() || (mnt != ns(me, "mnt") && mnt != ns(1, "mnt")) {
+    if mnt.is_none() || (mnt != procfs_fixed(false, "mnt") && mnt != procfs_fixed(true, "mnt")) {
         return Some(format!(
             "peer pid {pid} is in another mount namespace than the daemon's or the host's (a container's?)"
         ));

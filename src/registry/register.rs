@@ -370,43 +370,37 @@ impl Registrar {
         r
     }
 
-    /// The marks, and the image's own archivers beside them, so a copy
-    /// renamed inside it is still known. Listing the bin directories is a
-    /// third of a registration (a busybox /bin holds 400 links), and the
-    /// marks do not need it: it runs on a second thread while the marks go
-    /// in, and is done before the reply.
+    /// The marks, and the image's own archivers after them, so a copy
+    /// renamed inside it is still known; both done before the reply.
     fn place(&self, rec: &mut ContainerRecord) -> Result<InstallReport, MarkError> {
         let policy = self.ctx.policy();
         let (root, pivoted) = resolve::container_root(rec.pid, &rec.rootfs)?;
         let view = rec.view();
         let id = rec.id.clone();
-        std::thread::scope(|s| {
-            let learner = s.spawn(|| {
-                self.ctx.identities.learn(
-                    root.as_fd(),
-                    policy.rules.file_archivers().names(),
-                    Some(&id),
-                )
-            });
-            let marked = marks::place(
-                self.groups.borrow(),
-                &policy.rules,
-                &self.plan(&policy),
-                view,
-                &self.ctx.index,
-                root.as_fd(),
-                &mut rec.placed,
-                policy.limits.marks_per_container,
-            )
-            .map(|report| InstallReport { pivoted, ..report });
-            if let Err(panic) = learner.join() {
-                std::panic::resume_unwind(panic);
-            }
-            if let Ok(r) = &marked {
-                self.note_bounds(&id, r.capped, r.truncated);
-            }
-            marked
-        })
+        let marked = marks::place(
+            self.groups.borrow(),
+            &policy.rules,
+            &self.plan(&policy),
+            view,
+            &self.ctx.index,
+            root.as_fd(),
+            &mut rec.placed,
+            policy.limits.marks_per_container,
+        )
+        .map(|report| InstallReport { pivoted, ..report });
+        // After the marks, in the same thread: build-ids are read once per
+        // file content (an image's archivers, whichever container), so
+        // this is a few directory listings and stats; a thread of its own
+        // per registration cost more than it saved.
+        self.ctx.identities.learn(
+            root.as_fd(),
+            policy.rules.file_archivers().names(),
+            Some(&id),
+        );
+        if let Ok(r) = &marked {
+            self.note_bounds(&id, r.capped, r.truncated);
+        }
+        marked
     }
 
     /// The marks plan of `policy`, made once per policy.

@@ -141,7 +141,25 @@ impl Writes {
         if self.files.is_empty() && self.legacy.is_none() {
             return Ok(());
         }
-        fs::create_dir_all(&self.dir).map_err(|e| err(&self.dir, e))?;
+        // The directory is made when a write finds it missing, not tried
+        // at every save (two failed mkdirs per registration).
+        let create = |tmp: &Path| {
+            let open = || {
+                fs::OpenOptions::new()
+                    .create(true)
+                    .write(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(tmp)
+            };
+            match open() {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    fs::create_dir_all(&self.dir).map_err(|e| err(&self.dir, e))?;
+                    open().map_err(|e| err(tmp, e))
+                }
+                r => r.map_err(|e| err(tmp, e)),
+            }
+        };
         // No fsync: the files only have to survive the daemon (a crash or
         // SIGKILL leaves the page cache intact, and the rename is atomic).
         // After a power loss or kernel crash every container they name is
@@ -157,13 +175,7 @@ impl Writes {
             };
             let bytes = bytes.map_err(|e| err(&path, e))?;
             let tmp = path.with_extension("json.tmp");
-            let mut f = fs::OpenOptions::new()
-                .create(true)
-                .write(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(|e| err(&tmp, e))?;
+            let mut f = create(&tmp)?;
             f.write_all(&bytes).map_err(|e| err(&tmp, e))?;
             fs::rename(&tmp, &path).map_err(|e| err(&path, e))?;
         }

@@ -175,12 +175,10 @@ pub struct PidFacts {
 /// the container in its own, which other processes share.
 pub fn container_cgroup(pid: i32, runtime: i32) -> Option<String> {
     let mine = procfs::cgroups(pid).ok()?;
-    let others: Vec<procfs::CgroupLine> = [1, std::process::id() as i32, runtime]
-        .into_iter()
-        .filter(|p| *p > 0 && *p != pid)
-        .filter_map(|p| procfs::cgroups(p).ok())
-        .flatten()
-        .collect();
+    let mut others = procfs::host_cgroups();
+    if runtime > 1 && runtime != pid {
+        others.extend(procfs::cgroups(runtime).into_iter().flatten());
+    }
     let unified_first = mine
         .iter()
         .filter(|l| l.hierarchy == "0:")
@@ -209,10 +207,9 @@ pub fn verify_pid(pid: i32) -> Result<PidFacts, VerifyError> {
     let (pid_ns, mnt_ns, net_ns) = (ns("pid")?, ns("mnt")?, ns("net")?);
     // The host's mount namespace is pid 1's; the daemon's own may differ
     // (systemd's ProtectSystem gives it a private one), so check both.
-    let me = std::process::id() as i32;
     let host = [
-        procfs::ns_inode(1, "mnt").ok(),
-        procfs::ns_inode(me, "mnt").ok(),
+        procfs::fixed_ns(true, "mnt"),
+        procfs::fixed_ns(false, "mnt"),
     ];
     if host.contains(&Some(mnt_ns)) {
         return bad(PidRefusal::HostMountNamespace);
