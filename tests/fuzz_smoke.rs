@@ -16,9 +16,9 @@
 //! The stable toolchain builds the targets with `RUSTC_BOOTSTRAP=1`. The
 //! smoke run is a debug build without AddressSanitizer: it is there to
 //! catch a target that no longer builds, a seed that now panics or an
-//! assertion that no longer holds, and the targets reach no `unsafe` that
-//! ASan would watch, so ASan would only add to the build (the recorded
-//! campaign in docs/fuzzing.md runs with it). Without cargo-fuzz the test
+//! assertion that no longer holds, and keyward's own code on these paths
+//! has no `unsafe` for ASan to watch, so ASan would mostly add to the
+//! build (the recorded campaign in docs/fuzzing.md runs with it). Without cargo-fuzz the test
 //! skips, and under `CI=true` fails: `.ci/run` installs it.
 
 mod common;

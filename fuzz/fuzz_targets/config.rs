@@ -52,7 +52,7 @@ fuzz_target!(|data: &[u8]| {
         }
         let _ = policy.rules.archiver_of(argv[0], argv[0], &argv);
         for a in &argv {
-            let _ = policy.rules.credential_pattern(*a);
+            let _ = policy.rules.credential_pattern(a);
         }
     }
 });
