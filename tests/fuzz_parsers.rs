@@ -1,9 +1,11 @@
 //! Property-based fuzzing of every parser that takes untrusted input.
 //!
 //! Strategy: proptest feeds arbitrary bytes and structured-but-hostile
-//! values to the OCI state reader, the control-socket protocol, the config
-//! loader, the rule compiler and matcher, the cmdline and stat parsers, and
-//! the fanotify record parser. The property is always the same: no panic,
+//! values to the OCI state reader (and the bundle config it reads), the
+//! control-socket protocol, the config loader, the rule compiler and
+//! matcher, the cmdline and stat parsers, the engines' metadata files, and
+//! the fanotify record parser. The cargo-fuzz targets in `fuzz/` drive the
+//! same entry points with coverage guidance. The property is always the same: no panic,
 //! and an error (never a silent success) for input that cannot be valid.
 //! Case counts are set so the suite stays fast; `PROPTEST_CASES=100000
 //! cargo test --test fuzz_parsers --release` runs a longer campaign (see
@@ -45,6 +47,45 @@ proptest! {
         let text = serde_json::json!({"ociVersion": "1.0.2", "id": id, "status": status, "pid": pid, "bundle": bundle}).to_string();
         if let Ok(state) = keyward::hook::oci::read_state(text.as_bytes()) {
             let _ = keyward::hook::oci::hook_action(&state);
+        }
+    }
+
+    #[test]
+    fn oci_action_from_state_and_config_bytes(pid in any::<i32>(), root in ".{0,20}", k in ".{0,8}", v in ".{0,8}", config in proptest::collection::vec(any::<u8>(), 0..256)) {
+        // The pure half of hook_action (what the cargo-fuzz target
+        // oci_state drives): a hostile config.json is an error naming the
+        // file, or a registration whose rootfs is under the bundle unless
+        // the root is absolute.
+        let state = serde_json::json!({"ociVersion": "1.0.2", "id": "c", "status": "creating", "pid": pid, "bundle": "/b"}).to_string();
+        let state = keyward::hook::oci::read_state(state.as_bytes()).unwrap();
+        let spec = serde_json::json!({"ociVersion": "1.0.2", "root": {"path": root}, "annotations": {k: v}}).to_string();
+        for bytes in [spec.as_bytes(), &config[..]] {
+            let action = keyward::hook::oci::action_with(&state, |b| {
+                keyward::hook::oci::parse_config(&b.join("config.json"), bytes)
+            });
+            match action {
+                Ok(keyward::hook::oci::HookAction::Register(r)) => {
+                    prop_assert_eq!(r.pid, pid);
+                    prop_assert!(r.rootfs.starts_with("/b") || Path::new(&root).is_absolute());
+                }
+                Ok(other) => prop_assert!(false, "{:?}", other),
+                Err(e) => prop_assert!(e.to_string().contains("/b/config.json"), "{}", e),
+            }
+        }
+    }
+
+    #[test]
+    fn engine_metadata_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512), name in ".{0,16}") {
+        use keyward::registry::enrich;
+        let id = "e92f1e5d762d48a5c8dc52546b6e515fa9b544b179532477e03d87b459c52e0c";
+        let path = Path::new("/x/file.json");
+        let _ = enrich::parse_containers(path, &bytes, id);
+        let _ = enrich::parse_images(path, &bytes, id);
+        let _ = enrich::parse_docker(path, &bytes, id);
+        let record = serde_json::json!({"ID": id, "Name": format!("/{name}"), "Config": {"Image": name}}).to_string();
+        let meta = enrich::parse_docker(path, record.as_bytes(), id).unwrap().unwrap();
+        for v in [meta.name, meta.image].into_iter().flatten() {
+            prop_assert!(!v.is_empty() && !v.chars().any(char::is_control));
         }
     }
 

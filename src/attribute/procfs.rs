@@ -274,8 +274,11 @@ pub fn pipes(pid: i32, max: usize) -> Vec<PipeFd> {
         .collect()
 }
 
-/// The end an fdinfo text's `flags:` line says the fd holds.
-fn pipe_end(fdinfo: &[u8]) -> Option<PipeEnd> {
+/// The end an fdinfo text's (`/proc/<pid>/fdinfo/<fd>`) `flags:` line
+/// says the fd holds: its access mode, the flags being octal. `None` when
+/// the text has no readable `flags:` line. Public so the fuzz targets
+/// reach it.
+pub fn pipe_end(fdinfo: &[u8]) -> Option<PipeEnd> {
     let text = std::str::from_utf8(fdinfo).ok()?;
     let flags = text
         .lines()

@@ -75,10 +75,26 @@ pub fn read_config<T: serde::de::DeserializeOwned>(
         return Err(OciError::ConfigTooLarge { path });
     }
     let bytes = std::fs::read(&path).map_err(err)?;
-    match serde_json::from_slice(&bytes) {
-        Ok(v) => Ok((v, meta)),
-        Err(source) => Err(OciError::BadConfig { path, source }),
+    parse_config(&path, &bytes).map(|v| (v, meta))
+}
+
+/// Parse the bytes of a runtime config file as `T`, bounded; `path` only
+/// names the file in errors. No filesystem access, so the fuzz targets
+/// reach the same code as [`read_config`].
+pub fn parse_config<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    bytes: &[u8],
+) -> Result<T, OciError> {
+    // The file may have grown between the metadata and the read.
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(OciError::ConfigTooLarge {
+            path: path.to_path_buf(),
+        });
     }
+    serde_json::from_slice(bytes).map_err(|source| OciError::BadConfig {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Read a bundle's config.json, bounded.
@@ -89,6 +105,16 @@ pub fn read_spec(bundle: &Path) -> Result<Spec, OciError> {
 /// Decide what to do for a state: register at creating/created (and at
 /// running, for a hook wired at poststart), deregister at stopped.
 pub fn hook_action(state: &State) -> Result<HookAction, OciError> {
+    action_with(state, read_spec)
+}
+
+/// [`hook_action`] with the bundle's spec from `spec` (given the bundle
+/// path, called only when a registration needs it), so the decision can
+/// be made from bytes without touching the filesystem.
+pub fn action_with(
+    state: &State,
+    spec: impl FnOnce(&Path) -> Result<Spec, OciError>,
+) -> Result<HookAction, OciError> {
     let id = state.id().clone();
     if id.is_empty() {
         return Err(OciError::Missing("id"));
@@ -101,7 +127,7 @@ pub fn hook_action(state: &State) -> Result<HookAction, OciError> {
     if bundle.as_os_str().is_empty() {
         return Err(OciError::Missing("bundle"));
     }
-    let spec = read_spec(&bundle)?;
+    let spec = spec(&bundle)?;
     let root = spec
         .root()
         .as_ref()

@@ -141,8 +141,8 @@ struct StoredImage {
     names: Vec<String>,
 }
 
-/// Read and parse a JSON file, bounded. `Ok(None)` when it does not exist.
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, EngineError> {
+/// Read a file, bounded. `Ok(None)` when it does not exist.
+fn read_bounded(path: &Path) -> Result<Option<Vec<u8>>, EngineError> {
     let file = match fs::File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -160,21 +160,25 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, Eng
             path: path.to_path_buf(),
             source,
         })?;
+    Ok(Some(text))
+}
+
+/// Parse a metadata file's bytes, bounded; `path` names it in errors.
+fn parse_json<T: for<'de> Deserialize<'de>>(path: &Path, text: &[u8]) -> Result<T, EngineError> {
     if text.len() as u64 > MAX_STORE_BYTES {
         return Err(EngineError::TooLarge {
             path: path.to_path_buf(),
         });
     }
-    serde_json::from_slice(&text)
-        .map(Some)
-        .map_err(|source| EngineError::Malformed {
-            path: path.to_path_buf(),
-            source,
-        })
+    serde_json::from_slice(text).map_err(|source| EngineError::Malformed {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
-/// A value fit for an alert: non-empty, no control characters, bounded.
-pub(crate) fn clean(s: &str) -> Option<String> {
+/// A value fit for an alert: non-empty, no control characters, bounded
+/// (cut at a char boundary at most 1024 bytes in).
+pub fn clean(s: &str) -> Option<String> {
     if s.is_empty() || s.chars().any(char::is_control) {
         return None;
     }
@@ -183,6 +187,59 @@ pub(crate) fn clean(s: &str) -> Option<String> {
         end -= 1;
     }
     Some(s[..end].to_string())
+}
+
+/// What a containers/storage container record says about one container.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreRecord {
+    /// The name, and the image libpod's metadata names.
+    pub meta: EngineMeta,
+    /// The image id to look up in `images.json` when the metadata names
+    /// no image; empty when the record has none.
+    pub image_id: String,
+}
+
+/// Container `id`'s record in the bytes of a container store file
+/// (`containers.json`), which `path` names in errors. `Ok(None)` when
+/// the file has no record of `id`.
+pub fn parse_containers(
+    path: &Path,
+    text: &[u8],
+    id: &str,
+) -> Result<Option<StoreRecord>, EngineError> {
+    let list: Vec<StoredContainer> = parse_json(path, text)?;
+    let Some(c) = list.into_iter().find(|c| c.id == id) else {
+        return Ok(None);
+    };
+    // Only libpod writes this metadata; other users of the store leave it
+    // empty or put other keys there.
+    let meta: LibpodMetadata = serde_json::from_str(&c.metadata).unwrap_or_default();
+    let name = c
+        .names
+        .first()
+        .and_then(|n| clean(n))
+        .or_else(|| clean(&meta.name));
+    Ok(Some(StoreRecord {
+        meta: EngineMeta {
+            name,
+            image: clean(&meta.image_name),
+        },
+        image_id: c.image,
+    }))
+}
+
+/// The first name of image `image_id` in the bytes of an image store
+/// file (`images.json`), which `path` names in errors.
+pub fn parse_images(
+    path: &Path,
+    text: &[u8],
+    image_id: &str,
+) -> Result<Option<String>, EngineError> {
+    let list: Vec<StoredImage> = parse_json(path, text)?;
+    Ok(list
+        .into_iter()
+        .find(|i| i.id == image_id)
+        .and_then(|i| i.names.first().and_then(|n| clean(n))))
 }
 
 /// The name and image containers/storage records for container `id` whose
@@ -195,32 +252,23 @@ pub fn lookup(id: &str, bundle: &Path) -> Result<Option<EngineMeta>, EngineError
     let mut found = None;
     for file in CONTAINER_FILES {
         let path = layout.containers_dir.join(file);
-        if let Some(list) = read_json::<Vec<StoredContainer>>(&path)? {
-            found = list.into_iter().find(|c| c.id == id);
+        if let Some(text) = read_bounded(&path)? {
+            found = parse_containers(&path, &text, id)?;
             if found.is_some() {
                 break;
             }
         }
     }
-    let Some(c) = found else {
+    let Some(StoreRecord { mut meta, image_id }) = found else {
         return Ok(None);
     };
-    // Only libpod writes this metadata; other users of the store leave it
-    // empty or put other keys there.
-    let meta: LibpodMetadata = serde_json::from_str(&c.metadata).unwrap_or_default();
-    let name = c
-        .names
-        .first()
-        .and_then(|n| clean(n))
-        .or_else(|| clean(&meta.name));
-    let mut image = clean(&meta.image_name);
-    if image.is_none() && !c.image.is_empty() {
+    if meta.image.is_none() && !image_id.is_empty() {
         let path = layout.images_dir.join("images.json");
-        image = read_json::<Vec<StoredImage>>(&path)?
-            .and_then(|list| list.into_iter().find(|i| i.id == c.image))
-            .and_then(|i| i.names.first().and_then(|n| clean(n)));
+        if let Some(text) = read_bounded(&path)? {
+            meta.image = parse_images(&path, &text, &image_id)?;
+        }
     }
-    Ok(Some(EngineMeta { name, image }))
+    Ok(Some(meta))
 }
 
 /// The parts of Docker's `config.v2.json` keyward reads.
@@ -262,17 +310,26 @@ pub fn docker_lookup(
     }
     for root in roots {
         let path = root.join("containers").join(id).join("config.v2.json");
-        let Some(c) = read_json::<DockerContainer>(&path)? else {
+        let Some(text) = read_bounded(&path)? else {
             continue;
         };
-        if c.id != id {
-            continue;
+        if let Some(meta) = parse_docker(&path, &text, id)? {
+            return Ok(Some(meta));
         }
-        let name = clean(c.name.strip_prefix('/').unwrap_or(&c.name));
-        let image = clean(&c.config.image).or_else(|| clean(&c.image));
-        return Ok(Some(EngineMeta { name, image }));
     }
     Ok(None)
+}
+
+/// The name and image in the bytes of Docker's `config.v2.json`, which
+/// `path` names in errors, when the record is container `id`'s.
+pub fn parse_docker(path: &Path, text: &[u8], id: &str) -> Result<Option<EngineMeta>, EngineError> {
+    let c: DockerContainer = parse_json(path, text)?;
+    if c.id != id {
+        return Ok(None);
+    }
+    let name = clean(c.name.strip_prefix('/').unwrap_or(&c.name));
+    let image = clean(&c.config.image).or_else(|| clean(&c.image));
+    Ok(Some(EngineMeta { name, image }))
 }
 
 /// Fill in what the annotations left out (`known`, as
