@@ -1,7 +1,7 @@
 //! The `keyward` binary: parse arguments, call the library, map errors to
 //! exit codes (0 ok, 1 failure or "would not alert" for `check`, 2 usage).
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -297,7 +297,13 @@ fn main() -> ExitCode {
         eprintln!("keyward: {e}");
         return ExitCode::from(1);
     }
-    let cli = Cli::parse();
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let cli = match hook_args(args.get(1..).unwrap_or_default()) {
+        Some((socket, fail_open)) => Cli {
+            command: Command::Hook { socket, fail_open },
+        },
+        None => Cli::parse_from(args),
+    };
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -305,6 +311,47 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// `hook [--socket PATH | --socket=PATH] [--fail-open]`, as runtimes call
+/// it on every container start, parsed without building the parser of
+/// every subcommand (a few percent of the hook process). Anything else,
+/// help and mistakes included, is left to clap (`None`).
+fn hook_args(args: &[OsString]) -> Option<(PathBuf, bool)> {
+    let (first, rest) = args.split_first()?;
+    if first != "hook" {
+        return None;
+    }
+    let (mut socket, mut fail_open) = (None, false);
+    let mut it = rest.iter();
+    while let Some(a) = it.next() {
+        let bytes = a.as_encoded_bytes();
+        if a == "--fail-open" && !fail_open {
+            fail_open = true;
+        } else if a == "--socket" && socket.is_none() {
+            socket = Some(PathBuf::from(it.next()?));
+        } else if let Some(v) = bytes.strip_prefix(b"--socket=")
+            && socket.is_none()
+        {
+            // SAFETY: the bytes after an ASCII prefix of an OsString are
+            // still its own encoded bytes.
+            socket = Some(PathBuf::from(unsafe {
+                OsStr::from_encoded_bytes_unchecked(v)
+            }));
+        } else {
+            return None;
+        }
+    }
+    // A value that looks like an option is clap's to judge.
+    if socket.as_ref().is_some_and(|s| {
+        s.as_os_str().as_encoded_bytes().starts_with(b"-") || s.as_os_str().is_empty()
+    }) {
+        return None;
+    }
+    Some((
+        socket.unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET)),
+        fail_open,
+    ))
 }
 
 /// The error and its causes, joined by ": ". The library's errors already
@@ -341,5 +388,42 @@ mod tests {
         // A cause the message does not quote is still shown.
         let e = anyhow::anyhow!("inner detail").context("outer");
         assert_eq!(chain_message(&e), "outer: inner detail");
+    }
+
+    /// The hook's fast path reads what clap reads, or leaves it to clap.
+    #[test]
+    fn the_hook_fast_path_agrees_with_clap() {
+        let cases: &[&[&str]] = &[
+            &["hook"],
+            &["hook", "--fail-open"],
+            &["hook", "--socket", "/run/k.sock"],
+            &["hook", "--socket=/run/k.sock", "--fail-open"],
+            &["hook", "--fail-open", "--socket", "/run/k.sock"],
+            &["hook", "--socket"],
+            &["hook", "--socket", "--fail-open"],
+            &["hook", "--socket="],
+            &["hook", "--fail-open", "--fail-open"],
+            &["hook", "--socket", "/a", "--socket", "/b"],
+            &["hook", "--help"],
+            &["hook", "extra"],
+            &["status"],
+        ];
+        for case in cases {
+            let args: Vec<OsString> = case.iter().map(OsString::from).collect();
+            let fast = hook_args(&args);
+            let clap =
+                Cli::try_parse_from(std::iter::once(OsString::from("keyward")).chain(args.clone()));
+            match (&fast, clap.map(|c| c.command)) {
+                (Some((s, f)), Ok(Command::Hook { socket, fail_open })) => {
+                    assert_eq!((s, *f), (&socket, fail_open), "{case:?}");
+                }
+                (None, _) => {}
+                (Some(_), _) => panic!("{case:?}: the fast path took what clap refuses"),
+            }
+        }
+        assert!(
+            hook_args(&[OsString::from("hook")]).is_some(),
+            "the plain call is fast"
+        );
     }
 }

@@ -16,7 +16,8 @@ use std::path::Path;
 
 use keyward::hook::oci::{self, HookAction};
 use libfuzzer_sys::fuzz_target;
-use oci_spec::runtime::{ContainerState, Spec};
+use keyward::hook::oci::BundleConfig;
+use oci_spec::runtime::ContainerState;
 
 fuzz_target!(|data: &[u8]| {
     let (state, config) = match data.iter().position(|&b| b == 0) {
@@ -29,7 +30,7 @@ fuzz_target!(|data: &[u8]| {
     let mut spec_read = false;
     let action = oci::action_with(&state, |bundle| {
         spec_read = true;
-        oci::parse_config::<Spec>(&bundle.join("config.json"), config)
+        oci::parse_config::<BundleConfig>(&bundle.join("config.json"), config)
     });
     let Ok(action) = action else {
         return;
@@ -49,8 +50,8 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(&r.bundle, state.bundle());
             assert!(!r.bundle.as_os_str().is_empty());
             assert!(spec_read);
-            let spec: Spec = oci::parse_config(Path::new("config.json"), config).unwrap();
-            let root_absolute = spec.root().as_ref().is_some_and(|r| r.path().is_absolute());
+            let spec: BundleConfig = oci::parse_config(Path::new("config.json"), config).unwrap();
+            let root_absolute = spec.root.as_ref().is_some_and(|r| r.path.is_absolute());
             if !root_absolute {
                 assert!(r.rootfs.starts_with(&r.bundle), "{r:?}");
             }

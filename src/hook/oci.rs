@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::{ContainerState, Spec, State};
+use oci_spec::runtime::{ContainerState, State};
 
 use crate::hook::protocol::Registration;
 
@@ -97,15 +97,33 @@ pub fn parse_config<T: serde::de::DeserializeOwned>(
     })
 }
 
-/// Read a bundle's config.json, bounded.
-pub fn read_spec(bundle: &Path) -> Result<Spec, OciError> {
-    read_config(&bundle.join("config.json")).map(|(spec, _)| spec)
+/// What the hook reads of a bundle's `config.json`: where the rootfs is,
+/// and the annotations. The rest is the runtime's to check; deserializing
+/// the whole OCI spec was a tenth of the hook process's time, on every
+/// container start.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+pub struct BundleConfig {
+    #[serde(default)]
+    pub root: Option<BundleRoot>,
+    #[serde(default)]
+    pub annotations: Option<BTreeMap<String, String>>,
+}
+
+/// `root` of a bundle's `config.json`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct BundleRoot {
+    pub path: PathBuf,
+}
+
+/// Read what the hook needs of a bundle's config.json, bounded.
+pub fn read_bundle_config(bundle: &Path) -> Result<BundleConfig, OciError> {
+    read_config(&bundle.join("config.json")).map(|(config, _)| config)
 }
 
 /// Decide what to do for a state: register at creating/created (and at
 /// running, for a hook wired at poststart), deregister at stopped.
 pub fn hook_action(state: &State) -> Result<HookAction, OciError> {
-    action_with(state, read_spec)
+    action_with(state, read_bundle_config)
 }
 
 /// [`hook_action`] with the bundle's spec from `spec` (given the bundle
@@ -113,7 +131,7 @@ pub fn hook_action(state: &State) -> Result<HookAction, OciError> {
 /// be made from bytes without touching the filesystem.
 pub fn action_with(
     state: &State,
-    spec: impl FnOnce(&Path) -> Result<Spec, OciError>,
+    spec: impl FnOnce(&Path) -> Result<BundleConfig, OciError>,
 ) -> Result<HookAction, OciError> {
     let id = state.id().clone();
     if id.is_empty() {
@@ -129,9 +147,8 @@ pub fn action_with(
     }
     let spec = spec(&bundle)?;
     let root = spec
-        .root()
-        .as_ref()
-        .map(|r| r.path().clone())
+        .root
+        .map(|r| r.path)
         .unwrap_or_else(|| PathBuf::from("rootfs"));
     // root.path is relative to the bundle unless absolute.
     let rootfs = if root.is_absolute() {
@@ -139,11 +156,7 @@ pub fn action_with(
     } else {
         bundle.join(root)
     };
-    let mut annotations: BTreeMap<String, String> = spec
-        .annotations()
-        .as_ref()
-        .map(|a| a.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-        .unwrap_or_default();
+    let mut annotations: BTreeMap<String, String> = spec.annotations.unwrap_or_default();
     if let Some(a) = state.annotations() {
         for (k, v) in a {
             annotations.insert(k.clone(), v.clone());
