@@ -10,7 +10,7 @@
 # for the RSS figure) CYCLES=200 (start/stop cycles for the leak check)
 # HOST_REPS=5 (host open loops per round) REPS=3 (each workload, per bench
 # container) CATCH=300 (runs per exec-path catch-rate case; 0 skips them)
-# KEYWARD=/path/to/keyward (skip `cargo build --release`) KEEP=1 (keep the
+# KEYWARD=/path/to/keyward (skip `packaging/build-release.sh`) KEEP=1 (keep the
 # work dir, daemon log included)
 # BENCH_TIMEOUT=3600 (seconds for the whole run).
 #
@@ -88,8 +88,8 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 if [ -n "${KEYWARD:-}" ]; then
     KW=$KEYWARD
 else
-    say "cargo build --release"
-    (cd "$REPO" && timeout 1800 cargo build --release --quiet --bin keyward)
+    say "packaging/build-release.sh (the static binary the .deb ships)"
+    (cd "$REPO" && timeout 1800 bash packaging/build-release.sh --quiet)
     KW="${CARGO_TARGET_DIR:-$REPO/target}/release/keyward"
 fi
 [ -x "$KW" ] || die "no keyward binary at $KW"

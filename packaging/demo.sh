@@ -10,7 +10,7 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 command -v runc >/dev/null && command -v busybox >/dev/null || bash .ci/deps
-cargo build --release --locked --quiet
+bash packaging/build-release.sh --locked --quiet
 KW="$PWD/target/release/keyward"
 SOCK=/run/keyward/keyward.sock
 ALERTS=/var/log/keyward/alerts.json

@@ -29,7 +29,7 @@ SECS=${2:-60}
 FAULTS=${FAULTS:-1}
 command -v runc >/dev/null && command -v busybox >/dev/null && command -v rsyslogd >/dev/null || bash .ci/deps
 [ "$FAULTS" = 0 ] || [ "$SECS" -ge 50 ] || { echo "soak: the faults need SECONDS >= 50" >&2; exit 1; }
-cargo build --release --locked --quiet
+bash packaging/build-release.sh --locked --quiet
 KW="$PWD/target/release/keyward"
 W=$(mktemp -d /tmp/keyward-soak.XXXXXX)
 DAEMON=""

@@ -2,7 +2,8 @@
 //!
 //! Strategy: take the newest `target/debian/keyward_<version>-*.deb` (or
 //! `$KEYWARD_DEB`); without one the test skips, and under `CI=true` fails
-//! (`.ci/run` runs `cargo deb` first). Install it with the real `dpkg` into
+//! (`.ci/run` builds it first: `packaging/build-release.sh`, then
+//! `cargo deb --no-build`). Install it with the real `dpkg` into
 //! a throwaway root (`dpkg --root` with an empty dpkg database, and
 //! `--force-script-chrootless` so the generated maintainer scripts run with
 //! `DPKG_ROOT` set: `deb-systemd-helper` then enables the unit inside that
@@ -106,17 +107,29 @@ impl Drop for Root {
     }
 }
 
+/// Whether an ELF64 little-endian file has a `PT_INTERP` program header
+/// (a dynamic loader to run it).
+fn has_interpreter(elf: &[u8]) -> bool {
+    let u16at = |o: usize| u16::from_le_bytes([elf[o], elf[o + 1]]) as usize;
+    let phoff = u64::from_le_bytes(elf[0x20..0x28].try_into().unwrap()) as usize;
+    let (size, count) = (u16at(0x36), u16at(0x38));
+    (0..count).any(|i| {
+        let at = phoff + i * size;
+        u32::from_le_bytes(elf[at..at + 4].try_into().unwrap()) == 3
+    })
+}
+
 fn same_file(installed: &Path, repo: &str) {
     let want = fs::read(Path::new(REPO).join(repo)).unwrap();
     let got = fs::read(installed).unwrap_or_else(|e| {
         panic!(
-            "{}: {e} (a .deb older than the tree? rebuild with `cargo deb`)",
+            "{}: {e} (a .deb older than the tree? rebuild with `bash packaging/build-release.sh && cargo deb --no-build`)",
             installed.display()
         )
     });
     assert!(
         got == want,
-        "{} differs from {repo} (a .deb older than the tree? rebuild with `cargo deb`)",
+        "{} differs from {repo} (a .deb older than the tree? rebuild with `bash packaging/build-release.sh && cargo deb --no-build`)",
         installed.display()
     );
 }
@@ -201,6 +214,13 @@ fn deb_installs_runs_and_removes_cleanly() {
     let bin = r.path("/usr/bin/keyward");
     let mode = fs::metadata(&bin).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o755, "{}", bin.display());
+    // The shipped binary is linked statically (packaging/build-release.sh):
+    // every hook call would otherwise pay the dynamic loader.
+    assert!(
+        !has_interpreter(&fs::read(&bin).unwrap()),
+        "{} asks for a dynamic loader: build it with packaging/build-release.sh",
+        bin.display()
+    );
     same_file(
         &r.path("/usr/share/containers/oci/hooks.d/keyward.json"),
         "hooks/keyward.json",

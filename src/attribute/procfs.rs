@@ -156,9 +156,29 @@ pub fn parse_stat(pid: i32, text: &[u8]) -> Result<Stat, AttributionError> {
     }
 }
 
+/// Read a small `/proc` file whole: open, reads of 4 KiB, close. `fs::read`
+/// sizes its buffer by `statx`, which says 0 for these files, and then
+/// grows it from 32 bytes: a `stat` took six reads.
+pub fn read_small(path: &str) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut f = fs::File::open(path)?;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(out);
+        }
+        out.extend_from_slice(&buf[..n]);
+        if out.len() > 1 << 20 {
+            return Ok(out);
+        }
+    }
+}
+
 /// Read `/proc/<pid>/stat`.
 pub fn stat(pid: i32) -> Result<Stat, AttributionError> {
-    let text = fs::read(format!("/proc/{pid}/stat")).map_err(|e| io_err(pid, "stat", e))?;
+    let text = read_small(&format!("/proc/{pid}/stat")).map_err(|e| io_err(pid, "stat", e))?;
     parse_stat(pid, &text)
 }
 
@@ -263,7 +283,8 @@ pub fn pipes(pid: i32, max: usize) -> Vec<PipeFd> {
         .into_iter()
         .filter(|f| f.is_fifo)
         .filter_map(|f| {
-            let info = fs::read(format!("/proc/{pid}/fdinfo/{}", f.fd.to_string_lossy())).ok()?;
+            let info =
+                read_small(&format!("/proc/{pid}/fdinfo/{}", f.fd.to_string_lossy())).ok()?;
             let end = pipe_end(&info)?;
             Some(PipeFd {
                 fd: f.fd,
@@ -529,8 +550,9 @@ pub fn parse_cgroups(text: &str) -> Vec<CgroupLine> {
 /// The kernel records them: nothing a process does inside its container
 /// (new namespaces, any number of parents) moves it out of its cgroup.
 pub fn cgroups(pid: i32) -> Result<Vec<CgroupLine>, AttributionError> {
-    let text =
-        fs::read_to_string(format!("/proc/{pid}/cgroup")).map_err(|e| io_err(pid, "cgroup", e))?;
+    let text = read_small(&format!("/proc/{pid}/cgroup"))
+        .and_then(|t| String::from_utf8(t).map_err(std::io::Error::other))
+        .map_err(|e| io_err(pid, "cgroup", e))?;
     Ok(parse_cgroups(&text))
 }
 
@@ -617,7 +639,8 @@ impl RawProcess {
     pub fn read_with(pid: i32, stat: Stat) -> Result<Self, AttributionError> {
         let exe = exe(pid)?;
         let (args, args_truncated) = cmdline(pid)?;
-        let mut comm = fs::read(format!("/proc/{pid}/comm")).map_err(|e| io_err(pid, "comm", e))?;
+        let mut comm =
+            read_small(&format!("/proc/{pid}/comm")).map_err(|e| io_err(pid, "comm", e))?;
         if comm.last() == Some(&b'\n') {
             comm.pop();
         }
