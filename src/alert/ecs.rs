@@ -217,28 +217,59 @@ impl Degradation {
         } else {
             ("high", 73)
         };
-        json!({
-            "@timestamp": rfc3339(SystemTime::now()),
-            "message": format!(
-                "keyward coverage degraded: {} stalled decisions released, {} queue overflows, {} findings dropped, {} unparsable batches, {} decision panics, {} per-container bounds reached",
-                self.deadline_releases, self.overflows, self.queue_drops, self.parse_errors, self.panics, self.bounds
+        let message = format!(
+            "keyward coverage degraded: {} stalled decisions released, {} queue overflows, {} findings dropped, {} unparsable batches, {} decision panics, {} per-container bounds reached",
+            self.deadline_releases,
+            self.overflows,
+            self.queue_drops,
+            self.parse_errors,
+            self.panics,
+            self.bounds
+        );
+        health_doc(
+            hostname,
+            message,
+            (
+                "coverage-degraded",
+                "keyward.health.degraded-coverage",
+                "keyward Coverage Degraded",
             ),
-            "ecs": {"version": "8.11.0"},
-            "event": {
-                "kind": "alert",
-                "module": "keyward",
-                "dataset": "keyward.health",
-                "category": ["host"],
-                "type": ["info"],
-                "action": "coverage-degraded",
-                "severity": risk,
-                "risk_score": risk,
-            },
-            "rule": {"id": "keyward.health.degraded-coverage", "name": "keyward Coverage Degraded"},
-            "host": {"hostname": hostname},
-            "keyward": {"health": self, "severity": severity},
-        })
+            (severity, risk),
+            json!(self),
+        )
     }
+}
+
+/// The ECS frame of a health alert: `what` is (event.action, rule.id,
+/// rule.name), `level` (keyward.severity, event.risk_score), `health`
+/// what `keyward.health` holds.
+fn health_doc(
+    hostname: &str,
+    message: String,
+    what: (&str, &str, &str),
+    level: (&str, u32),
+    health: Value,
+) -> Value {
+    let (action, rule_id, rule_name) = what;
+    let (severity, risk) = level;
+    json!({
+        "@timestamp": rfc3339(SystemTime::now()),
+        "message": message,
+        "ecs": {"version": "8.11.0"},
+        "event": {
+            "kind": "alert",
+            "module": "keyward",
+            "dataset": "keyward.health",
+            "category": ["host"],
+            "type": ["info"],
+            "action": action,
+            "severity": risk,
+            "risk_score": risk,
+        },
+        "rule": {"id": rule_id, "name": rule_name},
+        "host": {"hostname": hostname},
+        "keyward": {"health": health, "severity": severity},
+    })
 }
 
 /// A health alert for one container that reached one of its bounds
@@ -261,32 +292,24 @@ pub fn bound_doc(
             c["image"] = json!({"name": i});
         }
     }
-    json!({
-        "@timestamp": rfc3339(SystemTime::now()),
-        "message": format!(
-            "keyward: container {id} reached its bound {} ({times} times since the last report): {}",
-            bound.as_str(),
-            bound.effect()
+    let message = format!(
+        "keyward: container {id} reached its bound {} ({times} times since the last report): {}",
+        bound.as_str(),
+        bound.effect()
+    );
+    let mut doc = health_doc(
+        hostname,
+        message,
+        (
+            "bound-reached",
+            "keyward.health.bound-reached",
+            "keyward Container Bound Reached",
         ),
-        "ecs": {"version": "8.11.0"},
-        "event": {
-            "kind": "alert",
-            "module": "keyward",
-            "dataset": "keyward.health",
-            "category": ["host"],
-            "type": ["info"],
-            "action": "bound-reached",
-            "severity": 73,
-            "risk_score": 73,
-        },
-        "rule": {"id": "keyward.health.bound-reached", "name": "keyward Container Bound Reached"},
-        "container": c,
-        "host": {"hostname": hostname},
-        "keyward": {
-            "health": {"bound": bound.as_str(), "times": times, "effect": bound.effect()},
-            "severity": "high",
-        },
-    })
+        ("high", 73),
+        json!({"bound": bound.as_str(), "times": times, "effect": bound.effect()}),
+    );
+    doc["container"] = c;
+    doc
 }
 
 /// A process start time in clock ticks since boot, as a wall-clock time

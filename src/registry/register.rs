@@ -54,6 +54,16 @@ struct Pass {
     full: bool,
 }
 
+/// What a pass did to a container's create-group directories, for the map
+/// by handle.
+enum DirsChange {
+    /// They are now these (a full rescan marked them all again).
+    Set(Vec<MarkRecord>),
+    /// These are gone.
+    Remove(Vec<MarkRecord>),
+    Keep,
+}
+
 /// The create group's directories by the handle their events carry, and
 /// whose (container id, container path) each is: a create event names its
 /// directory by that handle, so the entry it made is known without asking
@@ -575,55 +585,66 @@ impl Registrar {
     /// removed since the last one (marks die with their inodes) and saves
     /// the record.
     fn rescan(&self, id: &str) {
-        let lock = self.container_lock(id);
-        let _own = lock.lock().unwrap_or_else(|e| e.into_inner());
-        self.last_full
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id.to_string(), Instant::now());
-        let Some(mut rec) = self.take_live(id) else {
-            return;
-        };
-        let before = rec.placed.marks.len();
-        // The expansion runs without the registry lock: a container whose
-        // credential directories churn must not hold up another's
-        // registration (the rescan of 1,000 homes took the lock for
-        // hundreds of milliseconds at a time).
-        match self.place(&mut rec) {
-            Ok(report) => {
-                // At most one a `limits.rescan_interval_ms` per container.
-                log(format!(
-                    "rescanned container {id}: {} marks (was {before})",
-                    rec.placed.marks.len()
-                ));
-                self.ctx.stats.rescans.fetch_add(1, Ordering::Relaxed);
-                self.note_coverage(id, &report);
-                let dirs = rec.placed.create_marks.clone();
-                if self.put_back(rec) {
-                    self.create_dirs
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .set(id, &dirs);
+        self.pass(id, |rec| {
+            let before = rec.placed.marks.len();
+            // The expansion runs without the registry lock: a container
+            // whose credential directories churn must not hold up
+            // another's registration (the rescan of 1,000 homes took the
+            // lock for hundreds of milliseconds at a time).
+            match self.place(rec) {
+                Ok(report) => {
+                    // At most one a `limits.rescan_interval_ms` per container.
+                    log(format!(
+                        "rescanned container {id}: {} marks (was {before})",
+                        rec.placed.marks.len()
+                    ));
+                    self.ctx.stats.rescans.fetch_add(1, Ordering::Relaxed);
+                    self.note_coverage(id, &report);
+                    DirsChange::Set(rec.placed.create_marks.clone())
+                }
+                Err(e) => {
+                    log(format!("rescan of container {id} failed: {e}"));
+                    DirsChange::Keep
                 }
             }
-            Err(e) => {
-                log(format!("rescan of container {id} failed: {e}"));
-                self.put_back(rec);
-            }
-        }
-        // Every record changed since the last save (this one, and the
-        // marks creates added), written after the registry is let go.
-        let writes = self.registry().take_writes();
-        if let Err(e) = writes.apply() {
-            log(e.to_string());
-        }
+        });
     }
 
     /// Forget what container `id` removed since its last pass, and save
     /// its record (see [`marks::prune`]).
     fn prune(&self, id: &str) {
+        self.pass(id, |rec| {
+            let before = (rec.placed.marks.len(), rec.placed.create_marks.len());
+            let alive = self.groups.perm.marked_inodes();
+            let pruned = marks::prune(self.groups.borrow(), &mut rec.placed, &alive);
+            // The copies its readers wrote, too.
+            let copies = self.ctx.follow.prune_derived(id, &alive);
+            // At most one a `limits.rescan_interval_ms` per container.
+            log(format!(
+                "pruned container {id}: {} marks (was {}), {} directories watched (was {})",
+                rec.placed.marks.len(),
+                before.0,
+                rec.placed.create_marks.len(),
+                before.1
+            ));
+            let mut index = self.ctx.index.write().unwrap_or_else(|e| e.into_inner());
+            index.forget_files(id, &pruned.marks, false);
+            index.forget_files(id, &copies, true);
+            drop(index);
+            self.ctx.stats.prunes.fetch_add(1, Ordering::Relaxed);
+            DirsChange::Remove(pruned.create_dirs)
+        });
+    }
+
+    /// One pass of the rescan thread over container `id`: under the
+    /// container's lock, noted as its last pass, on its marks taken out of
+    /// the registry and put back after `work` (whose change to the create
+    /// directories' map then applies); then every record changed since
+    /// the last save (this one, and the marks creates added) is written,
+    /// after the registry is let go.
+    fn pass(&self, id: &str, work: impl FnOnce(&mut ContainerRecord) -> DirsChange) {
         let lock = self.container_lock(id);
-        let _own = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let own = lock.lock().unwrap_or_else(|e| e.into_inner());
         self.last_full
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -631,36 +652,16 @@ impl Registrar {
         let Some(mut rec) = self.take_live(id) else {
             return;
         };
-        let before = (rec.placed.marks.len(), rec.placed.create_marks.len());
-        let alive = self.groups.perm.marked_inodes();
-        let pruned = marks::prune(self.groups.borrow(), &mut rec.placed, &alive);
-        // The copies its readers wrote, too.
-        let copies = self.ctx.follow.prune_derived(id, &alive);
-        // At most one a `limits.rescan_interval_ms` per container.
-        log(format!(
-            "pruned container {id}: {} marks (was {}), {} directories watched (was {})",
-            rec.placed.marks.len(),
-            before.0,
-            rec.placed.create_marks.len(),
-            before.1
-        ));
-        self.ctx
-            .index
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .forget_files(id, &pruned.marks, false);
-        self.ctx
-            .index
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .forget_files(id, &copies, true);
-        self.ctx.stats.prunes.fetch_add(1, Ordering::Relaxed);
+        let change = work(&mut rec);
         if self.put_back(rec) {
-            self.create_dirs
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(id, &pruned.create_dirs);
+            let mut dirs = self.create_dirs.lock().unwrap_or_else(|e| e.into_inner());
+            match change {
+                DirsChange::Set(marks) => dirs.set(id, &marks),
+                DirsChange::Remove(marks) => dirs.remove(id, &marks),
+                DirsChange::Keep => {}
+            }
         }
+        drop(own);
         let writes = self.registry().take_writes();
         if let Err(e) = writes.apply() {
             log(e.to_string());

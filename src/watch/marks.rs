@@ -693,22 +693,26 @@ mod tests {
             nix::sys::stat::Mode::empty(),
         )
         .unwrap();
+        let under = |placed: &mut Placed, path: &str, limit: usize| {
+            let (v, at) = (view("c1"), [PathBuf::from(path)]);
+            place_under(
+                groups,
+                &rules,
+                &plan,
+                &v,
+                &index,
+                root.as_fd(),
+                placed,
+                &at,
+                limit,
+            )
+            .unwrap()
+        };
         let mut placed = Placed::default();
         // The whole tree first, as from "/": the create group's
         // directories below / (/home, /home/alice, /root, /etc; a full
         // `place` marks / itself) and no file.
-        let r = place_under(
-            groups,
-            &rules,
-            &plan,
-            &view("c1"),
-            &index,
-            root.as_fd(),
-            &mut placed,
-            &["/".into()],
-            1000,
-        )
-        .unwrap();
+        let r = under(&mut placed, "/", 1000);
         assert_eq!(r.creates, 4, "{r:?} {placed:?}");
         assert!(placed.create_marks.iter().all(|m| m.handle.is_some()));
         // bob's home and key, made after: the entry /home/bob is all the
@@ -717,18 +721,7 @@ mod tests {
         let key = root_path.join("home/bob/.ssh/id_rsa");
         std::fs::write(&key, "k").unwrap();
         let before = placed.create_marks.len();
-        let r = place_under(
-            groups,
-            &rules,
-            &plan,
-            &view("c1"),
-            &index,
-            root.as_fd(),
-            &mut placed,
-            &["/home/bob".into()],
-            1000,
-        )
-        .unwrap();
+        let r = under(&mut placed, "/home/bob", 1000);
         assert_eq!(r.marks, 2, "the key and its directory: {placed:?}");
         let dirs: Vec<&Path> = placed.create_marks[before..]
             .iter()
@@ -749,18 +742,7 @@ mod tests {
         std::fs::create_dir_all(root_path.join("home/carol/.ssh")).unwrap();
         std::fs::write(root_path.join("home/carol/.ssh/id_rsa"), "k").unwrap();
         let full = placed.marks.len() + placed.create_marks.len();
-        let r = place_under(
-            groups,
-            &rules,
-            &plan,
-            &view("c1"),
-            &index,
-            root.as_fd(),
-            &mut placed,
-            &["/home/carol".into()],
-            full,
-        )
-        .unwrap();
+        let r = under(&mut placed, "/home/carol", full);
         assert!(r.capped && r.marks == 0 && r.creates == 0, "{r:?}");
         // bob leaves: his records go at the prune, alice's stay.
         let key_id = fid(&key);

@@ -23,9 +23,9 @@ use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
 use nix::sys::stat::{Mode, fstat};
 
 /// Most directory entries we scan when expanding one wildcard component.
-const MAX_DIR_ENTRIES: usize = 4096;
+const MAX_DIR_ENTRIES: usize = 65_536;
 /// Most paths one pattern may expand to.
-const MAX_EXPANSION: usize = 1024;
+const MAX_EXPANSION: usize = 16_384;
 
 /// Errors resolving a container's root.
 #[derive(Debug, thiserror::Error)]
@@ -128,20 +128,12 @@ pub fn container_root(pid: i32, rootfs: &Path) -> Result<(OwnedFd, bool), Resolv
 /// but `..` and absolute targets are clamped to `root`. The open never
 /// blocks (fifos) and never becomes a controlling tty.
 pub fn open_in_root(root: BorrowedFd<'_>, rel: &Path, dir: bool) -> Result<OwnedFd, Errno> {
-    let rel = rel.strip_prefix("/").unwrap_or(rel);
-    let rel: &Path = if rel.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        rel
-    };
-    let mut flags = OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK;
-    if dir {
-        flags |= OFlag::O_DIRECTORY;
-    }
-    let how = OpenHow::new()
-        .flags(flags)
-        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-    openat2(root, rel, how)
+    in_root(
+        root,
+        rel,
+        dir,
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK,
+    )
 }
 
 /// [`open_in_root`] with `O_PATH`: for what is only marked, stat'ed or
@@ -150,14 +142,22 @@ pub fn open_in_root(root: BorrowedFd<'_>, rel: &Path, dir: bool) -> Result<Owned
 /// would otherwise be a permission event of the daemon's own), and on an
 /// overlay it opens no backing file.
 pub fn path_in_root(root: BorrowedFd<'_>, rel: &Path, dir: bool) -> Result<OwnedFd, Errno> {
+    // openat2 takes nothing but these beside O_PATH.
+    in_root(root, rel, dir, OFlag::O_PATH | OFlag::O_CLOEXEC)
+}
+
+fn in_root(
+    root: BorrowedFd<'_>,
+    rel: &Path,
+    dir: bool,
+    mut flags: OFlag,
+) -> Result<OwnedFd, Errno> {
     let rel = rel.strip_prefix("/").unwrap_or(rel);
     let rel: &Path = if rel.as_os_str().is_empty() {
         Path::new(".")
     } else {
         rel
     };
-    // openat2 takes nothing but these beside O_PATH.
-    let mut flags = OFlag::O_PATH | OFlag::O_CLOEXEC;
     if dir {
         flags |= OFlag::O_DIRECTORY;
     }
