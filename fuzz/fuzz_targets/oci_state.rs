@@ -14,9 +14,9 @@
 
 use std::path::Path;
 
+use keyward::hook::oci::BundleConfig;
 use keyward::hook::oci::{self, HookAction};
 use libfuzzer_sys::fuzz_target;
-use keyward::hook::oci::BundleConfig;
 use oci_spec::runtime::ContainerState;
 
 fuzz_target!(|data: &[u8]| {
@@ -65,10 +65,7 @@ fuzz_target!(|data: &[u8]| {
                     .annotations()
                     .as_ref()
                     .is_some_and(|a| a.contains_key(k));
-                let in_spec = spec
-                    .annotations()
-                    .as_ref()
-                    .is_some_and(|a| a.contains_key(k));
+                let in_spec = spec.annotations.as_ref().is_some_and(|a| a.contains_key(k));
                 assert!(in_state || in_spec, "{k}");
             }
         }
