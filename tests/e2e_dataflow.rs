@@ -21,8 +21,9 @@
 //!   redirect) is marked as "copy of <origin>", so the archiver that packs
 //!   it alerts, and in `deny` mode its open is refused. Reads that write no
 //!   copy (md5sum, wc, name-service lookups by `ls -l`), a copy of an
-//!   ordinary file and ordinary data piped into gzip stay quiet, and make
-//!   nothing derived.
+//!   ordinary file, ordinary data piped into gzip, and a shell that only
+//!   appends to `authorized_keys` before writing another file stay quiet,
+//!   and make nothing derived.
 //! * A credential directory made and archived 20 ms later alerts: the
 //!   marks go in on the create event, for the entry it made; and a copy
 //!   made before survives the prune that the directory causes.
@@ -220,6 +221,8 @@ fn reads_that_write_no_copy_stay_quiet() {
         md5sum /root/.ssh/id_rsa > /dev/null && wc -c /home/alice/.ssh/id_rsa > /dev/null
         echo ordinary data | /usr/bin/gzip -c > /tmp/b2.gz
         ls -l /app > /tmp/listing && sleep 0.2 && /usr/bin/tar cf /tmp/b3.tar /tmp/listing
+        sh -c 'echo ssh-ed25519 AAAA >> /root/.ssh/authorized_keys; echo notes > /tmp/notes' && sleep 0.2
+        /usr/bin/tar cf /tmp/b4.tar /tmp/notes
         echo quiet";
     let b = Bundle::new("kw-copy-quiet", &d.socket, script);
     b.run_saying("quiet");
@@ -228,7 +231,11 @@ fn reads_that_write_no_copy_stay_quiet() {
         alerts.is_empty(),
         "reads without a copy alerted: {alerts:#?}"
     );
-    assert_eq!(d.status()["stats"]["derived"], 0);
+    let stats = &d.status()["stats"];
+    assert_eq!(stats["derived"], 0, "{stats:#}");
+    // The shell that appends to authorized_keys opened a credential to
+    // write only: it read none, and what it wrote next is no copy.
+    assert!(stats["write_only_opens"].as_u64() >= Some(1), "{stats:#}");
 }
 
 #[test]

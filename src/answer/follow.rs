@@ -327,6 +327,13 @@ impl Follow {
                 pattern.to_string(),
             )
         };
+        // An open that only writes reads no credential: the process is
+        // not a reader (the shell making `authorized_keys`), and what it
+        // writes next is no copy.
+        if procfs::open_writes_only(pid) == Some(true) {
+            stats.write_only_opens.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         if !self.is_reader(pid, stat.start_time_ticks) {
             let reader = Reader {
                 start: stat.start_time_ticks,

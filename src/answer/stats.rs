@@ -93,6 +93,8 @@ pub struct Stats {
     pub creates_unresolved: AtomicU64,
     /// Passes that forgot what a container removed (`marks::prune`).
     pub prunes: AtomicU64,
+    /// Credential opens that only write, whose opener is not followed.
+    pub write_only_opens: AtomicU64,
     /// Decision latency histogram: bucket i counts decisions that took
     /// less than 2^i microseconds (the last bucket takes the rest).
     pub latency_us: [AtomicU64; LATENCY_BUCKETS],
@@ -183,6 +185,8 @@ pub struct StatsSnapshot {
     pub creates_unresolved: u64,
     #[serde(default)]
     pub prunes: u64,
+    #[serde(default)]
+    pub write_only_opens: u64,
     pub latency: LatencySnapshot,
 }
 
@@ -291,6 +295,7 @@ impl Stats {
             creates_incremental: g(&self.creates_incremental),
             creates_unresolved: g(&self.creates_unresolved),
             prunes: g(&self.prunes),
+            write_only_opens: g(&self.write_only_opens),
             latency: self.latency(),
         }
     }

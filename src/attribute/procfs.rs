@@ -176,6 +176,51 @@ pub fn read_small(path: &str) -> std::io::Result<Vec<u8>> {
     }
 }
 
+/// The system call a blocked process is in and its six arguments, from
+/// the text of `/proc/<pid>/syscall` (`257 0xffffff9c 0x7ffd... 0x241 ...`);
+/// `None` when it is in none (`running`, or `-1 ...`) or the text is not
+/// that.
+pub fn parse_syscall(text: &[u8]) -> Option<(i64, [u64; 6])> {
+    let text = std::str::from_utf8(text).ok()?;
+    let mut fields = text.split_ascii_whitespace();
+    let nr: i64 = fields.next()?.parse().ok()?;
+    if nr < 0 {
+        return None;
+    }
+    let mut args = [0u64; 6];
+    for a in &mut args {
+        *a = u64::from_str_radix(fields.next()?.strip_prefix("0x")?, 16).ok()?;
+    }
+    Some((nr, args))
+}
+
+/// Whether the open that `pid` is held in (during its permission event)
+/// asks only to write: `O_WRONLY` through `open`, `openat` or `openat2`,
+/// or `creat`. `None` when that cannot be told (another call, such as an
+/// io_uring submission, or a process not in a call); callers then take
+/// the open as a read. fanotify's open event says nothing of the mode,
+/// and a shell that writes `authorized_keys` has not read a key.
+pub fn open_writes_only(pid: i32) -> Option<bool> {
+    let text = read_small(&format!("/proc/{pid}/syscall")).ok()?;
+    let (nr, args) = parse_syscall(&text)?;
+    let flags = match nr {
+        libc::SYS_creat => return Some(true),
+        libc::SYS_open => args[1],
+        libc::SYS_openat => args[2],
+        libc::SYS_openat2 => {
+            // `struct open_how` begins with the flags, in the opener's
+            // memory.
+            use std::os::unix::fs::FileExt;
+            let mem = fs::File::open(format!("/proc/{pid}/mem")).ok()?;
+            let mut b = [0u8; 8];
+            mem.read_exact_at(&mut b, args[2]).ok()?;
+            u64::from_ne_bytes(b)
+        }
+        _ => return None,
+    };
+    Some(flags & libc::O_ACCMODE as u64 == libc::O_WRONLY as u64)
+}
+
 /// Read `/proc/<pid>/stat`.
 pub fn stat(pid: i32) -> Result<Stat, AttributionError> {
     let text = read_small(&format!("/proc/{pid}/stat")).map_err(|e| io_err(pid, "stat", e))?;
@@ -912,5 +957,19 @@ mod tests {
             matches!(e, AttributionError::Vanished { pid } if pid == i32::MAX),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_blocked_open_says_its_mode() {
+        let (nr, args) =
+            parse_syscall(b"257 0xffffff9c 0x7ffd2b3c 0x241 0x1b6 0x0 0x0 0x7ffd2b00 0x7f12aa\n")
+                .unwrap();
+        assert_eq!(nr, 257);
+        assert_eq!(args[2], 0x241, "O_WRONLY|O_CREAT|O_TRUNC");
+        assert!(parse_syscall(b"running\n").is_none());
+        assert!(parse_syscall(b"-1 0x7ffd 0x7f12\n").is_none());
+        assert!(parse_syscall(b"257 0x1 zz").is_none());
+        // A live process not in an open: unknown, so taken as a read.
+        assert_eq!(open_writes_only(std::process::id() as i32), None);
     }
 }
