@@ -426,6 +426,15 @@ impl Registrar {
     /// marking would otherwise open `/proc/<pid>/root` and the rootfs in it
     /// for every event. The caller has checked that the init is still the
     /// one registered ([`Registrar::take_live`]), so the pid names it.
+    /// Whether the root cached for `rec`'s id is its init's.
+    fn has_root_of(&self, rec: &ContainerRecord) -> bool {
+        self.roots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&rec.id)
+            .is_some_and(|(pid, start, _)| *pid == rec.pid && *start == rec.start_time_ticks)
+    }
+
     fn root_of_live(
         &self,
         rec: &ContainerRecord,
@@ -687,13 +696,20 @@ impl Registrar {
     /// a copy per create event was most of the create loop's time. Call
     /// with the container's lock held.
     fn take_live(&self, id: &str) -> Option<ContainerRecord> {
+        self.take(id, true)
+    }
+
+    /// [`Registrar::take_live`], with the check that the init still runs
+    /// only if `check` (a pass that has the container's root open already
+    /// looks up no pid).
+    fn take(&self, id: &str, check: bool) -> Option<ContainerRecord> {
         let (pid, start) = {
             let reg = self.registry();
             let rec = reg.get(id)?;
             (rec.pid, rec.start_time_ticks)
         };
         // Outside the registry: a /proc read.
-        if !procfs::stat(pid).is_ok_and(|s| s.start_time_ticks == start) {
+        if check && !procfs::stat(pid).is_ok_and(|s| s.start_time_ticks == start) {
             return None;
         }
         let mut reg = self.registry();
@@ -734,9 +750,24 @@ impl Registrar {
     fn mark_under(&self, id: &str, made: &[PathBuf]) {
         let lock = self.container_lock(id);
         let _own = lock.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(mut rec) = self.take_live(id) else {
+        // With the root open since an earlier marking, no pid is looked up
+        // (a reused pid could only mislead a lookup by pid): a container
+        // that went meanwhile is noticed when its marks are put back.
+        let opened = self
+            .roots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(id);
+        let Some(mut rec) = self.take(id, !opened) else {
             return;
         };
+        if opened && !self.has_root_of(&rec) {
+            // Registered anew since: look the new init up first.
+            if !procfs::stat(rec.pid).is_ok_and(|s| s.start_time_ticks == rec.start_time_ticks) {
+                self.put_back(rec);
+                return;
+            }
+        }
         let policy = self.ctx.policy();
         let root = match self.root_of_live(&rec) {
             Ok(root) => root,

@@ -566,18 +566,23 @@ impl Group {
         fd: BorrowedFd<'_>,
         what: &str,
     ) -> Result<(), WatchError> {
-        // fanotify_mark takes no O_PATH fd as the object itself, and the
-        // resolver opens what it only marks with O_PATH (no open of a file
-        // in a marked directory, no overlay backing file, no permission
-        // event of the daemon's own). The fd's magic link in /proc/self/fd
-        // names exactly its file, any fd's, not a path to walk again.
-        let link = format!("/proc/self/fd/{}", fd.as_raw_fd());
-        self.fan
-            .mark(flags, mask, fd, Some(link.as_str()))
-            .map_err(|source| WatchError::Mark {
-                what: what.to_string(),
-                source,
-            })
+        let r = match self.fan.mark::<_, str>(flags, mask, fd, None) {
+            // fanotify_mark takes no O_PATH fd as the object itself, and
+            // the resolver opens the files it only marks with O_PATH (no
+            // open of a file in a marked directory, no overlay backing
+            // file, no permission event of the daemon's own). The fd's
+            // magic link in /proc/self/fd names exactly its file, not a
+            // path to walk again.
+            Err(Errno::EBADF) => {
+                let link = format!("/proc/self/fd/{}", fd.as_raw_fd());
+                self.fan.mark(flags, mask, fd, Some(link.as_str()))
+            }
+            r => r,
+        };
+        r.map_err(|source| WatchError::Mark {
+            what: what.to_string(),
+            source,
+        })
     }
 
     /// Add (or remove) an open-permission mark on the inode behind `fd`; on

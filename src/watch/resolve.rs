@@ -207,9 +207,10 @@ fn component_matches(pattern: &[u8], name: &[u8]) -> bool {
 }
 
 pub(crate) fn list_dir(dir: BorrowedFd<'_>) -> Vec<OsString> {
-    // A fresh open of "." (the fd may be O_PATH, or shared), read with
-    // getdents64 straight into one buffer: four syscalls a directory,
-    // where `nix::dir::Dir` spent eight (fstat, two fcntl, a rewind).
+    // A fresh open of "." (the fd may be O_PATH, or shared): its own file
+    // position. Read with getdents64 straight into one buffer: four
+    // syscalls a directory, where `nix::dir::Dir` spent eight (fstat, two
+    // fcntl, a rewind).
     let Ok(fd) = nix::fcntl::openat(
         dir,
         ".",
@@ -218,6 +219,12 @@ pub(crate) fn list_dir(dir: BorrowedFd<'_>) -> Vec<OsString> {
     ) else {
         return Vec::new();
     };
+    read_dir_fd(fd.as_fd())
+}
+
+/// The names in directory `fd`, read from its current position: for a
+/// directory opened (not `O_PATH`) by the caller alone and not read yet.
+fn read_dir_fd(fd: BorrowedFd<'_>) -> Vec<OsString> {
     let mut out = Vec::new();
     let mut buf = vec![0u8; 32 * 1024];
     while out.len() < MAX_DIR_ENTRIES {
@@ -334,20 +341,32 @@ impl<'a> Expander<'a> {
         self.truncated
     }
 
+    /// A directory on the way, opened for reading (not `O_PATH`): it is
+    /// listed through this fd, and marked through it when it is a match.
+    /// Opening a directory reports nothing here: no mark asks for
+    /// `FAN_ONDIR`, and overlayfs opens no backing file for it.
     fn dir(&mut self, path: &Path) -> Option<std::rc::Rc<OwnedFd>> {
         let root = self.root;
         self.dirs
             .entry(path.to_path_buf())
-            .or_insert_with(|| path_in_root(root, path, true).ok().map(std::rc::Rc::new))
+            .or_insert_with(|| open_in_root(root, path, true).ok().map(std::rc::Rc::new))
             .clone()
     }
 
-    fn listing(&mut self, path: &Path, dir: BorrowedFd<'_>) -> std::rc::Rc<Vec<OsString>> {
+    /// The names in the directory `path`: through `own`, a directory fd of
+    /// this expander's not read yet ([`Expander::dir`]), or, for the root
+    /// (shared by the caller), a fresh open.
+    fn listing(
+        &mut self,
+        path: &Path,
+        dir: BorrowedFd<'_>,
+        own: bool,
+    ) -> std::rc::Rc<Vec<OsString>> {
         let truncated = &mut self.truncated;
         self.listings
             .entry(path.to_path_buf())
             .or_insert_with(|| {
-                let names = list_dir(dir);
+                let names = if own { read_dir_fd(dir) } else { list_dir(dir) };
                 if names.len() >= MAX_DIR_ENTRIES {
                     *truncated = true;
                 }
@@ -395,13 +414,13 @@ impl<'a> Expander<'a> {
             let last = i + 1 == comps.len();
             let mut next = Vec::new();
             for (prefix, dirfd) in frontier {
-                let dir = match &dirfd {
-                    Some(fd) => fd.as_fd(),
-                    None => root,
+                let (dir, own) = match &dirfd {
+                    Some(fd) => (fd.as_fd(), true),
+                    None => (root, false),
                 };
                 // List the directory so the match is case-insensitive, as
                 // EQL's `:` is: `/ROOT/.SSH/ID_RSA` matches `/root/.ssh/id_rsa`.
-                for name in self.listing(&prefix, dir).iter() {
+                for name in self.listing(&prefix, dir, own).iter() {
                     if !component_matches(comp.as_ref(), name.as_bytes()) {
                         continue;
                     }
