@@ -582,7 +582,9 @@ if phase churn; then
             sleep 0.5
             a=$("$WORK/kwb" now)
             new_id start
-            run_container "$START_BUNDLE" "$ID" >/dev/null
+            # A start that fails (its hook timed out, say) is counted,
+            # and its time kept: it is what the neighbour cost.
+            run_container "$START_BUNDLE" "$ID" >/dev/null || record "$arm" churn_failed 1
             b=$("$WORK/kwb" now)
             record "$arm" churn_start_ns $((b - a))
             us=$(registered_us "$ID")
@@ -926,6 +928,7 @@ if phase churn; then
     awk -v w="$(median W churn_start_ns)" -v u="$(median U churn_start_ns)" -v i="$(median I churn_start_ns)" \
         -v pw="$(median D churn_ratio_w)" -v pu="$(median D churn_ratio_u)" \
         'BEGIN {printf "  W/I %.3f (median of triple ratios %.3f); U/I %.3f (%.3f): target W/I <= 1.5\n", w / i, pw, u / i, pu}'
+    echo "  failed starts: watched neighbour $(awk '$1 == "W" && $2 == "churn_failed"' "$RES" | wc -l), unwatched $(awk '$1 == "U" && $2 == "churn_failed"' "$RES" | wc -l), idle $(awk '$1 == "I" && $2 == "churn_failed"' "$RES" | wc -l)"
     echo "  rescans during the phase: $CHURN_RESCANS; turns of $CHURN_HOMES homes: watched $CHURN_ROUNDS_W, unwatched $CHURN_ROUNDS_U; the watched neighbour's marks at the end: $CHURN_MARKS"
     echo
 fi
