@@ -178,3 +178,52 @@ proptest! {
         }
     }
 }
+
+/// cargo-fuzz (engine_metadata, minimised to `d\0["",""]`): serde's
+/// derived structs take a JSON array, fields by position, so `["",""]`
+/// was a Docker record of container "" named "". The engines write
+/// objects; an array anywhere a record is expected is malformed.
+#[test]
+fn engine_records_in_array_form_are_refused() {
+    use keyward::registry::enrich;
+    let id = "e92f1e5d762d48a5c8dc52546b6e515fa9b544b179532477e03d87b459c52e0c";
+    let path = Path::new("/x/config.v2.json");
+    fn malformed<T>(r: Result<T, keyward::registry::enrich::EngineError>) {
+        let e = r.map(|_| ()).unwrap_err().to_string();
+        assert!(
+            e.contains("/x/config.v2.json") && e.contains("malformed"),
+            "{e}"
+        );
+    }
+    malformed(enrich::parse_docker(path, br#"["",""]"#, ""));
+    malformed(enrich::parse_docker(
+        path,
+        format!(r#"["{id}","/web"]"#).as_bytes(),
+        id,
+    ));
+    malformed(enrich::parse_containers(
+        path,
+        format!(r#"[["{id}",["web"]]]"#).as_bytes(),
+        id,
+    ));
+    malformed(enrich::parse_images(path, br#"[["img",["app:1"]]]"#, "img"));
+    // A nested array is no object either: Docker's `Config` as one is
+    // malformed, and libpod metadata as one is ignored (the names win).
+    malformed(enrich::parse_docker(
+        path,
+        format!(r#"{{"ID":"{id}","Name":"/web","Config":["app:1"]}}"#).as_bytes(),
+        id,
+    ));
+    let containers = format!(r#"[{{"id":"{id}","names":[],"metadata":"[\"app:2\",\"web\"]"}}]"#);
+    let record = enrich::parse_containers(path, containers.as_bytes(), id)
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.meta, enrich::EngineMeta::default());
+    // The object forms still read.
+    let docker = format!(r#"{{"ID":"{id}","Name":"/web","Config":{{"Image":"app:1"}}}}"#);
+    let meta = enrich::parse_docker(path, docker.as_bytes(), id)
+        .unwrap()
+        .unwrap();
+    assert_eq!(meta.name.as_deref(), Some("web"));
+    assert_eq!(meta.image.as_deref(), Some("app:1"));
+}

@@ -115,6 +115,29 @@ pub fn store_layout(id: &str, bundle: &Path) -> Option<StoreLayout> {
     })
 }
 
+/// A JSON object read as `T`, and nothing else. serde's derived structs
+/// also take an array, fields by position; the engines write objects, and
+/// `["<id>", "/name"]` is no record of theirs (cargo-fuzz found `["",""]`
+/// taken as a Docker record).
+#[derive(Default)]
+struct Obj<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Obj<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Visit<T> {
+            type Value = Obj<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Obj<T>, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Obj)
+            }
+        }
+        d.deserialize_map(Visit(std::marker::PhantomData))
+    }
+}
+
 #[derive(Deserialize)]
 struct StoredContainer {
     id: String,
@@ -207,13 +230,13 @@ pub fn parse_containers(
     text: &[u8],
     id: &str,
 ) -> Result<Option<StoreRecord>, EngineError> {
-    let list: Vec<StoredContainer> = parse_json(path, text)?;
-    let Some(c) = list.into_iter().find(|c| c.id == id) else {
+    let list: Vec<Obj<StoredContainer>> = parse_json(path, text)?;
+    let Some(Obj(c)) = list.into_iter().find(|c| c.0.id == id) else {
         return Ok(None);
     };
     // Only libpod writes this metadata; other users of the store leave it
     // empty or put other keys there.
-    let meta: LibpodMetadata = serde_json::from_str(&c.metadata).unwrap_or_default();
+    let Obj(meta): Obj<LibpodMetadata> = serde_json::from_str(&c.metadata).unwrap_or_default();
     let name = c
         .names
         .first()
@@ -235,11 +258,11 @@ pub fn parse_images(
     text: &[u8],
     image_id: &str,
 ) -> Result<Option<String>, EngineError> {
-    let list: Vec<StoredImage> = parse_json(path, text)?;
+    let list: Vec<Obj<StoredImage>> = parse_json(path, text)?;
     Ok(list
         .into_iter()
-        .find(|i| i.id == image_id)
-        .and_then(|i| i.names.first().and_then(|n| clean(n))))
+        .find(|i| i.0.id == image_id)
+        .and_then(|Obj(i)| i.names.first().and_then(|n| clean(n))))
 }
 
 /// The name and image containers/storage records for container `id` whose
@@ -279,7 +302,7 @@ struct DockerContainer {
     #[serde(rename = "Name", default)]
     name: String,
     #[serde(rename = "Config", default)]
-    config: DockerRunConfig,
+    config: Obj<DockerRunConfig>,
     /// The image id (`sha256:…`), when the image's name is unknown.
     #[serde(rename = "Image", default)]
     image: String,
@@ -323,12 +346,12 @@ pub fn docker_lookup(
 /// The name and image in the bytes of Docker's `config.v2.json`, which
 /// `path` names in errors, when the record is container `id`'s.
 pub fn parse_docker(path: &Path, text: &[u8], id: &str) -> Result<Option<EngineMeta>, EngineError> {
-    let c: DockerContainer = parse_json(path, text)?;
+    let Obj(c): Obj<DockerContainer> = parse_json(path, text)?;
     if c.id != id {
         return Ok(None);
     }
     let name = clean(c.name.strip_prefix('/').unwrap_or(&c.name));
-    let image = clean(&c.config.image).or_else(|| clean(&c.image));
+    let image = clean(&c.config.0.image).or_else(|| clean(&c.image));
     Ok(Some(EngineMeta { name, image }))
 }
 
