@@ -195,10 +195,11 @@ pub fn parse_syscall(text: &[u8]) -> Option<(i64, [u64; 6])> {
 }
 
 /// Whether the open that `pid` is held in (during its permission event)
-/// asks only to write: `O_WRONLY` through `open`, `openat` or `openat2`,
-/// or `creat`. `None` when that cannot be told (another call, such as an
-/// io_uring submission, or a process not in a call); callers then take
-/// the open as a read. fanotify's open event says nothing of the mode,
+/// asks only to write: `O_WRONLY` through `open` or `openat` (their flags
+/// are the registers saved at the call, which the process cannot change
+/// any more), or `creat`. `None` when that cannot be told (`openat2`,
+/// another call such as an io_uring submission, a process not in a
+/// call); callers then take the open as a read. fanotify's open event says nothing of the mode,
 /// and a shell that writes `authorized_keys` has not read a key.
 pub fn open_writes_only(pid: i32) -> Option<bool> {
     let text = read_small(&format!("/proc/{pid}/syscall")).ok()?;
@@ -207,15 +208,10 @@ pub fn open_writes_only(pid: i32) -> Option<bool> {
         libc::SYS_creat => return Some(true),
         libc::SYS_open => args[1],
         libc::SYS_openat => args[2],
-        libc::SYS_openat2 => {
-            // `struct open_how` begins with the flags, in the opener's
-            // memory.
-            use std::os::unix::fs::FileExt;
-            let mem = fs::File::open(format!("/proc/{pid}/mem")).ok()?;
-            let mut b = [0u8; 8];
-            mem.read_exact_at(&mut b, args[2]).ok()?;
-            u64::from_ne_bytes(b)
-        }
+        // openat2's flags are in the opener's memory, which another of
+        // its threads may rewrite after the kernel copied them: a read
+        // dressed up as a write must not escape following. Its opens
+        // count as reads.
         _ => return None,
     };
     Some(flags & libc::O_ACCMODE as u64 == libc::O_WRONLY as u64)

@@ -113,6 +113,12 @@ impl CreateDirs {
     /// The containers (and their paths) of the entry `name` made in the
     /// directory `dir`.
     fn entry(&self, dir: &DirHandle, name: &std::ffi::OsStr) -> Vec<(String, PathBuf)> {
+        // One name of one directory, as the kernel reports it; anything
+        // else (a slash, `..`) is not joined to a path.
+        let b = name.as_encoded_bytes();
+        if b.is_empty() || b == b"." || b == b".." || b.contains(&b'/') {
+            return Vec::new();
+        }
         self.by_handle
             .get(dir)
             .map(|owners| {
@@ -1155,5 +1161,37 @@ fn root_of(rec: &ContainerRecord) -> Root<'_> {
     Root {
         live_pid: rec.alive().then_some(rec.pid),
         rootfs: &rec.rootfs,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A create event's entry is one name of the directory its handle
+    /// names; a name the kernel would never report joins nothing.
+    #[test]
+    fn a_create_entry_is_one_name_in_a_known_directory() {
+        let h = |b: u8| DirHandle {
+            fsid: [1, 2],
+            kind: 1,
+            bytes: vec![b; 8],
+        };
+        let mut dirs = CreateDirs::default();
+        let mark = MarkRecord {
+            path: "/home".into(),
+            id: crate::watch::resolve::FileId { dev: 1, ino: 2 },
+            is_dir: true,
+            handle: Some(h(7)),
+        };
+        dirs.set("c1", std::slice::from_ref(&mark));
+        let entry = |name: &str| dirs.entry(&h(7), std::ffi::OsStr::new(name));
+        assert_eq!(entry("u5"), [("c1".to_string(), PathBuf::from("/home/u5"))]);
+        for bad in ["", ".", "..", "/etc", "a/b"] {
+            assert!(entry(bad).is_empty(), "{bad:?}");
+        }
+        assert!(dirs.entry(&h(8), std::ffi::OsStr::new("u5")).is_empty());
+        dirs.remove("c1", &[mark]);
+        assert!(dirs.entry(&h(7), std::ffi::OsStr::new("u5")).is_empty());
     }
 }
