@@ -230,6 +230,26 @@ fn deb_installs_runs_and_removes_cleanly() {
         "packaging/keyward.toml",
     );
     same_file(&unit(&r), "packaging/keyward.service");
+    // The answering threads' real-time policy needs CAP_SYS_NICE and a
+    // unit that does not forbid real-time (src/answer/events.rs).
+    let unit_text = fs::read_to_string(unit(&r)).unwrap();
+    let directive = |key: &str| {
+        unit_text
+            .lines()
+            .filter_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .next_back()
+            .map(str::to_string)
+    };
+    assert!(
+        directive("CapabilityBoundingSet")
+            .is_some_and(|caps| caps.split_whitespace().any(|c| c == "CAP_SYS_NICE")),
+        "the unit's bounding set lacks CAP_SYS_NICE: {unit_text}"
+    );
+    assert_ne!(
+        directive("RestrictRealtime").as_deref(),
+        Some("yes"),
+        "the unit forbids the answering threads' SCHED_RR"
+    );
     same_file(&r.path("/usr/share/doc/keyward/README.md"), "README.md");
     for doc in fs::read_dir(Path::new(REPO).join("docs")).unwrap() {
         let name = doc.unwrap().file_name().to_string_lossy().into_owned();

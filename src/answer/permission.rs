@@ -38,7 +38,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::decide::{self, OpenFindings};
-use super::events::{READ_BUF, raise_priority, read_batch, read_batch_timeout, send};
+use super::events::{READ_BUF, answer_priority, read_batch, read_batch_timeout, send};
 use super::policy::Context;
 use crate::alert::Finding;
 use crate::config::Action;
@@ -215,7 +215,10 @@ pub fn permission_loop(
     lane: &Lane,
     stop: &AtomicBool,
 ) {
-    raise_priority();
+    *ctx.stats
+        .answer_scheduling
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = answer_priority();
     let mut buf = vec![0u8; READ_BUF];
     let mut events = Vec::with_capacity(64);
     let decide = |pid, fd: BorrowedFd<'_>| decide::decide_open(ctx, pid, fd);
@@ -319,6 +322,9 @@ pub fn watchdog(
     deadline: Duration,
     stop: &AtomicBool,
 ) {
+    // The watchdog must wake on time to release a stalled decision, on a
+    // host as loaded as the one that stalled it.
+    answer_priority();
     let decide = |pid, fd: BorrowedFd<'_>| decide::decide_open(ctx, pid, fd);
     watchdog_with(src, ctx, tx, lanes, deadline, stop, &decide);
 }
@@ -352,6 +358,9 @@ pub fn watchdog_with(
             let started = std::thread::Builder::new()
                 .name("keyward-rescue".into())
                 .spawn_scoped(s, move || {
+                    // A new thread does not inherit the watchdog's
+                    // real-time policy (`SCHED_RESET_ON_FORK`).
+                    answer_priority();
                     rescue(src, ctx, &tx, &lane, decide, stop);
                     lanes.rescuers().retain(|l| !Arc::ptr_eq(l, &lane));
                 });

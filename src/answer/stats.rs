@@ -10,6 +10,20 @@ use serde::{Deserialize, Serialize};
 
 use crate::alert::Degradation;
 
+/// How a decision thread got scheduled (`keyward status`:
+/// `answer_scheduling`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scheduling {
+    /// Not set yet, or the kernel refused every raise.
+    #[default]
+    Unchanged,
+    /// nice -10.
+    Nice,
+    /// `SCHED_RR`, priority [`super::events::ANSWER_RT_PRIORITY`].
+    Realtime,
+}
+
 /// Counters the decision threads bump; read by `keyward status`.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -95,6 +109,9 @@ pub struct Stats {
     pub prunes: AtomicU64,
     /// Credential opens that only write, whose opener is not followed.
     pub write_only_opens: AtomicU64,
+    /// How the permission loop is scheduled (see
+    /// [`super::events::answer_priority`]).
+    pub answer_scheduling: Mutex<Scheduling>,
     /// Decision latency histogram: bucket i counts decisions that took
     /// less than 2^i microseconds (the last bucket takes the rest).
     pub latency_us: [AtomicU64; LATENCY_BUCKETS],
@@ -187,6 +204,8 @@ pub struct StatsSnapshot {
     pub prunes: u64,
     #[serde(default)]
     pub write_only_opens: u64,
+    #[serde(default)]
+    pub answer_scheduling: Scheduling,
     pub latency: LatencySnapshot,
 }
 
@@ -296,6 +315,10 @@ impl Stats {
             creates_unresolved: g(&self.creates_unresolved),
             prunes: g(&self.prunes),
             write_only_opens: g(&self.write_only_opens),
+            answer_scheduling: *self
+                .answer_scheduling
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
             latency: self.latency(),
         }
     }

@@ -401,13 +401,29 @@ pub fn open_files(pid: i32, max: usize) -> Vec<OpenFile> {
         .collect()
 }
 
-/// Set the calling thread's nice value (Linux nice is per thread).
-pub fn set_thread_nice(nice: i32) {
+/// Set the calling thread's nice value (Linux nice is per thread); false
+/// if the kernel refused (raising it needs `CAP_SYS_NICE`).
+pub fn set_thread_nice(nice: i32) -> bool {
     // SAFETY: gettid and setpriority have no memory-safety preconditions;
-    // a failure (no CAP_SYS_NICE to raise it) leaves the priority as it was.
+    // a failure leaves the priority as it was.
     unsafe {
         let tid = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice);
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) == 0
+    }
+}
+
+/// Put the calling thread under `SCHED_RR` at `priority` (reset to the
+/// normal policy in any child it forks); false if the kernel refused (no
+/// `CAP_SYS_NICE`, `RLIMIT_RTPRIO`, or a cgroup without real-time time).
+pub fn set_thread_realtime(priority: i32) -> bool {
+    let param = libc::sched_param {
+        sched_priority: priority,
+    };
+    // SAFETY: `param` is a valid sched_param that outlives the call; the
+    // tid is the caller's own. A failure changes nothing.
+    unsafe {
+        let tid = libc::gettid();
+        libc::sched_setscheduler(tid, libc::SCHED_RR | libc::SCHED_RESET_ON_FORK, &param) == 0
     }
 }
 
