@@ -77,7 +77,15 @@ pub struct FileTouch {
     /// credential and wrote it into the pipe.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source: Option<Source>,
+    /// The executable of the process that touched it so (the alert names
+    /// one process per run; this tells an exec'd program's own open from
+    /// its shell's).
+    #[serde(skip)]
+    pub by: String,
 }
+
+/// How [`FileTouch::opened_as`] begins for a file held across an exec.
+pub const INHERITED: &str = "inherited fd ";
 
 /// An aggregated archiver run, ready to render.
 #[derive(Debug, Clone)]
@@ -134,10 +142,16 @@ impl Alert {
             } => {
                 self.files_total += 1;
                 self.archiver.get_or_insert(archiver);
-                let seen = self
-                    .files
-                    .iter()
-                    .position(|t| t.path == path && t.opened_as == opened_as);
+                // An exec probe that runs late on a loaded host sees an fd
+                // the new program opened itself (reported as that open) as
+                // inherited: the same file, listed once. A file the shell
+                // opened and its exec'd child inherited (`tar < key`) is
+                // listed both ways: two programs touched it.
+                let inherited = opened_as.starts_with(INHERITED);
+                let seen = self.files.iter().position(|t| {
+                    t.path == path
+                        && (t.opened_as == opened_as || (inherited && t.by == f.process.exe))
+                });
                 match seen {
                     Some(i) => self.files[i].denied |= denied,
                     None if self.files.len() < max_files => self.files.push(FileTouch {
@@ -147,6 +161,7 @@ impl Alert {
                         pattern,
                         denied,
                         source,
+                        by: f.process.exe.clone(),
                     }),
                     None => {}
                 }

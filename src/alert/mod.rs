@@ -99,6 +99,38 @@ mod tests {
     }
 
     #[test]
+    fn a_file_seen_opened_and_then_held_is_listed_once() {
+        // The open, then a late exec probe that found the same file as an
+        // fd (seen on a loaded host): one file, two touches.
+        let mut agg = Aggregator::new(Duration::from_millis(100), 64);
+        let t0 = Instant::now();
+        let mut held = open(10, 5, "/root/.ssh/id_rsa");
+        if let Trigger::Open { opened_as, .. } = &mut held.trigger {
+            *opened_as = "inherited fd 4".into();
+        }
+        assert!(agg.add(open(10, 5, "/root/.ssh/id_rsa"), t0));
+        assert!(!agg.add(held, t0));
+        let out = agg.drain_due(t0 + Duration::from_millis(150), false, &gone);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].files.len(), 1, "{:?}", out[0].files);
+        assert_eq!(out[0].files[0].opened_as, "/root/.ssh/id_rsa");
+        assert_eq!(out[0].files_total, 2);
+        // A shell's open of a redirect, then the archiver it exec'd holding
+        // it as fd 0: two programs, both listed.
+        let mut shell = open(11, 5, "/root/.ssh/id_rsa");
+        shell.process.exe = "/bin/sh".into();
+        let mut tar = open(11, 5, "/root/.ssh/id_rsa");
+        if let Trigger::Open { opened_as, .. } = &mut tar.trigger {
+            *opened_as = "inherited fd 0".into();
+        }
+        assert!(agg.add(shell, t0));
+        assert!(!agg.add(tar, t0));
+        let out = agg.drain_due(t0 + Duration::from_millis(300), false, &gone);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].files.len(), 2, "{:?}", out[0].files);
+    }
+
+    #[test]
     fn start_ticks_become_a_date_near_now_for_this_process() {
         let me = crate::attribute::procfs::stat(std::process::id() as i32).unwrap();
         let t = start_time(me.start_time_ticks).unwrap();
