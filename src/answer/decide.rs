@@ -179,12 +179,17 @@ fn canonical_path(
     container: &str,
 ) -> (PathBuf, String, PathBuf) {
     let opened_as = fd_path(fd).unwrap_or_else(|| PathBuf::from(format!("fd:{}", fd.as_raw_fd())));
-    let idx = ctx.index.read().unwrap_or_else(|e| e.into_inner());
-    if let Some(m) = idx.lookup(fid, Some(container)) {
-        return (m.path.clone(), m.origin(), opened_as);
+    let lookup = |id: FileId| {
+        let idx = ctx.index.read().unwrap_or_else(|e| e.into_inner());
+        idx.lookup(id, Some(container))
+            .map(|m| (m.path.clone(), m.origin()))
+    };
+    if let Some((path, origin)) = lookup(fid) {
+        return (path, origin, opened_as);
     }
     // A child of a marked directory: find the directory by its inode, seen
-    // from the opener's own root, and append the file's name.
+    // from the opener's own root (not under the index lock: no I/O is),
+    // and append the file's name.
     if let (Some(parent), Some(name)) = (opened_as.parent(), opened_as.file_name()) {
         let rel = parent.strip_prefix("/").unwrap_or(parent);
         if let Ok(meta) = std::fs::metadata(Path::new(&format!("/proc/{pid}/root")).join(rel)) {
@@ -193,8 +198,8 @@ fn canonical_path(
                 dev: meta.dev(),
                 ino: meta.ino(),
             };
-            if let Some(m) = idx.lookup(did, Some(container)) {
-                let path = m.path.join(name);
+            if let Some((dir, _)) = lookup(did) {
+                let path = dir.join(name);
                 return (path.clone(), path.to_string_lossy().into_owned(), opened_as);
             }
         }
@@ -223,7 +228,11 @@ fn inherited_files(ctx: &Context, pid: i32, container: &str) -> Vec<TouchedFile>
                 Some(TouchedFile {
                     path: m.path.clone(),
                     origin: m.origin(),
-                    opened_as: format!("inherited fd {}", f.fd.to_string_lossy()),
+                    opened_as: format!(
+                        "{}{}",
+                        crate::alert::aggregate::INHERITED,
+                        f.fd.to_string_lossy()
+                    ),
                     touch: Touch::Inherited,
                     source: None,
                 })

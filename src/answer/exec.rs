@@ -397,29 +397,36 @@ impl Holds {
         if fanotify::exec_scope(file.as_fd()) != ExecScope::Filesystem {
             return None;
         }
-        let index = ctx.index.read().unwrap_or_else(|e| e.into_inner());
-        self.roots
-            .retain(|(c, p), _| index.container(c).is_some_and(|v| v.init_pid == *p));
+        // The containers, copied out: the roots are read from /proc below,
+        // and no I/O may happen under the index lock. A reader that
+        // sleeps in it, with a registration's writer waiting behind it,
+        // holds up the permission loop's lookups (priority inversion).
+        let views: Vec<(String, i32)> = {
+            let index = ctx.index.read().unwrap_or_else(|e| e.into_inner());
+            index
+                .views()
+                .map(|v| (v.reference.id.clone(), v.init_pid))
+                .collect()
+        };
+        self.roots.retain(|k, _| views.contains(k));
         let mut owner = None;
-        let mut devs = Vec::with_capacity(index.containers());
-        for v in index.views() {
-            let k = (v.reference.id.clone(), v.init_pid);
+        let mut devs = Vec::with_capacity(views.len());
+        for (id, init_pid) in &views {
+            let k = (id.clone(), *init_pid);
             let root = match self.roots.get(&k) {
                 Some(r) => *r,
                 // A root that cannot be read is a container whose init is
                 // gone: nothing of it runs any more.
-                None => {
-                    match fanotify::mount_of_path(format!("/proc/{}/root", v.init_pid).as_ref()) {
-                        Ok(r) => *self.roots.entry(k).or_insert(r),
-                        Err(_) => continue,
-                    }
-                }
+                None => match fanotify::mount_of_path(format!("/proc/{init_pid}/root").as_ref()) {
+                    Ok(r) => *self.roots.entry(k).or_insert(r),
+                    Err(_) => continue,
+                },
             };
             // Through the container's root mount, not a volume or a bind.
             if root.0 == mount {
-                owner = Some((&v.reference.id, root.1));
+                owner = Some((id, root.1));
             }
-            devs.push((&v.reference.id, root.1));
+            devs.push((id, root.1));
         }
         let (id, dev) = owner?;
         // The root's device is its overlay's own (directories always
