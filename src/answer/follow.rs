@@ -869,10 +869,11 @@ impl Follow {
             }
             // The index learns the inode before the kernel marks it, so the
             // first open of the copy finds what it is a copy of.
-            let added = index
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .add_derived(&r.container, fid, r.credential.clone());
+            let added = crate::watch::index::write(index).add_derived(
+                &r.container,
+                fid,
+                r.credential.clone(),
+            );
             if !added {
                 return;
             }

@@ -165,7 +165,7 @@ pub struct OwnedGroups {
 /// permission loop must already be running for that.) Only records whose
 /// init is still the process registered are loaded.
 pub fn preload(ctx: &Context, records: &[ContainerRecord]) -> usize {
-    let mut index = ctx.index.write().unwrap_or_else(|e| e.into_inner());
+    let mut index = crate::watch::index::write(&ctx.index);
     let mut n = 0;
     for rec in records {
         if !rec.alive() {
@@ -498,11 +498,7 @@ impl Registrar {
 
     /// Take container `id` out of the index.
     fn unindex(&self, id: &str) {
-        self.ctx
-            .index
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(id);
+        crate::watch::index::write(&self.ctx.index).remove(id);
         self.ctx.identities.forget(id);
         self.create_budget.forget(id);
         self.create_dirs
@@ -642,7 +638,7 @@ impl Registrar {
                 rec.placed.create_marks.len(),
                 before.1
             ));
-            let mut index = self.ctx.index.write().unwrap_or_else(|e| e.into_inner());
+            let mut index = crate::watch::index::write(&self.ctx.index);
             index.forget_files(id, &pruned.marks, false);
             index.forget_files(id, &copies, true);
             drop(index);

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock, RwLockWriteGuard};
 
 use crate::config::Action;
 use crate::watch::resolve::FileId;
@@ -70,6 +70,36 @@ impl MarkedPath {
         self.derived
             .clone()
             .unwrap_or_else(|| self.path.to_string_lossy().into_owned())
+    }
+}
+
+/// Take the index for writing without ever queueing inside the lock.
+///
+/// Why: std's `RwLock` on Linux lets a *waiting* writer block every new
+/// reader. The permission loop (real-time) reads the index for every
+/// event; a registration, prune or reaper (normal or low priority) that
+/// waited in `write()` behind some reader would, once that reader left,
+/// need the CPU to take and release the lock, and on a loaded host the
+/// permission loop waited those hundreds of milliseconds behind it (seen:
+/// 250-445 ms with fifty starts on two cores, past the decision
+/// deadline). A writer here retries `try_write` instead, so readers only
+/// ever wait for a writer that holds the lock, for the few microseconds
+/// of a map update.
+pub fn write(index: &RwLock<MarkIndex>) -> RwLockWriteGuard<'_, MarkIndex> {
+    let mut spins = 0u32;
+    loop {
+        match index.try_write() {
+            Ok(g) => return g,
+            Err(std::sync::TryLockError::Poisoned(e)) => return e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                spins += 1;
+                if spins < 64 {
+                    std::thread::yield_now();
+                } else {
+                    std::thread::sleep(std::time::Duration::from_micros(50));
+                }
+            }
+        }
     }
 }
 
@@ -342,6 +372,21 @@ impl MarkIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_waiting_writer_never_blocks_a_new_reader() {
+        let index = RwLock::new(MarkIndex::default());
+        let held = index.read().unwrap();
+        std::thread::scope(|s| {
+            let writer = s.spawn(|| write(&index).generation());
+            std::thread::sleep(std::time::Duration::from_millis(30));
+            // With `RwLock::write` the writer would be queued in the lock
+            // now, and this read refused until it had been and gone.
+            assert!(index.try_read().is_ok(), "a reader waits behind a writer");
+            drop(held);
+            writer.join().unwrap();
+        });
+    }
 
     fn view(id: &str, ns: u64) -> ContainerView {
         ContainerView {

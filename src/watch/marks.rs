@@ -171,10 +171,7 @@ pub fn place(
         .iter()
         .map(|m| (m.id, m.path.clone(), m.is_dir))
         .collect();
-    index
-        .write()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(view, &entries);
+    super::index::write(index).insert(view, &entries);
     let watch_err = |source| MarkError::Watch {
         id: id.clone(),
         source,
@@ -346,10 +343,7 @@ pub fn place_under(
             .iter()
             .map(|f| (f.id, f.path.clone(), f.is_dir))
             .collect();
-        index
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .add(id, &entries);
+        super::index::write(index).add(id, &entries);
     }
     for f in &found {
         let what = format!("{} in container {id}", f.path.display());
