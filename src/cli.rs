@@ -11,6 +11,7 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
+use crate::answer::stats::Scheduling;
 use crate::hook::protocol::{ContainerSummary, StatusReport};
 use crate::rules::RuleSummary;
 
@@ -119,6 +120,15 @@ pub fn status(r: &StatusReport) -> String {
                 "p50 <= {} us, p99 <= {} us, {} decisions",
                 s.latency.p50_us, s.latency.p99_us, s.latency.count
             ),
+        ])
+        .row(vec![
+            "answering threads".into(),
+            match s.answer_scheduling {
+                Scheduling::Realtime => "real-time (SCHED_RR)",
+                Scheduling::Nice => "nice -10 (real-time refused: CAP_SYS_NICE?)",
+                Scheduling::Unchanged => "normal priority (raising it was refused)",
+            }
+            .into(),
         ]);
     out.push_str(&t.render());
     out.push('\n');
@@ -317,6 +327,37 @@ mod tests {
         assert_eq!(lines[1], "abc               -     7");
         assert_eq!(lines[2], "a-much-longer-id  web   12345");
         assert!(text.lines().all(|l| l == l.trim_end()));
+    }
+
+    #[test]
+    fn status_says_how_the_answering_threads_are_scheduled() {
+        let mut r = StatusReport {
+            version: "0.1.0".into(),
+            pid: 1,
+            uptime_secs: 1,
+            containers: 0,
+            marked_inodes: 0,
+            default_action: "alert".into(),
+            stats: Default::default(),
+            sinks: Default::default(),
+            alerts_sent: 0,
+            alerts_rate_limited: 0,
+            alerts_by_rule: Default::default(),
+            pending_runs: 0,
+            config_errors: Vec::new(),
+            exceptions: Vec::new(),
+        };
+        r.stats.answer_scheduling = Scheduling::Nice;
+        let line = |r: &StatusReport| {
+            status(r)
+                .lines()
+                .find(|l| l.starts_with("answering threads"))
+                .map(str::to_string)
+                .unwrap_or_default()
+        };
+        assert!(line(&r).contains("nice -10"), "{}", status(&r));
+        r.stats.answer_scheduling = Scheduling::Realtime;
+        assert!(line(&r).contains("SCHED_RR"), "{}", status(&r));
     }
 
     #[test]
