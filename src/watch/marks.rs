@@ -421,36 +421,44 @@ pub fn prune(
     alive: &std::collections::HashSet<u64>,
 ) -> Pruned {
     let mut pruned = Pruned::default();
-    let mut newest = std::collections::HashSet::new();
-    let mut keep = vec![false; placed.marks.len()];
-    for (i, m) in placed.marks.iter().enumerate().rev() {
-        keep[i] = alive.contains(&m.id.ino) && newest.insert(m.id);
-    }
-    let mut k = keep.iter();
-    placed.marks.retain(|m| {
-        let kept = *k.next().unwrap_or(&true);
-        if !kept && !newest.contains(&m.id) {
+    keep_newest_alive(&mut placed.marks, alive, |m, superseded| {
+        // A record a newer one of the same inode replaces: the index
+        // keeps that inode.
+        if !superseded {
             pruned.marks.push(m.id);
         }
-        kept
     });
     if let Some(create) = groups.create {
         let alive = create.marked_inodes();
-        let mut newest = std::collections::HashSet::new();
-        let mut keep = vec![false; placed.create_marks.len()];
-        for (i, m) in placed.create_marks.iter().enumerate().rev() {
-            keep[i] = alive.contains(&m.id.ino) && newest.insert(m.id);
-        }
-        let mut k = keep.iter();
-        placed.create_marks.retain(|m| {
-            let kept = *k.next().unwrap_or(&true);
-            if !kept {
-                pruned.create_dirs.push(m.clone());
-            }
-            kept
+        keep_newest_alive(&mut placed.create_marks, &alive, |m, _| {
+            pruned.create_dirs.push(m.clone());
         });
     }
     pruned
+}
+
+/// Keep in `records` the newest record of each inode still in `alive` (a
+/// path marked again is listed again; the later record stands). Each
+/// record dropped goes to `dropped`, with whether a newer record of its
+/// inode stays.
+fn keep_newest_alive(
+    records: &mut Vec<MarkRecord>,
+    alive: &std::collections::HashSet<u64>,
+    mut dropped: impl FnMut(&MarkRecord, bool),
+) {
+    let mut newest = std::collections::HashSet::new();
+    let mut keep = vec![false; records.len()];
+    for (i, m) in records.iter().enumerate().rev() {
+        keep[i] = alive.contains(&m.id.ino) && newest.insert(m.id);
+    }
+    let mut k = keep.iter();
+    records.retain(|m| {
+        let kept = *k.next().unwrap_or(&true);
+        if !kept {
+            dropped(m, newest.contains(&m.id));
+        }
+        kept
+    });
 }
 
 /// Coverage over time: every directory on the way to a credential path
