@@ -428,11 +428,8 @@ impl Registrar {
         cached.1.clone()
     }
 
-    /// The root of live container `rec`, opened once per init: a create's
-    /// marking would otherwise open `/proc/<pid>/root` and the rootfs in it
-    /// for every event. The caller has checked that the init is still the
-    /// one registered ([`Registrar::take_live`]), so the pid names it.
-    /// Whether the root cached for `rec`'s id is its init's.
+    /// Whether the root cached for `rec`'s id is its init's (see
+    /// [`Registrar::root_of_live`]).
     fn has_root_of(&self, rec: &ContainerRecord) -> bool {
         self.roots
             .lock()
@@ -441,6 +438,10 @@ impl Registrar {
             .is_some_and(|(pid, start, _)| *pid == rec.pid && *start == rec.start_time_ticks)
     }
 
+    /// The root of live container `rec`, opened once per init: a create's
+    /// marking would otherwise open `/proc/<pid>/root` and the rootfs in it
+    /// for every event. The caller has checked that the init is still the
+    /// one registered, so the pid names it.
     fn root_of_live(
         &self,
         rec: &ContainerRecord,
@@ -752,23 +753,17 @@ impl Registrar {
     fn mark_under(&self, id: &str, made: &[PathBuf]) {
         let lock = self.container_lock(id);
         let _own = lock.lock().unwrap_or_else(|e| e.into_inner());
-        // With the root open since an earlier marking, no pid is looked up
-        // (a reused pid could only mislead a lookup by pid): a container
-        // that went meanwhile is noticed when its marks are put back.
-        let opened = self
-            .roots
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains_key(id);
-        let Some(mut rec) = self.take(id, !opened) else {
+        let Some(mut rec) = self.take(id, false) else {
             return;
         };
-        if opened && !self.has_root_of(&rec) {
-            // Registered anew since: look the new init up first.
-            if !procfs::stat(rec.pid).is_ok_and(|s| s.start_time_ticks == rec.start_time_ticks) {
-                self.put_back(rec);
-                return;
-            }
+        // With this init's root open since an earlier marking, no pid is
+        // looked up (a reused pid could only mislead a lookup by pid): a
+        // container that went meanwhile is noticed when its marks are put
+        // back. Otherwise (the first marking, or registered anew since)
+        // the init is looked up first.
+        if !self.has_root_of(&rec) && !rec.alive() {
+            self.put_back(rec);
+            return;
         }
         let policy = self.ctx.policy();
         let root = match self.root_of_live(&rec) {
