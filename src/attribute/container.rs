@@ -24,19 +24,13 @@
 //! mount namespace (bounded), and failing that the strictest of their
 //! policies applies.
 
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, RwLock};
 
 use super::procfs;
 use crate::watch::index::{ContainerView, MarkIndex};
 
 /// How far up the parent chain a shared pid namespace is disambiguated.
 const MAX_ANCESTRY: usize = 16;
-
-/// The daemon's own pid namespace (the host's, for a daemon on the host).
-fn own_pid_ns() -> u64 {
-    static OWN: OnceLock<u64> = OnceLock::new();
-    *OWN.get_or_init(|| procfs::fixed_ns(false, "pid").unwrap_or(0))
-}
 
 /// The container `pid` belongs to, if any.
 pub fn container_of(index: &RwLock<MarkIndex>, pid: i32) -> Option<Arc<ContainerView>> {
@@ -60,7 +54,8 @@ pub fn container_of(index: &RwLock<MarkIndex>, pid: i32) -> Option<Arc<Container
     if let Some(v) = by_mnt {
         return Some(v.clone());
     }
-    let own = own_pid_ns();
+    // The daemon's own pid namespace (the host's, for a daemon on the host).
+    let own = procfs::fixed_ns(false, "pid").unwrap_or(0);
     for ns in procfs::pid_ns_chain(pid) {
         if ns == own {
             break;

@@ -270,11 +270,7 @@ pub fn parse_dirents(mut buf: &[u8], out: &mut Vec<OsString>) {
 
 /// A pattern's (or a path's) components, empty ones dropped.
 pub fn components(pattern: &str) -> Vec<&[u8]> {
-    pattern
-        .as_bytes()
-        .split(|&b| b == b'/')
-        .filter(|c| !c.is_empty())
-        .collect()
+    path_names(Path::new(pattern))
 }
 
 /// A container path's names, in order (`/home/u5` is `home`, `u5`).
