@@ -566,16 +566,20 @@ impl Group {
         fd: BorrowedFd<'_>,
         what: &str,
     ) -> Result<(), WatchError> {
-        let r = match self.fan.mark::<_, str>(flags, mask, fd, None) {
-            // fanotify_mark takes no O_PATH fd as the object itself, and
-            // the resolver opens the files it only marks with O_PATH (no
-            // open of a file in a marked directory, no overlay backing
-            // file, no permission event of the daemon's own). The fd's
-            // magic link in /proc/self/fd names exactly its file, not a
-            // path to walk again.
-            Err(Errno::EBADF) => {
-                let link = format!("/proc/self/fd/{}", fd.as_raw_fd());
-                self.fan.mark(flags, mask, fd, Some(link.as_str()))
+        // fanotify_mark takes no O_PATH fd as the object itself (EBADF),
+        // and the resolver opens the files it only marks with O_PATH (no
+        // open of a file in a marked directory, no overlay backing file,
+        // no permission event of the daemon's own). The fd's magic link in
+        // /proc/self/fd names exactly its file, not a path to walk again;
+        // it goes first, as nearly every mark is of an O_PATH fd (trying
+        // the fd first cost a failed call per mark). The fd itself is the
+        // fallback where /proc is missing.
+        let link = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        let r = match self.fan.mark(flags, mask, fd, Some(link.as_str())) {
+            // ENOENT is also a removal of a mark that is not there: fall
+            // back only when the link itself is what is missing.
+            Err(Errno::ENOENT) if !std::path::Path::new("/proc/self/fd").exists() => {
+                self.fan.mark::<_, str>(flags, mask, fd, None)
             }
             r => r,
         };
