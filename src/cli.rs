@@ -156,6 +156,7 @@ pub fn status(r: &StatusReport) -> String {
             ("parse errors", s.parse_errors),
             ("decision panics", s.panics),
             ("exec probes too late", s.exec_unsettled),
+            ("image learning waits expired", s.learn_timeouts),
         ],
     ));
     if !r.sinks.is_empty() {

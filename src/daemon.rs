@@ -82,7 +82,7 @@ pub enum DaemonError {
 }
 
 fn log(msg: impl AsRef<str>) {
-    eprintln!("keyward: {}", msg.as_ref());
+    crate::registry::log_line(msg.as_ref());
 }
 
 fn spawn<F: FnOnce() + Send + 'static>(

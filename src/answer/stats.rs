@@ -206,6 +206,11 @@ pub struct StatsSnapshot {
     pub write_only_opens: u64,
     #[serde(default)]
     pub answer_scheduling: Scheduling,
+    /// Decisions that stopped waiting for their container's image to be
+    /// learned (`attribute::identity::LEARN_WAIT`); filled in by the
+    /// status report from the identities.
+    #[serde(default)]
+    pub learn_timeouts: u64,
     pub latency: LatencySnapshot,
 }
 
@@ -319,6 +324,7 @@ impl Stats {
                 .answer_scheduling
                 .lock()
                 .unwrap_or_else(|e| e.into_inner()),
+            learn_timeouts: 0,
             latency: self.latency(),
         }
     }

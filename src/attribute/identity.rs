@@ -12,13 +12,23 @@
 //!
 //! What a container's image teaches is kept in that container's scope: it
 //! decides for that container only, and never outweighs the host's.
+//!
+//! A container's image is learned after its hook has been answered (the
+//! learning is half a millisecond of directory listings that the start
+//! need not wait for): the registration [`Identities::expect`]s it first,
+//! and until [`Identities::learn_expected`] is done, a decision about that
+//! container's processes waits for it (bounded by [`LEARN_WAIT`]), and the
+//! exec path probes every ELF (probing more costs a probe, never a
+//! verdict). The container's first process runs milliseconds after the
+//! hook returns, by then the learning is long done.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
-use std::sync::{Mutex, RwLock};
+use std::sync::{Condvar, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
 
@@ -38,6 +48,17 @@ pub const BIN_DIRS: &[&str] = &[
 const MAX_NOTES: u64 = 64 * 1024;
 /// Entries the executable cache keeps before it starts over.
 const CACHE_MAX: usize = 4096;
+/// How long a decision about a container's process waits for that
+/// container's image to be learned. The learning is about 0.5 ms and
+/// starts as the hook is answered, milliseconds before the container's
+/// first process; the bound only matters for an image made to be slow to
+/// list (its own decisions then go on with the host's archivers alone,
+/// counted in [`Identities::learn_timeouts`]), and it keeps such an image
+/// from holding the answering thread, which serves every container, for
+/// long.
+pub const LEARN_WAIT: Duration = Duration::from_millis(20);
+/// `d_type` of a symbolic link in a `getdents64` record.
+const DT_LNK: u8 = 10;
 
 /// The GNU build-id of an ELF64 little-endian file, if it has one.
 pub fn build_id<R: Read + Seek>(f: &mut R) -> Option<Vec<u8>> {
@@ -163,6 +184,23 @@ pub struct Identities {
     cache: Mutex<HashMap<ContentKey, Option<Vec<u8>>>>,
     /// SHA-256 of executables, for exceptions that name content.
     digests: Mutex<HashMap<Version, Option<[u8; 32]>>>,
+    /// Containers whose image is still to be learned, each with the token
+    /// of the registration that expects it.
+    pending: Mutex<HashMap<String, u64>>,
+    /// Signalled whenever a pending learning ends.
+    learned: Condvar,
+    /// The last token handed out.
+    tokens: std::sync::atomic::AtomicU64,
+    /// Decisions that stopped waiting for a container's learning.
+    learn_timeouts: std::sync::atomic::AtomicU64,
+}
+
+/// A container's learning, expected by its registration: handed to
+/// [`Identities::learn_expected`] once the hook has its reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expected {
+    pub container: String,
+    token: u64,
 }
 
 /// Executables larger than this are not hashed for exceptions (an
@@ -188,9 +226,12 @@ fn version_of(f: &File) -> Option<Version> {
 }
 
 fn content_key(f: &File) -> Option<ContentKey> {
+    Some(key_of(&f.metadata().ok()?))
+}
+
+fn key_of(meta: &std::fs::Metadata) -> ContentKey {
     use std::os::unix::fs::MetadataExt;
-    let meta = f.metadata().ok()?;
-    Some((meta.ino(), meta.size(), meta.ctime(), meta.ctime_nsec()))
+    (meta.ino(), meta.size(), meta.ctime(), meta.ctime_nsec())
 }
 
 /// A file read at positions (`pread`): a seek is no syscall, so the ELF
@@ -243,7 +284,9 @@ fn cached<K: std::hash::Hash + Eq, T: Clone>(
     v
 }
 
-fn open_regular(root: BorrowedFd<'_>, rel: &Path) -> Option<File> {
+/// A regular file under `root`, with its content key (one `statx` for
+/// both).
+fn open_regular(root: BorrowedFd<'_>, rel: &Path) -> Option<(File, ContentKey)> {
     let how = OpenHow::new()
         .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK | OFlag::O_NOCTTY)
         .resolve(
@@ -253,7 +296,8 @@ fn open_regular(root: BorrowedFd<'_>, rel: &Path) -> Option<File> {
         );
     let fd = openat2(root, rel, how).ok()?;
     let f = File::from(fd);
-    f.metadata().ok().filter(|m| m.is_file()).map(|_| f)
+    let meta = f.metadata().ok().filter(|m| m.is_file())?;
+    Some((f, key_of(&meta)))
 }
 
 impl Identities {
@@ -261,28 +305,7 @@ impl Identities {
     /// host's (`container` `None`, the host's `/`) or one container's
     /// (its root).
     pub fn learn(&self, root: BorrowedFd<'_>, names: &[String], container: Option<&str>) {
-        let mut found: Vec<(String, Vec<u8>)> = Vec::new();
-        let mut busybox = None;
-        for dir in BIN_DIRS {
-            let rel = Path::new(dir.trim_start_matches('/'));
-            // List each directory once and open only the names present:
-            // probing every archiver name in every directory cost ~160
-            // failed opens per container start.
-            let Ok(dirfd) = crate::watch::resolve::open_in_root(root, rel, true) else {
-                continue;
-            };
-            for entry in crate::watch::resolve::list_dir(dirfd.as_fd()) {
-                let entry = entry.to_string_lossy().into_owned();
-                // Read once per file content, whichever container's view.
-                let id =
-                    || open_regular(root, &rel.join(&entry)).and_then(|f| self.build_id_of(&f));
-                if entry == "busybox" {
-                    busybox = id().or(busybox);
-                } else if let Some(name) = names.iter().find(|n| n.eq_ignore_ascii_case(&entry)) {
-                    found.extend(id().map(|id| (name.to_ascii_lowercase(), id)));
-                }
-            }
-        }
+        let (busybox, found) = self.scan(root, names);
         let changed = match container {
             None => self
                 .host
@@ -302,27 +325,170 @@ impl Identities {
         }
     }
 
+    /// Note that container `id`'s image will be learned
+    /// ([`Identities::learn_expected`]); until then its decisions wait for
+    /// it. A second registration of the same id replaces the first's
+    /// expectation.
+    pub fn expect(&self, id: &str) -> Expected {
+        let token = self
+            .tokens
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_string(), token);
+        Expected {
+            container: id.to_string(),
+            token,
+        }
+    }
+
+    /// Learn the image of an expected container, and let its decisions
+    /// go on. Nothing is kept if the container was forgotten (or
+    /// registered again) meanwhile: its scope must not outlive it.
+    pub fn learn_expected(&self, root: BorrowedFd<'_>, names: &[String], expected: Expected) {
+        let (busybox, found) = self.scan(root, names);
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if pending.get(&expected.container) == Some(&expected.token) {
+            self.containers
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(expected.container.clone())
+                .or_default()
+                .add(busybox, found);
+            pending.remove(&expected.container);
+            // Always: while it was pending the exec path classed every
+            // ELF as watched, and those verdicts must be made again.
+            self.bump();
+        }
+        drop(pending);
+        self.learned.notify_all();
+    }
+
+    /// Give up an expectation (the registration failed after it).
+    pub fn unexpect(&self, expected: &Expected) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if pending.get(&expected.container) == Some(&expected.token) {
+            pending.remove(&expected.container);
+            self.bump();
+        }
+        drop(pending);
+        self.learned.notify_all();
+    }
+
+    /// Wait (at most [`LEARN_WAIT`]) until container `id`'s image is
+    /// learned, if it is expected.
+    fn wait_learned(&self, id: &str) {
+        let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if !pending.contains_key(id) {
+            return;
+        }
+        let until = Instant::now() + LEARN_WAIT;
+        let mut pending = pending;
+        while pending.contains_key(id) {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                self.learn_timeouts
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return;
+            }
+            pending = self
+                .learned
+                .wait_timeout(pending, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Decisions that stopped waiting for a container's learning
+    /// ([`LEARN_WAIT`]).
+    pub fn learn_timeouts(&self) -> u64 {
+        self.learn_timeouts
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The archivers (and busybox) in the usual binary directories under
+    /// `root`.
+    #[allow(clippy::type_complexity)]
+    fn scan(
+        &self,
+        root: BorrowedFd<'_>,
+        names: &[String],
+    ) -> (Option<Vec<u8>>, Vec<(String, Vec<u8>)>) {
+        let mut found: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut busybox = None;
+        for dir in BIN_DIRS {
+            let rel = Path::new(dir.trim_start_matches('/'));
+            // List each directory once and open only the names present:
+            // probing every archiver name in every directory cost ~160
+            // failed opens per container start. The directory is ours and
+            // unread, so it is listed from its own fd.
+            let Ok(dirfd) = crate::watch::resolve::open_in_root(root, rel, true) else {
+                continue;
+            };
+            for (entry, kind) in crate::watch::resolve::read_dir_typed(dirfd.as_fd()) {
+                // A link is never followed (a busybox image's /bin is
+                // hundreds of them): skip the open that would refuse it.
+                if kind == DT_LNK {
+                    continue;
+                }
+                let entry = entry.to_string_lossy();
+                // Read once per file content, whichever container's view.
+                let id = || {
+                    open_regular(root, &rel.join(&*entry))
+                        .and_then(|(f, key)| self.build_id_keyed(&f, key))
+                };
+                if entry == "busybox" {
+                    busybox = id().or(busybox);
+                } else if let Some(name) = names.iter().find(|n| n.eq_ignore_ascii_case(&entry)) {
+                    found.extend(id().map(|id| (name.to_ascii_lowercase(), id)));
+                }
+            }
+        }
+        (busybox, found)
+    }
+
     fn bump(&self) {
         self.generation
             .fetch_add(1, std::sync::atomic::Ordering::Release);
     }
 
-    /// Forget what container `id` taught (it went).
+    /// Forget what container `id` taught (it went), and any learning
+    /// still expected for it.
     pub fn forget(&self, id: &str) {
+        let was_pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id)
+            .is_some();
+        if was_pending {
+            self.learned.notify_all();
+        }
         let removed = self
             .containers
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(id);
-        if removed.is_some() {
+        if removed.is_some() || was_pending {
             self.bump();
         }
     }
 
     /// Whether a build-id may be an archiver's or a multi-call binary's in
     /// some scope: the exec path probes such executables (probing more
-    /// than needed costs a probe, never a verdict).
+    /// than needed costs a probe, never a verdict). While any container's
+    /// image is still to be learned, every build-id may be.
     pub fn watches_build_id(&self, id: &[u8]) -> bool {
+        if !self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+        {
+            return true;
+        }
         let host = self.host.read().unwrap_or_else(|e| e.into_inner());
         if host.known.contains_key(id) || host.multi.contains(id) {
             return true;
@@ -383,14 +549,21 @@ impl Identities {
             return None;
         }
         drop(host);
+        let container = container?;
+        self.wait_learned(container);
         let containers = self.containers.read().unwrap_or_else(|e| e.into_inner());
-        let scope = containers.get(container?)?;
+        let scope = containers.get(container)?;
         scope.known.get(&id).cloned()
     }
 
     /// The build-id of `f`, hashed once per version of the file.
     fn build_id_of(&self, f: &File) -> Option<Vec<u8>> {
-        cached(&self.cache, content_key(f)?, || {
+        self.build_id_keyed(f, content_key(f)?)
+    }
+
+    /// [`Identities::build_id_of`] for a file whose content key is known.
+    fn build_id_keyed(&self, f: &File, key: ContentKey) -> Option<Vec<u8>> {
+        cached(&self.cache, key, || {
             build_id(&mut Positional { file: f, at: 0 })
         })
     }
@@ -546,6 +719,57 @@ mod tests {
         ids.forget("b");
         ids.forget("a");
         assert_eq!(ids.len(), 1);
+    }
+
+    #[test]
+    fn a_decision_waits_for_its_containers_image_and_no_other() {
+        let tmp = crate::testdir::TempDir::new("ident-expect");
+        let names: Vec<String> = vec!["tar".into()];
+        let ids = Identities::default();
+        let root = root_with(&tmp, "c", &["tar"]);
+        let expected = ids.expect("c");
+        // While c is expected, the exec path probes every ELF.
+        assert!(ids.watches_build_id(b"not an archiver's build-id"));
+        std::thread::scope(|s| {
+            let decision = s.spawn(|| {
+                let me = File::open("/proc/self/exe").unwrap();
+                ids.archiver_of_file(&me, Some("c"))
+            });
+            // Another container's decision does not wait for c.
+            let me = File::open("/proc/self/exe").unwrap();
+            let other = Instant::now();
+            assert_eq!(ids.archiver_of_file(&me, Some("d")), None);
+            assert!(other.elapsed() < LEARN_WAIT);
+            std::thread::sleep(Duration::from_millis(5));
+            ids.learn_expected(root.as_fd(), &names, expected);
+            // Asked before c was learned, answered from what c teaches.
+            assert_eq!(decision.join().unwrap().as_deref(), Some("tar"));
+        });
+        assert_eq!(ids.learn_timeouts(), 0);
+        assert!(!ids.watches_build_id(b"not an archiver's build-id"));
+
+        // Learned after the decision had to go on: counted, and nothing
+        // is kept for a container forgotten meanwhile.
+        let root = root_with(&tmp, "e", &["tar"]);
+        let expected = ids.expect("e");
+        let me = File::open("/proc/self/exe").unwrap();
+        let waited = Instant::now();
+        assert_eq!(ids.archiver_of_file(&me, Some("e")), None);
+        assert!(waited.elapsed() >= LEARN_WAIT);
+        assert_eq!(ids.learn_timeouts(), 1);
+        ids.forget("e");
+        ids.learn_expected(root.as_fd(), &names, expected);
+        assert_eq!(ids.archiver_of_file(&me, Some("e")), None);
+
+        // A registration again of the same id replaces the expectation:
+        // the first's late learning does not count as the second's.
+        let first = ids.expect("f");
+        let second = ids.expect("f");
+        ids.learn_expected(root.as_fd(), &names, first);
+        assert!(ids.watches_build_id(b"still expected"));
+        ids.learn_expected(root.as_fd(), &names, second);
+        assert_eq!(ids.archiver_of_file(&me, Some("f")).as_deref(), Some("tar"));
+        assert!(!ids.watches_build_id(b"still expected"));
     }
 
     #[test]

@@ -43,9 +43,19 @@ pub enum ControlError {
     },
 }
 
+/// Work a handler leaves for after its reply is written.
+pub type Then<'a> = Option<Box<dyn FnOnce() + 'a>>;
+
 /// Something that answers requests.
 pub trait Handler: Send + Sync + 'static {
     fn handle(&self, req: Request) -> Reply;
+
+    /// [`Handler::handle`], with work to run once the reply is written
+    /// (on the same connection thread, so the client is not kept waiting
+    /// for it). By default there is none.
+    fn handle_then(&self, req: Request) -> (Reply, Then<'_>) {
+        (self.handle(req), None)
+    }
 
     /// Why the peer `pid` may not talk to the daemon, if it may not
     /// (beyond being root, which the socket checks first).
@@ -135,29 +145,35 @@ fn serve_one<H: Handler>(stream: UnixStream, handler: &H) {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(CLIENT_TIMEOUT));
     let _ = stream.set_write_timeout(Some(CLIENT_TIMEOUT));
-    let reply = match getsockopt(&stream, PeerCredentials) {
+    let (reply, then) = match getsockopt(&stream, PeerCredentials) {
         Ok(cred) if cred.uid() == 0 => match handler.refuse(cred.pid()) {
-            Some(why) => Reply::Error {
-                message: format!("refused: {why}"),
-            },
+            Some(why) => error(format!("refused: {why}")),
             None => match protocol::read_line(&mut BufReader::new(&stream))
                 .and_then(|l| protocol::parse_request(&l))
             {
-                Ok(req) => handler.handle(req),
-                Err(e) => Reply::Error {
-                    message: format!("bad request: {e}"),
-                },
+                Ok(req) => handler.handle_then(req),
+                Err(e) => error(format!("bad request: {e}")),
             },
         },
-        Ok(cred) => Reply::Error {
-            message: format!("peer uid {} (pid {}) is not root", cred.uid(), cred.pid()),
-        },
-        Err(e) => Reply::Error {
-            message: format!("cannot read peer credentials: {e}"),
-        },
+        Ok(cred) => error(format!(
+            "peer uid {} (pid {}) is not root",
+            cred.uid(),
+            cred.pid()
+        )),
+        Err(e) => error(format!("cannot read peer credentials: {e}")),
     };
     let mut w = &stream;
     let _ = protocol::write_message(&mut w, &reply);
+    // The client's wait ends here; whatever the handler left runs now,
+    // whether or not the client read its reply.
+    drop(stream);
+    if let Some(then) = then {
+        then();
+    }
+}
+
+fn error<'a>(message: String) -> (Reply, Then<'a>) {
+    (Reply::Error { message }, None)
 }
 
 /// Idle connection threads kept for the next client. A thread spawned per

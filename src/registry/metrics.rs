@@ -188,6 +188,12 @@ impl Collector for Snapshot {
         )?;
         counter(
             e,
+            "keyward_learn_timeouts",
+            "decisions that stopped waiting for their container's image to be learned",
+            s.learn_timeouts,
+        )?;
+        counter(
+            e,
             "keyward_decision_panics",
             "decisions that panicked",
             s.panics,

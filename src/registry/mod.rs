@@ -27,3 +27,13 @@ pub mod register;
 pub mod service;
 pub mod store;
 pub mod verify;
+
+/// Write one line of the daemon's log to stderr (the journal's, under
+/// systemd) in a single `write`: `eprintln!` wrote the prefix, the message
+/// and the newline apart, three syscalls on the registration's path, and
+/// lines of two threads could interleave.
+pub fn log_line(msg: &str) {
+    use std::io::Write as _;
+    let line = format!("keyward: {msg}\n");
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}

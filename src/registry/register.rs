@@ -3,13 +3,15 @@
 //! paths created later, and restore after a restart.
 //!
 //! A registration is verified ([`super::verify`]), enriched from the
-//! engine's metadata ([`super::enrich`]), marked ([`crate::watch::marks`],
-//! while the image's archivers are learned beside it), and persisted
-//! ([`super::store`]), all before the hook is answered: nothing in the
-//! container runs unwatched.
+//! engine's metadata ([`super::enrich`]), marked ([`crate::watch::marks`])
+//! and persisted ([`super::store`]), all before the hook is answered:
+//! nothing in the container runs unwatched. The image's archivers are
+//! learned just after the reply ([`AfterReply`]), while the runtime goes
+//! on setting the container up; decisions about the container's processes
+//! wait for that learning ([`crate::attribute::identity`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -142,8 +144,17 @@ pub enum RegisterError {
     Mark(#[from] MarkError),
 }
 
+/// What a registration leaves for after its reply: learning the image's
+/// archivers from the container's root, opened for the marks.
+#[derive(Debug)]
+pub struct AfterReply {
+    root: std::os::fd::OwnedFd,
+    policy: Arc<crate::answer::policy::Policy>,
+    expected: crate::attribute::identity::Expected,
+}
+
 fn log(msg: impl AsRef<str>) {
-    eprintln!("keyward: {}", msg.as_ref());
+    crate::registry::log_line(msg.as_ref());
 }
 
 /// The daemon's fanotify groups, owned.
@@ -274,7 +285,7 @@ impl Registrar {
         default: Action,
         may_lower: bool,
         engines: &crate::config::EnginesConfig,
-    ) -> Result<Reply, RegisterError> {
+    ) -> Result<(Reply, AfterReply), RegisterError> {
         let started = Instant::now();
         verify::check_id(&r.id)?;
         let (action, annotation) = verify::action_for(&r.id, &r.annotations, default, may_lower)?;
@@ -343,7 +354,16 @@ impl Registrar {
                 }
             }
         }
-        let report = self.install(&mut rec)?;
+        // Before the marks: from the first event they may report, the
+        // container's decisions wait for its image to be learned.
+        let expected = self.ctx.identities.expect(&rec.id);
+        let (report, root) = match self.install(&mut rec) {
+            Ok(placed) => placed,
+            Err(e) => {
+                self.ctx.identities.unexpect(&expected);
+                return Err(e.into());
+            }
+        };
         self.note_coverage(&rec.id, &report);
         log(format!(
             "watching container {} (pid {}, action {}): {} files, {} dirs, exec mark {:?}, in {} us",
@@ -367,16 +387,45 @@ impl Registrar {
             log(e.to_string());
         }
         drop(reg);
-        Ok(Reply::Watching {
-            id,
-            report,
-            warning,
-        })
+        let after = AfterReply {
+            root,
+            policy: self.ctx.policy(),
+            expected,
+        };
+        Ok((
+            Reply::Watching {
+                id,
+                report,
+                warning,
+            },
+            after,
+        ))
+    }
+
+    /// Learn the registered container's image archivers: run once the hook
+    /// has its reply (the control thread runs it after writing it).
+    pub fn after_reply(&self, after: AfterReply) {
+        self.ctx.identities.learn_expected(
+            after.root.as_fd(),
+            after.policy.rules.file_archivers().names(),
+            after.expected,
+        );
+    }
+
+    /// Learn container `id`'s image archivers now (restore, rescans).
+    fn learn_now(&self, id: &str, root: BorrowedFd<'_>) {
+        let policy = self.ctx.policy();
+        self.ctx
+            .identities
+            .learn(root, policy.rules.file_archivers().names(), Some(id));
     }
 
     /// Mark `rec`'s files; on failure, take out what this attempt marked
-    /// that no other container holds.
-    fn install(&self, rec: &mut ContainerRecord) -> Result<InstallReport, MarkError> {
+    /// that no other container holds. Hands on the container's root.
+    fn install(
+        &self,
+        rec: &mut ContainerRecord,
+    ) -> Result<(InstallReport, std::os::fd::OwnedFd), MarkError> {
         let r = self.place(rec);
         if r.is_err() {
             let orphaned = self.orphaned(&self.registry(), rec);
@@ -386,14 +435,16 @@ impl Registrar {
         r
     }
 
-    /// The marks, and the image's own archivers after them, so a copy
-    /// renamed inside it is still known; both done before the reply.
-    fn place(&self, rec: &mut ContainerRecord) -> Result<InstallReport, MarkError> {
+    /// The marks, from the container's root (handed on, for the learning
+    /// of its image's archivers that follows).
+    fn place(
+        &self,
+        rec: &mut ContainerRecord,
+    ) -> Result<(InstallReport, std::os::fd::OwnedFd), MarkError> {
         let policy = self.ctx.policy();
         let (root, pivoted) = resolve::container_root(rec.pid, &rec.rootfs)?;
         let view = rec.view();
-        let id = rec.id.clone();
-        let marked = marks::place(
+        let report = marks::place(
             self.groups.borrow(),
             &policy.rules,
             &self.plan(&policy),
@@ -403,20 +454,9 @@ impl Registrar {
             &mut rec.placed,
             policy.limits.marks_per_container,
         )
-        .map(|report| InstallReport { pivoted, ..report });
-        // After the marks, in the same thread: build-ids are read once per
-        // file content (an image's archivers, whichever container), so
-        // this is a few directory listings and stats; a thread of its own
-        // per registration cost more than it saved.
-        self.ctx.identities.learn(
-            root.as_fd(),
-            policy.rules.file_archivers().names(),
-            Some(&id),
-        );
-        if let Ok(r) = &marked {
-            self.note_bounds(&id, r.capped, r.truncated);
-        }
-        marked
+        .map(|report| InstallReport { pivoted, ..report })?;
+        self.note_bounds(&rec.id, report.capped, report.truncated);
+        Ok((report, root))
     }
 
     /// The marks plan of `policy`, made once per policy.
@@ -604,7 +644,10 @@ impl Registrar {
             // another's registration (the rescan of 1,000 homes took the
             // lock for hundreds of milliseconds at a time).
             match self.place(rec) {
-                Ok(report) => {
+                Ok((report, root)) => {
+                    // As before the reply of a registration: a rescan
+                    // learns the image again (an archiver copied in since).
+                    self.learn_now(id, root.as_fd());
                     // At most one a `limits.rescan_interval_ms` per container.
                     log(format!(
                         "rescanned container {id}: {} marks (was {before})",
@@ -968,7 +1011,9 @@ impl Registrar {
             let lock = self.container_lock(&rec.id);
             let _own = lock.lock().unwrap_or_else(|e| e.into_inner());
             match self.install(&mut rec) {
-                Ok(rep) => {
+                Ok((rep, root)) => {
+                    // No hook waits for a restore: learn at once.
+                    self.learn_now(&rec.id, root.as_fd());
                     self.note_coverage(&rec.id, &rep);
                     log(format!(
                         "restored container {}: {} files, {} dirs",

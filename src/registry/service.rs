@@ -8,15 +8,16 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
-use super::control::Handler;
+use super::control::{Handler, Then};
 use super::register::Registrar;
 use crate::alert::deliver::AlertStats;
 use crate::answer::policy::{Context, Policy};
+use crate::answer::stats::StatsSnapshot;
 use crate::config::Config;
 use crate::hook::protocol::{Reply, Request, StatusReport};
 
 fn log(msg: impl AsRef<str>) {
-    eprintln!("keyward: {}", msg.as_ref());
+    crate::registry::log_line(msg.as_ref());
 }
 
 /// The shared daemon state behind the control socket.
@@ -43,7 +44,10 @@ impl Service {
             containers: idx.containers(),
             marked_inodes: idx.marked_inodes(),
             default_action: policy.default_action.as_str().to_string(),
-            stats: self.ctx.stats.snapshot(),
+            stats: StatsSnapshot {
+                learn_timeouts: self.ctx.identities.learn_timeouts(),
+                ..self.ctx.stats.snapshot()
+            },
             sinks: alerts
                 .sinks
                 .lock()
@@ -107,6 +111,15 @@ impl Handler for Service {
     }
 
     fn handle(&self, req: Request) -> Reply {
+        let (reply, then) = self.handle_then(req);
+        if let Some(then) = then {
+            then();
+        }
+        reply
+    }
+
+    /// A registration's learning of the image runs after its reply.
+    fn handle_then(&self, req: Request) -> (Reply, Then<'_>) {
         match req {
             Request::Register(r) => {
                 let id = r.id.clone();
@@ -114,23 +127,31 @@ impl Handler for Service {
                     let cfg = self.config.read().unwrap_or_else(|e| e.into_inner());
                     (cfg.response.clone(), cfg.engines.clone())
                 };
-                let registered = self.registrar.register(
+                match self.registrar.register(
                     r,
                     response.action,
                     response.annotation_may_lower,
                     &engines,
-                );
-                registered.unwrap_or_else(|e| {
-                    let message = e.to_string();
-                    log(format!("refused container {id}: {message}"));
-                    Reply::Error { message }
-                })
+                ) {
+                    Ok((reply, after)) => (
+                        reply,
+                        Some(Box::new(move || self.registrar.after_reply(after))),
+                    ),
+                    Err(e) => {
+                        let message = e.to_string();
+                        log(format!("refused container {id}: {message}"));
+                        (Reply::Error { message }, None)
+                    }
+                }
             }
-            Request::Deregister { id } => self.registrar.deregister(&id),
-            Request::Status => Reply::Status(Box::new(self.status())),
-            Request::Containers => Reply::Containers {
-                containers: self.registrar.containers(),
-            },
+            Request::Deregister { id } => (self.registrar.deregister(&id), None),
+            Request::Status => (Reply::Status(Box::new(self.status())), None),
+            Request::Containers => (
+                Reply::Containers {
+                    containers: self.registrar.containers(),
+                },
+                None,
+            ),
         }
     }
 }

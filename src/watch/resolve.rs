@@ -226,10 +226,26 @@ pub(crate) fn list_dir(dir: BorrowedFd<'_>) -> Vec<OsString> {
 /// directory opened (not `O_PATH`) by the caller alone and not read yet.
 fn read_dir_fd(fd: BorrowedFd<'_>) -> Vec<OsString> {
     let mut out = Vec::new();
+    read_dirents(fd, |name, _| out.push(name.to_os_string()));
+    out
+}
+
+/// [`read_dir_fd`] with each entry's `d_type` (`DT_LNK` is 10): what a
+/// caller that skips some kinds needs without a `stat` per name.
+pub(crate) fn read_dir_typed(fd: BorrowedFd<'_>) -> Vec<(OsString, u8)> {
+    let mut out = Vec::new();
+    read_dirents(fd, |name, kind| out.push((name.to_os_string(), kind)));
+    out
+}
+
+/// Every entry of directory `fd` from its current position, at most
+/// [`MAX_DIR_ENTRIES`], with `getdents64` straight into one buffer.
+fn read_dirents(fd: BorrowedFd<'_>, mut each: impl FnMut(&OsStr, u8)) {
     let mut buf = vec![0u8; 32 * 1024];
-    while out.len() < MAX_DIR_ENTRIES {
+    let mut seen = 0usize;
+    while seen < MAX_DIR_ENTRIES {
         // SAFETY: getdents64 writes at most `buf.len()` bytes into `buf`,
-        // which we own, from the directory `fd`, which we own.
+        // which we own, from the directory `fd`, which the caller owns.
         let n = unsafe {
             libc::syscall(
                 libc::SYS_getdents64,
@@ -242,17 +258,24 @@ fn read_dir_fd(fd: BorrowedFd<'_>) -> Vec<OsString> {
             break;
         }
         let n = (n as usize).min(buf.len());
-        parse_dirents(&buf[..n], &mut out);
+        each_dirent(&buf[..n], |name, kind| {
+            if seen < MAX_DIR_ENTRIES {
+                seen += 1;
+                each(name, kind);
+            }
+        });
     }
-    out.truncate(MAX_DIR_ENTRIES);
-    out
 }
 
 /// The names in a buffer of `linux_dirent64` records (`d_ino` u64, `d_off`
 /// i64, `d_reclen` u16, `d_type` u8, then the NUL-terminated name),
 /// without `.` and `..`. A record whose length does not fit ends the
 /// walk.
-pub fn parse_dirents(mut buf: &[u8], out: &mut Vec<OsString>) {
+pub fn parse_dirents(buf: &[u8], out: &mut Vec<OsString>) {
+    each_dirent(buf, |name, _| out.push(name.to_os_string()));
+}
+
+fn each_dirent(mut buf: &[u8], mut each: impl FnMut(&OsStr, u8)) {
     const HEAD: usize = 19;
     while buf.len() >= HEAD {
         let reclen = u16::from_ne_bytes([buf[16], buf[17]]) as usize;
@@ -262,7 +285,7 @@ pub fn parse_dirents(mut buf: &[u8], out: &mut Vec<OsString>) {
         let raw = &buf[HEAD..reclen];
         let name = &raw[..raw.iter().position(|&b| b == 0).unwrap_or(raw.len())];
         if !name.is_empty() && name != b"." && name != b".." {
-            out.push(OsStr::from_bytes(name).to_os_string());
+            each(OsStr::from_bytes(name), buf[18]);
         }
         buf = &buf[reclen..];
     }
