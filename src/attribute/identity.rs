@@ -193,6 +193,10 @@ pub struct Identities {
     tokens: std::sync::atomic::AtomicU64,
     /// Decisions that stopped waiting for a container's learning.
     learn_timeouts: std::sync::atomic::AtomicU64,
+    /// Whether [`Identities::watches_build_id`] said yes for a pending
+    /// learning's sake: the verdicts made from it are made again once the
+    /// learning is done (a bump), and only then.
+    answered_pending: std::sync::atomic::AtomicBool,
 }
 
 /// A container's learning, expected by its registration: handed to
@@ -351,16 +355,22 @@ impl Identities {
         let (busybox, found) = self.scan(root, names);
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         if pending.get(&expected.container) == Some(&expected.token) {
-            self.containers
+            let changed = self
+                .containers
                 .write()
                 .unwrap_or_else(|e| e.into_inner())
                 .entry(expected.container.clone())
                 .or_default()
                 .add(busybox, found);
             pending.remove(&expected.container);
-            // Always: while it was pending the exec path classed every
-            // ELF as watched, and those verdicts must be made again.
-            self.bump();
+            // Also when the exec path classed an ELF as watched while this
+            // was pending: that verdict must be made again.
+            let answered = self
+                .answered_pending
+                .swap(false, std::sync::atomic::Ordering::AcqRel);
+            if changed || answered {
+                self.bump();
+            }
         }
         drop(pending);
         self.learned.notify_all();
@@ -371,7 +381,12 @@ impl Identities {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         if pending.get(&expected.container) == Some(&expected.token) {
             pending.remove(&expected.container);
-            self.bump();
+            if self
+                .answered_pending
+                .swap(false, std::sync::atomic::Ordering::AcqRel)
+            {
+                self.bump();
+            }
         }
         drop(pending);
         self.learned.notify_all();
@@ -471,7 +486,11 @@ impl Identities {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(id);
-        if removed.is_some() || was_pending {
+        let answered = was_pending
+            && self
+                .answered_pending
+                .swap(false, std::sync::atomic::Ordering::AcqRel);
+        if removed.is_some() || answered {
             self.bump();
         }
     }
@@ -481,14 +500,14 @@ impl Identities {
     /// than needed costs a probe, never a verdict). While any container's
     /// image is still to be learned, every build-id may be.
     pub fn watches_build_id(&self, id: &[u8]) -> bool {
-        if !self
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_empty()
-        {
+        let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if !pending.is_empty() {
+            // Under the lock, so the learning that ends next sees it.
+            self.answered_pending
+                .store(true, std::sync::atomic::Ordering::Release);
             return true;
         }
+        drop(pending);
         let host = self.host.read().unwrap_or_else(|e| e.into_inner());
         if host.known.contains_key(id) || host.multi.contains(id) {
             return true;
@@ -728,8 +747,10 @@ mod tests {
         let ids = Identities::default();
         let root = root_with(&tmp, "c", &["tar"]);
         let expected = ids.expect("c");
-        // While c is expected, the exec path probes every ELF.
+        // While c is expected, the exec path probes every ELF, and the
+        // verdicts made so are made again once c is learned.
         assert!(ids.watches_build_id(b"not an archiver's build-id"));
+        let during = ids.generation();
         std::thread::scope(|s| {
             let decision = s.spawn(|| {
                 let me = File::open("/proc/self/exe").unwrap();
@@ -746,6 +767,7 @@ mod tests {
             assert_eq!(decision.join().unwrap().as_deref(), Some("tar"));
         });
         assert_eq!(ids.learn_timeouts(), 0);
+        assert!(ids.generation() > during);
         assert!(!ids.watches_build_id(b"not an archiver's build-id"));
 
         // Learned after the decision had to go on: counted, and nothing

@@ -155,6 +155,19 @@ fn parse_info(mut info: &[u8]) -> (Option<[i32; 2]>, Option<DirEntry>) {
 /// filesystem whose handles cannot be opened, overlayfs among them), with
 /// the filesystem's id.
 pub fn handle_of(fd: BorrowedFd<'_>) -> io::Result<DirHandle> {
+    handle_in(fd, fsid_of_fd(fd)?)
+}
+
+/// The filesystem id of the file behind `fd`, as fanotify reports it.
+pub fn fsid_of_fd(fd: BorrowedFd<'_>) -> io::Result<[i32; 2]> {
+    let id = fstatfs(fd).map_err(io::Error::from)?.filesystem_id();
+    // SAFETY: as in `fsid_of`: two plain ints.
+    Ok(unsafe { std::mem::transmute::<nix::sys::statfs::fsid_t, [i32; 2]>(id) })
+}
+
+/// [`handle_of`] for a directory whose filesystem id the caller knows
+/// (one `fstatfs` per filesystem, not per directory).
+pub fn handle_in(fd: BorrowedFd<'_>, fsid: [i32; 2]) -> io::Result<DirHandle> {
     #[repr(C)]
     struct FileHandle {
         handle_bytes: u32,
@@ -184,9 +197,6 @@ pub fn handle_of(fd: BorrowedFd<'_>) -> io::Result<DirHandle> {
     if r != 0 {
         return Err(io::Error::last_os_error());
     }
-    let id = fstatfs(fd).map_err(io::Error::from)?.filesystem_id();
-    // SAFETY: as in `fsid_of`: two plain ints.
-    let fsid: [i32; 2] = unsafe { std::mem::transmute(id) };
     let n = (h.handle_bytes as usize).min(MAX_HANDLE_BYTES);
     Ok(DirHandle {
         fsid,

@@ -478,23 +478,23 @@ fn mark_creates(
 ) -> (usize, bool) {
     let mut watched = 0;
     let mut seen_dirs = std::collections::HashSet::new();
+    // One `fstatfs` per device, not per directory: a filesystem's id is
+    // its superblock's, and so is a device number.
+    let mut fsids: std::collections::HashMap<u64, [i32; 2]> = std::collections::HashMap::new();
     for prefix in &plan.prefixes {
+        // The directories the credential expansion already opened are
+        // marked through those fds (no open and close again of each).
         let dirs = if prefix.is_empty() {
             resolve::path_in_root(root, Path::new("/"), true)
                 .ok()
                 .and_then(|fd| {
                     FileId::of(fd.as_fd())
                         .ok()
-                        .map(|(id, _)| vec![(fd, id, "/".into())])
+                        .map(|(id, _)| vec![(std::rc::Rc::new(fd), id, "/".into())])
                 })
                 .unwrap_or_default()
         } else {
-            expander
-                .expand_below(Path::new("/"), prefix)
-                .into_iter()
-                .filter(|f| f.is_dir)
-                .map(|f| (f.fd, f.id, f.path))
-                .collect()
+            expander.expand_dirs_below(Path::new("/"), prefix)
         };
         for (fd, fid, path) in dirs {
             if !seen_dirs.insert(fid) {
@@ -507,11 +507,18 @@ fn mark_creates(
             if create.mark_creates(fd.as_fd(), true, &what).is_err() {
                 return (0, false);
             }
+            let fsid = match fsids.get(&fid.dev) {
+                Some(fsid) => Some(*fsid),
+                None => fanotify::fsid_of_fd(fd.as_fd()).ok(),
+            };
+            if let Some(fsid) = fsid {
+                fsids.insert(fid.dev, fsid);
+            }
             placed.create_marks.push(MarkRecord {
                 path,
                 id: fid,
                 is_dir: true,
-                handle: fanotify::handle_of(fd.as_fd()).ok(),
+                handle: fsid.and_then(|fsid| fanotify::handle_in(fd.as_fd(), fsid).ok()),
             });
             watched += 1;
         }

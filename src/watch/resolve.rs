@@ -405,6 +405,55 @@ impl<'a> Expander<'a> {
     /// This is the work a create event makes: what the patterns want
     /// below the one entry that was made.
     pub fn expand_below<C: AsRef<[u8]>>(&mut self, base: &Path, rest: &[C]) -> Vec<Found> {
+        self.walk(base, rest, false)
+            .into_iter()
+            .filter_map(|(path, fd)| {
+                // The last component (or `base` itself, for an empty
+                // `rest`) was opened for this pattern alone, so the fd is
+                // not shared.
+                let fd = std::rc::Rc::try_unwrap(fd?).ok()?;
+                let (id, is_dir) = FileId::of(fd.as_fd()).ok()?;
+                Some(Found {
+                    path,
+                    fd,
+                    id,
+                    is_dir,
+                })
+            })
+            .collect()
+    }
+
+    /// The directories among the matches of `rest` below `base`, through
+    /// this expander's own directory fds: those the expansion of other
+    /// patterns opened on its way are not opened again (a registration's
+    /// create marks are on the very directories its credential patterns
+    /// walk through).
+    pub fn expand_dirs_below<C: AsRef<[u8]>>(
+        &mut self,
+        base: &Path,
+        rest: &[C],
+    ) -> Vec<(std::rc::Rc<OwnedFd>, FileId, PathBuf)> {
+        self.walk(base, rest, true)
+            .into_iter()
+            .filter_map(|(path, fd)| {
+                let fd = fd?;
+                match FileId::of(fd.as_fd()) {
+                    Ok((id, true)) => Some((fd, id, path)),
+                    _ => None,
+                }
+            })
+            .collect()
+    }
+
+    /// The matches of `rest` below `base`, each with its fd: the last
+    /// component opened `O_PATH` for the caller alone, or, with
+    /// `dirs_only`, as (shared) directories of this expander.
+    fn walk<C: AsRef<[u8]>>(
+        &mut self,
+        base: &Path,
+        rest: &[C],
+        dirs_only: bool,
+    ) -> Vec<(PathBuf, Option<std::rc::Rc<OwnedFd>>)> {
         let root = self.root;
         let base_is_root = base
             .components()
@@ -447,7 +496,7 @@ impl<'a> Expander<'a> {
                     // Open from the container's root, not from `dir`, so an
                     // absolute symlink inside the container resolves as the
                     // container sees it (and still never leaves the root).
-                    let fd = if last {
+                    let fd = if last && !dirs_only {
                         path_in_root(root, Path::new(&path), false)
                             .ok()
                             .map(std::rc::Rc::new)
@@ -470,21 +519,6 @@ impl<'a> Expander<'a> {
             }
         }
         frontier
-            .into_iter()
-            .filter_map(|(path, fd)| {
-                // The last component (or `base` itself, for an empty
-                // `rest`) was opened for this pattern alone, so the fd is
-                // not shared.
-                let fd = std::rc::Rc::try_unwrap(fd?).ok()?;
-                let (id, is_dir) = FileId::of(fd.as_fd()).ok()?;
-                Some(Found {
-                    path,
-                    fd,
-                    id,
-                    is_dir,
-                })
-            })
-            .collect()
     }
 }
 
