@@ -190,6 +190,9 @@ pub struct Degradation {
     /// Per-container bounds reached (each also gets an alert of its own
     /// naming the container: [`bound_doc`]).
     pub bounds: u64,
+    /// Decisions that went on without their container's image archivers,
+    /// because learning them took longer than the wait allows.
+    pub learn_timeouts: u64,
 }
 
 impl Degradation {
@@ -203,6 +206,7 @@ impl Degradation {
             parse_errors: self.parse_errors - before.parse_errors.min(self.parse_errors),
             panics: self.panics - before.panics.min(self.panics),
             bounds: self.bounds - before.bounds.min(self.bounds),
+            learn_timeouts: self.learn_timeouts - before.learn_timeouts.min(self.learn_timeouts),
         };
         (d != Degradation::default()).then_some(d)
     }
@@ -218,13 +222,14 @@ impl Degradation {
             ("high", 73)
         };
         let message = format!(
-            "keyward coverage degraded: {} stalled decisions released, {} queue overflows, {} findings dropped, {} unparsable batches, {} decision panics, {} per-container bounds reached",
+            "keyward coverage degraded: {} stalled decisions released, {} queue overflows, {} findings dropped, {} unparsable batches, {} decision panics, {} per-container bounds reached, {} decisions made before their image was learned",
             self.deadline_releases,
             self.overflows,
             self.queue_drops,
             self.parse_errors,
             self.panics,
-            self.bounds
+            self.bounds,
+            self.learn_timeouts
         );
         health_doc(
             hostname,

@@ -161,7 +161,10 @@ impl crate::alert::deliver::Inputs for Context {
     }
 
     fn degradation(&self) -> crate::alert::Degradation {
-        self.stats.degradation()
+        crate::alert::Degradation {
+            learn_timeouts: self.identities.learn_timeouts(),
+            ..self.stats.degradation()
+        }
     }
 
     fn bounds_reached(&self) -> Vec<(super::stats::Bound, String, u64)> {

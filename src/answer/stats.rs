@@ -225,6 +225,8 @@ impl Stats {
             parse_errors: g(&self.parse_errors),
             panics: g(&self.panics),
             bounds: self.bounds.total(),
+            // Kept by the identities; the context adds it.
+            learn_timeouts: 0,
         }
     }
 

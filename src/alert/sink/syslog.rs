@@ -366,6 +366,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn decisions_made_before_their_image_was_learned_degrade_coverage() {
+        let now = crate::alert::Degradation {
+            learn_timeouts: 2,
+            ..Default::default()
+        };
+        assert!(now.since(&now).is_none());
+        let grew = now
+            .since(&crate::alert::Degradation::default())
+            .expect("a late learning is degraded coverage");
+        let doc = grew.to_ecs("h");
+        assert_eq!(doc["keyward"]["health"]["learn_timeouts"], 2);
+        assert_eq!(doc["keyward"]["severity"], "high");
+        let message = doc["message"].as_str().unwrap();
+        assert!(
+            message.contains("2 decisions made before their image was learned"),
+            "{message}"
+        );
+    }
+
+    #[test]
     fn dropped_kernel_events_are_a_critical_notice() {
         let sink = SyslogSink::new(&crate::config::SyslogConfig::default(), "h".into());
         let lost = crate::alert::Degradation {
