@@ -25,6 +25,11 @@
 //!   that ships gzip's binary under a second archiver name (which would
 //!   make it a multi-call binary, were identities shared) is up while
 //!   another container's renamed gzip is denied by content.
+//! * What an image teaches holds from its first process: the image's own
+//!   gzip (a build-id neither the host nor another image has), renamed
+//!   outside the binary directories, is the container's entrypoint; the
+//!   image is learned after the hook's reply, and its first open of a key
+//!   is still denied as gzip's.
 
 mod common;
 
@@ -252,4 +257,35 @@ fn one_containers_image_does_not_change_what_another_is_judged_by() {
         .args(["kill", &a.id, "KILL"])
         .output();
     let _ = poison.wait();
+}
+
+#[test]
+fn an_archiver_only_its_image_has_is_known_from_the_first_process() {
+    if !privileged() {
+        return;
+    }
+    let d = Daemon::start("[response]\naction = \"deny\"\n");
+    let mut b = Bundle::new("kw-imageonly", &d.socket, "true");
+    install_unknown_gzip(&b.rootfs, "/usr/bin/gzip");
+    std::fs::create_dir_all(b.rootfs.join("opt")).unwrap();
+    std::fs::copy(b.rootfs.join("usr/bin/gzip"), b.rootfs.join("opt/backup")).unwrap();
+    // No shell first: the renamed copy is the container's first exec.
+    b.config["process"]["args"] = serde_json::json!(["/opt/backup", "-c", "/root/.ssh/id_rsa"]);
+    let out = b.run();
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("ROOT-RSA"),
+        "the key left in plain text: {}",
+        text(&out)
+    );
+    assert!(
+        !out.status.success(),
+        "the open was allowed: {}",
+        text(&out)
+    );
+    let alert = d.wait_alert("the image's own gzip, renamed", |x| {
+        x["process"]["name"] == "backup"
+    });
+    assert_eq!(alert["container"]["id"], b.id.as_str());
+    assert_eq!(alert["keyward"]["archiver"]["via"], "identity", "{alert:#}");
+    assert_eq!(alert["keyward"]["archiver"]["name"], "gzip", "{alert:#}");
 }
