@@ -48,15 +48,16 @@ pub const BIN_DIRS: &[&str] = &[
 const MAX_NOTES: u64 = 64 * 1024;
 /// Entries the executable cache keeps before it starts over.
 const CACHE_MAX: usize = 4096;
-/// How long a decision about a container's process waits for that
-/// container's image to be learned. The learning is about 0.5 ms and
-/// starts as the hook is answered, milliseconds before the container's
-/// first process; the bound only matters for an image made to be slow to
-/// list (its own decisions then go on with the host's archivers alone,
-/// counted in [`Identities::learn_timeouts`]), and it keeps such an image
-/// from holding the answering thread, which serves every container, for
-/// long.
-pub const LEARN_WAIT: Duration = Duration::from_millis(20);
+/// How long after its registration expected it a container's image may
+/// keep that container's decisions waiting. The learning is about 0.5 ms
+/// and starts as the hook is answered, milliseconds before the
+/// container's first process; the bound only matters for an image made to
+/// be slow to list (its decisions then go on with the host's archivers
+/// alone, counted in [`Identities::learn_timeouts`]). It is counted from
+/// the registration, not from each decision, so such an image holds the
+/// answering thread, which serves every container, for this long at most
+/// in all, a quarter of the permission deadline.
+pub const LEARN_WAIT: Duration = Duration::from_millis(50);
 /// `d_type` of a symbolic link in a `getdents64` record.
 const DT_LNK: u8 = 10;
 
@@ -185,8 +186,8 @@ pub struct Identities {
     /// SHA-256 of executables, for exceptions that name content.
     digests: Mutex<HashMap<Version, Option<[u8; 32]>>>,
     /// Containers whose image is still to be learned, each with the token
-    /// of the registration that expects it.
-    pending: Mutex<HashMap<String, u64>>,
+    /// of the registration that expects it and when it did.
+    pending: Mutex<HashMap<String, (u64, Instant)>>,
     /// Signalled whenever a pending learning ends.
     learned: Condvar,
     /// The last token handed out.
@@ -338,10 +339,8 @@ impl Identities {
             .tokens
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             + 1;
-        self.pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id.to_string(), token);
+        self.pending()
+            .insert(id.to_string(), (token, Instant::now()));
         Expected {
             container: id.to_string(),
             token,
@@ -353,8 +352,8 @@ impl Identities {
     /// registered again) meanwhile: its scope must not outlive it.
     pub fn learn_expected(&self, root: BorrowedFd<'_>, names: &[String], expected: Expected) {
         let (busybox, found) = self.scan(root, names);
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        if pending.get(&expected.container) == Some(&expected.token) {
+        let mut pending = self.pending();
+        if pending.get(&expected.container).map(|p| p.0) == Some(expected.token) {
             let changed = self
                 .containers
                 .write()
@@ -378,8 +377,8 @@ impl Identities {
 
     /// Give up an expectation (the registration failed after it).
     pub fn unexpect(&self, expected: &Expected) {
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        if pending.get(&expected.container) == Some(&expected.token) {
+        let mut pending = self.pending();
+        if pending.get(&expected.container).map(|p| p.0) == Some(expected.token) {
             pending.remove(&expected.container);
             if self
                 .answered_pending
@@ -392,15 +391,14 @@ impl Identities {
         self.learned.notify_all();
     }
 
-    /// Wait (at most [`LEARN_WAIT`]) until container `id`'s image is
-    /// learned, if it is expected.
+    /// Wait until container `id`'s image is learned, if it is expected,
+    /// and at most until [`LEARN_WAIT`] after its registration expected it.
     fn wait_learned(&self, id: &str) {
-        let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        if !pending.contains_key(id) {
+        let mut pending = self.pending();
+        let Some(&(_, since)) = pending.get(id) else {
             return;
-        }
-        let until = Instant::now() + LEARN_WAIT;
-        let mut pending = pending;
+        };
+        let until = since + LEARN_WAIT;
         while pending.contains_key(id) {
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -464,6 +462,11 @@ impl Identities {
         (busybox, found)
     }
 
+    /// The expected learnings (a poisoned lock still holds them).
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, Instant)>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn bump(&self) {
         self.generation
             .fetch_add(1, std::sync::atomic::Ordering::Release);
@@ -472,12 +475,7 @@ impl Identities {
     /// Forget what container `id` taught (it went), and any learning
     /// still expected for it.
     pub fn forget(&self, id: &str) {
-        let was_pending = self
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(id)
-            .is_some();
+        let was_pending = self.pending().remove(id).is_some();
         if was_pending {
             self.learned.notify_all();
         }
@@ -500,7 +498,7 @@ impl Identities {
     /// than needed costs a probe, never a verdict). While any container's
     /// image is still to be learned, every build-id may be.
     pub fn watches_build_id(&self, id: &[u8]) -> bool {
-        let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let pending = self.pending();
         if !pending.is_empty() {
             // Under the lock, so the learning that ends next sees it.
             self.answered_pending
@@ -770,15 +768,20 @@ mod tests {
         assert!(ids.generation() > during);
         assert!(!ids.watches_build_id(b"not an archiver's build-id"));
 
-        // Learned after the decision had to go on: counted, and nothing
-        // is kept for a container forgotten meanwhile.
+        // Learned after the decisions had to go on: counted, waited for
+        // once per registration (not per decision), and nothing is kept
+        // for a container forgotten meanwhile.
         let root = root_with(&tmp, "e", &["tar"]);
+        let expected_at = Instant::now();
         let expected = ids.expect("e");
         let me = File::open("/proc/self/exe").unwrap();
-        let waited = Instant::now();
         assert_eq!(ids.archiver_of_file(&me, Some("e")), None);
-        assert!(waited.elapsed() >= LEARN_WAIT);
+        assert!(expected_at.elapsed() >= LEARN_WAIT);
         assert_eq!(ids.learn_timeouts(), 1);
+        let again = Instant::now();
+        assert_eq!(ids.archiver_of_file(&me, Some("e")), None);
+        assert!(again.elapsed() < LEARN_WAIT / 2, "waited again");
+        assert_eq!(ids.learn_timeouts(), 2);
         ids.forget("e");
         ids.learn_expected(root.as_fd(), &names, expected);
         assert_eq!(ids.archiver_of_file(&me, Some("e")), None);
