@@ -108,6 +108,9 @@ fn spawn_decisions(
 ) -> Result<Vec<JoinHandle<()>>, DaemonError> {
     let lanes = Arc::new(Lanes::default());
     let deadline = Duration::from_millis(cfg.daemon.decision_deadline_ms);
+    // A decision waiting for its container's image must still answer
+    // before the watchdog would release it.
+    ctx.identities.set_deadline(deadline);
     let (p, c, t, s, l) = (
         groups.perm.clone(),
         ctx.clone(),

@@ -48,15 +48,18 @@ pub const BIN_DIRS: &[&str] = &[
 const MAX_NOTES: u64 = 64 * 1024;
 /// Entries the executable cache keeps before it starts over.
 const CACHE_MAX: usize = 4096;
-/// How long after its registration expected it a container's image may
-/// keep that container's decisions waiting. The learning is about 0.5 ms
-/// and starts as the hook is answered, milliseconds before the
-/// container's first process; the bound only matters for an image made to
-/// be slow to list (its decisions then go on with the host's archivers
-/// alone, counted in [`Identities::learn_timeouts`]). It is counted from
-/// the registration, not from each decision, so such an image holds the
-/// answering thread, which serves every container, for this long at most
-/// in all, a quarter of the permission deadline.
+/// How long after its learning began (at the registration, and again as
+/// the learning itself starts after the reply) a container's image may
+/// keep that container's decisions waiting; at most a quarter of the
+/// permission deadline ([`Identities::set_deadline`]). The learning is
+/// about 0.5 ms and starts as the hook is answered, milliseconds before
+/// the container's first process; the bound only matters for an image
+/// made to be slow to list (its decisions then go on with the host's
+/// archivers alone, counted in [`Identities::learn_timeouts`]). It is
+/// counted per learning, not per decision, so such an image holds the
+/// answering thread, which serves every container, for about this long
+/// at most (twice, for decisions that began waiting before the learning
+/// started).
 pub const LEARN_WAIT: Duration = Duration::from_millis(50);
 /// `d_type` of a symbolic link in a `getdents64` record.
 const DT_LNK: u8 = 10;
@@ -198,11 +201,14 @@ pub struct Identities {
     /// learning's sake: the verdicts made from it are made again once the
     /// learning is done (a bump), and only then.
     answered_pending: std::sync::atomic::AtomicBool,
+    /// The wait bound in microseconds, if the deadline lowered it below
+    /// [`LEARN_WAIT`] (0: not lowered).
+    learn_wait_us: std::sync::atomic::AtomicU64,
 }
 
 /// A container's learning, expected by its registration: handed to
 /// [`Identities::learn_expected`] once the hook has its reply.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct Expected {
     pub container: String,
     token: u64,
@@ -347,10 +353,37 @@ impl Identities {
         }
     }
 
+    /// Bound the learning wait by the permission `deadline`: a quarter of
+    /// it, so a decision that waits is still answered by itself, not
+    /// released by the watchdog.
+    pub fn set_deadline(&self, deadline: Duration) {
+        let us = (deadline / 4).min(LEARN_WAIT).as_micros() as u64;
+        self.learn_wait_us
+            .store(us.max(1), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How long decisions wait for a learning ([`LEARN_WAIT`], or less).
+    pub fn learn_wait(&self) -> Duration {
+        match self
+            .learn_wait_us
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            0 => LEARN_WAIT,
+            us => Duration::from_micros(us),
+        }
+    }
+
     /// Learn the image of an expected container, and let its decisions
     /// go on. Nothing is kept if the container was forgotten (or
     /// registered again) meanwhile: its scope must not outlive it.
     pub fn learn_expected(&self, root: BorrowedFd<'_>, names: &[String], expected: Expected) {
+        // The wait is counted from now: the marks, the record and the
+        // reply before this must not use it up on a busy machine.
+        if let Some(p) = self.pending().get_mut(&expected.container)
+            && p.0 == expected.token
+        {
+            p.1 = Instant::now();
+        }
         let (busybox, found) = self.scan(root, names);
         let mut pending = self.pending();
         if pending.get(&expected.container).map(|p| p.0) == Some(expected.token) {
@@ -392,13 +425,13 @@ impl Identities {
     }
 
     /// Wait until container `id`'s image is learned, if it is expected,
-    /// and at most until [`LEARN_WAIT`] after its registration expected it.
+    /// and at most until [`LEARN_WAIT`] after its learning began.
     fn wait_learned(&self, id: &str) {
         let mut pending = self.pending();
         let Some(&(_, since)) = pending.get(id) else {
             return;
         };
-        let until = since + LEARN_WAIT;
+        let until = since + self.learn_wait();
         while pending.contains_key(id) {
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -498,8 +531,12 @@ impl Identities {
     /// than needed costs a probe, never a verdict). While any container's
     /// image is still to be learned, every build-id may be.
     pub fn watches_build_id(&self, id: &[u8]) -> bool {
+        // Only learnings still within their wait: one stuck past it (an
+        // image whose listing hangs) no longer holds decisions, and must
+        // not keep every exec on the host probed either.
         let pending = self.pending();
-        if !pending.is_empty() {
+        let wait = self.learn_wait();
+        if pending.values().any(|(_, since)| since.elapsed() < wait) {
             // Under the lock, so the learning that ends next sees it.
             self.answered_pending
                 .store(true, std::sync::atomic::Ordering::Release);
@@ -795,6 +832,59 @@ mod tests {
         ids.learn_expected(root.as_fd(), &names, second);
         assert_eq!(ids.archiver_of_file(&me, Some("f")).as_deref(), Some("tar"));
         assert!(!ids.watches_build_id(b"still expected"));
+    }
+
+    #[test]
+    fn what_the_exec_path_classed_while_a_learning_was_pending_is_classed_again() {
+        let tmp = crate::testdir::TempDir::new("ident-rebump");
+        let names: Vec<String> = vec!["tar".into()];
+        let ids = Identities::default();
+        // An image with no archiver teaches nothing: the generation moves
+        // only if the exec path asked while it was pending.
+        let empty = root_with(&tmp, "empty", &[]);
+        let quiet = ids.expect("q");
+        let g = ids.generation();
+        ids.learn_expected(empty.as_fd(), &names, quiet);
+        assert_eq!(ids.generation(), g, "nothing learned, nothing asked");
+        let asked = ids.expect("a");
+        assert!(ids.watches_build_id(b"x"));
+        let g = ids.generation();
+        ids.learn_expected(empty.as_fd(), &names, asked);
+        assert!(ids.generation() > g, "asked while pending, learned nothing");
+        // The same for an expectation given up, and for a container gone.
+        let failed = ids.expect("f");
+        assert!(ids.watches_build_id(b"x"));
+        let g = ids.generation();
+        ids.unexpect(&failed);
+        assert!(ids.generation() > g);
+        assert!(!ids.watches_build_id(b"x"));
+        let _gone = ids.expect("g");
+        assert!(ids.watches_build_id(b"x"));
+        let g = ids.generation();
+        ids.forget("g");
+        assert!(ids.generation() > g);
+        assert!(!ids.watches_build_id(b"x"));
+    }
+
+    #[test]
+    fn a_learning_stuck_past_its_wait_holds_nothing() {
+        let ids = Identities::default();
+        // A 40 ms permission deadline: decisions wait a quarter of it.
+        ids.set_deadline(Duration::from_millis(40));
+        assert_eq!(ids.learn_wait(), Duration::from_millis(10));
+        let _stuck = ids.expect("s");
+        assert!(ids.watches_build_id(b"x"));
+        std::thread::sleep(Duration::from_millis(12));
+        // Its wait is over: the exec path is back to what scopes say, and
+        // a decision neither waits nor learns anything.
+        assert!(!ids.watches_build_id(b"x"));
+        let me = File::open("/proc/self/exe").unwrap();
+        let at = Instant::now();
+        assert_eq!(ids.archiver_of_file(&me, Some("s")), None);
+        assert!(at.elapsed() < Duration::from_millis(10));
+        assert_eq!(ids.learn_timeouts(), 1);
+        ids.set_deadline(Duration::from_secs(10));
+        assert_eq!(ids.learn_wait(), LEARN_WAIT);
     }
 
     #[test]

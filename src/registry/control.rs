@@ -168,7 +168,9 @@ fn serve_one<H: Handler>(stream: UnixStream, handler: &H) {
     // whether or not the client read its reply.
     drop(stream);
     if let Some(then) = then {
-        then();
+        // A panic in it must not take the connection thread (and its
+        // slot among MAX_CLIENTS) with it; what it held is dropped.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(then));
     }
 }
 
@@ -411,5 +413,52 @@ mod tests {
             "{} threads: {tids:?}",
             tids.len()
         );
+    }
+
+    /// Leaves work that waits for the test's word, then panics: the reply
+    /// must not wait for it, and the connection thread must outlive it.
+    struct Later(std::sync::Mutex<std::sync::mpsc::Receiver<()>>);
+    impl Handler for Later {
+        fn handle(&self, _req: Request) -> Reply {
+            Reply::Error {
+                message: "handle_then only".into(),
+            }
+        }
+        fn handle_then(&self, _req: Request) -> (Reply, Then<'_>) {
+            let reply = Reply::Deregistered {
+                id: "later".into(),
+                marks_removed: 0,
+            };
+            let then: Box<dyn FnOnce() + '_> = Box::new(move || {
+                let rx = self.0.lock().unwrap_or_else(|e| e.into_inner());
+                let _ = rx.recv_timeout(Duration::from_secs(10));
+                panic!("work after the reply failed");
+            });
+            (reply, Some(then))
+        }
+    }
+
+    #[test]
+    fn the_reply_is_written_before_the_work_left_for_after_it() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let served = Served::new("ctl-then", Later(std::sync::Mutex::new(rx)));
+        let call = || {
+            crate::hook::client::call(
+                &served.path,
+                &Request::Deregister { id: "x".into() },
+                Duration::from_secs(3),
+            )
+        };
+        // The work is still blocked on `rx`: the reply came before it.
+        let r = call().expect("a reply while the work waits");
+        assert!(
+            matches!(r, Reply::Deregistered { ref id, .. } if id == "later"),
+            "{r:?}"
+        );
+        tx.send(()).unwrap();
+        // The work panicked; the server still serves.
+        let r = call().expect("served after a panic in the work");
+        assert!(matches!(r, Reply::Deregistered { .. }), "{r:?}");
+        tx.send(()).unwrap();
     }
 }

@@ -150,7 +150,19 @@ pub enum RegisterError {
 pub struct AfterReply {
     root: std::os::fd::OwnedFd,
     policy: Arc<crate::answer::policy::Policy>,
-    expected: crate::attribute::identity::Expected,
+    ctx: Arc<Context>,
+    /// Taken by [`Registrar::after_reply`]; still here when dropped means
+    /// the learning never ran (a panic on the way), and the expectation
+    /// is given up so no decision waits for it.
+    expected: Option<crate::attribute::identity::Expected>,
+}
+
+impl Drop for AfterReply {
+    fn drop(&mut self) {
+        if let Some(expected) = self.expected.take() {
+            self.ctx.identities.unexpect(&expected);
+        }
+    }
 }
 
 fn log(msg: impl AsRef<str>) {
@@ -390,7 +402,8 @@ impl Registrar {
         let after = AfterReply {
             root,
             policy: self.ctx.policy(),
-            expected,
+            ctx: self.ctx.clone(),
+            expected: Some(expected),
         };
         Ok((
             Reply::Watching {
@@ -404,11 +417,14 @@ impl Registrar {
 
     /// Learn the registered container's image archivers: run once the hook
     /// has its reply (the control thread runs it after writing it).
-    pub fn after_reply(&self, after: AfterReply) {
+    pub fn after_reply(&self, mut after: AfterReply) {
+        let Some(expected) = after.expected.take() else {
+            return;
+        };
         self.ctx.identities.learn_expected(
             after.root.as_fd(),
             after.policy.rules.file_archivers().names(),
-            after.expected,
+            expected,
         );
     }
 
