@@ -73,11 +73,14 @@ fn an_archiver_waiting_on_a_pipe_is_found_while_the_reader_is_held() {
         return;
     }
     let d = Daemon::start("");
-    // 1. A pipeline: gzip is forked (and usually exec'd) before cat opens
-    //    the key.
+    // 1. A pipeline whose gzip is exec'd and waiting on the pipe when cat
+    //    opens the key (cat starts a moment after it: without the pause,
+    //    gzip's exec now and then came after cat's open, which is the
+    //    case of the next test, and once it had exited at once the
+    //    behaviour alert could no longer name it).
     // 2. A FIFO gzip opened (read-write, so it does not block) a second
     //    before, from a subshell the writer is no sibling of.
-    let script = "cat /root/.ssh/id_rsa | /usr/bin/gzip -c > /tmp/p1.gz
+    let script = "( sleep 0.3; cat /root/.ssh/id_rsa ) | /usr/bin/gzip -c > /tmp/p1.gz
         mkfifo /tmp/f
         ( /usr/bin/gzip -c 0<>/tmp/f > /tmp/p2.gz & echo $! > /tmp/gz.pid )
         sleep 1
@@ -137,7 +140,8 @@ fn a_chain_of_pipes_and_a_nameless_archiver_are_followed() {
         return;
     }
     let d = Daemon::start("");
-    let script = "cat /root/.ssh/id_rsa | base64 | /usr/bin/gzip -c > /tmp/c1.gz
+    // cat starts a moment after the chain, as in the pipeline above.
+    let script = "( sleep 0.3; cat /root/.ssh/id_rsa ) | base64 | /usr/bin/gzip -c > /tmp/c1.gz
         { sleep 0.3; cat /home/alice/.ssh/id_rsa; } | /lib64/ld-linux-x86-64.so.2 /tmp/xx -c > /tmp/c2.bin
         echo piped";
     let b = Bundle::new("kw-pipe-chain", &d.socket, script);
