@@ -206,6 +206,10 @@ pub struct Identities {
     learn_wait_us: std::sync::atomic::AtomicU64,
 }
 
+/// What a scan of one root found: busybox's build-id, and each
+/// archiver's (name, build-id).
+type Scanned = (Option<Vec<u8>>, Vec<(String, Vec<u8>)>);
+
 /// A container's learning, expected by its registration: handed to
 /// [`Identities::learn_expected`] once the hook has its reply.
 #[derive(Debug, PartialEq, Eq)]
@@ -316,8 +320,15 @@ impl Identities {
     /// host's (`container` `None`, the host's `/`) or one container's
     /// (its root).
     pub fn learn(&self, root: BorrowedFd<'_>, names: &[String], container: Option<&str>) {
-        let (busybox, found) = self.scan(root, names);
-        let changed = match container {
+        if self.add(container, self.scan(root, names)) {
+            self.bump();
+        }
+    }
+
+    /// Add what a scan found to the host's scope or one container's; true
+    /// if anything changed.
+    fn add(&self, container: Option<&str>, (busybox, found): Scanned) -> bool {
+        match container {
             None => self
                 .host
                 .write()
@@ -330,9 +341,6 @@ impl Identities {
                 .entry(id.to_string())
                 .or_default()
                 .add(busybox, found),
-        };
-        if changed {
-            self.bump();
         }
     }
 
@@ -384,22 +392,29 @@ impl Identities {
         {
             p.1 = Instant::now();
         }
-        let (busybox, found) = self.scan(root, names);
+        let scanned = self.scan(root, names);
+        self.settle(&expected, Some(scanned));
+    }
+
+    /// Give up an expectation (the registration failed after it).
+    pub fn unexpect(&self, expected: &Expected) {
+        self.settle(expected, None);
+    }
+
+    /// End an expectation, with what its learning found if it ran, and
+    /// let the decisions waiting for it go on. Only the registration's
+    /// own (current) expectation keeps what was found.
+    fn settle(&self, expected: &Expected, scanned: Option<Scanned>) {
         let mut pending = self.pending();
-        if pending.get(&expected.container).map(|p| p.0) == Some(expected.token) {
-            let changed = self
-                .containers
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .entry(expected.container.clone())
-                .or_default()
-                .add(busybox, found);
+        if pending
+            .get(&expected.container)
+            .is_some_and(|p| p.0 == expected.token)
+        {
+            let changed = scanned.is_some_and(|s| self.add(Some(&expected.container), s));
             pending.remove(&expected.container);
             // Also when the exec path classed an ELF as watched while this
             // was pending: that verdict must be made again.
-            let answered = self
-                .answered_pending
-                .swap(false, std::sync::atomic::Ordering::AcqRel);
+            let answered = self.take_answered();
             if changed || answered {
                 self.bump();
             }
@@ -408,20 +423,11 @@ impl Identities {
         self.learned.notify_all();
     }
 
-    /// Give up an expectation (the registration failed after it).
-    pub fn unexpect(&self, expected: &Expected) {
-        let mut pending = self.pending();
-        if pending.get(&expected.container).map(|p| p.0) == Some(expected.token) {
-            pending.remove(&expected.container);
-            if self
-                .answered_pending
-                .swap(false, std::sync::atomic::Ordering::AcqRel)
-            {
-                self.bump();
-            }
-        }
-        drop(pending);
-        self.learned.notify_all();
+    /// Whether [`Identities::watches_build_id`] said yes for a pending
+    /// learning's sake since the last time this was asked.
+    fn take_answered(&self) -> bool {
+        self.answered_pending
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
     }
 
     /// Wait until container `id`'s image is learned, if it is expected,
@@ -456,12 +462,7 @@ impl Identities {
 
     /// The archivers (and busybox) in the usual binary directories under
     /// `root`.
-    #[allow(clippy::type_complexity)]
-    fn scan(
-        &self,
-        root: BorrowedFd<'_>,
-        names: &[String],
-    ) -> (Option<Vec<u8>>, Vec<(String, Vec<u8>)>) {
+    fn scan(&self, root: BorrowedFd<'_>, names: &[String]) -> Scanned {
         let mut found: Vec<(String, Vec<u8>)> = Vec::new();
         let mut busybox = None;
         for dir in BIN_DIRS {
@@ -517,10 +518,7 @@ impl Identities {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(id);
-        let answered = was_pending
-            && self
-                .answered_pending
-                .swap(false, std::sync::atomic::Ordering::AcqRel);
+        let answered = was_pending && self.take_answered();
         if removed.is_some() || answered {
             self.bump();
         }

@@ -149,12 +149,27 @@ pub enum RegisterError {
 #[derive(Debug)]
 pub struct AfterReply {
     root: std::os::fd::OwnedFd,
-    policy: Arc<crate::answer::policy::Policy>,
     ctx: Arc<Context>,
-    /// Taken by [`Registrar::after_reply`]; still here when dropped means
-    /// the learning never ran (a panic on the way), and the expectation
-    /// is given up so no decision waits for it.
+    /// Taken by [`AfterReply::run`]; still here when dropped means the
+    /// learning never ran (a panic on the way), and the expectation is
+    /// given up so no decision waits for it.
     expected: Option<crate::attribute::identity::Expected>,
+}
+
+impl AfterReply {
+    /// Learn the registered container's image archivers: run once the
+    /// hook has its reply (the control thread runs it after writing it).
+    pub fn run(mut self) {
+        let Some(expected) = self.expected.take() else {
+            return;
+        };
+        let policy = self.ctx.policy();
+        self.ctx.identities.learn_expected(
+            self.root.as_fd(),
+            policy.rules.file_archivers().names(),
+            expected,
+        );
+    }
 }
 
 impl Drop for AfterReply {
@@ -401,7 +416,6 @@ impl Registrar {
         drop(reg);
         let after = AfterReply {
             root,
-            policy: self.ctx.policy(),
             ctx: self.ctx.clone(),
             expected: Some(expected),
         };
@@ -413,19 +427,6 @@ impl Registrar {
             },
             after,
         ))
-    }
-
-    /// Learn the registered container's image archivers: run once the hook
-    /// has its reply (the control thread runs it after writing it).
-    pub fn after_reply(&self, mut after: AfterReply) {
-        let Some(expected) = after.expected.take() else {
-            return;
-        };
-        self.ctx.identities.learn_expected(
-            after.root.as_fd(),
-            after.policy.rules.file_archivers().names(),
-            expected,
-        );
     }
 
     /// Learn container `id`'s image archivers now (restore, rescans).

@@ -133,10 +133,7 @@ impl Handler for Service {
                     response.annotation_may_lower,
                     &engines,
                 ) {
-                    Ok((reply, after)) => (
-                        reply,
-                        Some(Box::new(move || self.registrar.after_reply(after))),
-                    ),
+                    Ok((reply, after)) => (reply, Some(Box::new(move || after.run()))),
                     Err(e) => {
                         let message = e.to_string();
                         log(format!("refused container {id}: {message}"));

@@ -160,9 +160,16 @@ pub fn handle_of(fd: BorrowedFd<'_>) -> io::Result<DirHandle> {
 
 /// The filesystem id of the file behind `fd`, as fanotify reports it.
 pub fn fsid_of_fd(fd: BorrowedFd<'_>) -> io::Result<[i32; 2]> {
-    let id = fstatfs(fd).map_err(io::Error::from)?.filesystem_id();
-    // SAFETY: as in `fsid_of`: two plain ints.
-    Ok(unsafe { std::mem::transmute::<nix::sys::statfs::fsid_t, [i32; 2]>(id) })
+    Ok(fsid_ints(
+        fstatfs(fd).map_err(io::Error::from)?.filesystem_id(),
+    ))
+}
+
+/// A filesystem id as the two ints fanotify's records carry.
+fn fsid_ints(id: nix::sys::statfs::fsid_t) -> [i32; 2] {
+    // SAFETY: `fsid_t` is two plain ints with private fields; reading them
+    // as such is what the kernel's own `__kernel_fsid_t` is.
+    unsafe { std::mem::transmute(id) }
 }
 
 /// [`handle_of`] for a directory whose filesystem id the caller knows
@@ -278,11 +285,9 @@ pub fn parse_events(buf: &[u8], out: &mut Vec<RawEvent>) -> Result<usize, ParseE
 /// The filesystem id of the filesystem behind `path` (`statfs` `f_fsid`),
 /// as fanotify reports it.
 pub fn fsid_of(path: &std::path::Path) -> Option<[i32; 2]> {
-    let id = nix::sys::statfs::statfs(path).ok()?.filesystem_id();
-    // SAFETY: `fsid_t` is two plain ints with private fields; reading them
-    // as such is what the kernel's own `__kernel_fsid_t` is.
-    let v: [i32; 2] = unsafe { std::mem::transmute(id) };
-    Some(v)
+    Some(fsid_ints(
+        nix::sys::statfs::statfs(path).ok()?.filesystem_id(),
+    ))
 }
 
 /// Where decision loops read events and write answers.

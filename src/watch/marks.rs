@@ -507,13 +507,12 @@ fn mark_creates(
             if create.mark_creates(fd.as_fd(), true, &what).is_err() {
                 return (0, false);
             }
-            let fsid = match fsids.get(&fid.dev) {
-                Some(fsid) => Some(*fsid),
-                None => fanotify::fsid_of_fd(fd.as_fd()).ok(),
+            let fsid = match fsids.entry(fid.dev) {
+                std::collections::hash_map::Entry::Occupied(e) => Some(*e.get()),
+                std::collections::hash_map::Entry::Vacant(e) => fanotify::fsid_of_fd(fd.as_fd())
+                    .ok()
+                    .map(|fsid| *e.insert(fsid)),
             };
-            if let Some(fsid) = fsid {
-                fsids.insert(fid.dev, fsid);
-            }
             placed.create_marks.push(MarkRecord {
                 path,
                 id: fid,
