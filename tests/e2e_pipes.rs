@@ -21,6 +21,11 @@
 //!   within milliseconds can outrun the daemon's follow-up looks (see
 //!   `docs/design.md`), and a test must not depend on that race.
 //!
+//! * left to race: twenty pipelines with no pause, so every order above
+//!   (and the daemon reading gzip's exec before or after it finds gzip
+//!   on the pipe, or after gzip has already exited) comes up; each alert
+//!   must name gzip, not the shell it was forked from and not nothing.
+//!
 //! Every alert must name the credential and both processes (the alert's
 //! process, and `keyward.files[].source`). Near misses stay quiet:
 //! ordinary data piped into gzip, a key piped into `wc`, and a key read
@@ -186,4 +191,40 @@ fn pipes_of_ordinary_data_and_keys_into_non_archivers_stay_quiet() {
     b.run_saying("quiet");
     let alerts = d.settled_alerts();
     assert!(alerts.is_empty(), "near misses alerted: {alerts:#?}");
+}
+
+#[test]
+fn pipelines_left_to_race_still_name_their_archiver() {
+    if !privileged() {
+        return;
+    }
+    let d = Daemon::start("");
+    // No pause here: whether gzip is exec'd before or after cat's open
+    // (and whether the daemon reads gzip's exec before or after it finds
+    // gzip on the tainted pipe) is left to the scheduler, twenty times.
+    // Each order finds the archiver by another path; every one must name
+    // it, even when it has exited before its output is judged.
+    let script =
+        "for i in $(seq 20); do cat /root/.ssh/id_rsa | /usr/bin/gzip -c > /tmp/race$i.gz; done
+        echo raced";
+    let b = Bundle::new("kw-pipe-race", &d.socket, script);
+    b.run_saying("raced");
+    d.wait_alert("a raced pipeline", |a| {
+        files(a).contains(&"/root/.ssh/id_rsa".to_string())
+    });
+    let alerts: Vec<Value> = d
+        .settled_alerts()
+        .into_iter()
+        .filter(|a| a["container"]["id"] == b.id.as_str())
+        .collect();
+    assert!(!alerts.is_empty());
+    for a in &alerts {
+        assert_eq!(a["process"]["name"], "gzip", "the archiver is named: {a:#}");
+        assert!(
+            a["process"]["executable"]
+                .as_str()
+                .is_some_and(|e| e.ends_with("gzip")),
+            "{a:#}"
+        );
+    }
 }

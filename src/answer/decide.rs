@@ -329,6 +329,14 @@ pub fn follow_pipes(ctx: &Context, view: &Arc<ContainerView>) -> Vec<Finding> {
             };
             if let Verdict::Matched(m) = judge(&policy, &proc, Event::Pipe, &evidence) {
                 drop(evidence);
+                // A pipeline member forked before the reader's open may
+                // exec its archiver while it is judged: the match would
+                // mix the two images (the shell's argv, the archiver's
+                // identity). The new image is its exec's to judge.
+                if !still_runs(*pid, &proc) {
+                    bump(&ctx.stats.pipe_judged_stale);
+                    continue;
+                }
                 ctx.follow.matched(*pid);
                 let before = out.len();
                 out.extend(findings(view, proc.complete(), m, false));
@@ -342,6 +350,27 @@ pub fn follow_pipes(ctx: &Context, view: &Arc<ContainerView>) -> Vec<Finding> {
         }
     }
     out
+}
+
+/// Whether `pid` still runs the image `proc` was read from (same start,
+/// argv and environment addresses, and executable).
+fn still_runs(pid: i32, proc: &RawProcess) -> bool {
+    let same = |s: &procfs::Stat| {
+        (
+            s.start_time_ticks,
+            s.arg_start,
+            s.arg_end,
+            s.env_start,
+            s.env_end,
+        ) == (
+            proc.stat.start_time_ticks,
+            proc.stat.arg_start,
+            proc.stat.arg_end,
+            proc.stat.env_start,
+            proc.stat.env_end,
+        )
+    };
+    procfs::stat(pid).is_ok_and(|s| same(&s)) && procfs::exe(pid).is_ok_and(|e| e == proc.exe)
 }
 
 /// An exec while some container has tainted pipes: if the new program

@@ -31,7 +31,20 @@ struct PendingExec {
     tries: u32,
     /// `/proc/<pid>/stat`, opened by the first probe.
     stat: Option<std::fs::File>,
-    _file: std::fs::File,
+    /// When its event was read, in boot ticks (`procfs::boot_ticks_now`).
+    at: Option<u64>,
+    file: std::fs::File,
+}
+
+impl PendingExec {
+    /// The exec thread is done with it: a pipe reader found while it
+    /// exec'd is named by it.
+    fn settled(&self, ctx: &Context) {
+        use std::os::fd::AsFd;
+        ctx.follow.exec_settled(self.pid, self.at, || {
+            crate::watch::fanotify::fd_path(self.file.as_fd())
+        });
+    }
 }
 
 /// First probe of a watched exec: about when a short exec completes. An
@@ -147,12 +160,14 @@ pub fn exec_loop(src: &dyn EventSource, ctx: &Context, tx: SyncSender<Finding>, 
             });
             match probe {
                 ExecProbe::Done(finding) => {
+                    p.settled(ctx);
                     for f in finding.map(|b| *b).unwrap_or_default() {
                         send(&tx, f, &ctx.stats.queue_drops);
                     }
                     false
                 }
                 ExecProbe::Wait if p.since.elapsed() >= decide::EXEC_SETTLE => {
+                    p.settled(ctx);
                     ctx.stats.exec_unsettled.fetch_add(1, Ordering::Relaxed);
                     ctx.stats.exec_timeouts.fetch_add(1, Ordering::Relaxed);
                     false
@@ -547,10 +562,15 @@ fn exec_event(
     // A followed process that execs is named by its new program (not by
     // the loader, whose open is an exec event too); a new one that reads
     // a tainted pipe is followed from here.
+    let at = crate::attribute::procfs::boot_ticks_now();
     if class != ExeClass::Interpreter {
         use std::os::fd::AsFd;
-        ctx.follow
-            .exec_seen(ev.pid, || crate::watch::fanotify::fd_path(file.as_fd()));
+        // Busybox applets come in storms: a `readlink` each only while a
+        // pipe is tainted; their probe names them otherwise.
+        let remember = class != ExeClass::MultiCall || ctx.follow.any_taint();
+        ctx.follow.exec_seen(ev.pid, at, remember, || {
+            crate::watch::fanotify::fd_path(file.as_fd())
+        });
     }
     decide::note_exec(ctx, ev.pid);
     let now = Instant::now();
@@ -585,7 +605,8 @@ fn exec_event(
         latest,
         tries: 0,
         stat: None,
-        _file: file,
+        at,
+        file,
     })
 }
 

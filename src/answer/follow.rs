@@ -156,6 +156,48 @@ impl HeldExes {
     }
 }
 
+/// Execs read while some container had a tainted pipe, by pid: the
+/// program a process exec'd, for when it is found to be a pipe reader only
+/// after its exec event was read (the exec thread and the holder scans
+/// race: a reader noted a moment later would otherwise never learn what it
+/// runs, and if it exits at once its alert names nothing).
+#[derive(Debug, Default)]
+struct RecentExecs {
+    /// pid → (when the exec was read, in boot ticks; the program).
+    by_pid: HashMap<i32, (u64, String)>,
+}
+
+/// Execs remembered at once; past this, those older than
+/// [`RECENT_EXEC_KEEP`] go, and if none is, all of them.
+const MAX_RECENT_EXECS: usize = 4096;
+/// How long an exec is remembered for a reader noted after it, in boot
+/// ticks (two seconds at the usual 100 Hz): holder scans follow a taint by
+/// milliseconds.
+const RECENT_EXEC_KEEP: u64 = 200;
+
+impl RecentExecs {
+    /// `pid` exec'd `path`, read at boot tick `at`.
+    fn note(&mut self, pid: i32, at: u64, path: String) {
+        if self.by_pid.len() >= MAX_RECENT_EXECS && !self.by_pid.contains_key(&pid) {
+            self.by_pid
+                .retain(|_, (t, _)| at.saturating_sub(*t) <= RECENT_EXEC_KEEP);
+            if self.by_pid.len() >= MAX_RECENT_EXECS {
+                self.by_pid.clear();
+            }
+        }
+        self.by_pid.insert(pid, (at, path));
+    }
+
+    /// The program the process `pid` that started at boot tick `start`
+    /// exec'd, if its exec was read. An exec read before that start was
+    /// another process's (the pid reused); a process alive when an exec of
+    /// its pid was read made it.
+    fn take(&mut self, pid: i32, start: u64, now: u64) -> Option<String> {
+        let (at, path) = self.by_pid.remove(&pid)?;
+        (at >= start && now.saturating_sub(at) <= RECENT_EXEC_KEEP).then_some(path)
+    }
+}
+
 /// The digests of a reader's held executables, or, for a reader never
 /// described, of what its pid runs now.
 struct HeldDigests<'a> {
@@ -248,6 +290,9 @@ pub struct Follow {
     late: Mutex<Vec<(Instant, Reader, Behaviour)>>,
     /// Follow-up holder scans due ([`FOLLOW_UP`] after a taint).
     soon: Mutex<Vec<(Instant, String)>>,
+    /// Execs read while a pipe was tainted, for readers noted after them.
+    /// Locked inside `readers` only.
+    recent_execs: Mutex<RecentExecs>,
 }
 
 /// When, after a pipe is tainted, the follow thread looks for its readers
@@ -358,10 +403,18 @@ impl Follow {
 
     /// Start following `pid`; past [`MAX_READERS`] the oldest are let go
     /// (all of them: a container that floods readers loses only them).
-    fn follow_reader(&self, stats: &Stats, pid: i32, reader: Reader) {
+    fn follow_reader(&self, stats: &Stats, pid: i32, mut reader: Reader) {
         let mut readers = self.readers.lock().unwrap_or_else(|e| e.into_inner());
         if readers.len() >= MAX_READERS {
             readers.clear();
+        }
+        // Its exec may have been read just before it was found: under the
+        // same lock as `exec_seen`, so an exec is either here or sets it.
+        if let Some(now) = procfs::boot_ticks_now() {
+            let mut recent = self.recent_execs.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(path) = recent.take(pid, reader.start, now) {
+                reader.exec_path = Some(path);
+            }
         }
         readers.insert(pid, reader);
         stats.followed.fetch_add(1, Ordering::Relaxed);
@@ -675,12 +728,60 @@ impl Follow {
             .is_some()
     }
 
-    /// The exec thread saw `pid` exec `path`: if it is followed, remember
-    /// the program (one lock and a map lookup per exec).
-    pub fn exec_seen(&self, pid: i32, path: impl FnOnce() -> Option<PathBuf>) {
+    /// The exec thread read `pid`'s exec of `path` at boot tick `at`: if
+    /// it is followed, remember the program (one lock and a map lookup per
+    /// exec).
+    ///
+    /// With `remember`, the exec of a process not followed yet is kept
+    /// too (one `readlink` then): a holder scan or
+    /// [`crate::answer::decide::note_exec`] may make it a reader a moment
+    /// later, and it is named by it. The exec thread asks for it where a
+    /// `readlink` per exec costs nothing that matters (not for every
+    /// busybox applet: their pending probes end in [`Follow::exec_settled`]).
+    pub fn exec_seen(
+        &self,
+        pid: i32,
+        at: Option<u64>,
+        remember: bool,
+        path: impl FnOnce() -> Option<PathBuf>,
+    ) {
         let mut readers = self.readers.lock().unwrap_or_else(|e| e.into_inner());
+        let path = || path().map(|p| p.to_string_lossy().into_owned());
         if let Some(r) = readers.get_mut(&pid) {
+            r.exec_path = path();
+            self.name_late(pid, r);
+        } else if remember && let (Some(at), Some(path)) = (at, path()) {
+            self.recent_execs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .note(pid, at, path);
+        }
+    }
+
+    /// The exec thread is done with `pid`'s exec of `path`, read at boot
+    /// tick `at` (its probe ended). A process found on a tainted pipe while
+    /// it exec'd (its `/proc` half-replaced, so it could not be described)
+    /// and not named since is named by the program now.
+    pub fn exec_settled(&self, pid: i32, at: Option<u64>, path: impl FnOnce() -> Option<PathBuf>) {
+        let mut readers = self.readers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = readers.get_mut(&pid)
+            && r.exec_path.is_none()
+            && at.is_some_and(|at| at >= r.start)
+        {
             r.exec_path = path().map(|p| p.to_string_lossy().into_owned());
+            self.name_late(pid, r);
+        }
+    }
+
+    /// A behaviour match of `pid` waiting to be reported (it was gone when
+    /// judged) gets the program `r` now knows it exec'd: the container may
+    /// go, and its readers with it, before the report is due.
+    fn name_late(&self, pid: i32, r: &Reader) {
+        let mut late = self.late.lock().unwrap_or_else(|e| e.into_inner());
+        for (_, waiting, found) in late.iter_mut() {
+            if found.pid == pid && waiting.start == r.start {
+                waiting.exec_path.clone_from(&r.exec_path);
+            }
         }
     }
 
@@ -1158,4 +1259,54 @@ pub fn follow_loop(writes: &Group, follow: &Follow, out: Outputs<'_>, stop: &Ato
         }
     }
     follow.report_late(&out, true);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_exec_read_before_its_reader_was_found_names_it_once() {
+        let mut r = RecentExecs::default();
+        r.note(41, 1_000, "/usr/bin/gzip".into());
+        // The process started at tick 990 and was alive when the exec was
+        // read at 1,000: the exec is its own.
+        assert_eq!(r.take(41, 990, 1_001).as_deref(), Some("/usr/bin/gzip"));
+        assert_eq!(r.take(41, 990, 1_001), None, "taken once");
+        // Another pid's exec names nothing here.
+        r.note(42, 1_000, "/usr/bin/xz".into());
+        assert_eq!(r.take(41, 990, 1_001), None);
+    }
+
+    #[test]
+    fn an_exec_of_a_reused_pid_or_too_old_names_nothing() {
+        let mut r = RecentExecs::default();
+        r.note(41, 1_000, "/usr/bin/gzip".into());
+        // A process that started after the exec was read is a later one
+        // with the same pid.
+        assert_eq!(r.take(41, 1_001, 1_002), None);
+        r.note(41, 1_000, "/usr/bin/gzip".into());
+        assert_eq!(r.take(41, 900, 1_000 + RECENT_EXEC_KEEP + 1), None);
+        r.note(41, 1_000, "/usr/bin/gzip".into());
+        assert!(r.take(41, 900, 1_000 + RECENT_EXEC_KEEP).is_some());
+    }
+
+    #[test]
+    fn recent_execs_stay_bounded_and_keep_the_fresh_ones() {
+        let mut r = RecentExecs::default();
+        for pid in 0..MAX_RECENT_EXECS as i32 {
+            r.note(pid, 10, format!("/old/{pid}"));
+        }
+        // Full of old ones: they go, the new one stays.
+        r.note(-1, 10 + RECENT_EXEC_KEEP + 1, "/new".into());
+        assert_eq!(r.by_pid.len(), 1);
+        // Full of fresh ones: all go rather than grow.
+        for pid in 0..MAX_RECENT_EXECS as i32 {
+            r.note(pid, 500, format!("/fresh/{pid}"));
+        }
+        assert!(r.by_pid.len() <= MAX_RECENT_EXECS);
+        r.note(-2, 501, "/newest".into());
+        assert!(r.by_pid.len() <= MAX_RECENT_EXECS);
+        assert_eq!(r.take(-2, 400, 501).as_deref(), Some("/newest"));
+    }
 }

@@ -98,6 +98,8 @@ pub struct Stats {
     pub pipe_readers: AtomicU64,
     pub pipe_scans: AtomicU64,
     pub pipe_scans_deferred: AtomicU64,
+    /// Pipe readers that exec'd while judged: left to their exec's probe.
+    pub pipe_judged_stale: AtomicU64,
     /// Per-container bounds reached (`[limits]`), with the containers.
     pub bounds: BoundHits,
     /// Create events marked at once for the entry they made, and those
@@ -193,6 +195,8 @@ pub struct StatsSnapshot {
     pub pipe_scans: u64,
     #[serde(default)]
     pub pipe_scans_deferred: u64,
+    #[serde(default)]
+    pub pipe_judged_stale: u64,
     /// Bounds reached, by bound (see `[limits]`).
     #[serde(default)]
     pub bounds: BTreeMap<String, u64>,
@@ -317,6 +321,7 @@ impl Stats {
             pipe_readers: g(&self.pipe_readers),
             pipe_scans: g(&self.pipe_scans),
             pipe_scans_deferred: g(&self.pipe_scans_deferred),
+            pipe_judged_stale: g(&self.pipe_judged_stale),
             bounds: self.bounds.counts(),
             creates_incremental: g(&self.creates_incremental),
             creates_unresolved: g(&self.creates_unresolved),

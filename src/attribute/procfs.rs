@@ -87,6 +87,22 @@ pub struct Stat {
     pub env_end: u64,
 }
 
+/// The clock `start_time_ticks` counts, now: ticks (`CLK_TCK`) of
+/// `CLOCK_BOOTTIME`. A process whose start is later than an instant read
+/// here did not exist at that instant.
+pub fn boot_ticks_now() -> Option<u64> {
+    static HZ: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let hz = *HZ.get_or_init(|| unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(0) as u64);
+    if hz == 0 {
+        return None;
+    }
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).ok()?;
+    let ns =
+        u64::try_from(now.tv_sec()).ok()? * 1_000_000_000 + u64::try_from(now.tv_nsec()).ok()?;
+    Some(ns / (1_000_000_000 / hz))
+}
+
 impl Stat {
     /// Identifies one image of one process: pid and start time name the
     /// process (a reused pid has another start time), the argv and
