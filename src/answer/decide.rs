@@ -272,17 +272,10 @@ fn piped_files(ctx: &Context, pid: i32, container: &str) -> Vec<TouchedFile> {
 pub fn follow_pipes(ctx: &Context, view: &Arc<ContainerView>) -> Vec<Finding> {
     bump(&ctx.stats.pipe_scans);
     let id = &view.reference.id;
-    let policy = ctx.policy();
     let tables: Vec<(i32, Vec<procfs::PipeFd>)> = procfs::members(view.pid_ns, view.mnt_ns)
         .into_iter()
         .filter(|pid| *pid != ctx.self_pid)
-        .map(|pid| {
-            let reads = procfs::pipes(pid, super::follow::MAX_FDS)
-                .into_iter()
-                .filter(|p| p.end.reads())
-                .collect::<Vec<_>>();
-            (pid, reads)
-        })
+        .map(|pid| (pid, read_ends(pid, super::follow::MAX_FDS)))
         .filter(|(_, r)| !r.is_empty())
         .collect();
     // An anonymous pipe whose read end no process of the container holds
@@ -293,11 +286,68 @@ pub fn follow_pipes(ctx: &Context, view: &Arc<ContainerView>) -> Vec<Finding> {
         .flat_map(|(_, r)| r.iter().map(|p| p.id))
         .collect();
     ctx.follow.drop_unread(id, &held);
+    follow_holders(ctx, view, &tables)
+}
+
+/// The pipe and FIFO read ends among `pid`'s first `max` fds.
+fn read_ends(pid: i32, max: usize) -> Vec<procfs::PipeFd> {
+    procfs::pipes(pid, max)
+        .into_iter()
+        .filter(|p| p.end.reads())
+        .collect()
+}
+
+/// Siblings looked at for a reader whose full scan waits
+/// ([`super::follow::SCANS_PER_SEC`]): its parent's children nearest to
+/// it by pid, which is where a shell puts a pipeline's other members.
+pub const MAX_SIBLINGS: usize = 8;
+/// Fds of each sibling looked at: a pipeline's pipe is among a new
+/// process's lowest. With [`MAX_SIBLINGS`], at most 256 entries a reader,
+/// one full fd table's worth, whatever the container does.
+pub const SIBLING_FDS: usize = 32;
+
+/// [`follow_pipes`] for the pipeline of reader `pid` (its parent `ppid`)
+/// only, when the container's full scans are over their rate: the
+/// siblings that hold a pipe's read end, in its container. Bounded
+/// whatever the container's size, so it is never deferred: a container
+/// that makes eight decoy readers a second cannot get its ninth pipeline
+/// past the follower (an archiver fed by it may finish before the follow
+/// thread's next look).
+pub fn follow_siblings(
+    ctx: &Context,
+    view: &Arc<ContainerView>,
+    pid: i32,
+    ppid: i32,
+) -> Vec<Finding> {
+    bump(&ctx.stats.pipe_sibling_scans);
+    let mut kids = procfs::children(ppid);
+    kids.retain(|k| *k != pid && *k != ctx.self_pid);
+    kids.sort_by_key(|k| k.abs_diff(pid));
+    kids.truncate(MAX_SIBLINGS);
+    // Every fd, not only stdin: a member just forked may not have moved
+    // the pipe onto its stdin yet.
+    let tables: Vec<(i32, Vec<procfs::PipeFd>)> = kids
+        .into_iter()
+        .map(|k| (k, read_ends(k, SIBLING_FDS)))
+        .filter(|(k, r)| !r.is_empty() && procfs::is_member(*k, view.pid_ns, view.mnt_ns))
+        .collect();
+    follow_holders(ctx, view, &tables)
+}
+
+/// Follow and judge the processes in `tables` (each with the pipe read
+/// ends it holds) that read a tainted pipe of container `view`, hop by hop.
+fn follow_holders(
+    ctx: &Context,
+    view: &Arc<ContainerView>,
+    tables: &[(i32, Vec<procfs::PipeFd>)],
+) -> Vec<Finding> {
+    let id = &view.reference.id;
+    let policy = ctx.policy();
     let mut out = Vec::new();
     let mut done = std::collections::HashSet::new();
     for _ in 0..=super::follow::MAX_HOPS {
         let mut more = false;
-        for (pid, reads) in &tables {
+        for (pid, reads) in tables {
             if done.contains(pid) {
                 continue;
             }
@@ -513,10 +563,12 @@ pub fn decide_open(ctx: &Context, pid: i32, fd: BorrowedFd<'_>) -> (u32, OpenFin
     // when it matched); look for their readers now, while it is held and
     // no data is in them yet.
     let mut found = Vec::new();
-    if ctx.follow.describe(&ctx.stats, pid, &proc)
-        && ctx.follow.may_scan(&ctx.stats, &container.reference.id)
-    {
-        found = follow_pipes(ctx, &container);
+    if ctx.follow.describe(&ctx.stats, pid, &proc) {
+        found = if ctx.follow.may_scan(&ctx.stats, &container.reference.id) {
+            follow_pipes(ctx, &container)
+        } else {
+            follow_siblings(ctx, &container, pid, proc.stat.ppid)
+        };
     }
     let m = match verdict {
         Verdict::Matched(m) => m,

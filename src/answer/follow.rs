@@ -54,6 +54,14 @@ use std::sync::RwLock;
 use std::sync::mpsc::SyncSender;
 use std::time::SystemTime;
 
+/// How long a tainted anonymous pipe that no process of its container
+/// seems to read is kept anyway. A scan lists the processes, then reads
+/// each one's fds: a shell that forks a pipeline's last member after the
+/// list was read and closes its own read end before its fds are read
+/// makes the pipe look unread for a moment (seen in one scan in five
+/// while twenty pipelines raced). The pipe a container's output goes to
+/// (read by the engine, outside) is forgotten a second later instead.
+const UNREAD_GRACE: Duration = Duration::from_secs(1);
 /// Readers followed at once before the oldest are let go.
 const MAX_READERS: usize = 16 * 1024;
 /// How long a reader that exited is kept for the writes it queued.
@@ -293,6 +301,9 @@ pub struct Follow {
     /// Execs read while a pipe was tainted, for readers noted after them.
     /// Locked inside `readers` only.
     recent_execs: Mutex<RecentExecs>,
+    /// Containers forgotten in the last [`GONE_GRACE`], as the index had
+    /// them: their readers' last writes are judged after they go.
+    gone_views: Mutex<HashMap<String, (Instant, Arc<ContainerView>)>>,
 }
 
 /// When, after a pipe is tainted, the follow thread looks for its readers
@@ -551,12 +562,17 @@ impl Follow {
     }
 
     /// Forget the tainted anonymous pipes of container `id` whose read end
-    /// is not among `held` (the read ends its processes hold now). A FIFO
-    /// is kept: it can be opened later by its path.
+    /// is not among `held` (the read ends its processes hold now), once
+    /// they are [`UNREAD_GRACE`] old. A FIFO is kept: it can be opened
+    /// later by its path.
     pub fn drop_unread(&self, id: &str, held: &HashSet<FileId>) {
         let mut tainted = self.tainted.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(m) = tainted.get_mut(id) {
-            m.retain(|fid, t| held.contains(fid) || !t.source.via.starts_with("pipe:["));
+            m.retain(|fid, t| {
+                held.contains(fid)
+                    || !t.source.via.starts_with("pipe:[")
+                    || t.at.elapsed() < UNREAD_GRACE
+            });
             if m.is_empty() {
                 tainted.remove(id);
             }
@@ -828,13 +844,33 @@ impl Follow {
             .collect()
     }
 
-    /// Forget a container (it went): its readers, and the derived
-    /// credentials it holds, whose marks the caller removes.
-    pub fn forget_container(&self, id: &str) -> Vec<MarkRecord> {
-        self.readers
+    /// Container `id` as the index had it when it was forgotten, if that
+    /// was less than [`GONE_GRACE`] ago.
+    fn gone_view(&self, id: &str) -> Option<Arc<ContainerView>> {
+        self.gone_views
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .retain(|_, r| r.container != id);
+            .get(id)
+            .filter(|(at, _)| at.elapsed() < GONE_GRACE)
+            .map(|(_, v)| v.clone())
+    }
+
+    /// Forget a container (it went): its taints, and the derived
+    /// credentials it holds, whose marks the caller removes.
+    ///
+    /// Its readers stay, and its view (`view`, as the index had it) is
+    /// kept [`GONE_GRACE`] too: a container that exits right after its
+    /// last pipeline (`cat key | gzip > out; exit`) is often forgotten
+    /// before the follow thread reads that gzip's last close, and that
+    /// write is still judged and alerted. Readers expire as gone readers
+    /// do ([`Follow::sweep`]).
+    pub fn forget_container(&self, id: &str, view: Option<Arc<ContainerView>>) -> Vec<MarkRecord> {
+        if let Some(view) = view {
+            self.gone_views
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id.to_string(), (Instant::now(), view));
+        }
         self.armed
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -891,6 +927,10 @@ impl Follow {
                 let since = *r.gone_at.get_or_insert(now);
                 now.duration_since(since) < GONE_GRACE
             });
+        self.gone_views
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, (at, _)| now.duration_since(*at) < GONE_GRACE);
         self.disarm_idle(index, stats);
     }
 
@@ -1050,13 +1090,13 @@ impl Follow {
         let Some(format) = archive_format(&head[..n]) else {
             return;
         };
-        let Some(view) = out
+        let live = out
             .index
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .container(&r.container)
-            .cloned()
-        else {
+            .cloned();
+        let Some(view) = live.or_else(|| self.gone_view(&r.container)) else {
             return;
         };
         let archive = fd_path(file)
@@ -1077,11 +1117,18 @@ impl Follow {
             // A program that finished before the exec thread read its exec
             // event would be named by its image before the exec: wait
             // [`LATE_NAMING`] for that event, then name it.
-            None => self.late.lock().unwrap_or_else(|e| e.into_inner()).push((
-                Instant::now() + LATE_NAMING,
-                r.clone(),
-                found,
-            )),
+            // What it is known to have exec'd is taken as it stands now,
+            // under the readers' lock: an exec learned since `r` was read
+            // is in it, and one learned later renames it ([`Follow::name_late`]).
+            None => {
+                let readers = self.readers.lock().unwrap_or_else(|e| e.into_inner());
+                let now = readers.get(&pid).filter(|x| x.start == r.start);
+                self.late.lock().unwrap_or_else(|e| e.into_inner()).push((
+                    Instant::now() + LATE_NAMING,
+                    now.unwrap_or(r).clone(),
+                    found,
+                ));
+            }
         }
     }
 

@@ -98,6 +98,8 @@ pub struct Stats {
     pub pipe_readers: AtomicU64,
     pub pipe_scans: AtomicU64,
     pub pipe_scans_deferred: AtomicU64,
+    /// Looks at a reader's pipeline siblings in place of a deferred scan.
+    pub pipe_sibling_scans: AtomicU64,
     /// Pipe readers that exec'd while judged: left to their exec's probe.
     pub pipe_judged_stale: AtomicU64,
     /// Per-container bounds reached (`[limits]`), with the containers.
@@ -197,6 +199,8 @@ pub struct StatsSnapshot {
     pub pipe_scans_deferred: u64,
     #[serde(default)]
     pub pipe_judged_stale: u64,
+    #[serde(default)]
+    pub pipe_sibling_scans: u64,
     /// Bounds reached, by bound (see `[limits]`).
     #[serde(default)]
     pub bounds: BTreeMap<String, u64>,
@@ -322,6 +326,7 @@ impl Stats {
             pipe_scans: g(&self.pipe_scans),
             pipe_scans_deferred: g(&self.pipe_scans_deferred),
             pipe_judged_stale: g(&self.pipe_judged_stale),
+            pipe_sibling_scans: g(&self.pipe_sibling_scans),
             bounds: self.bounds.counts(),
             creates_incremental: g(&self.creates_incremental),
             creates_unresolved: g(&self.creates_unresolved),

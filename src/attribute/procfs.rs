@@ -335,21 +335,52 @@ pub struct PipeFd {
 /// with the end each fd holds. The end is the fd's access mode in
 /// `/proc/<pid>/fdinfo/<fd>` (`flags:` in octal): a pipe's read end is
 /// `O_RDONLY`, its write end `O_WRONLY`. Empty when the process is gone.
+///
+/// An fd that closes while the table is read makes it read once more: a
+/// pipeline member just forked moves its pipe onto its stdin
+/// (`dup2(pipe, 0); close(pipe)`), and a read between the two steps would
+/// see the old stdin at 0 and no pipe at all.
 pub fn pipes(pid: i32, max: usize) -> Vec<PipeFd> {
-    open_files(pid, max)
-        .into_iter()
-        .filter(|f| f.is_fifo)
-        .filter_map(|f| {
-            let info =
-                read_small(&format!("/proc/{pid}/fdinfo/{}", f.fd.to_string_lossy())).ok()?;
-            let end = pipe_end(&info)?;
-            Some(PipeFd {
-                fd: f.fd,
-                id: f.id,
+    let (first, changed) = pipes_once(pid, max);
+    if changed {
+        pipes_once(pid, max).0
+    } else {
+        first
+    }
+}
+
+/// [`pipes`], read once, and whether an fd listed closed meanwhile.
+fn pipes_once(pid: i32, max: usize) -> (Vec<PipeFd>, bool) {
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return (Vec::new(), false);
+    };
+    let mut changed = false;
+    let mut out = Vec::new();
+    for e in dir.flatten().take(max) {
+        let Ok(meta) = fs::metadata(e.path()) else {
+            changed = true;
+            continue;
+        };
+        if !meta.file_type().is_fifo() {
+            continue;
+        }
+        let fd = e.file_name();
+        let Ok(info) = read_small(&format!("/proc/{pid}/fdinfo/{}", fd.to_string_lossy())) else {
+            changed = true;
+            continue;
+        };
+        if let Some(end) = pipe_end(&info) {
+            out.push(PipeFd {
+                fd,
+                id: crate::watch::resolve::FileId {
+                    dev: meta.dev(),
+                    ino: meta.ino(),
+                },
                 end,
-            })
-        })
-        .collect()
+            });
+        }
+    }
+    (out, changed)
 }
 
 /// The end an fdinfo text's (`/proc/<pid>/fdinfo/<fd>`) `flags:` line
@@ -378,19 +409,48 @@ const MAX_SCAN: usize = 65_536;
 /// readdir and one `ns/` stat per process; a process that made its own
 /// namespaces inside the container is not listed.
 pub fn members(pid_ns: u64, mnt_ns: u64) -> Vec<i32> {
-    let own = fixed_ns(false, "pid").unwrap_or(0);
-    let (ns, want) = if pid_ns != 0 && pid_ns != own {
-        ("pid", pid_ns)
-    } else {
-        ("mnt", mnt_ns)
-    };
     let Ok(dir) = fs::read_dir("/proc") else {
         return Vec::new();
     };
     dir.flatten()
         .take(MAX_SCAN)
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| ns_inode(*pid, ns).is_ok_and(|i| i == want))
+        .filter(|pid| is_member(*pid, pid_ns, mnt_ns))
+        .collect()
+}
+
+/// Whether `pid` is one of [`members`]`(pid_ns, mnt_ns)`: one `ns/` stat.
+pub fn is_member(pid: i32, pid_ns: u64, mnt_ns: u64) -> bool {
+    let own = fixed_ns(false, "pid").unwrap_or(0);
+    let (ns, want) = if pid_ns != 0 && pid_ns != own {
+        ("pid", pid_ns)
+    } else {
+        ("mnt", mnt_ns)
+    };
+    ns_inode(pid, ns).is_ok_and(|i| i == want)
+}
+
+/// Threads of a process whose children [`children`] reads.
+const MAX_CHILD_TASKS: usize = 64;
+
+/// The children of process `pid`: the kernel lists them per thread that
+/// forked them (`/proc/<pid>/task/<tid>/children`), so every thread's list
+/// is read, of the first [`MAX_CHILD_TASKS`] threads. Empty where the
+/// kernel lacks `CONFIG_PROC_CHILDREN` or the process is gone.
+pub fn children(pid: i32) -> Vec<i32> {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .take(MAX_CHILD_TASKS)
+        .filter_map(|t| read_small(&format!("{}/children", t.path().display())).ok())
+        .flat_map(|b| {
+            String::from_utf8_lossy(&b)
+                .split_ascii_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<i32>>()
+        })
         .collect()
 }
 
@@ -999,5 +1059,16 @@ mod tests {
         assert!(parse_syscall(b"257 0x1 zz").is_none());
         // A live process not in an open: unknown, so taken as a read.
         assert_eq!(open_writes_only(std::process::id() as i32), None);
+    }
+
+    #[test]
+    fn children_lists_a_process_children_and_nothing_for_a_gone_one() {
+        let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        let me = std::process::id() as i32;
+        let kids = children(me);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(kids.contains(&(child.id() as i32)), "{kids:?}");
+        assert!(children(i32::MAX).is_empty());
     }
 }

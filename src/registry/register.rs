@@ -905,7 +905,14 @@ impl Registrar {
         let mut rec = reg.remove(id)?;
         // The copies its readers wrote are marked too: found again by the
         // path they were written at, like the rest.
-        let derived = self.ctx.follow.forget_container(id);
+        let view = self
+            .ctx
+            .index
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .container(id)
+            .cloned();
+        let derived = self.ctx.follow.forget_container(id, view);
         rec.placed.marks.extend(derived);
         let orphaned = self.orphaned(reg, &rec);
         let removed = marks::remove(self.groups.borrow(), &rec.placed, root_of(&rec), &orphaned);
