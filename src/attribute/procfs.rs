@@ -1063,7 +1063,10 @@ mod tests {
 
     #[test]
     fn children_lists_a_process_children_and_nothing_for_a_gone_one() {
-        let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
         let me = std::process::id() as i32;
         let kids = children(me);
         child.kill().unwrap();
