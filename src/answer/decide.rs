@@ -308,11 +308,14 @@ pub const SIBLING_FDS: usize = 32;
 
 /// [`follow_pipes`] for the pipeline of reader `pid` (its parent `ppid`)
 /// only, when the container's full scans are over their rate: the
-/// siblings that hold a pipe's read end, in its container. Bounded
-/// whatever the container's size, so it is never deferred: a container
-/// that makes eight decoy readers a second cannot get its ninth pipeline
-/// past the follower (an archiver fed by it may finish before the follow
-/// thread's next look).
+/// siblings that hold a pipe's read end, in its container. Bounded per
+/// look whatever the container's size (the children lists of at most
+/// eight threads, 4 KiB each; eight siblings; 32 fds each, read twice at
+/// most), and [`super::follow::SIBLING_LOOKS_PER_SEC`] per container: a
+/// container that makes eight decoy readers a second no longer gets its
+/// ninth pipeline past the follower (an archiver fed by it may finish
+/// before the follow thread's next look); one that makes more than 72 a
+/// second is back to the follow thread's looks.
 pub fn follow_siblings(
     ctx: &Context,
     view: &Arc<ContainerView>,
@@ -326,10 +329,13 @@ pub fn follow_siblings(
     kids.truncate(MAX_SIBLINGS);
     // Every fd, not only stdin: a member just forked may not have moved
     // the pipe onto its stdin yet.
+    // Membership first: the parent may be outside the container (an
+    // engine's shim, whose other children are other containers').
     let tables: Vec<(i32, Vec<procfs::PipeFd>)> = kids
         .into_iter()
+        .filter(|k| procfs::is_member(*k, view.pid_ns, view.mnt_ns))
         .map(|k| (k, read_ends(k, SIBLING_FDS)))
-        .filter(|(k, r)| !r.is_empty() && procfs::is_member(*k, view.pid_ns, view.mnt_ns))
+        .filter(|(_, r)| !r.is_empty())
         .collect();
     follow_holders(ctx, view, &tables)
 }
@@ -370,30 +376,15 @@ fn follow_holders(
             if taint.in_alerted_run {
                 continue;
             }
-            let evidence = ProcessEvidence {
-                ctx,
-                pid: *pid,
-                proc: &proc,
-                container: OnceCell::from(Some(view.clone())),
-                opened: None,
+            let Some((proc, m)) = judge_holder(ctx, &policy, view, *pid, proc) else {
+                continue;
             };
-            if let Verdict::Matched(m) = judge(&policy, &proc, Event::Pipe, &evidence) {
-                drop(evidence);
-                // A pipeline member forked before the reader's open may
-                // exec its archiver while it is judged: the match would
-                // mix the two images (the shell's argv, the archiver's
-                // identity). The new image is its exec's to judge.
-                if !still_runs(*pid, &proc) {
-                    bump(&ctx.stats.pipe_judged_stale);
-                    continue;
-                }
-                ctx.follow.matched(*pid);
-                let before = out.len();
-                out.extend(findings(view, proc.complete(), m, false));
-                ctx.stats
-                    .findings
-                    .fetch_add((out.len() - before) as u64, Ordering::Relaxed);
-            }
+            ctx.follow.matched(*pid);
+            let before = out.len();
+            out.extend(findings(view, proc.complete(), m, false));
+            ctx.stats
+                .findings
+                .fetch_add((out.len() - before) as u64, Ordering::Relaxed);
         }
         if !more {
             break;
@@ -402,25 +393,71 @@ fn follow_holders(
     out
 }
 
-/// Whether `pid` still runs the image `proc` was read from (same start,
-/// argv and environment addresses, and executable).
-fn still_runs(pid: i32, proc: &RawProcess) -> bool {
-    let same = |s: &procfs::Stat| {
-        (
-            s.start_time_ticks,
-            s.arg_start,
-            s.arg_end,
-            s.env_start,
-            s.env_end,
-        ) == (
-            proc.stat.start_time_ticks,
-            proc.stat.arg_start,
-            proc.stat.arg_end,
-            proc.stat.env_start,
-            proc.stat.env_end,
-        )
+/// Judge `pid`, found holding a tainted pipe of container `view`, as an
+/// archiver of what it reads: the process and the match, if it is one.
+///
+/// A pipeline member forked before the reader's open may exec its
+/// archiver while it is judged, and the match would then mix the two
+/// images (the shell's argv, the archiver's identity): if its image
+/// changed meanwhile, the new one is read and judged instead, once (it
+/// still holds the pipe). One that exited since keeps its match: it was
+/// made on what it ran.
+fn judge_holder(
+    ctx: &Context,
+    policy: &Policy,
+    view: &Arc<ContainerView>,
+    pid: i32,
+    proc: RawProcess,
+) -> Option<(RawProcess, crate::rules::judge::Matches)> {
+    let mut proc = proc;
+    for attempt in 0..2 {
+        let evidence = ProcessEvidence {
+            ctx,
+            pid,
+            proc: &proc,
+            container: OnceCell::from(Some(view.clone())),
+            opened: None,
+        };
+        let Verdict::Matched(m) = judge(policy, &proc, Event::Pipe, &evidence) else {
+            return None;
+        };
+        drop(evidence);
+        match image_now(pid, &proc) {
+            Image::Same | Image::Gone => return Some((proc, m)),
+            Image::Changed if attempt == 0 => {
+                bump(&ctx.stats.pipe_judged_stale);
+                proc = RawProcess::read(pid).ok()?;
+            }
+            Image::Changed => return None,
+        }
+    }
+    None
+}
+
+/// What `pid` runs now, against the image `proc` was read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Image {
+    /// The same process, argv and environment addresses, and executable.
+    Same,
+    /// The same process, another image: it exec'd.
+    Changed,
+    /// Exited (or its pid is another process's now).
+    Gone,
+}
+
+fn image_now(pid: i32, proc: &RawProcess) -> Image {
+    let Ok(s) = procfs::stat(pid) else {
+        return Image::Gone;
     };
-    procfs::stat(pid).is_ok_and(|s| same(&s)) && procfs::exe(pid).is_ok_and(|e| e == proc.exe)
+    if s.start_time_ticks != proc.stat.start_time_ticks || s.exited() {
+        return Image::Gone;
+    }
+    let addrs = |s: &procfs::Stat| (s.arg_start, s.arg_end, s.env_start, s.env_end);
+    match procfs::exe(pid) {
+        Err(_) => Image::Gone,
+        Ok(e) if e == proc.exe && addrs(&s) == addrs(&proc.stat) => Image::Same,
+        Ok(_) => Image::Changed,
+    }
 }
 
 /// An exec while some container has tainted pipes: if the new program
@@ -564,11 +601,12 @@ pub fn decide_open(ctx: &Context, pid: i32, fd: BorrowedFd<'_>) -> (u32, OpenFin
     // no data is in them yet.
     let mut found = Vec::new();
     if ctx.follow.describe(&ctx.stats, pid, &proc) {
-        found = if ctx.follow.may_scan(&ctx.stats, &container.reference.id) {
-            follow_pipes(ctx, &container)
-        } else {
-            follow_siblings(ctx, &container, pid, proc.stat.ppid)
-        };
+        let id = &container.reference.id;
+        if ctx.follow.may_scan(&ctx.stats, id) {
+            found = follow_pipes(ctx, &container);
+        } else if ctx.follow.may_look_at_siblings(id) {
+            found = follow_siblings(ctx, &container, pid, proc.stat.ppid);
+        }
     }
     let m = match verdict {
         Verdict::Matched(m) => m,
@@ -742,6 +780,37 @@ mod tests {
 
     fn ctx() -> Context {
         Context::with_defaults()
+    }
+
+    #[test]
+    fn an_image_is_the_same_changed_by_an_exec_or_gone() {
+        use std::io::Write;
+        let me = std::process::id() as i32;
+        let mine = RawProcess::read(me).unwrap();
+        assert_eq!(image_now(me, &mine), Image::Same);
+        // A shell that execs sleep once told to: read before, then after.
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "read x; exec sleep 5"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let before = loop {
+            let p = RawProcess::read(pid).unwrap();
+            if p.exe.to_string_lossy().contains("sh") {
+                break p;
+            }
+        };
+        assert_eq!(image_now(pid, &before), Image::Same);
+        child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while image_now(pid, &before) == Image::Same && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(image_now(pid, &before), Image::Changed);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(image_now(pid, &before), Image::Gone);
     }
 
     #[test]

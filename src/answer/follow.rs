@@ -80,6 +80,10 @@ pub const MAX_TAINTED: usize = 1024;
 /// so a container that reads credentials in a loop cannot hold the
 /// answering thread that every container shares.
 pub const SCANS_PER_SEC: u32 = 8;
+/// Looks at a reader's pipeline siblings per container per second, when
+/// its full scans are over [`SCANS_PER_SEC`]; past this, scans wait for
+/// the follow thread as before (`pipe_scans_deferred`).
+pub const SIBLING_LOOKS_PER_SEC: u32 = 64;
 
 /// A pipe or FIFO that a reader holds for writing: what it may carry.
 #[derive(Debug, Clone)]
@@ -164,8 +168,9 @@ impl HeldExes {
     }
 }
 
-/// Execs read while some container had a tainted pipe, by pid: the
-/// program a process exec'd, for when it is found to be a pipe reader only
+/// Recent execs of processes not followed, by pid (busybox applets only
+/// while some pipe is tainted): the program a process exec'd, for when it
+/// is found to be a pipe reader only
 /// after its exec event was read (the exec thread and the holder scans
 /// race: a reader noted a moment later would otherwise never learn what it
 /// runs, and if it exits at once its alert names nothing).
@@ -173,10 +178,14 @@ impl HeldExes {
 struct RecentExecs {
     /// pid → (when the exec was read, in boot ticks; the program).
     by_pid: HashMap<i32, (u64, String)>,
+    /// The same, oldest first, for eviction (an entry whose pid was noted
+    /// again since is skipped when it comes up).
+    order: std::collections::VecDeque<(i32, u64)>,
 }
 
-/// Execs remembered at once; past this, those older than
-/// [`RECENT_EXEC_KEEP`] go, and if none is, all of them.
+/// Execs remembered at once; past this, the oldest go. A container would
+/// need thousands of execs within the milliseconds a scan follows an exec
+/// to push another's out while it matters.
 const MAX_RECENT_EXECS: usize = 4096;
 /// How long an exec is remembered for a reader noted after it, in boot
 /// ticks (two seconds at the usual 100 Hz): holder scans follow a taint by
@@ -186,20 +195,23 @@ const RECENT_EXEC_KEEP: u64 = 200;
 impl RecentExecs {
     /// `pid` exec'd `path`, read at boot tick `at`.
     fn note(&mut self, pid: i32, at: u64, path: String) {
-        if self.by_pid.len() >= MAX_RECENT_EXECS && !self.by_pid.contains_key(&pid) {
-            self.by_pid
-                .retain(|_, (t, _)| at.saturating_sub(*t) <= RECENT_EXEC_KEEP);
-            if self.by_pid.len() >= MAX_RECENT_EXECS {
-                self.by_pid.clear();
+        while self.by_pid.len() >= MAX_RECENT_EXECS || self.order.len() >= 2 * MAX_RECENT_EXECS {
+            let Some((old, t)) = self.order.pop_front() else {
+                break;
+            };
+            if self.by_pid.get(&old).is_some_and(|(a, _)| *a == t) {
+                self.by_pid.remove(&old);
             }
         }
         self.by_pid.insert(pid, (at, path));
+        self.order.push_back((pid, at));
     }
 
     /// The program the process `pid` that started at boot tick `start`
     /// exec'd, if its exec was read. An exec read before that start was
     /// another process's (the pid reused); a process alive when an exec of
-    /// its pid was read made it.
+    /// its pid was read made it, unless the pid was reused between the
+    /// exec and its reading (the exec thread's lag, within one tick).
     fn take(&mut self, pid: i32, start: u64, now: u64) -> Option<String> {
         let (at, path) = self.by_pid.remove(&pid)?;
         (at >= start && now.saturating_sub(at) <= RECENT_EXEC_KEEP).then_some(path)
@@ -293,13 +305,15 @@ pub struct Follow {
     tainted: Mutex<HashMap<String, HashMap<FileId, Taint>>>,
     /// Holder scans per container in the current second.
     scans: super::stats::PerSecond<SCANS_PER_SEC>,
+    /// Sibling looks per container in the current second.
+    sibling_looks: super::stats::PerSecond<SIBLING_LOOKS_PER_SEC>,
     /// Behaviour matches of readers already gone, reported once their
     /// exec events had time to name them.
     late: Mutex<Vec<(Instant, Reader, Behaviour)>>,
     /// Follow-up holder scans due ([`FOLLOW_UP`] after a taint).
     soon: Mutex<Vec<(Instant, String)>>,
-    /// Execs read while a pipe was tainted, for readers noted after them.
-    /// Locked inside `readers` only.
+    /// Recent execs of processes not followed, for readers noted after
+    /// them. Locked inside `readers` only.
     recent_execs: Mutex<RecentExecs>,
     /// Containers forgotten in the last [`GONE_GRACE`], as the index had
     /// them: their readers' last writes are judged after they go.
@@ -710,6 +724,12 @@ impl Follow {
         true
     }
 
+    /// Whether the permission thread may look at a reader's siblings in
+    /// container `id` now ([`SIBLING_LOOKS_PER_SEC`]).
+    pub fn may_look_at_siblings(&self, id: &str) -> bool {
+        self.sibling_looks.allow(id)
+    }
+
     /// Whether the permission thread may scan container `id` for pipe
     /// holders now ([`SCANS_PER_SEC`]); if not, the follow thread will.
     pub fn may_scan(&self, stats: &Stats, id: &str) -> bool {
@@ -745,8 +765,7 @@ impl Follow {
     }
 
     /// The exec thread read `pid`'s exec of `path` at boot tick `at`: if
-    /// it is followed, remember the program (one lock and a map lookup per
-    /// exec).
+    /// it is followed, remember the program.
     ///
     /// With `remember`, the exec of a process not followed yet is kept
     /// too (one `readlink` then): a holder scan or
@@ -761,16 +780,31 @@ impl Follow {
         remember: bool,
         path: impl FnOnce() -> Option<PathBuf>,
     ) {
+        // The path is read before the lock when it may be remembered: the
+        // answering thread takes `readers` too.
+        let path = move || path().map(|p| p.to_string_lossy().into_owned());
+        let (early, later) = if remember {
+            (path(), None)
+        } else {
+            (None, Some(path))
+        };
         let mut readers = self.readers.lock().unwrap_or_else(|e| e.into_inner());
-        let path = || path().map(|p| p.to_string_lossy().into_owned());
-        if let Some(r) = readers.get_mut(&pid) {
-            r.exec_path = path();
-            self.name_late(pid, r);
-        } else if remember && let (Some(at), Some(path)) = (at, path()) {
-            self.recent_execs
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .note(pid, at, path);
+        match readers.get_mut(&pid) {
+            // A reader seen gone (its pid may be another process's now),
+            // or one that started after this exec was read, did not make it.
+            Some(r) if r.gone_at.is_none() && at.is_none_or(|at| at >= r.start) => {
+                r.exec_path = early.or_else(|| later.and_then(|f| f()));
+                self.name_late(pid, r);
+            }
+            Some(_) => {}
+            None => {
+                if let (Some(at), Some(path)) = (at, early) {
+                    self.recent_execs
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .note(pid, at, path);
+                }
+            }
         }
     }
 
@@ -782,6 +816,7 @@ impl Follow {
         let mut readers = self.readers.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(r) = readers.get_mut(&pid)
             && r.exec_path.is_none()
+            && r.gone_at.is_none()
             && at.is_some_and(|at| at >= r.start)
         {
             r.exec_path = path().map(|p| p.to_string_lossy().into_owned());
@@ -880,6 +915,7 @@ impl Follow {
             .unwrap_or_else(|e| e.into_inner())
             .remove(id);
         self.scans.forget(id);
+        self.sibling_looks.forget(id);
         self.derived
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -999,6 +1035,16 @@ impl Follow {
         self.judge_output(out, pid, &r, file);
         {
             let mut derived = self.derived.lock().unwrap_or_else(|e| e.into_inner());
+            // A forgotten container's last writes are judged (above), but
+            // not marked: nothing is left to open them in.
+            let indexed = index
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .container(&r.container)
+                .is_some();
+            if !indexed {
+                return;
+            }
             let marked = derived.entry(r.container.clone()).or_default();
             // `limits.derived_per_container`.
             if marked.len() >= (out.derived_limit)() {
@@ -1073,6 +1119,9 @@ struct Behaviour {
 /// How long a behaviour match of a reader that is gone waits for its exec
 /// event (see [`Follow::report_late`]).
 const LATE_NAMING: Duration = Duration::from_millis(500);
+/// Behaviour matches waiting for [`LATE_NAMING`] at once; past this they
+/// are reported at once, named by what is known.
+const MAX_LATE: usize = 1024;
 
 impl Follow {
     /// Archiver by behaviour: a reader that writes archive or compressed
@@ -1096,7 +1145,17 @@ impl Follow {
             .unwrap_or_else(|e| e.into_inner())
             .container(&r.container)
             .cloned();
-        let Some(view) = live.or_else(|| self.gone_view(&r.container)) else {
+        // A forgotten container's view answers only for alerting: the
+        // container is gone, and its id may already name a new one that a
+        // response must not reach.
+        let Some(view) = live.or_else(|| {
+            self.gone_view(&r.container).map(|v| {
+                Arc::new(ContainerView {
+                    action: crate::config::Action::Alert,
+                    ..(*v).clone()
+                })
+            })
+        }) else {
             return;
         };
         let archive = fd_path(file)
@@ -1122,12 +1181,21 @@ impl Follow {
             // is in it, and one learned later renames it ([`Follow::name_late`]).
             None => {
                 let readers = self.readers.lock().unwrap_or_else(|e| e.into_inner());
-                let now = readers.get(&pid).filter(|x| x.start == r.start);
-                self.late.lock().unwrap_or_else(|e| e.into_inner()).push((
-                    Instant::now() + LATE_NAMING,
-                    now.unwrap_or(r).clone(),
-                    found,
-                ));
+                let known = readers
+                    .get(&pid)
+                    .filter(|x| x.start == r.start)
+                    .unwrap_or(r)
+                    .clone();
+                let mut late = self.late.lock().unwrap_or_else(|e| e.into_inner());
+                if late.len() < MAX_LATE {
+                    late.push((Instant::now() + LATE_NAMING, known, found));
+                    return;
+                }
+                // Reported now, by what is known, rather than dropped.
+                drop(late);
+                drop(readers);
+                let process = exec_since(known.seen_as.clone(), pid, &known);
+                self.report(out, &known, found, process);
             }
         }
     }
@@ -1339,21 +1407,26 @@ mod tests {
     }
 
     #[test]
-    fn recent_execs_stay_bounded_and_keep_the_fresh_ones() {
+    fn recent_execs_stay_bounded_and_lose_the_oldest_first() {
         let mut r = RecentExecs::default();
         for pid in 0..MAX_RECENT_EXECS as i32 {
             r.note(pid, 10, format!("/old/{pid}"));
         }
-        // Full of old ones: they go, the new one stays.
-        r.note(-1, 10 + RECENT_EXEC_KEEP + 1, "/new".into());
-        assert_eq!(r.by_pid.len(), 1);
-        // Full of fresh ones: all go rather than grow.
-        for pid in 0..MAX_RECENT_EXECS as i32 {
-            r.note(pid, 500, format!("/fresh/{pid}"));
+        r.note(-1, 11, "/new".into());
+        assert_eq!(r.by_pid.len(), MAX_RECENT_EXECS, "one in, one out");
+        assert_eq!(r.take(0, 5, 11), None, "the oldest went");
+        assert_eq!(r.take(1, 5, 11).as_deref(), Some("/old/1"));
+        assert_eq!(r.take(-1, 5, 11).as_deref(), Some("/new"));
+        // A pid noted again keeps its newer exec when its older one's turn
+        // to go comes.
+        let mut r = RecentExecs::default();
+        r.note(7, 1, "/first".into());
+        for pid in 100..100 + MAX_RECENT_EXECS as i32 - 1 {
+            r.note(pid, 2, "/x".into());
         }
-        assert!(r.by_pid.len() <= MAX_RECENT_EXECS);
-        r.note(-2, 501, "/newest".into());
-        assert!(r.by_pid.len() <= MAX_RECENT_EXECS);
-        assert_eq!(r.take(-2, 400, 501).as_deref(), Some("/newest"));
+        r.note(7, 3, "/again".into());
+        r.note(-1, 3, "/pushes-one-out".into());
+        assert_eq!(r.take(7, 1, 3).as_deref(), Some("/again"));
+        assert!(r.order.len() < 2 * MAX_RECENT_EXECS);
     }
 }

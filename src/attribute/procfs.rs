@@ -430,28 +430,38 @@ pub fn is_member(pid: i32, pid_ns: u64, mnt_ns: u64) -> bool {
     ns_inode(pid, ns).is_ok_and(|i| i == want)
 }
 
-/// Threads of a process whose children [`children`] reads.
-const MAX_CHILD_TASKS: usize = 64;
+/// Threads of a process whose children [`children`] reads, and how much
+/// of each thread's list (about 500 pids).
+const MAX_CHILD_TASKS: usize = 8;
+const CHILDREN_BYTES: usize = 4096;
 
-/// The children of process `pid`: the kernel lists them per thread that
-/// forked them (`/proc/<pid>/task/<tid>/children`), so every thread's list
-/// is read, of the first [`MAX_CHILD_TASKS`] threads. Empty where the
-/// kernel lacks `CONFIG_PROC_CHILDREN` or the process is gone.
+/// Children of process `pid`, as the kernel lists them per thread that
+/// forked them (`/proc/<pid>/task/<tid>/children`): the first
+/// [`CHILDREN_BYTES`] of each of the first [`MAX_CHILD_TASKS`] threads'
+/// lists. Empty where the kernel lacks `CONFIG_PROC_CHILDREN` or the
+/// process is gone.
 pub fn children(pid: i32) -> Vec<i32> {
     let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
         return Vec::new();
     };
-    tasks
-        .flatten()
-        .take(MAX_CHILD_TASKS)
-        .filter_map(|t| read_small(&format!("{}/children", t.path().display())).ok())
-        .flat_map(|b| {
-            String::from_utf8_lossy(&b)
-                .split_ascii_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .collect::<Vec<i32>>()
-        })
-        .collect()
+    let mut out = Vec::new();
+    for t in tasks.flatten().take(MAX_CHILD_TASKS) {
+        let Ok(f) = fs::File::open(t.path().join("children")) else {
+            continue;
+        };
+        let mut buf = Vec::with_capacity(CHILDREN_BYTES);
+        if f.take(CHILDREN_BYTES as u64).read_to_end(&mut buf).is_err() {
+            continue;
+        }
+        // A list cut short may end in half a pid: drop the last word then.
+        let text = String::from_utf8_lossy(&buf);
+        let mut words: Vec<&str> = text.split_ascii_whitespace().collect();
+        if buf.len() == CHILDREN_BYTES && !text.ends_with(' ') {
+            words.pop();
+        }
+        out.extend(words.iter().filter_map(|w| w.parse::<i32>().ok()));
+    }
+    out
 }
 
 /// The first `max` entries of `/proc/<pid>/fd`, each stat'ed through its
@@ -1063,15 +1073,32 @@ mod tests {
 
     #[test]
     fn children_lists_a_process_children_and_nothing_for_a_gone_one() {
-        let mut child = std::process::Command::new("sleep")
-            .arg("5")
+        let mut sh = std::process::Command::new("sh")
+            .args(["-c", "sleep 5 & sleep 5 & wait"])
             .spawn()
             .unwrap();
-        let me = std::process::id() as i32;
-        let kids = children(me);
-        child.kill().unwrap();
-        child.wait().unwrap();
-        assert!(kids.contains(&(child.id() as i32)), "{kids:?}");
+        let pid = sh.id() as i32;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut kids = children(pid);
+        while kids.len() < 2 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            kids = children(pid);
+        }
+        let parents: Vec<i32> = kids
+            .iter()
+            .filter_map(|k| stat(*k).ok())
+            .map(|s| s.ppid)
+            .collect();
+        for k in &kids {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*k),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        sh.kill().unwrap();
+        sh.wait().unwrap();
+        assert_eq!(kids.len(), 2, "{kids:?}");
+        assert_eq!(parents, vec![pid, pid]);
         assert!(children(i32::MAX).is_empty());
     }
 }
