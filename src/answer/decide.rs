@@ -795,13 +795,22 @@ mod tests {
             .spawn()
             .unwrap();
         let pid = child.id() as i32;
+        // Read once its exec of sh has completed (argv in place, and the
+        // same on a second look).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         let before = loop {
-            let p = RawProcess::read(pid).unwrap();
-            if p.exe.to_string_lossy().contains("sh") {
+            assert!(std::time::Instant::now() < deadline, "sh never settled");
+            let Ok(p) = RawProcess::read(pid) else {
+                continue;
+            };
+            if p.exe.to_string_lossy().contains("sh")
+                && p.args.first().is_some_and(|a| a == "sh")
+                && image_now(pid, &p) == Image::Same
+            {
                 break p;
             }
+            std::thread::sleep(std::time::Duration::from_millis(2));
         };
-        assert_eq!(image_now(pid, &before), Image::Same);
         child.stdin.take().unwrap().write_all(b"go\n").unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while image_now(pid, &before) == Image::Same && std::time::Instant::now() < deadline {
