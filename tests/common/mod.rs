@@ -631,10 +631,13 @@ impl Daemon {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Every alert in the JSON file so far.
+    /// Every alert in the JSON file so far. A last line without its
+    /// newline is one the daemon is still writing (a reader can see part
+    /// of a write to a regular file): it is left for the next look.
     pub fn alerts(&self) -> Vec<Value> {
-        fs::read_to_string(&self.alerts)
-            .unwrap_or_default()
+        let text = fs::read_to_string(&self.alerts).unwrap_or_default();
+        let complete = text.rfind('\n').map_or("", |end| &text[..=end]);
+        complete
             .lines()
             .map(|l| {
                 serde_json::from_str(l)
