@@ -329,9 +329,7 @@ pub fn start_time(ticks: u64) -> Option<SystemTime> {
             .trim()
             .parse()
             .ok()?;
-        // SAFETY: sysconf has no memory-safety preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-        (hz > 0).then_some((btime, hz as u64))
+        Some((btime, crate::attribute::procfs::clk_tck()?))
     }))?;
     let ms = ticks.checked_mul(1000)? / hz;
     Some(SystemTime::UNIX_EPOCH + Duration::from_secs(btime) + Duration::from_millis(ms))

@@ -147,6 +147,15 @@ struct Reader {
     exes: Option<std::sync::Arc<HeldExes>>,
 }
 
+impl Reader {
+    /// Whether this reader made the exec of its pid read at boot tick
+    /// `at`: not if it was seen gone (its pid may be another process's
+    /// now), nor if it started after the exec was read.
+    fn made_exec_read_at(&self, at: Option<u64>) -> bool {
+        self.gone_at.is_none() && at.is_none_or(|at| at >= self.start)
+    }
+}
+
 /// A reader's executables, as the kernel showed them while it ran.
 #[derive(Debug)]
 struct HeldExes {
@@ -790,9 +799,7 @@ impl Follow {
         };
         let mut readers = self.readers.lock().unwrap_or_else(|e| e.into_inner());
         match readers.get_mut(&pid) {
-            // A reader seen gone (its pid may be another process's now),
-            // or one that started after this exec was read, did not make it.
-            Some(r) if r.gone_at.is_none() && at.is_none_or(|at| at >= r.start) => {
+            Some(r) if r.made_exec_read_at(at) => {
                 r.exec_path = early.or_else(|| later.and_then(|f| f()));
                 self.name_late(pid, r);
             }
@@ -816,8 +823,8 @@ impl Follow {
         let mut readers = self.readers.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(r) = readers.get_mut(&pid)
             && r.exec_path.is_none()
-            && r.gone_at.is_none()
-            && at.is_some_and(|at| at >= r.start)
+            && at.is_some()
+            && r.made_exec_read_at(at)
         {
             r.exec_path = path().map(|p| p.to_string_lossy().into_owned());
             self.name_late(pid, r);
@@ -1035,19 +1042,8 @@ impl Follow {
         self.judge_output(out, pid, &r, file);
         {
             let mut derived = self.derived.lock().unwrap_or_else(|e| e.into_inner());
-            // A forgotten container's last writes are judged (above), but
-            // not marked: nothing is left to open them in.
-            let indexed = index
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .container(&r.container)
-                .is_some();
-            if !indexed {
-                return;
-            }
-            let marked = derived.entry(r.container.clone()).or_default();
             // `limits.derived_per_container`.
-            if marked.len() >= (out.derived_limit)() {
+            if derived.get(&r.container).map_or(0, Vec::len) >= (out.derived_limit)() {
                 stats.derived_dropped.fetch_add(1, Ordering::Relaxed);
                 stats
                     .bounds
@@ -1055,7 +1051,9 @@ impl Follow {
                 return;
             }
             // The index learns the inode before the kernel marks it, so the
-            // first open of the copy finds what it is a copy of.
+            // first open of the copy finds what it is a copy of. A
+            // forgotten container's last writes are judged (above) but not
+            // marked: the index no longer has it, and nothing is recorded.
             let added = crate::watch::index::write(index).add_derived(
                 &r.container,
                 fid,
@@ -1064,12 +1062,15 @@ impl Follow {
             if !added {
                 return;
             }
-            marked.push(MarkRecord {
-                path: fd_path(file).unwrap_or_default(),
-                id: fid,
-                is_dir: false,
-                handle: None,
-            });
+            derived
+                .entry(r.container.clone())
+                .or_default()
+                .push(MarkRecord {
+                    path: fd_path(file).unwrap_or_default(),
+                    id: fid,
+                    is_dir: false,
+                    handle: None,
+                });
         }
         let what = format!(
             "copy of {} in container {}",

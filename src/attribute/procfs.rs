@@ -87,16 +87,20 @@ pub struct Stat {
     pub env_end: u64,
 }
 
+/// Clock ticks a second (`CLK_TCK`), the unit of `start_time_ticks`;
+/// `None` if the system does not say.
+pub fn clk_tck() -> Option<u64> {
+    static HZ: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let hz = *HZ.get_or_init(|| unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(0) as u64);
+    (hz > 0).then_some(hz)
+}
+
 /// The clock `start_time_ticks` counts, now: ticks (`CLK_TCK`) of
 /// `CLOCK_BOOTTIME`. A process whose start is later than an instant read
 /// here did not exist at that instant.
 pub fn boot_ticks_now() -> Option<u64> {
-    static HZ: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    // SAFETY: sysconf has no memory-safety preconditions.
-    let hz = *HZ.get_or_init(|| unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(0) as u64);
-    if hz == 0 {
-        return None;
-    }
+    let hz = clk_tck()?;
     let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).ok()?;
     let ns =
         u64::try_from(now.tv_sec()).ok()? * 1_000_000_000 + u64::try_from(now.tv_nsec()).ok()?;
@@ -351,36 +355,24 @@ pub fn pipes(pid: i32, max: usize) -> Vec<PipeFd> {
 
 /// [`pipes`], read once, and whether an fd listed closed meanwhile.
 fn pipes_once(pid: i32, max: usize) -> (Vec<PipeFd>, bool) {
-    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return (Vec::new(), false);
-    };
-    let mut changed = false;
-    let mut out = Vec::new();
-    for e in dir.flatten().take(max) {
-        let Ok(meta) = fs::metadata(e.path()) else {
-            changed = true;
-            continue;
-        };
-        if !meta.file_type().is_fifo() {
-            continue;
-        }
-        let fd = e.file_name();
-        let Ok(info) = read_small(&format!("/proc/{pid}/fdinfo/{}", fd.to_string_lossy())) else {
-            changed = true;
-            continue;
-        };
-        if let Some(end) = pipe_end(&info) {
-            out.push(PipeFd {
-                fd,
-                id: crate::watch::resolve::FileId {
-                    dev: meta.dev(),
-                    ino: meta.ino(),
-                },
-                end,
-            });
-        }
-    }
-    (out, changed)
+    let (files, mut changed) = open_files_noting_closed(pid, max);
+    let pipes = files
+        .into_iter()
+        .filter(|f| f.is_fifo)
+        .filter_map(|f| {
+            let Ok(info) = read_small(&format!("/proc/{pid}/fdinfo/{}", f.fd.to_string_lossy()))
+            else {
+                changed = true;
+                return None;
+            };
+            Some(PipeFd {
+                end: pipe_end(&info)?,
+                fd: f.fd,
+                id: f.id,
+            })
+        })
+        .collect();
+    (pipes, changed)
 }
 
 /// The end an fdinfo text's (`/proc/<pid>/fdinfo/<fd>`) `flags:` line
@@ -467,13 +459,23 @@ pub fn children(pid: i32) -> Vec<i32> {
 /// The first `max` entries of `/proc/<pid>/fd`, each stat'ed through its
 /// magic link (which opens nothing). Empty when the process is gone.
 pub fn open_files(pid: i32, max: usize) -> Vec<OpenFile> {
+    open_files_noting_closed(pid, max).0
+}
+
+/// [`open_files`], and whether an fd listed closed before it was stat'ed.
+fn open_files_noting_closed(pid: i32, max: usize) -> (Vec<OpenFile>, bool) {
     let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return Vec::new();
+        return (Vec::new(), false);
     };
-    dir.flatten()
+    let mut closed = false;
+    let files = dir
+        .flatten()
         .take(max)
         .filter_map(|e| {
-            let meta = fs::metadata(e.path()).ok()?;
+            let Ok(meta) = fs::metadata(e.path()) else {
+                closed = true;
+                return None;
+            };
             Some(OpenFile {
                 fd: e.file_name(),
                 id: crate::watch::resolve::FileId {
@@ -484,7 +486,8 @@ pub fn open_files(pid: i32, max: usize) -> Vec<OpenFile> {
                 is_fifo: meta.file_type().is_fifo(),
             })
         })
-        .collect()
+        .collect();
+    (files, closed)
 }
 
 /// Set the calling thread's nice value (Linux nice is per thread); false
